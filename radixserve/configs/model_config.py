@@ -1,0 +1,121 @@
+"""ModelConfig: the architecture facts the engine needs, from config.json, GGUF metadata or a named shape."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import Any
+
+# HF architecture name -> the family flags our model code implements.
+SUPPORTED_ARCHITECTURES: dict[str, dict[str, bool]] = {
+    "LlamaForCausalLM": {"attention_bias": False, "qk_norm": False},
+    "MistralForCausalLM": {"attention_bias": False, "qk_norm": False},
+    "Qwen2ForCausalLM": {"attention_bias": True, "qk_norm": False},
+    "Qwen3ForCausalLM": {"attention_bias": False, "qk_norm": True},
+}
+
+
+class UnsupportedModelError(ValueError):
+    """The model exists but is of an architecture or format we do not implement."""
+
+
+@dataclass
+class ModelConfig:
+    architecture: str
+    hidden_size: int
+    intermediate_size: int
+    num_hidden_layers: int
+    num_attention_heads: int
+    num_key_value_heads: int
+    vocab_size: int
+    head_dim: int
+    rms_norm_eps: float = 1e-6
+    rope_theta: float = 10000.0
+    rope_scaling: dict[str, Any] | None = None
+    max_position_embeddings: int = 4096
+    tie_word_embeddings: bool = False
+    attention_bias: bool = False
+    qk_norm: bool = False
+    eos_token_ids: list[int] = field(default_factory=list)
+    bos_token_id: int | None = None
+
+    @classmethod
+    def from_hf_dict(cls, cfg: dict[str, Any], source: str = "config.json") -> ModelConfig:
+        archs = cfg.get("architectures") or []
+        arch = next((a for a in archs if a in SUPPORTED_ARCHITECTURES), None)
+        if arch is None:
+            raise UnsupportedModelError(
+                f"{source}: architecture {archs or cfg.get('model_type')!r} is not supported; "
+                f"supported: {sorted(SUPPORTED_ARCHITECTURES)}"
+            )
+        flags = SUPPORTED_ARCHITECTURES[arch]
+        heads = int(cfg["num_attention_heads"])
+        hidden = int(cfg["hidden_size"])
+        eos = cfg.get("eos_token_id")
+        eos_ids = [] if eos is None else ([int(eos)] if isinstance(eos, int) else [int(e) for e in eos])
+        rope_scaling = cfg.get("rope_scaling")
+        rope_theta = cfg.get("rope_theta")
+        # transformers 5 moved rope settings into `rope_parameters`.
+        params = cfg.get("rope_parameters")
+        if isinstance(params, dict):
+            rope_theta = params.get("rope_theta", rope_theta)
+            if params.get("rope_type", "default") != "default":
+                rope_scaling = params
+        return cls(
+            architecture=arch,
+            hidden_size=hidden,
+            intermediate_size=int(cfg["intermediate_size"]),
+            num_hidden_layers=int(cfg["num_hidden_layers"]),
+            num_attention_heads=heads,
+            num_key_value_heads=int(cfg.get("num_key_value_heads") or heads),
+            vocab_size=int(cfg["vocab_size"]),
+            head_dim=int(cfg.get("head_dim") or hidden // heads),
+            rms_norm_eps=float(cfg.get("rms_norm_eps", 1e-6)),
+            rope_theta=float(rope_theta if rope_theta is not None else 10000.0),
+            rope_scaling=rope_scaling if rope_scaling else None,
+            max_position_embeddings=int(cfg.get("max_position_embeddings", 4096)),
+            tie_word_embeddings=bool(cfg.get("tie_word_embeddings", False)),
+            attention_bias=bool(cfg.get("attention_bias", flags["attention_bias"])),
+            qk_norm=flags["qk_norm"],
+            eos_token_ids=eos_ids,
+            bos_token_id=cfg.get("bos_token_id"),
+        )
+
+    @property
+    def kv_bytes_per_token_per_layer(self) -> int:
+        """K and V elements of one token in one layer (multiply by the dtype's size)."""
+        return 2 * self.num_key_value_heads * self.head_dim
+
+
+def _llama(hidden: int, inter: int, layers: int, heads: int, kv: int, vocab: int, **kw: Any) -> dict[str, Any]:
+    cfg: dict[str, Any] = {
+        "architectures": ["LlamaForCausalLM"], "hidden_size": hidden, "intermediate_size": inter,
+        "num_hidden_layers": layers, "num_attention_heads": heads, "num_key_value_heads": kv,
+        "vocab_size": vocab, "rms_norm_eps": 1e-5,
+    }
+    cfg.update(kw)
+    return cfg
+
+
+# Shapes for `--load-format dummy`: random weights, real sizes, no download.
+NAMED_SHAPES: dict[str, dict[str, Any]] = {
+    "smollm2-135m": _llama(576, 1536, 30, 9, 3, 49152, rope_theta=100000.0, max_position_embeddings=8192,
+                           tie_word_embeddings=True, eos_token_id=2, bos_token_id=1),
+    "llama-3-8b": _llama(4096, 14336, 32, 32, 8, 128256, rope_theta=500000.0, max_position_embeddings=8192,
+                         eos_token_id=128009, bos_token_id=128000),
+    "llama-3.1-8b": _llama(4096, 14336, 32, 32, 8, 128256, rope_theta=500000.0, max_position_embeddings=131072,
+                           rope_scaling={"rope_type": "llama3", "factor": 8.0, "low_freq_factor": 1.0,
+                                         "high_freq_factor": 4.0, "original_max_position_embeddings": 8192},
+                           eos_token_id=128009, bos_token_id=128000),
+    "llama-3.2-1b": _llama(2048, 8192, 16, 32, 8, 128256, head_dim=64, rope_theta=500000.0,
+                           max_position_embeddings=131072, tie_word_embeddings=True,
+                           rope_scaling={"rope_type": "llama3", "factor": 32.0, "low_freq_factor": 1.0,
+                                         "high_freq_factor": 4.0, "original_max_position_embeddings": 8192},
+                           eos_token_id=128009, bos_token_id=128000),
+    "qwen2.5-0.5b": {**_llama(896, 4864, 24, 14, 2, 151936, rope_theta=1000000.0, max_position_embeddings=32768,
+                              tie_word_embeddings=True, rms_norm_eps=1e-6, eos_token_id=151645),
+                     "architectures": ["Qwen2ForCausalLM"]},
+    "qwen3-0.6b": {**_llama(1024, 3072, 28, 16, 8, 151936, head_dim=128, rope_theta=1000000.0,
+                            max_position_embeddings=40960, tie_word_embeddings=True, rms_norm_eps=1e-6,
+                            eos_token_id=151645),
+                   "architectures": ["Qwen3ForCausalLM"]},
+}

@@ -1,0 +1,204 @@
+"""Req (one request's state) and ScheduleBatch (the scheduler's view of one step).
+
+ScheduleBatch.prepare_for_extend / prepare_for_decode allocate KV slots, fill the
+ReqToTokenPool and build the step's tensors in one place; get_forward_batch hands the model
+a ForwardBatch.
+"""
+
+from __future__ import annotations
+
+import time
+from dataclasses import dataclass, field
+from typing import TYPE_CHECKING
+
+import torch
+
+from radixserve.managers.io_struct import FinishReason
+from radixserve.model_executor.forward_batch import ForwardBatch, ForwardMode
+from radixserve.sampling.sampling_params import SamplingParams
+
+if TYPE_CHECKING:
+    from radixserve.attention.base import AttentionBackend
+    from radixserve.mem_cache.memory_pool import ReqToTokenPool, TokenToKVPool
+    from radixserve.mem_cache.radix_cache import RadixCache, TreeNode
+
+
+class OutOfKVMemory(RuntimeError):
+    pass
+
+
+@dataclass(eq=False)
+class Req:
+    rid: str
+    origin_input_ids: list[int]
+    sampling_params: SamplingParams
+    stream: bool = False
+    return_logprob: bool = False
+    top_logprobs_num: int = 0
+    eos_token_ids: frozenset[int] = frozenset()
+
+    output_ids: list[int] = field(default_factory=list)
+    # KV state
+    fill_ids: list[int] = field(default_factory=list)  # tokens whose KV exists after this step
+    prefix_indices: torch.Tensor = field(default_factory=lambda: torch.empty(0, dtype=torch.int64))
+    last_node: TreeNode | None = None
+    req_pool_idx: int | None = None
+    kv_len: int = 0
+    extend_input_len: int = 0
+    # bookkeeping
+    cached_tokens: int = 0  # prompt tokens served from the cache (max over admissions)
+    finished_reason: FinishReason | None = None
+    to_abort: str | None = None
+    generator: torch.Generator | None = None
+    output_logprobs: list[float] = field(default_factory=list)
+    output_top_logprobs: list[list[tuple[int, float]]] = field(default_factory=list)
+    send_offset: int = 0  # output tokens already reported
+    retractions: int = 0
+    created: float = field(default_factory=time.monotonic)
+
+    @property
+    def stop_ids_for_min_tokens(self) -> list[int]:
+        return sorted(self.eos_token_ids | set(self.sampling_params.stop_token_ids))
+
+    @property
+    def finished(self) -> bool:
+        return self.finished_reason is not None
+
+    def init_next_round_input(self, tree_cache: RadixCache) -> None:
+        """Match the cache for the tokens still to compute; at least one token is left to run."""
+        self.fill_ids = self.origin_input_ids + self.output_ids
+        if self.req_pool_idx is None:
+            self.prefix_indices, node = tree_cache.match_prefix(self.fill_ids[:-1])
+            self.last_node = node
+        self.extend_input_len = len(self.fill_ids) - self.prefix_indices.numel()
+
+    def reset_for_retract(self) -> None:
+        self.fill_ids = []
+        self.prefix_indices = torch.empty(0, dtype=torch.int64)
+        self.last_node = None
+        self.req_pool_idx = None
+        self.kv_len = 0
+        self.extend_input_len = 0
+        self.retractions += 1
+
+
+@dataclass
+class ScheduleBatch:
+    reqs: list[Req]
+    forward_mode: ForwardMode
+    req_to_token_pool: ReqToTokenPool
+    token_to_kv_pool: TokenToKVPool
+    tree_cache: RadixCache
+    device: torch.device
+    chunked_req: Req | None = None  # the request of this batch whose prompt is not complete yet
+    input_ids: torch.Tensor | None = None
+    positions: torch.Tensor | None = None
+    out_cache_loc: torch.Tensor | None = None
+    req_pool_indices: torch.Tensor | None = None
+    seq_lens: torch.Tensor | None = None
+    seq_lens_cpu: list[int] = field(default_factory=list)
+    prefix_lens_cpu: list[int] = field(default_factory=list)
+    extend_lens_cpu: list[int] = field(default_factory=list)
+
+    def batch_size(self) -> int:
+        return len(self.reqs)
+
+    def is_empty(self) -> bool:
+        return not self.reqs
+
+    def alloc_token_slots(self, n: int) -> torch.Tensor:
+        out = self.token_to_kv_pool.alloc(n)
+        if out is None:
+            self.tree_cache.evict(n - self.token_to_kv_pool.available_size())
+            out = self.token_to_kv_pool.alloc(n)
+        if out is None:
+            raise OutOfKVMemory(f"need {n} KV slots, {self.token_to_kv_pool.available_size()} free "
+                                f"and {self.tree_cache.evictable_size()} evictable")
+        return out
+
+    def _write_req_to_token(self, lens: list[int], starts: list[int], loc: torch.Tensor) -> None:
+        pools = torch.tensor([r.req_pool_idx for r in self.reqs], dtype=torch.int64)
+        lens_t = torch.tensor(lens, dtype=torch.int64)
+        rows = torch.repeat_interleave(pools, lens_t)
+        starts_t = torch.repeat_interleave(torch.tensor(starts, dtype=torch.int64), lens_t)
+        offsets = torch.arange(int(lens_t.sum())) - torch.repeat_interleave(torch.cumsum(lens_t, 0) - lens_t, lens_t)
+        dev = self.req_to_token_pool.req_to_token.device
+        self.req_to_token_pool.req_to_token[rows.to(dev), (starts_t + offsets).to(dev)] = loc.to(dev)
+        self.req_pool_indices = pools.to(self.device)
+
+    def prepare_for_extend(self) -> None:
+        self.forward_mode = ForwardMode.EXTEND
+        for r in self.reqs:
+            if r.req_pool_idx is None:
+                idx = self.req_to_token_pool.alloc()
+                if idx is None:
+                    raise OutOfKVMemory("no free request slot in ReqToTokenPool")
+                r.req_pool_idx = idx
+                row = self.req_to_token_pool.req_to_token[idx]
+                row[: r.prefix_indices.numel()] = r.prefix_indices.to(row.device)
+        self.prefix_lens_cpu = [r.prefix_indices.numel() for r in self.reqs]
+        self.extend_lens_cpu = [r.extend_input_len for r in self.reqs]
+        self.seq_lens_cpu = [p + e for p, e in zip(self.prefix_lens_cpu, self.extend_lens_cpu, strict=True)]
+        tokens: list[int] = []
+        for r, p, s in zip(self.reqs, self.prefix_lens_cpu, self.seq_lens_cpu, strict=True):
+            r.fill_ids = r.fill_ids[:s]
+            tokens.extend(r.fill_ids[p:s])
+        loc = self.alloc_token_slots(len(tokens))
+        self._write_req_to_token(self.extend_lens_cpu, self.prefix_lens_cpu, loc)
+        lens_t = torch.tensor(self.extend_lens_cpu, dtype=torch.int64)
+        starts = torch.repeat_interleave(torch.tensor(self.prefix_lens_cpu, dtype=torch.int64), lens_t)
+        offsets = torch.arange(len(tokens)) - torch.repeat_interleave(torch.cumsum(lens_t, 0) - lens_t, lens_t)
+        self.input_ids = torch.tensor(tokens, dtype=torch.int64, device=self.device)
+        self.positions = (starts + offsets).to(self.device)
+        self.out_cache_loc = loc.to(self.device)
+        self.seq_lens = torch.tensor(self.seq_lens_cpu, dtype=torch.int64, device=self.device)
+
+    def prepare_for_decode(self) -> None:
+        self.forward_mode = ForwardMode.DECODE
+        bs = len(self.reqs)
+        loc = self.alloc_token_slots(bs)
+        kv_lens = [r.kv_len for r in self.reqs]
+        self._write_req_to_token([1] * bs, kv_lens, loc)
+        self.input_ids = torch.tensor([r.output_ids[-1] for r in self.reqs], dtype=torch.int64, device=self.device)
+        self.positions = torch.tensor(kv_lens, dtype=torch.int64, device=self.device)
+        self.out_cache_loc = loc.to(self.device)
+        self.seq_lens_cpu = [n + 1 for n in kv_lens]
+        self.seq_lens = torch.tensor(self.seq_lens_cpu, dtype=torch.int64, device=self.device)
+        self.prefix_lens_cpu, self.extend_lens_cpu = [], []
+
+    def filter(self, keep: list[Req]) -> None:
+        self.reqs = keep
+
+    def merge(self, other: ScheduleBatch) -> None:
+        self.reqs.extend(other.reqs)
+
+    def get_forward_batch(self, attn_backend: AttentionBackend) -> ForwardBatch:
+        assert self.input_ids is not None and self.positions is not None and self.out_cache_loc is not None
+        assert self.req_pool_indices is not None and self.seq_lens is not None
+        return ForwardBatch(
+            forward_mode=self.forward_mode,
+            batch_size=len(self.reqs),
+            input_ids=self.input_ids,
+            positions=self.positions,
+            req_pool_indices=self.req_pool_indices,
+            seq_lens=self.seq_lens,
+            out_cache_loc=self.out_cache_loc,
+            seq_lens_cpu=self.seq_lens_cpu,
+            extend_prefix_lens_cpu=self.prefix_lens_cpu,
+            extend_seq_lens_cpu=self.extend_lens_cpu,
+            req_to_token_pool=self.req_to_token_pool,
+            token_to_kv_pool=self.token_to_kv_pool,
+            attn_backend=attn_backend,
+        )
+
+
+def check_prompt(input_ids: list[int], context_len: int, vocab_size: int) -> str | None:
+    """Why a prompt cannot run, or None. Shared by the Scheduler and the front ends."""
+    if not input_ids:
+        return "the prompt is empty"
+    if len(input_ids) >= context_len:
+        return (f"the prompt has {len(input_ids)} tokens, the context length is {context_len} "
+                "(at least one token must be left for the output)")
+    if min(input_ids) < 0 or max(input_ids) >= vocab_size:
+        return f"input_ids must be in [0, {vocab_size}); got a token id out of range"
+    return None

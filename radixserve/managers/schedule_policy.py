@@ -1,0 +1,88 @@
+"""Waiting-queue order (lpm / fcfs) and PrefillAdder: which waiting requests fit in the next prefill."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+
+from radixserve.managers.schedule_batch import Req
+from radixserve.mem_cache.radix_cache import RadixCache
+
+# Matching every waiting request against the tree costs O(queue * prompt); past this queue
+# length lpm falls back to fcfs, as SGLang does.
+LPM_MAX_QUEUE = 128
+# Cap on the decode tokens one request is assumed to still need when reserving KV for it.
+MAX_RESERVE_PER_REQ = 4096
+
+
+def order_waiting_queue(queue: list[Req], policy: str, tree_cache: RadixCache) -> None:
+    """Compute each request's cached prefix and sort the queue in place by the policy."""
+    if policy == "lpm" and len(queue) <= LPM_MAX_QUEUE and not tree_cache.disabled:
+        for r in queue:
+            r.init_next_round_input(tree_cache)
+        # Stable sort: equal prefixes keep arrival order.
+        queue.sort(key=lambda r: -r.prefix_indices.numel())
+    else:
+        for r in queue:
+            r.init_next_round_input(tree_cache)
+
+
+def reserved_decode_tokens(req: Req, new_token_ratio: float) -> int:
+    left = max(0, req.sampling_params.max_new_tokens - len(req.output_ids))
+    return int(min(left, MAX_RESERVE_PER_REQ) * new_token_ratio)
+
+
+@dataclass
+class PrefillAdder:
+    """Admits requests while they fit the token budget, the KV pool and the running limit."""
+
+    tree_cache: RadixCache
+    rem_total_tokens: int  # free + evictable KV slots minus what running requests will still need
+    rem_input_tokens: int  # prefill token budget of this batch
+    rem_chunk_tokens: int | None  # chunk budget (None: chunking disabled)
+    rem_running: int  # more requests the running batch may hold
+    new_token_ratio: float
+    allow_overcommit: bool  # nothing else runs: admit a prompt that fits even without decode reserve
+    can_run: list[Req] = field(default_factory=list)
+    new_chunked_req: Req | None = None
+
+    def add_chunked_req(self, req: Req) -> None:
+        """Continue the request whose prompt is being prefilled in chunks."""
+        self._take(req, truncate_to=self._chunk_budget())
+
+    def _chunk_budget(self) -> int:
+        budget = self.rem_input_tokens
+        if self.rem_chunk_tokens is not None:
+            budget = min(budget, self.rem_chunk_tokens)
+        return budget
+
+    def _take(self, req: Req, truncate_to: int) -> None:
+        if req.extend_input_len > truncate_to:
+            req.extend_input_len = truncate_to
+            self.new_chunked_req = req
+        self.can_run.append(req)
+        self.rem_input_tokens -= req.extend_input_len
+        if self.rem_chunk_tokens is not None:
+            self.rem_chunk_tokens -= req.extend_input_len
+        self.rem_total_tokens -= req.extend_input_len
+
+    def add_one_req(self, req: Req) -> bool:
+        """Try to admit `req`; False means stop scanning the queue."""
+        if self.rem_running <= 0 or self.new_chunked_req is not None:
+            return False
+        need = req.extend_input_len + reserved_decode_tokens(req, self.new_token_ratio)
+        if need > self.rem_total_tokens:
+            # With nothing else running, a prompt that fits may still go: it cannot starve anyone,
+            # and if decode runs dry it ends with a clear error rather than waiting forever.
+            if not self.allow_overcommit or self.can_run or req.extend_input_len > self.rem_total_tokens:
+                return False
+        budget = self._chunk_budget()
+        if budget <= 0:
+            return False
+        if req.extend_input_len > budget and self.rem_chunk_tokens is None and self.can_run:
+            return False  # unchunkable and the batch already has work: next round
+        if req.last_node is not None:
+            self.tree_cache.inc_lock_ref(req.last_node)  # protect its prefix from this batch's evictions
+        self.rem_running -= 1
+        self._take(req, truncate_to=budget if self.rem_chunk_tokens is not None else req.extend_input_len)
+        self.rem_total_tokens -= reserved_decode_tokens(req, self.new_token_ratio)
+        return True

@@ -1,0 +1,92 @@
+"""KV memory: ReqToTokenPool maps request positions to KV slots; TokenToKVPool holds the KV.
+
+Page size is 1: a slot holds one token's K and V for every layer. Slot 0 is a scratch slot
+that is never handed out, so padded tokens (e.g. CUDA-graph padding) have somewhere to write.
+"""
+
+from __future__ import annotations
+
+import torch
+
+
+class ReqToTokenPool:
+    """[size, max_context_len] table: row r, column i = KV slot of request r's token i."""
+
+    def __init__(self, size: int, max_context_len: int, device: torch.device | str) -> None:
+        self.size = size
+        self.max_context_len = max_context_len
+        self.req_to_token = torch.zeros((size, max_context_len), dtype=torch.int64, device=device)
+        self._free: list[int] = list(range(size))
+
+    def available_size(self) -> int:
+        return len(self._free)
+
+    def alloc(self) -> int | None:
+        return self._free.pop() if self._free else None
+
+    def free(self, idx: int) -> None:
+        assert 0 <= idx < self.size, idx
+        self._free.append(idx)
+
+    def clear(self) -> None:
+        self._free = list(range(self.size))
+
+
+class TokenToKVPool:
+    """Per-layer K and V buffers of [size + 1, num_kv_heads, head_dim] plus a free-slot allocator."""
+
+    def __init__(self, size: int, dtype: torch.dtype, num_layers: int, num_kv_heads: int, head_dim: int,
+                 device: torch.device | str) -> None:
+        self.size = size
+        self.dtype = dtype
+        self.device = torch.device(device)
+        self.num_layers = num_layers
+        shape = (size + 1, num_kv_heads, head_dim)
+        self.k_buffer = [torch.empty(shape, dtype=dtype, device=device) for _ in range(num_layers)]
+        self.v_buffer = [torch.empty(shape, dtype=dtype, device=device) for _ in range(num_layers)]
+        # Uninitialised memory may hold NaNs; masked-out padding reads slot 0, and NaN * 0 is NaN.
+        for buf in (*self.k_buffer, *self.v_buffer):
+            buf[0].zero_()
+        self._free_chunks: list[torch.Tensor] = []
+        self.clear()
+
+    @staticmethod
+    def bytes_per_token(num_layers: int, num_kv_heads: int, head_dim: int, dtype: torch.dtype) -> int:
+        return 2 * num_layers * num_kv_heads * head_dim * torch.empty((), dtype=dtype).element_size()
+
+    def clear(self) -> None:
+        self._free_chunks = [torch.arange(1, self.size + 1, dtype=torch.int64, device=self.device)]
+        self._num_free = self.size
+
+    def available_size(self) -> int:
+        return self._num_free
+
+    def alloc(self, n: int) -> torch.Tensor | None:
+        if n > self._num_free:
+            return None
+        if len(self._free_chunks) > 1:
+            self._free_chunks = [torch.cat(self._free_chunks)]
+        chunk = self._free_chunks[0] if self._free_chunks else torch.empty(0, dtype=torch.int64)
+        out, rest = chunk[:n], chunk[n:]
+        self._free_chunks = [rest] if rest.numel() else []
+        self._num_free -= n
+        return out
+
+    def free(self, indices: torch.Tensor) -> None:
+        if indices.numel() == 0:
+            return
+        self._free_chunks.append(indices.to(torch.int64).flatten())
+        self._num_free += indices.numel()
+
+    def free_slots(self) -> torch.Tensor:
+        """All free slots (for integrity checks and tests)."""
+        if not self._free_chunks:
+            return torch.empty(0, dtype=torch.int64)
+        return torch.cat(self._free_chunks).cpu()
+
+    def get_kv_buffer(self, layer_id: int) -> tuple[torch.Tensor, torch.Tensor]:
+        return self.k_buffer[layer_id], self.v_buffer[layer_id]
+
+    def set_kv_buffer(self, layer_id: int, loc: torch.Tensor, k: torch.Tensor, v: torch.Tensor) -> None:
+        self.k_buffer[layer_id][loc] = k.to(self.dtype)
+        self.v_buffer[layer_id][loc] = v.to(self.dtype)

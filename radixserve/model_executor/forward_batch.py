@@ -1,0 +1,53 @@
+"""ForwardBatch: the model's view of one step (tensors only), built from a ScheduleBatch."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from enum import IntEnum, auto
+from typing import TYPE_CHECKING
+
+import torch
+
+if TYPE_CHECKING:
+    from radixserve.attention.base import AttentionBackend
+    from radixserve.mem_cache.memory_pool import ReqToTokenPool, TokenToKVPool
+
+
+class ForwardMode(IntEnum):
+    EXTEND = auto()  # prefill (possibly a chunk, possibly after a cached prefix)
+    DECODE = auto()  # one new token per request
+    IDLE = auto()  # no work on this rank (keeps TP ranks in lockstep)
+
+    def is_extend(self) -> bool:
+        return self == ForwardMode.EXTEND
+
+    def is_decode(self) -> bool:
+        return self == ForwardMode.DECODE
+
+
+@dataclass
+class ForwardBatch:
+    forward_mode: ForwardMode
+    batch_size: int
+    input_ids: torch.Tensor  # [num_tokens]
+    positions: torch.Tensor  # [num_tokens]
+    req_pool_indices: torch.Tensor  # [bs]
+    seq_lens: torch.Tensor  # [bs], lengths including this step's tokens
+    out_cache_loc: torch.Tensor  # [num_tokens], KV slots this step writes
+    seq_lens_cpu: list[int]
+    extend_prefix_lens_cpu: list[int]  # EXTEND: tokens already in the KV pool per request
+    extend_seq_lens_cpu: list[int]  # EXTEND: new tokens per request
+    req_to_token_pool: ReqToTokenPool
+    token_to_kv_pool: TokenToKVPool
+    attn_backend: AttentionBackend
+
+    @property
+    def num_tokens(self) -> int:
+        return int(self.input_ids.shape[0])
+
+    def last_token_indices(self) -> torch.Tensor:
+        """Row of each request's last token in the flattened token dimension."""
+        if self.forward_mode.is_decode():
+            return torch.arange(self.batch_size, device=self.input_ids.device)
+        lens = torch.tensor(self.extend_seq_lens_cpu, dtype=torch.int64)
+        return (torch.cumsum(lens, 0) - 1).to(self.input_ids.device)

@@ -1,0 +1,155 @@
+"""ModelRunner: loads the model, sizes and owns the KV pools, runs forward passes."""
+
+from __future__ import annotations
+
+import logging
+import time
+from dataclasses import dataclass
+
+import torch
+from tqdm.auto import tqdm
+
+from radixserve.attention.base import AttentionBackend
+from radixserve.attention.torch_backend import TorchAttnBackend
+from radixserve.configs.model_config import ModelConfig
+from radixserve.distributed.parallel_state import SINGLE, ParallelGroup
+from radixserve.mem_cache.memory_pool import ReqToTokenPool, TokenToKVPool
+from radixserve.model_executor.forward_batch import ForwardBatch
+from radixserve.model_loader.source import ModelSource
+from radixserve.models.llama import MODEL_CLASSES, LlamaForCausalLM
+from radixserve.server_args import ServerArgs
+
+logger = logging.getLogger(__name__)
+
+GiB = 1 << 30
+# Requests per ReqToTokenPool are capped: each row costs context_len * 8 bytes.
+MAX_RUNNING_REQUESTS_CAP = 1024
+
+
+class KVCacheTooSmallError(RuntimeError):
+    pass
+
+
+def resolve_device(name: str) -> torch.device:
+    if name == "auto":
+        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    if name == "cuda" and not torch.cuda.is_available():
+        raise RuntimeError("--device cuda was asked for but no CUDA device is available")
+    return torch.device(name)
+
+
+def resolve_dtype(name: str, device: torch.device) -> torch.dtype:
+    if name == "auto":
+        return torch.bfloat16 if device.type == "cuda" else torch.float32
+    return {"float32": torch.float32, "bfloat16": torch.bfloat16, "float16": torch.float16}[name]
+
+
+@dataclass
+class PoolSizes:
+    max_total_tokens: int
+    max_running_requests: int
+    context_len: int
+
+
+class ModelRunner:
+    def __init__(self, server_args: ServerArgs, source: ModelSource, tp: ParallelGroup = SINGLE) -> None:
+        self.server_args = server_args
+        self.source = source
+        self.config: ModelConfig = source.config
+        self.tp = tp
+        self.device = resolve_device(server_args.device)
+        self.dtype = resolve_dtype(server_args.dtype, self.device)
+        self.model = self._load_model()
+        self.sizes = self._pool_sizes()
+        self.req_to_token_pool = ReqToTokenPool(
+            self.sizes.max_running_requests + 1, self.sizes.context_len, self.device)
+        self.token_to_kv_pool = TokenToKVPool(
+            self.sizes.max_total_tokens, self.dtype, self.config.num_hidden_layers,
+            self.model.model.layers[0].self_attn.num_kv_heads, self.config.head_dim, self.device)
+        self.attn_backend: AttentionBackend = self._attention_backend()
+        logger.info("KV pool: %d tokens, %d running requests max, context %d",
+                    self.sizes.max_total_tokens, self.sizes.max_running_requests, self.sizes.context_len)
+
+    # ---- loading -----------------------------------------------------------------------------
+    def _load_model(self) -> LlamaForCausalLM:
+        cls = MODEL_CLASSES[self.config.architecture]
+        start = time.monotonic()
+        prev = torch.get_default_dtype()
+        torch.set_default_dtype(self.dtype)
+        try:
+            with torch.device(self.device):
+                model = cls(self.config, self.tp)
+        finally:
+            torch.set_default_dtype(prev)
+        if self.source.kind == "dummy":
+            self._init_dummy(model)
+        else:
+            total = self.source.num_weight_files or None
+            weights = tqdm(self.source.iter_weights(), total=total, desc="Loading weights", unit="tensor",
+                           disable=self.tp.rank != 0, leave=False)
+            loaded = model.load_weights(weights)
+            missing = sorted(model.expected_params() - loaded)
+            if missing:
+                raise ValueError(f"{self.source.path}: checkpoint lacks {len(missing)} tensors, e.g. {missing[:3]}")
+        model.eval()
+        logger.info("loaded %s (%s) in %.1fs on %s as %s", self.source.name, self.config.architecture,
+                    time.monotonic() - start, self.device, self.dtype)
+        return model
+
+    @staticmethod
+    def _init_dummy(model: LlamaForCausalLM) -> None:
+        gen = torch.Generator(device="cpu").manual_seed(0)
+        with torch.no_grad():
+            for name, p in model.named_parameters():
+                if "norm" in name:
+                    p.fill_(1.0)
+                else:
+                    # Small uniform weights keep activations finite through many layers.
+                    p.copy_(torch.empty(p.shape, dtype=torch.float32).uniform_(-0.02, 0.02, generator=gen))
+
+    def _attention_backend(self) -> AttentionBackend:
+        # "auto" and "torch" are the same until the GPU kernels land.
+        return TorchAttnBackend()
+
+    # ---- sizing ------------------------------------------------------------------------------
+    def _pool_sizes(self) -> PoolSizes:
+        sa = self.server_args
+        per_token = TokenToKVPool.bytes_per_token(
+            self.config.num_hidden_layers, self.model.model.layers[0].self_attn.num_kv_heads,
+            self.config.head_dim, self.dtype)
+        if sa.max_total_tokens is not None:
+            tokens = sa.max_total_tokens
+        elif self.device.type == "cuda":
+            free, total = torch.cuda.mem_get_info(self.device)
+            budget = free - total * (1 - sa.mem_fraction_static)
+            tokens = int(budget // per_token)
+        else:
+            budget_bytes = (sa.kv_cache_budget_gb * GiB) if sa.kv_cache_budget_gb else min(2 * GiB, _available() * 0.2)
+            tokens = int(budget_bytes // per_token)
+        context_len = sa.context_length or self.config.max_position_embeddings
+        if context_len > self.config.max_position_embeddings:
+            raise ValueError(f"context_length {context_len} exceeds the model's "
+                             f"max_position_embeddings {self.config.max_position_embeddings}")
+        if tokens < 16:
+            raise KVCacheTooSmallError(
+                f"the KV pool would hold only {tokens} tokens ({per_token} bytes each); "
+                "raise mem_fraction_static / kv_cache_budget_gb or use a smaller model")
+        running = sa.max_running_requests or max(16, min(MAX_RUNNING_REQUESTS_CAP, tokens // 64))
+        return PoolSizes(tokens, running, context_len)
+
+    # ---- running -----------------------------------------------------------------------------
+    @torch.inference_mode()
+    def forward(self, fb: ForwardBatch) -> torch.Tensor:
+        self.attn_backend.init_forward_metadata(fb)
+        return self.model(fb.input_ids, fb.positions, fb)
+
+
+def _available() -> float:
+    try:
+        with open("/proc/meminfo") as f:
+            for line in f:
+                if line.startswith("MemAvailable:"):
+                    return float(line.split()[1]) * 1024
+    except OSError:
+        pass
+    return 8.0 * GiB

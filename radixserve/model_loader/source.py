@@ -1,0 +1,95 @@
+"""Resolve `--model-path` / `--load-format` into a ModelSource: config, weights and tokenizer."""
+
+from __future__ import annotations
+
+from collections.abc import Iterator
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import torch
+
+from radixserve.configs.model_config import NAMED_SHAPES, ModelConfig, UnsupportedModelError
+from radixserve.model_loader.default_model import DEFAULT_MODEL_NAME, ModelNotFoundError, default_model_path
+from radixserve.model_loader.gguf_loader import gguf_model_config, iter_gguf_weights, open_gguf
+from radixserve.model_loader.hf_loader import hf_model_config, iter_safetensors_weights, safetensors_files
+
+EXPECTED = (
+    "expected a GGUF file, an HF directory with config.json and *.safetensors, "
+    "or no model path for the embedded default"
+)
+
+
+@dataclass
+class ModelSource:
+    kind: str  # "gguf" | "safetensors" | "dummy"
+    path: Path | None
+    name: str
+    config: ModelConfig
+    tokenizer_source: Path
+    _gguf_reader: Any = None
+
+    def iter_weights(self) -> Iterator[tuple[str, torch.Tensor]]:
+        if self.kind == "gguf":
+            return iter_gguf_weights(self._gguf_reader, self.config)
+        if self.kind == "safetensors":
+            assert self.path is not None
+            return iter_safetensors_weights(self.path)
+        raise ValueError("dummy models have no weights to read")
+
+    @property
+    def num_weight_files(self) -> int:
+        if self.kind == "gguf":
+            return len(self._gguf_reader.tensors)
+        return 0
+
+
+def _resolve_real(path: Path) -> tuple[str, Path]:
+    if not path.exists():
+        raise ModelNotFoundError(f"model path {str(path)!r} does not exist; {EXPECTED}")
+    if path.is_file():
+        if path.suffix.lower() == ".gguf":
+            return "gguf", path
+        raise UnsupportedModelError(f"model file {str(path)!r} is not a .gguf file; {EXPECTED}")
+    if (path / "config.json").is_file():
+        safetensors_files(path)
+        return "safetensors", path
+    ggufs = sorted(path.glob("*.gguf"))
+    if len(ggufs) == 1:
+        return "gguf", ggufs[0]
+    raise UnsupportedModelError(f"directory {str(path)!r} has no config.json; {EXPECTED}")
+
+
+def resolve_model_source(
+    model_path: str | None, load_format: str = "auto", tokenizer_path: str | None = None
+) -> ModelSource:
+    if load_format == "dummy":
+        return _resolve_dummy(model_path, tokenizer_path)
+    path = default_model_path() if not model_path else Path(model_path).expanduser()
+    kind, path = _resolve_real(path)
+    if load_format not in ("auto", kind):
+        raise UnsupportedModelError(f"--load-format {load_format} does not match {str(path)!r}, which is {kind}")
+    name = DEFAULT_MODEL_NAME if not model_path else (path.stem if kind == "gguf" else path.name)
+    tok = Path(tokenizer_path).expanduser() if tokenizer_path else path
+    if kind == "gguf":
+        reader = open_gguf(path)
+        return ModelSource(kind, path, name, gguf_model_config(reader, path), tok, reader)
+    return ModelSource(kind, path, name, hf_model_config(path), tok)
+
+
+def _resolve_dummy(model_path: str | None, tokenizer_path: str | None) -> ModelSource:
+    default_tok = Path(tokenizer_path).expanduser() if tokenizer_path else default_model_path()
+    if not model_path or model_path in NAMED_SHAPES:
+        shape = model_path or "smollm2-135m"
+        config = ModelConfig.from_hf_dict(NAMED_SHAPES[shape], source=f"shape {shape}")
+        return ModelSource("dummy", None, f"dummy-{shape}", config, default_tok)
+    path = Path(model_path).expanduser()
+    if not path.exists():
+        raise ModelNotFoundError(
+            f"--load-format dummy: {model_path!r} is neither a named shape ({sorted(NAMED_SHAPES)}) "
+            "nor an existing model path"
+        )
+    kind, path = _resolve_real(path)
+    config = gguf_model_config(open_gguf(path), path) if kind == "gguf" else hf_model_config(path)
+    tok = Path(tokenizer_path).expanduser() if tokenizer_path else path
+    return ModelSource("dummy", path, f"dummy-{path.stem}", config, tok)

@@ -1,0 +1,168 @@
+"""Batched sampling on the logits' device: penalties, temperature, top-k/top-p/min-p, seeds, logprobs.
+
+Random draws use the exponential-race trick (argmax of p / E, E ~ Exp(1)), so each seeded
+request draws its noise from its own generator and its output does not depend on what else
+is in the batch. Only the sampled ids (and logprobs when asked) come back to the host.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from dataclasses import dataclass
+from typing import Protocol
+
+import torch
+
+from radixserve.sampling.sampling_params import SamplingParams
+
+
+class SamplingReq(Protocol):
+    sampling_params: SamplingParams
+    origin_input_ids: list[int]
+    output_ids: list[int]
+    generator: torch.Generator | None
+    return_logprob: bool
+    top_logprobs_num: int
+    stop_ids_for_min_tokens: list[int]
+
+
+@dataclass
+class SamplingBatchInfo:
+    temperatures: torch.Tensor  # [bs, 1]; 1.0 for greedy rows
+    greedy: torch.Tensor  # [bs] bool
+    all_greedy: bool
+    top_ps: torch.Tensor | None
+    top_ks: torch.Tensor | None
+    min_ps: torch.Tensor | None
+    repetition: torch.Tensor | None  # [bs, 1]
+    frequency: torch.Tensor | None
+    presence: torch.Tensor | None
+    reqs: Sequence[SamplingReq]
+    generators: list[torch.Generator | None]
+    need_logprobs: bool
+    top_logprobs_num: int
+
+    @classmethod
+    def from_reqs(cls, reqs: Sequence[SamplingReq], device: torch.device) -> SamplingBatchInfo:
+        ps = [r.sampling_params for r in reqs]
+
+        def col(values: list[float], neutral: float) -> torch.Tensor | None:
+            if all(v == neutral for v in values):
+                return None
+            return torch.tensor(values, dtype=torch.float32, device=device)[:, None]
+
+        greedy_list = [p.is_greedy for p in ps]
+        return cls(
+            temperatures=torch.tensor([1.0 if g else p.temperature for g, p in zip(greedy_list, ps, strict=True)],
+                                      dtype=torch.float32, device=device)[:, None],
+            greedy=torch.tensor(greedy_list, device=device),
+            all_greedy=all(greedy_list),
+            top_ps=col([p.top_p for p in ps], 1.0),
+            top_ks=None if all(p.top_k == -1 for p in ps) else torch.tensor(
+                [p.top_k if p.top_k > 0 else 1 << 30 for p in ps], dtype=torch.int64, device=device)[:, None],
+            min_ps=col([p.min_p for p in ps], 0.0),
+            repetition=col([p.repetition_penalty for p in ps], 1.0),
+            frequency=col([p.frequency_penalty for p in ps], 0.0),
+            presence=col([p.presence_penalty for p in ps], 0.0),
+            reqs=reqs,
+            generators=[r.generator for r in reqs],
+            need_logprobs=any(r.return_logprob for r in reqs),
+            top_logprobs_num=max((r.top_logprobs_num for r in reqs if r.return_logprob), default=0),
+        )
+
+
+@dataclass
+class SampleOutput:
+    next_token_ids: list[int]
+    logprobs: list[float] | None
+    top_logprobs: list[list[tuple[int, float]]] | None
+
+
+def _padded(rows: list[list[int]], device: torch.device) -> tuple[torch.Tensor, torch.Tensor]:
+    width = max(1, max(len(r) for r in rows))
+    ids = torch.zeros((len(rows), width), dtype=torch.int64)
+    mask = torch.zeros((len(rows), width), dtype=torch.float32)
+    for i, r in enumerate(rows):
+        if r:
+            ids[i, : len(r)] = torch.tensor(r, dtype=torch.int64)
+            mask[i, : len(r)] = 1.0
+    return ids.to(device), mask.to(device)
+
+
+def apply_penalties(logits: torch.Tensor, info: SamplingBatchInfo) -> torch.Tensor:
+    bs, vocab = logits.shape
+    if info.repetition is not None:
+        # HF semantics: tokens seen in the prompt or the output have positive logits divided,
+        # negative ones multiplied, by the penalty.
+        ids, mask = _padded([r.origin_input_ids + r.output_ids for r in info.reqs], logits.device)
+        seen = torch.zeros((bs, vocab), dtype=torch.float32, device=logits.device).scatter_(1, ids, mask) > 0
+        penalized = torch.where(logits > 0, logits / info.repetition, logits * info.repetition)
+        logits = torch.where(seen, penalized, logits)
+    if info.frequency is not None or info.presence is not None:
+        # OpenAI semantics: counts over generated tokens only.
+        ids, mask = _padded([r.output_ids for r in info.reqs], logits.device)
+        counts = torch.zeros((bs, vocab), dtype=torch.float32, device=logits.device).scatter_add_(1, ids, mask)
+        if info.frequency is not None:
+            logits = logits - info.frequency * counts
+        if info.presence is not None:
+            logits = logits - info.presence * (counts > 0).float()
+    return logits
+
+
+def _mask_min_tokens(logits: torch.Tensor, reqs: Sequence[SamplingReq]) -> torch.Tensor:
+    rows = [(i, r.stop_ids_for_min_tokens) for i, r in enumerate(reqs)
+            if len(r.output_ids) < r.sampling_params.min_new_tokens and r.stop_ids_for_min_tokens]
+    for i, ids in rows:
+        logits[i, ids] = float("-inf")
+    return logits
+
+
+def _filter_probs(probs: torch.Tensor, info: SamplingBatchInfo) -> torch.Tensor:
+    if info.min_ps is not None:
+        probs = probs.masked_fill(probs < info.min_ps * probs.max(dim=-1, keepdim=True).values, 0.0)
+    if info.top_ks is None and info.top_ps is None:
+        return probs
+    sorted_p, order = probs.sort(dim=-1, descending=True)
+    if info.top_ks is not None:
+        rank = torch.arange(probs.shape[-1], device=probs.device)[None, :]
+        sorted_p = sorted_p.masked_fill(rank >= info.top_ks, 0.0)
+    if info.top_ps is not None:
+        # Keep the smallest prefix whose mass reaches top_p (the first token always stays).
+        before = torch.cumsum(sorted_p, dim=-1) - sorted_p
+        total = sorted_p.sum(dim=-1, keepdim=True)
+        sorted_p = sorted_p.masked_fill(before > info.top_ps * total, 0.0)
+    return torch.zeros_like(probs).scatter_(-1, order, sorted_p)
+
+
+def _exponential_noise(shape: tuple[int, int], generators: list[torch.Generator | None],
+                       device: torch.device) -> torch.Tensor:
+    noise = torch.empty(shape, dtype=torch.float32, device=device).exponential_()
+    for i, g in enumerate(generators):
+        if g is not None:
+            noise[i].exponential_(generator=g)
+    return noise
+
+
+def sample(logits: torch.Tensor, info: SamplingBatchInfo) -> SampleOutput:
+    """logits: [bs, vocab] float32 of each request's last position."""
+    raw = logits
+    logits = apply_penalties(logits, info)
+    logits = _mask_min_tokens(logits, info.reqs)
+    greedy_ids = logits.argmax(dim=-1)
+    if info.all_greedy:
+        next_ids = greedy_ids
+    else:
+        probs = torch.softmax(logits / info.temperatures, dim=-1)
+        probs = _filter_probs(probs, info)
+        noise = _exponential_noise(tuple(probs.shape), info.generators, probs.device)  # type: ignore[arg-type]
+        sampled = (probs / noise).argmax(dim=-1)
+        next_ids = torch.where(info.greedy, greedy_ids, sampled)
+    logprobs = top = None
+    if info.need_logprobs:
+        lp = torch.log_softmax(raw, dim=-1)
+        chosen = lp.gather(1, next_ids[:, None]).squeeze(1)
+        logprobs = chosen.tolist()
+        if info.top_logprobs_num > 0:
+            vals, idx = lp.topk(info.top_logprobs_num, dim=-1)
+            top = [list(zip(i, v, strict=True)) for i, v in zip(idx.tolist(), vals.tolist(), strict=True)]
+    return SampleOutput(next_ids.tolist(), logprobs, top)

@@ -1,0 +1,163 @@
+"""ServerArgs: every knob of the engine and server, validated in one place.
+
+Every field becomes a `radixserve serve` flag (see `add_cli_args`), so the help text lives
+next to the default. Validation raises `ServerArgsError` naming the field.
+"""
+
+from __future__ import annotations
+
+import argparse
+import dataclasses
+import os
+from dataclasses import dataclass, field
+from typing import Any
+
+SCHEDULE_POLICIES = ("lpm", "fcfs")
+LOAD_FORMATS = ("auto", "gguf", "safetensors", "dummy")
+DTYPES = ("auto", "float32", "bfloat16", "float16")
+DEVICES = ("auto", "cpu", "cuda")
+ATTENTION_BACKENDS = ("auto", "torch")
+API_KEY_ENV = "RADIXSERVE_API_KEY"
+
+
+class ServerArgsError(ValueError):
+    """A ServerArgs field has an invalid value; the message names the field."""
+
+    def __init__(self, field_name: str, message: str) -> None:
+        super().__init__(f"invalid value for {field_name!r}: {message}")
+        self.field_name = field_name
+
+
+def _help(text: str, **extra: Any) -> dict[str, Any]:
+    return {"help": text, **extra}
+
+
+@dataclass
+class ServerArgs:
+    # Model
+    model_path: str | None = field(default=None, metadata=_help(
+        "GGUF file, HF directory (config.json + *.safetensors + tokenizer files), or, with "
+        "--load-format dummy, a named shape (e.g. llama-3-8b). Empty: the embedded SmolLM2-135M-Instruct."))
+    tokenizer_path: str | None = field(default=None, metadata=_help(
+        "Directory or GGUF file to take the tokenizer from (default: the model's)."))
+    served_model_name: str | None = field(default=None, metadata=_help(
+        "Model name reported by /v1/models and expected in requests (default: derived from the model path)."))
+    load_format: str = field(default="auto", metadata=_help(
+        "How to load weights: auto (by path), gguf, safetensors, or dummy (random weights of the model's shape).",
+        choices=LOAD_FORMATS))
+    context_length: int | None = field(default=None, metadata=_help(
+        "Maximum tokens per request, prompt plus output (default: the model's own limit)."))
+    dtype: str = field(default="auto", metadata=_help(
+        "Weight and activation dtype: auto means float32 on CPU and bfloat16 on CUDA.", choices=DTYPES))
+    device: str = field(default="auto", metadata=_help(
+        "Device to run on: auto picks cuda when available.", choices=DEVICES))
+    # HTTP
+    host: str = field(default="127.0.0.1", metadata=_help("Address the HTTP server binds."))
+    port: int = field(default=30000, metadata=_help("Port the HTTP server binds."))
+    api_key: str | None = field(default=None, metadata=_help(
+        f"Require 'Authorization: Bearer KEY' on API routes (default: the {API_KEY_ENV} environment variable)."))
+    # Parallelism
+    tensor_parallel_size: int = field(default=1, metadata=_help(
+        "Tensor-parallel ranks (one process per rank).", flags=("--tp", "--tensor-parallel-size")))
+    pipeline_parallel_size: int = field(default=1, metadata=_help(
+        "Pipeline-parallel stages.", flags=("--pp", "--pipeline-parallel-size")))
+    # Memory
+    mem_fraction_static: float = field(default=0.88, metadata=_help(
+        "Fraction of GPU memory for weights plus the KV pool (GPU only)."))
+    max_total_tokens: int | None = field(default=None, metadata=_help(
+        "KV pool size in tokens (overrides the memory-based sizing)."))
+    kv_cache_budget_gb: float | None = field(default=None, metadata=_help(
+        "CPU: bytes for the KV pool in GiB (default: min(2 GiB, 20%% of available memory))."))
+    max_running_requests: int | None = field(default=None, metadata=_help(
+        "Most requests decoded together (default: derived from the KV pool size)."))
+    max_queued_requests: int | None = field(default=None, metadata=_help(
+        "Most requests waiting; more are refused with HTTP 429 (default: unlimited)."))
+    # Scheduling
+    schedule_policy: str = field(default="lpm", metadata=_help(
+        "Waiting-queue order: lpm (longest cached prefix first) or fcfs.", choices=SCHEDULE_POLICIES))
+    chunked_prefill_size: int = field(default=8192, metadata=_help(
+        "Longest prefill chunk in tokens; longer prompts are prefilled in pieces (-1 disables chunking)."))
+    max_prefill_tokens: int = field(default=16384, metadata=_help(
+        "Token budget of one prefill batch."))
+    disable_radix_cache: bool = field(default=False, metadata=_help(
+        "Do not reuse KV across requests (every request prefills its whole prompt)."))
+    attention_backend: str = field(default="auto", metadata=_help(
+        "Attention implementation: torch (the reference); auto picks the best for the device.",
+        choices=ATTENTION_BACKENDS))
+    random_seed: int | None = field(default=None, metadata=_help(
+        "Seed for sampling of requests that carry no seed of their own."))
+    stream_interval: int = field(default=1, metadata=_help(
+        "Send streamed output every N tokens."))
+    # Operation
+    log_level: str = field(default="info", metadata=_help("Log level: debug, info, warning, error."))
+    graceful_shutdown_timeout: float = field(default=30.0, metadata=_help(
+        "On SIGTERM, seconds to let in-flight requests finish before exiting."))
+
+    def __post_init__(self) -> None:
+        if self.api_key is None:
+            self.api_key = os.environ.get(API_KEY_ENV) or None
+        self.validate()
+
+    def validate(self) -> None:
+        def check(ok: bool, name: str, message: str) -> None:
+            if not ok:
+                raise ServerArgsError(name, message)
+
+        check(self.load_format in LOAD_FORMATS, "load_format", f"{self.load_format!r} is not one of {LOAD_FORMATS}")
+        check(self.dtype in DTYPES, "dtype", f"{self.dtype!r} is not one of {DTYPES}")
+        check(self.device in DEVICES, "device", f"{self.device!r} is not one of {DEVICES}")
+        check(self.schedule_policy in SCHEDULE_POLICIES, "schedule_policy",
+              f"{self.schedule_policy!r} is not one of {SCHEDULE_POLICIES}")
+        check(self.attention_backend in ATTENTION_BACKENDS, "attention_backend",
+              f"{self.attention_backend!r} is not one of {ATTENTION_BACKENDS}")
+        check(0 < self.port < 65536, "port", f"{self.port} is not a TCP port")
+        check(self.tensor_parallel_size >= 1, "tensor_parallel_size", "must be >= 1")
+        check(self.pipeline_parallel_size >= 1, "pipeline_parallel_size", "must be >= 1")
+        check(0.0 < self.mem_fraction_static < 1.0, "mem_fraction_static", "must be in (0, 1)")
+        check(self.context_length is None or self.context_length > 1, "context_length", "must be > 1")
+        check(self.max_total_tokens is None or self.max_total_tokens >= 16, "max_total_tokens", "must be >= 16")
+        check(self.kv_cache_budget_gb is None or self.kv_cache_budget_gb > 0, "kv_cache_budget_gb", "must be > 0")
+        check(self.max_running_requests is None or self.max_running_requests >= 1,
+              "max_running_requests", "must be >= 1")
+        check(self.max_queued_requests is None or self.max_queued_requests >= 1,
+              "max_queued_requests", "must be >= 1")
+        check(self.chunked_prefill_size == -1 or self.chunked_prefill_size >= 1,
+              "chunked_prefill_size", "must be >= 1, or -1 to disable chunking")
+        check(self.max_prefill_tokens >= 1, "max_prefill_tokens", "must be >= 1")
+        check(self.stream_interval >= 1, "stream_interval", "must be >= 1")
+        check(self.graceful_shutdown_timeout >= 0, "graceful_shutdown_timeout", "must be >= 0")
+        check(self.log_level.lower() in ("debug", "info", "warning", "error", "critical"),
+              "log_level", f"{self.log_level!r} is not a log level")
+
+    # ---- CLI -------------------------------------------------------------------------------
+    @staticmethod
+    def add_cli_args(parser: argparse.ArgumentParser) -> None:
+        for f in dataclasses.fields(ServerArgs):
+            meta = dict(f.metadata)
+            flags = meta.pop("flags", ("--" + f.name.replace("_", "-"),))
+            kwargs: dict[str, Any] = {"dest": f.name, "default": f.default, **meta}
+            if f.type in ("bool", bool):
+                kwargs["action"] = argparse.BooleanOptionalAction
+            else:
+                kwargs["type"] = _field_type(f)
+                kwargs["metavar"] = f.name.upper() if "choices" not in kwargs else None
+            if kwargs.get("help") and f.default is not None and f.type not in ("bool", bool):
+                kwargs["help"] += " [default: %(default)s]"
+            parser.add_argument(*flags, **kwargs)
+
+    @classmethod
+    def from_cli_args(cls, args: argparse.Namespace) -> ServerArgs:
+        names = {f.name for f in dataclasses.fields(cls)}
+        return cls(**{k: v for k, v in vars(args).items() if k in names})
+
+    def replace(self, **changes: Any) -> ServerArgs:
+        return dataclasses.replace(self, **changes)
+
+
+def _field_type(f: dataclasses.Field[Any]) -> type:
+    text = str(f.type)
+    if "int" in text:
+        return int
+    if "float" in text:
+        return float
+    return str
