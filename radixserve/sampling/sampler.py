@@ -112,6 +112,8 @@ def apply_penalties(logits: torch.Tensor, info: SamplingBatchInfo) -> torch.Tens
 def _mask_min_tokens(logits: torch.Tensor, reqs: Sequence[SamplingReq]) -> torch.Tensor:
     rows = [(i, r.stop_ids_for_min_tokens) for i, r in enumerate(reqs)
             if len(r.output_ids) < r.sampling_params.min_new_tokens and r.stop_ids_for_min_tokens]
+    if rows:
+        logits = logits.clone()  # the raw logits still serve the logprobs
     for i, ids in rows:
         logits[i, ids] = float("-inf")
     return logits
@@ -143,6 +145,7 @@ def _exponential_noise(shape: tuple[int, int], generators: list[torch.Generator 
     return noise
 
 
+@torch.inference_mode()
 def sample(logits: torch.Tensor, info: SamplingBatchInfo) -> SampleOutput:
     """logits: [bs, vocab] float32 of each request's last position."""
     raw = logits
