@@ -6,7 +6,7 @@ import logging
 import uuid
 from collections.abc import Sequence
 from types import TracebackType
-from typing import Any
+from typing import Any, cast
 
 from tqdm.auto import tqdm
 
@@ -109,8 +109,8 @@ class Engine:
             return [list(self.tokenizer(p).input_ids) if p else [] for p in prompts]
         assert input_ids is not None
         if input_ids and isinstance(input_ids[0], int):
-            return [list(input_ids)]  # type: ignore[arg-type]
-        return [list(x) for x in input_ids]  # type: ignore[union-attr]
+            return [[int(t) for t in input_ids]]  # type: ignore[union-attr]
+        return [list(cast(list[int], x)) for x in input_ids]
 
     @staticmethod
     def _params(sampling_params: Params, n: int) -> list[SamplingParams]:
@@ -121,7 +121,7 @@ class Engine:
         return [SamplingParams.from_dict(sampling_params) for _ in range(n)]
 
     def _run(self, reqs: Sequence[TokenizedGenerateReqInput], show_progress: bool | None) -> dict[str, dict[str, Any]]:
-        pending = {r.rid: {"ids": [], "logprobs": [], "top": [], "final": None} for r in reqs}
+        pending: dict[str, dict[str, Any]] = {r.rid: {"ids": [], "logprobs": [], "top": [], "final": None} for r in reqs}
         for r in reqs:
             self.scheduler.add_request(r)
         bar = tqdm(total=len(reqs), desc="Generating", unit="req", leave=False,

@@ -37,6 +37,9 @@ def _inv_freq(head_dim: int, base: float, scaling: dict[str, Any] | None) -> tor
 
 
 class RotaryEmbedding(nn.Module):
+    cos_cache: torch.Tensor
+    sin_cache: torch.Tensor
+
     def __init__(self, head_dim: int, max_position: int, base: float,
                  scaling: dict[str, Any] | None = None) -> None:
         super().__init__()

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 from dataclasses import dataclass, field
+from enum import Enum, auto
 
 from radixserve.managers.schedule_batch import Req
 from radixserve.mem_cache.radix_cache import RadixCache
@@ -12,6 +13,15 @@ from radixserve.mem_cache.radix_cache import RadixCache
 LPM_MAX_QUEUE = 128
 # Cap on the decode tokens one request is assumed to still need when reserving KV for it.
 MAX_RESERVE_PER_REQ = 4096
+# A waiting request whose first tokens equal those of a request already in this prefill batch,
+# and that has no longer cached prefix, waits one round: after this batch its prefix is cached.
+IN_BATCH_PREFIX_TOKENS = 32
+
+
+class AddResult(Enum):
+    ADDED = auto()
+    DEFERRED = auto()  # skip this one, keep scanning
+    STOP = auto()  # nothing more fits in this batch
 
 
 def order_waiting_queue(queue: list[Req], policy: str, tree_cache: RadixCache) -> None:
@@ -44,6 +54,7 @@ class PrefillAdder:
     allow_overcommit: bool  # nothing else runs: admit a prompt that fits even without decode reserve
     can_run: list[Req] = field(default_factory=list)
     new_chunked_req: Req | None = None
+    _batch_heads: set[tuple[int, ...]] = field(default_factory=set)
 
     def add_chunked_req(self, req: Req) -> None:
         """Continue the request whose prompt is being prefilled in chunks."""
@@ -65,24 +76,34 @@ class PrefillAdder:
             self.rem_chunk_tokens -= req.extend_input_len
         self.rem_total_tokens -= req.extend_input_len
 
-    def add_one_req(self, req: Req) -> bool:
-        """Try to admit `req`; False means stop scanning the queue."""
+    def add_one_req(self, req: Req) -> AddResult:
+        """Try to admit `req`."""
         if self.rem_running <= 0 or self.new_chunked_req is not None:
-            return False
+            return AddResult.STOP
+        head = tuple(req.fill_ids[:IN_BATCH_PREFIX_TOKENS])
+        if (not self.tree_cache.disabled and len(head) == IN_BATCH_PREFIX_TOKENS
+                and req.prefix_indices.numel() < IN_BATCH_PREFIX_TOKENS and head in self._batch_heads):
+            return AddResult.DEFERRED
+        result = self._admit(req)
+        if result is AddResult.ADDED:
+            self._batch_heads.add(head)
+        return result
+
+    def _admit(self, req: Req) -> AddResult:
         need = req.extend_input_len + reserved_decode_tokens(req, self.new_token_ratio)
-        if need > self.rem_total_tokens:
-            # With nothing else running, a prompt that fits may still go: it cannot starve anyone,
-            # and if decode runs dry it ends with a clear error rather than waiting forever.
-            if not self.allow_overcommit or self.can_run or req.extend_input_len > self.rem_total_tokens:
-                return False
+        # With nothing else running, a prompt that fits may go without its decode reserve: it
+        # cannot starve anyone, and if decode runs dry it ends with a clear error, not a hang.
+        lone_fit = self.allow_overcommit and not self.can_run and req.extend_input_len <= self.rem_total_tokens
+        if need > self.rem_total_tokens and not lone_fit:
+            return AddResult.STOP
         budget = self._chunk_budget()
         if budget <= 0:
-            return False
+            return AddResult.STOP
         if req.extend_input_len > budget and self.rem_chunk_tokens is None and self.can_run:
-            return False  # unchunkable and the batch already has work: next round
+            return AddResult.STOP  # unchunkable and the batch already has work: next round
         if req.last_node is not None:
             self.tree_cache.inc_lock_ref(req.last_node)  # protect its prefix from this batch's evictions
         self.rem_running -= 1
         self._take(req, truncate_to=budget if self.rem_chunk_tokens is not None else req.extend_input_len)
         self.rem_total_tokens -= reserved_decode_tokens(req, self.new_token_ratio)
-        return True
+        return AddResult.ADDED

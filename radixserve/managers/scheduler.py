@@ -24,7 +24,12 @@ from radixserve.managers.io_struct import (
     TokenizedGenerateReqInput,
 )
 from radixserve.managers.schedule_batch import Req, ScheduleBatch, check_prompt
-from radixserve.managers.schedule_policy import PrefillAdder, order_waiting_queue, reserved_decode_tokens
+from radixserve.managers.schedule_policy import (
+    AddResult,
+    PrefillAdder,
+    order_waiting_queue,
+    reserved_decode_tokens,
+)
 from radixserve.mem_cache.radix_cache import ChunkCache, RadixCache
 from radixserve.model_executor.forward_batch import ForwardMode
 from radixserve.model_executor.model_runner import ModelRunner
@@ -204,7 +209,7 @@ class Scheduler:
             for req in self.waiting_queue:
                 if len(adder.can_run) >= free_req_slots + (1 if self.chunked_req else 0):
                     break
-                if not adder.add_one_req(req):
+                if adder.add_one_req(req) is AddResult.STOP:
                     break
         if not adder.can_run:
             return None
@@ -289,9 +294,7 @@ class Scheduler:
         token = req.output_ids[-1]
         params = req.sampling_params
         enough = len(req.output_ids) >= params.min_new_tokens
-        if enough and not params.ignore_eos and token in req.eos_token_ids:
-            req.finished_reason = FinishReason("stop", matched=token)
-        elif enough and token in params.stop_token_ids:
+        if (enough and not params.ignore_eos and token in req.eos_token_ids) or (enough and token in params.stop_token_ids):
             req.finished_reason = FinishReason("stop", matched=token)
         elif len(req.output_ids) >= params.max_new_tokens:
             req.finished_reason = FinishReason("length")

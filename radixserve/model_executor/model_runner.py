@@ -65,7 +65,7 @@ class ModelRunner:
             self.sizes.max_running_requests + 1, self.sizes.context_len, self.device)
         self.token_to_kv_pool = TokenToKVPool(
             self.sizes.max_total_tokens, self.dtype, self.config.num_hidden_layers,
-            self.model.model.layers[0].self_attn.num_kv_heads, self.config.head_dim, self.device)
+            self.model.num_kv_heads_per_rank, self.config.head_dim, self.device)
         self.attn_backend: AttentionBackend = self._attention_backend()
         logger.info("KV pool: %d tokens, %d running requests max, context %d",
                     self.sizes.max_total_tokens, self.sizes.max_running_requests, self.sizes.context_len)
@@ -115,7 +115,7 @@ class ModelRunner:
     def _pool_sizes(self) -> PoolSizes:
         sa = self.server_args
         per_token = TokenToKVPool.bytes_per_token(
-            self.config.num_hidden_layers, self.model.model.layers[0].self_attn.num_kv_heads,
+            self.config.num_hidden_layers, self.model.num_kv_heads_per_rank,
             self.config.head_dim, self.dtype)
         if sa.max_total_tokens is not None:
             tokens = sa.max_total_tokens

@@ -111,6 +111,9 @@ class LlamaForCausalLM(nn.Module):
         self.config = config
         self.tp = tp
         self.model = LlamaModel(config, tp)
+        first = self.model.layers[0]
+        assert isinstance(first, LlamaDecoderLayer)
+        self.num_kv_heads_per_rank = first.self_attn.num_kv_heads
         self.lm_head = ParallelLMHead(config.vocab_size, config.hidden_size, tp)
         if config.tie_word_embeddings:
             self.lm_head.weight = self.model.embed_tokens.weight

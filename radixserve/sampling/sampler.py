@@ -23,7 +23,9 @@ class SamplingReq(Protocol):
     generator: torch.Generator | None
     return_logprob: bool
     top_logprobs_num: int
-    stop_ids_for_min_tokens: list[int]
+
+    @property
+    def stop_ids_for_min_tokens(self) -> list[int]: ...
 
 
 @dataclass

@@ -73,7 +73,7 @@ def test_lpm_admits_longest_cached_prefix_first(engine: Engine) -> None:
     sched = engine.scheduler
     sched.flush_cache()
     shared = list(range(200, 260))
-    engine.generate(input_ids=shared + [1], sampling_params={"max_new_tokens": 1})
+    engine.generate(input_ids=[*shared, 1], sampling_params={"max_new_tokens": 1})
     for rid, ids in [("cold", list(range(600, 660))), ("warm", [*shared, 2])]:
         sched.add_request(TokenizedGenerateReqInput(rid=rid, input_ids=ids, sampling_params={"max_new_tokens": 2}))
     batch = sched._get_new_batch_prefill()
@@ -151,3 +151,11 @@ def test_eos_stops_unless_ignored(engine: Engine, reference: list[list[int]]) ->
         assert out["output_ids"] == reference[1]
     finally:
         sched.eos_token_ids = frozenset(engine.model_runner.config.eos_token_ids)
+
+
+def test_requests_sharing_a_prefix_in_one_batch_reuse_it(engine: Engine) -> None:
+    engine.scheduler.flush_cache()
+    shared = list(range(300, 364))
+    outs: Any = engine.generate(input_ids=[[*shared, 1000 + i] for i in range(8)], sampling_params=GREEDY)
+    cached = sorted(o["meta_info"]["cached_tokens"] for o in outs)
+    assert cached == [0] + [64] * 7  # the first computes the prefix, the rest wait one round and reuse it

@@ -1,0 +1,202 @@
+"""Offline throughput of radixserve's Engine against Hugging Face transformers' `generate`, same run.
+
+Workloads (each printed and written to JSON under benchmarks/results/):
+  batch1       prompts one at a time: decode speed at batch 1
+  batchN       --batch-size prompts of equal length at once (no padding, so HF runs its best case)
+  shared       --groups system prompts x --per-group questions, radix cache on vs off
+Greedy outputs of the Engine are compared with HF's for the batch workloads.
+
+Examples:
+  python benchmarks/bench_offline.py                       # embedded SmolLM2-135M on CPU
+  python benchmarks/bench_offline.py --device cuda --model-path llama-3-8b --load-format dummy --skip-hf
+"""
+
+from __future__ import annotations
+
+import argparse
+import gc
+import sys
+import time
+from pathlib import Path
+from typing import Any
+
+import torch
+from tqdm.auto import tqdm
+
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+from _common import machine_info, write_results
+
+from radixserve import Engine
+
+TEXT = (
+    "Rivers shape the land they cross. Over thousands of years, water carves valleys, carries sediment "
+    "to the sea and builds deltas where it slows. Civilizations grew along rivers because they offered "
+    "water for crops, fish for food and routes for trade. The Nile, the Tigris and Euphrates, the Indus "
+    "and the Yellow River all cradled early cities. Today rivers still power turbines, cool factories "
+    "and carry barges, while engineers balance these uses against floods, droughts and the health of "
+    "the ecosystems that depend on clean, flowing water. "
+)
+
+
+def make_prompts(tokenizer: Any, n: int, length: int, vocab: int) -> list[list[int]]:
+    base = list(tokenizer(TEXT * 8).input_ids)
+    out = []
+    for i in range(n):
+        start = (i * 37) % max(1, len(base) - length)
+        ids = (base * (1 + length // len(base)))[start : start + length]
+        out.append([t % vocab for t in ids])
+    return out
+
+
+def sync(device: str) -> None:
+    if device == "cuda":
+        torch.cuda.synchronize()
+
+
+def run_engine(engine: Engine, prompts: list[list[int]], out_len: int, one_by_one: bool) -> tuple[float, list[list[int]]]:
+    params = {"max_new_tokens": out_len, "temperature": 0, "ignore_eos": True}
+    engine.scheduler.flush_cache()
+    sync(engine.model_runner.device.type)
+    t = time.perf_counter()
+    if one_by_one:
+        outs = [engine.generate(input_ids=p, sampling_params=params)["output_ids"] for p in prompts]  # type: ignore[index]
+    else:
+        outs = [o["output_ids"] for o in engine.generate(input_ids=prompts, sampling_params=params)]  # type: ignore[index]
+    sync(engine.model_runner.device.type)
+    return time.perf_counter() - t, outs
+
+
+def load_hf(args: argparse.Namespace, device: str) -> Any:
+    from transformers import AutoModelForCausalLM
+
+    from radixserve.model_loader.default_model import default_model_path
+
+    dtype = {"float32": torch.float32, "bfloat16": torch.bfloat16, "float16": torch.float16}[args.hf_dtype]
+    if args.model_path is None:
+        path = default_model_path()
+        model = AutoModelForCausalLM.from_pretrained(str(path.parent), gguf_file=path.name, dtype=dtype)
+    else:
+        model = AutoModelForCausalLM.from_pretrained(args.model_path, dtype=dtype)
+    return model.to(device).eval()
+
+
+def run_hf(model: Any, prompts: list[list[int]], out_len: int, batch: int, device: str) -> tuple[float, list[list[int]]]:
+    outs: list[list[int]] = []
+    sync(device)
+    t = time.perf_counter()
+    for i in range(0, len(prompts), batch):
+        chunk = torch.tensor(prompts[i : i + batch], device=device)
+        with torch.no_grad():
+            seq = model.generate(chunk, attention_mask=torch.ones_like(chunk), max_new_tokens=out_len,
+                                 min_new_tokens=out_len, do_sample=False, eos_token_id=None, pad_token_id=0)
+        outs.extend(seq[:, chunk.shape[1]:].tolist())
+    sync(device)
+    return time.perf_counter() - t, outs
+
+
+def agreement(ours: list[list[int]], theirs: list[list[int]]) -> dict[str, Any]:
+    same = sum(a == b for a, b in zip(ours, theirs, strict=True))
+    firsts = [next((i for i, (x, y) in enumerate(zip(a, b, strict=False)) if x != y), None)
+              for a, b in zip(ours, theirs, strict=True)]
+    return {"identical": same, "of": len(ours), "first_divergence_steps": [f for f in firsts if f is not None]}
+
+
+def main(argv: list[str] | None = None) -> int:
+    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap.add_argument("--model-path", default=None, help="Model path or (with --load-format dummy) a named shape.")
+    ap.add_argument("--load-format", default="auto", help="auto | gguf | safetensors | dummy")
+    ap.add_argument("--device", default="auto", help="auto | cpu | cuda")
+    ap.add_argument("--dtype", default="auto", help="Engine dtype: auto | float32 | bfloat16 | float16")
+    ap.add_argument("--hf-dtype", default="float32", help="dtype for the HF baseline")
+    ap.add_argument("--input-len", type=int, default=128, help="Prompt tokens per request.")
+    ap.add_argument("--output-len", type=int, default=64, help="Generated tokens per request (EOS ignored).")
+    ap.add_argument("--batch1-prompts", type=int, default=4, help="Prompts for the batch-1 workload.")
+    ap.add_argument("--batch-size", type=int, default=16, help="Batch size of the batched workload.")
+    ap.add_argument("--groups", type=int, default=4, help="Shared-prefix workload: distinct system prompts.")
+    ap.add_argument("--per-group", type=int, default=16, help="Shared-prefix workload: questions per prompt.")
+    ap.add_argument("--prefix-len", type=int, default=512, help="Shared-prefix workload: system prompt tokens.")
+    ap.add_argument("--question-len", type=int, default=16, help="Shared-prefix workload: question tokens.")
+    ap.add_argument("--shared-output-len", type=int, default=16, help="Shared-prefix workload: output tokens.")
+    ap.add_argument("--skip-hf", action="store_true", help="Do not run the transformers baseline.")
+    ap.add_argument("--workloads", default="batch1,batchN,shared", help="Comma-separated subset to run.")
+    ap.add_argument("--max-total-tokens", type=int, default=None, help="KV pool size for the Engine.")
+    ap.add_argument("--output", default=None, help="JSON path (default: results/bench_offline_<device>_<time>.json)")
+    args = ap.parse_args(argv)
+    workloads = set(args.workloads.split(","))
+
+    engine_kwargs: dict[str, Any] = {"load_format": args.load_format, "device": args.device, "dtype": args.dtype,
+                                     "log_level": "warning", "max_total_tokens": args.max_total_tokens}
+    engine = Engine(model_path=args.model_path, **engine_kwargs)
+    device = engine.model_runner.device.type
+    vocab = min(engine.model_runner.config.vocab_size, len(engine.tokenizer))
+    results: dict[str, Any] = {
+        "benchmark": "bench_offline", "command": " ".join([sys.executable, *sys.argv]),
+        "model": engine.model_name, "device": device,
+        "device_name": torch.cuda.get_device_name() if device == "cuda" else machine_info()["cpu"],
+        "engine_dtype": str(engine.model_runner.dtype), "hf_dtype": args.hf_dtype,
+        "machine": machine_info(("torch", "transformers", "triton", "radixserve")),
+        "torch_threads": torch.get_num_threads(), "workloads": {},
+    }
+    hf = None if args.skip_hf else load_hf(args, device)
+    bar = tqdm(total=len(workloads), desc="workloads")
+    # warm up both (first calls allocate and dispatch slowly)
+    warm = make_prompts(engine.tokenizer, 2, 16, vocab)
+    run_engine(engine, warm, 4, one_by_one=False)
+    if hf is not None:
+        run_hf(hf, warm, 4, 2, device)
+
+    def record(name: str, n_req: int, out_len: int, ours: tuple[float, list[list[int]]],
+               theirs: tuple[float, list[list[int]]] | None) -> None:
+        tokens = n_req * out_len
+        entry: dict[str, Any] = {"requests": n_req, "output_tokens": tokens, "engine_s": round(ours[0], 3),
+                                 "engine_tok_s": round(tokens / ours[0], 2)}
+        if theirs is not None:
+            entry.update({"hf_s": round(theirs[0], 3), "hf_tok_s": round(tokens / theirs[0], 2),
+                          "speedup_vs_hf": round(theirs[0] / ours[0], 3),
+                          "greedy_agreement": agreement(ours[1], theirs[1])})
+        results["workloads"][name] = entry
+        print(name, entry, flush=True)
+
+    if "batch1" in workloads:
+        prompts = make_prompts(engine.tokenizer, args.batch1_prompts, args.input_len, vocab)
+        ours = run_engine(engine, prompts, args.output_len, one_by_one=True)
+        theirs = run_hf(hf, prompts, args.output_len, 1, device) if hf is not None else None
+        record("batch1", len(prompts), args.output_len, ours, theirs)
+        bar.update()
+    if "batchN" in workloads:
+        prompts = make_prompts(engine.tokenizer, args.batch_size, args.input_len, vocab)
+        ours = run_engine(engine, prompts, args.output_len, one_by_one=False)
+        theirs = run_hf(hf, prompts, args.output_len, args.batch_size, device) if hf is not None else None
+        record(f"batch{args.batch_size}", len(prompts), args.output_len, ours, theirs)
+        bar.update()
+    if "shared" in workloads:
+        systems = make_prompts(engine.tokenizer, args.groups, args.prefix_len, vocab)
+        questions = make_prompts(engine.tokenizer, args.groups * args.per_group, args.question_len + 7, vocab)
+        prompts = [systems[i % args.groups] + questions[i][7:] for i in range(args.groups * args.per_group)]
+        on = run_engine(engine, prompts, args.shared_output_len, one_by_one=False)
+        del hf
+        gc.collect()
+        off_engine = Engine(model_path=args.model_path, disable_radix_cache=True, **engine_kwargs)
+        run_engine(off_engine, warm, 4, one_by_one=False)
+        off = run_engine(off_engine, prompts, args.shared_output_len, one_by_one=False)
+        tokens = len(prompts) * args.shared_output_len
+        entry = {
+            "requests": len(prompts), "prefix_len": args.prefix_len, "groups": args.groups,
+            "cache_on_s": round(on[0], 3), "cache_off_s": round(off[0], 3),
+            "cache_on_tok_s": round(tokens / on[0], 2), "cache_off_tok_s": round(tokens / off[0], 2),
+            "speedup_from_cache": round(off[0] / on[0], 3),
+            "outputs_identical": sum(a == b for a, b in zip(on[1], off[1], strict=True)),
+            "cache_hit_rate": round(engine.scheduler.tree_cache.stats.hit_rate, 4),
+        }
+        results["workloads"]["shared_prefix"] = entry
+        print("shared_prefix", entry, flush=True)
+        bar.update()
+    bar.close()
+    name = args.output or None
+    path = write_results(f"bench_offline_{device}", results, name)
+    print(f"wrote {path}")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
