@@ -1,0 +1,95 @@
+"""What every owned object shares: the owner, labels, metadata with an owner reference."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Any
+
+from radixserve.operator import names
+from radixserve.operator.spec import InferenceServerSpec
+
+Manifest = dict[str, Any]
+
+
+@dataclass(frozen=True)
+class Owner:
+    """The InferenceServer being reconciled, as far as its children need to know it."""
+
+    name: str
+    namespace: str
+    uid: str
+
+
+@dataclass(frozen=True)
+class Defaults:
+    """Operator-wide settings the spec may leave out (set by the chart's values)."""
+
+    image: str = names.DEFAULT_IMAGE
+    cpu_image: str = names.DEFAULT_CPU_IMAGE
+
+
+@dataclass(frozen=True)
+class BuildInput:
+    owner: Owner
+    spec: InferenceServerSpec
+    defaults: Defaults = Defaults()
+
+    @property
+    def server_image(self) -> str:
+        if self.spec.image:
+            return self.spec.image
+        # GPU-less pods default to the CPU image: it holds CPU torch and the embedded model.
+        return self.defaults.cpu_image if self.spec.gpus == 0 else self.defaults.image
+
+    @property
+    def router_image(self) -> str:
+        # The router needs no GPU; a custom server image is assumed to hold it too.
+        return self.spec.router.image or self.spec.image or self.defaults.cpu_image
+
+
+def owner_reference(owner: Owner) -> Manifest:
+    # controller=true marks us as the one manager; blockOwnerDeletion makes foreground
+    # deletion of the InferenceServer wait for its children.
+    return {
+        "apiVersion": names.API_VERSION,
+        "kind": names.KIND,
+        "name": owner.name,
+        "uid": owner.uid,
+        "controller": True,
+        "blockOwnerDeletion": True,
+    }
+
+
+def labels(owner: Owner, component: str) -> dict[str, str]:
+    return {
+        names.LABEL_NAME: "radixserve",
+        names.LABEL_APP_INSTANCE: owner.name,
+        names.LABEL_APP_COMPONENT: component,
+        names.LABEL_MANAGED_BY: names.OPERATOR_NAME,
+        names.LABEL_PART_OF: "radixserve",
+        names.LABEL_INSTANCE: owner.name,
+        names.LABEL_COMPONENT: component,
+    }
+
+
+def metadata(owner: Owner, name: str, component: str) -> Manifest:
+    return {
+        "name": name,
+        "namespace": owner.namespace,
+        "labels": labels(owner, component),
+        "ownerReferences": [owner_reference(owner)],
+    }
+
+
+def container_resources(requests: dict[str, Any], limits: dict[str, Any]) -> Manifest:
+    out: Manifest = {}
+    if requests:
+        out["requests"] = dict(requests)
+    if limits:
+        out["limits"] = dict(limits)
+    return out
+
+
+def restricted_container_security() -> Manifest:
+    """Nothing in radixserve needs privileges; keep the container from gaining any."""
+    return {"allowPrivilegeEscalation": False, "capabilities": {"drop": ["ALL"]}}

@@ -1,0 +1,124 @@
+"""kopf handlers: thin adapters from kopf's callbacks to `reconcile`.
+
+`register` puts them on a given registry (not kopf's global one) so that the CLI
+and each test get their own set.
+"""
+
+from __future__ import annotations
+
+import logging
+import threading
+from collections.abc import Mapping
+from typing import Any, cast
+
+import kopf
+
+from radixserve.operator import names
+from radixserve.operator.config import OperatorConfig
+from radixserve.operator.kube import KubeClient
+from radixserve.operator.reconcile import (
+    CR_TYPE,
+    Outcome,
+    Target,
+    check,
+    reconcile,
+    utc_now,
+    write_status,
+)
+
+CR = (names.GROUP, names.VERSION, names.PLURAL)
+
+
+def _ready(status: Mapping[str, Any]) -> str | None:
+    for cond in status.get("conditions") or []:
+        if cond.get("type") == "Ready":
+            return str(cond.get("status"))
+    return None
+
+
+def _as_body(obj: Mapping[str, Any]) -> kopf.Body:
+    """kopf's event functions take its Body view; a plain dict from the API works the same."""
+    return obj if isinstance(obj, kopf.Body) else kopf.Body(cast(Any, obj))
+
+
+def _post_events(body: kopf.Body, outcome: Outcome, ready_before: str | None) -> None:
+    if outcome.created:
+        kopf.info(body, reason="Created", message="created " + ", ".join(outcome.created))
+    if outcome.updated:
+        kopf.info(body, reason="Updated", message="rolling out changes to " + ", ".join(outcome.updated))
+    if outcome.deleted:
+        kopf.info(body, reason="Deleted", message="deleted " + ", ".join(outcome.deleted))
+    # Only on a change of status, so a retried problem does not repeat its event.
+    if outcome.problems and outcome.status_written:
+        problem = outcome.problems[0]
+        kopf.warn(body, reason=problem.reason, message=problem.describe())
+    ready_after = _ready(outcome.status)
+    if ready_after != ready_before and ready_after == "True":
+        kopf.info(body, reason="Ready", message="all replicas are ready")
+
+
+def _raise_for_problems(outcome: Outcome, retry_seconds: float) -> None:
+    if not outcome.problems:
+        return
+    problem = outcome.problems[0]
+    if problem.transient:
+        raise kopf.TemporaryError(problem.describe(), delay=retry_seconds)
+    raise kopf.PermanentError(problem.describe())
+
+
+def register(registry: kopf.OperatorRegistry, config: OperatorConfig) -> None:
+    lock = threading.Lock()
+    clients: list[KubeClient] = []
+
+    def client() -> KubeClient:
+        # Created on first use, inside the running operator, so that building the
+        # registry (e.g. for `--help`) needs no cluster credentials.
+        with lock:
+            if not clients:
+                clients.append(config.client_factory())
+            return clients[0]
+
+    @kopf.on.startup(registry=registry)
+    def configure(settings: kopf.OperatorSettings, **_: Any) -> None:
+        # Progress and diff-base in annotations under our own prefix: the CRD's status
+        # schema has no room for kopf's fields, and the API server would prune them.
+        settings.persistence.progress_storage = kopf.AnnotationsProgressStorage(prefix=names.GROUP)
+        settings.persistence.diffbase_storage = kopf.AnnotationsDiffBaseStorage(
+            prefix=names.GROUP, key="last-handled-configuration")
+        settings.persistence.finalizer = f"{names.GROUP}/operator"
+        # No CRD or namespace scanning: it needs cluster-wide list/watch on both, which
+        # the least-privilege RBAC does not grant; the served resources exist at start.
+        settings.scanning.disabled = True
+        settings.posting.level = logging.INFO
+
+    @kopf.on.resume(*CR, registry=registry, backoff=config.retry_seconds)
+    @kopf.on.create(*CR, registry=registry, backoff=config.retry_seconds)
+    @kopf.on.update(*CR, registry=registry, backoff=config.retry_seconds)
+    def reconcile_server(body: kopf.Body, **_: Any) -> None:
+        ready_before = _ready(body.get("status") or {})
+        outcome = reconcile(client(), Target.from_body(body), config.defaults)
+        _post_events(body, outcome, ready_before)
+        _raise_for_problems(outcome, config.retry_seconds)
+
+    def refresh(name: str, namespace: str) -> None:
+        api = client()
+        body = api.get(CR_TYPE, namespace, name)
+        if body is None or body.get("metadata", {}).get("deletionTimestamp"):
+            return  # gone or going: its children are being collected
+        target = Target.from_body(body)
+        spec, problems = check(target, api)
+        status, written = write_status(api, target, spec, problems, config.defaults, utc_now())
+        if written and _ready(status) != _ready(target.status) and _ready(status) == "True":
+            kopf.info(_as_body(body), reason="Ready", message="all replicas are ready")
+
+    @kopf.on.event("apps", "v1", "deployments", registry=registry,
+                   labels={names.LABEL_MANAGED_BY: names.OPERATOR_NAME, names.LABEL_INSTANCE: kopf.PRESENT})
+    def owned_deployment_changed(body: kopf.Body, namespace: str | None, **_: Any) -> None:
+        if namespace:
+            refresh(body["metadata"]["labels"][names.LABEL_INSTANCE], namespace)
+
+    if config.resync_seconds > 0:
+        @kopf.timer(*CR, registry=registry, interval=config.resync_seconds, initial_delay=config.resync_seconds)
+        def resync_status(name: str | None, namespace: str | None, **_: Any) -> None:
+            if name and namespace:
+                refresh(name, namespace)

@@ -1,0 +1,143 @@
+"""A small generic Kubernetes REST client over the official client's transport.
+
+The official client brings authentication (in-cluster token, kubeconfig, exec
+plugins) and TLS; its typed per-kind methods would make every kind a special
+case, so this calls the REST paths directly with plain dicts.
+"""
+
+from __future__ import annotations
+
+import json
+from dataclasses import dataclass
+from typing import Any
+
+import kubernetes
+
+from radixserve.operator import names
+
+Manifest = dict[str, Any]
+
+APPLY_PATCH = "application/apply-patch+yaml"  # server-side apply; JSON is valid YAML
+MERGE_PATCH = "application/merge-patch+json"
+
+
+@dataclass(frozen=True)
+class ResourceType:
+    api_version: str  # "v1", "apps/v1", ...
+    plural: str
+
+    def path(self, namespace: str, name: str | None = None, subresource: str | None = None) -> str:
+        prefix = "/api/v1" if self.api_version == "v1" else f"/apis/{self.api_version}"
+        path = f"{prefix}/namespaces/{namespace}/{self.plural}"
+        if name is not None:
+            path += f"/{name}"
+        if subresource is not None:
+            path += f"/{subresource}"
+        return path
+
+
+# Every kind the operator reads or writes; `permissions.py` grants exactly these.
+RESOURCE_TYPES: dict[tuple[str, str], ResourceType] = {
+    ("apps/v1", "Deployment"): ResourceType("apps/v1", "deployments"),
+    ("v1", "Service"): ResourceType("v1", "services"),
+    ("v1", "ServiceAccount"): ResourceType("v1", "serviceaccounts"),
+    ("v1", "PersistentVolumeClaim"): ResourceType("v1", "persistentvolumeclaims"),
+    ("v1", "Secret"): ResourceType("v1", "secrets"),
+    ("rbac.authorization.k8s.io/v1", "Role"): ResourceType("rbac.authorization.k8s.io/v1", "roles"),
+    ("rbac.authorization.k8s.io/v1", "RoleBinding"): ResourceType("rbac.authorization.k8s.io/v1", "rolebindings"),
+    (names.API_VERSION, names.KIND): ResourceType(names.API_VERSION, names.PLURAL),
+}
+
+
+def resource_type(api_version: str, kind: str) -> ResourceType:
+    return RESOURCE_TYPES[(api_version, kind)]
+
+
+class KubeApiError(Exception):
+    def __init__(self, status: int, reason: str, message: str) -> None:
+        super().__init__(f"{status} {reason}: {message}")
+        self.status = status
+        self.reason = reason
+        self.message = message
+
+
+class KubeClient:
+    """get / apply / merge-patch / delete of namespaced objects as dicts."""
+
+    def __init__(self, api_client: kubernetes.client.ApiClient, timeout: float = 30.0) -> None:
+        self._api = api_client
+        self._timeout = timeout
+
+    @classmethod
+    def from_configuration(cls, configuration: kubernetes.client.Configuration) -> KubeClient:
+        return cls(kubernetes.client.ApiClient(configuration))
+
+    @classmethod
+    def from_environment(cls) -> KubeClient:
+        """In-cluster service account first, then the local kubeconfig (as kubectl does)."""
+        try:
+            kubernetes.config.load_incluster_config()
+        except kubernetes.config.ConfigException:
+            kubernetes.config.load_kube_config()
+        return cls(kubernetes.client.ApiClient())
+
+    def _request(
+        self,
+        method: str,
+        path: str,
+        *,
+        query: list[tuple[str, str]] | None = None,
+        body: Any = None,
+        content_type: str = "application/json",
+    ) -> Any:
+        headers = {"Accept": "application/json", "Content-Type": content_type}
+        params = self._api.param_serialize(
+            method, path, query_params=query or [], header_params=headers, body=body,
+            auth_settings=["BearerToken"],
+        )
+        response = self._api.call_api(*params, _request_timeout=self._timeout)
+        data = response.read()
+        payload = json.loads(data) if data else {}
+        if not 200 <= response.status <= 299:
+            raise KubeApiError(
+                response.status,
+                str(payload.get("reason", response.reason)) if isinstance(payload, dict) else "",
+                str(payload.get("message", data[:200])) if isinstance(payload, dict) else str(data[:200]),
+            )
+        return payload
+
+    def get(self, rtype: ResourceType, namespace: str, name: str) -> Manifest | None:
+        try:
+            result: Manifest = self._request("GET", rtype.path(namespace, name))
+        except KubeApiError as exc:
+            if exc.status == 404:
+                return None
+            raise
+        return result
+
+    def apply(self, rtype: ResourceType, namespace: str, name: str, body: Manifest) -> Manifest:
+        """Server-side apply: creates or updates, and drops fields we stopped setting.
+
+        `force` takes fields over from other managers (e.g. someone's `kubectl edit`
+        of a Deployment we own): the InferenceServer is the source of truth.
+        """
+        query = [("fieldManager", names.FIELD_MANAGER), ("force", "true")]
+        result: Manifest = self._request(
+            "PATCH", rtype.path(namespace, name), query=query, body=body, content_type=APPLY_PATCH)
+        return result
+
+    def patch_status(self, rtype: ResourceType, namespace: str, name: str, status: Manifest) -> Manifest:
+        result: Manifest = self._request(
+            "PATCH", rtype.path(namespace, name, "status"),
+            body={"status": status}, content_type=MERGE_PATCH)
+        return result
+
+    def delete(self, rtype: ResourceType, namespace: str, name: str) -> bool:
+        """Background deletion; False when it was already gone."""
+        try:
+            self._request("DELETE", rtype.path(namespace, name), query=[("propagationPolicy", "Background")])
+        except KubeApiError as exc:
+            if exc.status == 404:
+                return False
+            raise
+        return True

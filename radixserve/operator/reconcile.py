@@ -1,0 +1,163 @@
+"""One reconcile pass for one InferenceServer: check, build, apply, observe, write status.
+
+The order matters: every check (schema, cluster references, ownership of the names
+we are about to use) runs before the first write, so an invalid spec creates
+nothing. Handlers call `reconcile` on spec changes, and `check` plus `write_status` when an
+owned Deployment changes.
+"""
+
+from __future__ import annotations
+
+import datetime
+from collections.abc import Mapping
+from dataclasses import dataclass, field
+from typing import Any
+
+from radixserve.operator import names
+from radixserve.operator.apply import CREATE, UPDATE, describe, execute, fetch_live, plan_apply
+from radixserve.operator.builders import (
+    BuildInput,
+    Defaults,
+    Owner,
+    desired_objects,
+    endpoint_url,
+    unwanted_objects,
+)
+from radixserve.operator.checks import SpecProblem, check_spec
+from radixserve.operator.kube import KubeClient, resource_type
+from radixserve.operator.spec import InferenceServerSpec, SpecError, parse_spec
+from radixserve.operator.status import Observed, compute_status, status_changed
+
+CR_TYPE = resource_type(names.API_VERSION, names.KIND)
+DEPLOYMENT_TYPE = resource_type("apps/v1", "Deployment")
+
+
+def utc_now() -> str:
+    return datetime.datetime.now(datetime.UTC).strftime("%Y-%m-%dT%H:%M:%SZ")
+
+
+class ApiLookups:
+    """`checks.ClusterLookups` answered from the API server."""
+
+    def __init__(self, client: KubeClient) -> None:
+        self._client = client
+
+    def pvc_exists(self, namespace: str, name: str) -> bool:
+        return self._client.get(resource_type("v1", "PersistentVolumeClaim"), namespace, name) is not None
+
+    def secret_keys(self, namespace: str, name: str) -> set[str] | None:
+        # Only the key names are kept; the values are dropped here and never logged.
+        secret = self._client.get(resource_type("v1", "Secret"), namespace, name)
+        if secret is None:
+            return None
+        return set(secret.get("data") or {}) | set(secret.get("stringData") or {})
+
+
+@dataclass(frozen=True)
+class Target:
+    """The InferenceServer as read from the API (or from kopf's body)."""
+
+    name: str
+    namespace: str
+    uid: str
+    generation: int
+    raw_spec: Mapping[str, Any]
+    status: Mapping[str, Any]
+
+    @classmethod
+    def from_body(cls, body: Mapping[str, Any]) -> Target:
+        meta = body.get("metadata", {})
+        return cls(
+            name=meta["name"],
+            namespace=meta["namespace"],
+            uid=str(meta.get("uid", "")),
+            generation=int(meta.get("generation") or 0),
+            raw_spec=body.get("spec") or {},
+            status=body.get("status") or {},
+        )
+
+    def owner(self) -> Owner:
+        return Owner(name=self.name, namespace=self.namespace, uid=self.uid)
+
+
+@dataclass
+class Outcome:
+    problems: list[SpecProblem] = field(default_factory=list)
+    created: list[str] = field(default_factory=list)
+    updated: list[str] = field(default_factory=list)
+    deleted: list[str] = field(default_factory=list)
+    status: dict[str, Any] = field(default_factory=dict)
+    status_written: bool = False
+
+    @property
+    def changed(self) -> bool:
+        return bool(self.created or self.updated or self.deleted)
+
+
+def check(target: Target, client: KubeClient) -> tuple[InferenceServerSpec | None, list[SpecProblem]]:
+    try:
+        spec = parse_spec(target.raw_spec)
+    except SpecError as exc:
+        return None, [SpecProblem("InvalidSpec", exc.field, exc.message)]
+    return spec, check_spec(target.name, target.namespace, spec, ApiLookups(client))
+
+
+def _delete_unwanted(client: KubeClient, inp: BuildInput) -> list[str]:
+    """Remove what an earlier spec needed (the router, once disabled) if we own it."""
+    deleted = []
+    for ref in unwanted_objects(inp):
+        rtype = resource_type(ref.api_version, ref.kind)
+        live = client.get(rtype, inp.owner.namespace, ref.name)
+        if live is None:
+            continue
+        owners = live.get("metadata", {}).get("ownerReferences") or []
+        if any(o.get("uid") == inp.owner.uid and o.get("controller") for o in owners) \
+                and client.delete(rtype, inp.owner.namespace, ref.name):
+            deleted.append(f"{ref.kind} {ref.name}")
+    return deleted
+
+
+def write_status(client: KubeClient, target: Target, spec: InferenceServerSpec | None,
+                 problems: list[SpecProblem], defaults: Defaults, now: str) -> tuple[dict[str, Any], bool]:
+    """Observe the owned Deployments, compute `.status`, patch it when it differs."""
+    url = ""
+    router = None
+    if spec is not None:
+        url = endpoint_url(BuildInput(target.owner(), spec, defaults))
+        if spec.router.enabled:
+            router = client.get(DEPLOYMENT_TYPE, target.namespace, names.router_name(target.name))
+    server = client.get(DEPLOYMENT_TYPE, target.namespace, names.server_name(target.name))
+    observed = Observed(
+        generation=target.generation, spec=spec, url=url, server=server, router=router,
+        problems=problems, name=target.name,
+    )
+    status = compute_status(observed, target.status, now)
+    if not status_changed(target.status, status):
+        return status, False
+    client.patch_status(CR_TYPE, target.namespace, target.name, status)
+    return status, True
+
+
+def reconcile(client: KubeClient, target: Target, defaults: Defaults, now: str | None = None) -> Outcome:
+    now = now or utc_now()
+    spec, problems = check(target, client)
+    outcome = Outcome(problems=problems)
+    if spec is not None and not problems:
+        inp = BuildInput(target.owner(), spec, defaults)
+        desired = desired_objects(inp)
+        plan = plan_apply(desired, fetch_live(client, target.namespace, desired), target.uid)
+        if plan.conflicts:
+            outcome.problems = problems = [SpecProblem(
+                reason="NameConflict",
+                field="metadata.name",
+                message="already in use by objects this InferenceServer does not control: "
+                        + ", ".join(plan.conflicts),
+            )]
+        else:
+            execute(client, target.namespace, plan)
+            outcome.created = [describe(obj) for obj in plan.of(CREATE)]
+            outcome.updated = [describe(obj) for obj in plan.of(UPDATE)]
+            outcome.deleted = _delete_unwanted(client, inp)
+    outcome.status, outcome.status_written = write_status(client, target, spec, problems, defaults, now)
+    return outcome
+

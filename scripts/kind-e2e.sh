@@ -1,0 +1,84 @@
+#!/usr/bin/env bash
+# End-to-end on a laptop: kind cluster -> CPU and operator images -> Helm chart ->
+# examples/inferenceserver-cpu.yaml -> Ready -> one chat completion through the router.
+#
+# Needs: docker (a running engine), kind, kubectl, helm, curl.
+# Env: KEEP_CLUSTER=1 keeps the cluster afterwards; CLUSTER_NAME (default radixserve);
+#      READY_TIMEOUT (default 15m).
+set -euo pipefail
+cd "$(dirname "$0")/.."
+
+CLUSTER_NAME=${CLUSTER_NAME:-radixserve}
+READY_TIMEOUT=${READY_TIMEOUT:-15m}
+TAG=dev
+SERVER_IMAGE=radixserve/radixserve:${TAG}-cpu
+OPERATOR_IMAGE=radixserve/radixserve-operator:${TAG}
+NAME=smollm            # metadata.name in examples/inferenceserver-cpu.yaml
+MODEL=smollm2          # its servedModelName
+NAMESPACE=default
+
+log() { printf '\n==> %s\n' "$*"; }
+for tool in docker kind kubectl helm curl; do
+  command -v "$tool" >/dev/null || { echo "missing tool: $tool" >&2; exit 1; }
+done
+docker info >/dev/null 2>&1 || { echo "no Docker engine answers (docker info failed)" >&2; exit 1; }
+
+cleanup() {
+  local rc=$?
+  if [ "$rc" -ne 0 ]; then
+    log "failed; operator logs and InferenceServer status follow"
+    kubectl -n radixserve-system logs deployment/radixserve --tail=100 || true
+    kubectl -n "$NAMESPACE" describe rsvc "$NAME" || true
+    kubectl -n "$NAMESPACE" get pods -o wide || true
+  fi
+  if [ "${KEEP_CLUSTER:-0}" != "1" ]; then
+    kind delete cluster --name "$CLUSTER_NAME" >/dev/null 2>&1 || true
+  fi
+  exit "$rc"
+}
+trap cleanup EXIT
+
+log "building images (CPU server with the embedded model, operator)"
+docker build --target cpu -t "$SERVER_IMAGE" .
+docker build --target operator -t "$OPERATOR_IMAGE" .
+
+log "creating kind cluster $CLUSTER_NAME"
+kind get clusters | grep -qx "$CLUSTER_NAME" || kind create cluster --name "$CLUSTER_NAME" --config deploy/kind/cluster.yaml
+kubectl config use-context "kind-$CLUSTER_NAME"
+
+log "loading images into the cluster"
+kind load docker-image --name "$CLUSTER_NAME" "$SERVER_IMAGE" "$OPERATOR_IMAGE"
+
+log "installing the chart"
+helm upgrade --install radixserve charts/radixserve \
+  --namespace radixserve-system --create-namespace \
+  --set image.repository="${OPERATOR_IMAGE%:*}" --set image.tag="$TAG" --set image.pullPolicy=Never \
+  --set serverImage.repository="${SERVER_IMAGE%:*}" --set serverImage.tag="$TAG" \
+  --set logLevel=debug --wait --timeout 5m
+
+log "applying the CPU example"
+# The images were loaded into the node under a non-latest tag, so the default pull
+# policy (IfNotPresent) finds them. The Service becomes a NodePort to reach it from here.
+kubectl -n "$NAMESPACE" apply -f examples/inferenceserver-cpu.yaml
+kubectl -n "$NAMESPACE" patch rsvc "$NAME" --type merge -p '{"spec": {"service": {"type": "NodePort"}}}'
+
+log "waiting for Ready (model load on CPU takes a minute or two)"
+kubectl -n "$NAMESPACE" wait "rsvc/$NAME" --for=condition=Ready --timeout="$READY_TIMEOUT"
+kubectl -n "$NAMESPACE" get rsvc "$NAME" -o wide
+
+log "pinning the router's NodePort to 30080 (mapped to localhost by deploy/kind/cluster.yaml)"
+kubectl -n "$NAMESPACE" patch service "$NAME" --type json \
+  -p '[{"op": "replace", "path": "/spec/ports/0/nodePort", "value": 30080}]'
+
+log "sending a chat request through the router"
+body=$(printf '{"model": "%s", "messages": [{"role": "user", "content": "Say hello in one word."}], "max_tokens": 16}' "$MODEL")
+for attempt in $(seq 1 30); do
+  if reply=$(curl -sf --max-time 60 http://localhost:30080/v1/chat/completions \
+      -H 'Content-Type: application/json' -d "$body"); then
+    echo "$reply"
+    echo "$reply" | grep -q '"choices"' && { log "OK"; exit 0; }
+  fi
+  sleep 2
+done
+echo "no chat completion came back through the router" >&2
+exit 1
