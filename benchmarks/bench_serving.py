@@ -1,0 +1,395 @@
+"""Load generator for any OpenAI-compatible endpoint (a radixserve replica, the router, others).
+
+Workloads:
+  random         --num-prompts N prompts of --random-input-len words
+  shared-prefix  --num-groups G system prompts of --system-prompt-len words, each followed by
+                 --prompts-per-group questions of --question-len words (requests of all groups
+                 interleaved): the workload where prefix caching and cache-aware routing pay off
+Lengths are in words of a synthetic vocabulary, close to one token each for common tokenizers.
+
+Arrivals: Poisson at --request-rate requests/s (default inf: all at once), optionally capped at
+--max-concurrency requests in flight. Streaming (SSE) by default.
+
+Reports request and token throughput; TTFT, inter-token latency (ITL) and end-to-end latency
+percentiles; and prompt-cache reuse from `usage.prompt_tokens_details.cached_tokens` when the
+server returns it. Writes JSON (with the command line, versions and machine) to
+benchmarks/results/serving_<time>.json or --output.
+
+As a module: `await run_benchmark(BenchConfig(...))` or `run(argv)` returns the result dict.
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import json
+import math
+import random
+import sys
+import time
+from collections.abc import Sequence
+from dataclasses import asdict, dataclass, field
+from typing import Any
+
+import aiohttp
+
+try:
+    from benchmarks._common import machine_info, write_results
+except ModuleNotFoundError:  # run as `python benchmarks/bench_serving.py`: benchmarks/ is on sys.path
+    from _common import machine_info, write_results  # type: ignore[no-redef]
+
+ENDPOINTS = ("/v1/chat/completions", "/v1/completions")
+
+
+@dataclass
+class BenchConfig:
+    base_url: str
+    endpoint: str = "/v1/chat/completions"
+    model: str | None = None  # None: the first model of GET /v1/models
+    api_key: str | None = None
+    dataset: str = "shared-prefix"
+    num_prompts: int = 200
+    random_input_len: int = 256
+    num_groups: int = 8
+    prompts_per_group: int = 16
+    system_prompt_len: int = 1024
+    question_len: int = 64
+    output_len: int = 64
+    request_rate: float = math.inf
+    max_concurrency: int | None = None
+    stream: bool = True
+    ignore_eos: bool = False
+    seed: int = 0
+    timeout_s: float = 600.0
+    disable_tqdm: bool = False
+    extra_body: dict[str, Any] = field(default_factory=dict)
+
+
+@dataclass
+class Prompt:
+    system: str | None
+    user: str
+    group: int | None = None
+
+
+@dataclass
+class RequestResult:
+    ok: bool = False
+    ttft_s: float | None = None
+    latency_s: float = 0.0
+    itl_s: list[float] = field(default_factory=list)
+    prompt_tokens: int = 0
+    completion_tokens: int = 0
+    cached_tokens: int | None = None
+    error: str | None = None
+
+
+# --- workloads ---
+
+_SYLLABLES = ("ka", "lo", "mi", "ne", "ru", "ta", "shi", "po", "ve", "da", "zo", "gu", "fe", "ri", "sa", "no")
+
+
+def _vocabulary(size: int = 2048) -> list[str]:
+    words = []
+    for i in range(size):
+        a, b, c = i % 16, (i // 16) % 16, (i // 256) % 16
+        words.append(_SYLLABLES[a] + _SYLLABLES[b] + ("" if c == 0 else _SYLLABLES[c]))
+    return words
+
+
+def _words(rng: random.Random, vocab: list[str], n: int) -> str:
+    return " ".join(rng.choices(vocab, k=n))
+
+
+def make_prompts(cfg: BenchConfig) -> list[Prompt]:
+    rng = random.Random(cfg.seed)
+    vocab = _vocabulary()
+    if cfg.dataset == "random":
+        return [Prompt(None, _words(rng, vocab, cfg.random_input_len)) for _ in range(cfg.num_prompts)]
+    if cfg.dataset != "shared-prefix":
+        raise ValueError(f"unknown dataset {cfg.dataset!r}")
+    systems = [f"System prompt {g}. " + _words(rng, vocab, cfg.system_prompt_len) for g in range(cfg.num_groups)]
+    prompts = [Prompt(systems[g], _words(rng, vocab, cfg.question_len), g)
+               for g in range(cfg.num_groups) for _ in range(cfg.prompts_per_group)]
+    rng.shuffle(prompts)  # groups interleave, as independent users would
+    return prompts
+
+
+def _request_body(cfg: BenchConfig, model: str, prompt: Prompt) -> dict[str, Any]:
+    body: dict[str, Any] = {"model": model, "max_tokens": cfg.output_len, "temperature": 0.0, "stream": cfg.stream}
+    if cfg.endpoint == "/v1/chat/completions":
+        messages = [{"role": "system", "content": prompt.system}] if prompt.system else []
+        body["messages"] = [*messages, {"role": "user", "content": prompt.user}]
+    else:
+        body["prompt"] = f"{prompt.system}\n{prompt.user}" if prompt.system else prompt.user
+    if cfg.stream:
+        body["stream_options"] = {"include_usage": True}
+    if cfg.ignore_eos:
+        body["ignore_eos"] = True
+    body.update(cfg.extra_body)
+    return body
+
+
+# --- one request ---
+
+def _apply_usage(result: RequestResult, usage: dict[str, Any] | None) -> None:
+    if not usage:
+        return
+    result.prompt_tokens = int(usage.get("prompt_tokens") or result.prompt_tokens)
+    result.completion_tokens = int(usage.get("completion_tokens") or result.completion_tokens)
+    details = usage.get("prompt_tokens_details") or {}
+    if details.get("cached_tokens") is not None:
+        result.cached_tokens = int(details["cached_tokens"])
+
+
+def _chunk_text(obj: dict[str, Any]) -> str:
+    choices = obj.get("choices") or []
+    if not choices:
+        return ""
+    choice = choices[0]
+    delta = choice.get("delta")
+    if isinstance(delta, dict):
+        return delta.get("content") or delta.get("reasoning_content") or ""
+    return choice.get("text") or ""
+
+
+async def send_request(session: aiohttp.ClientSession, url: str, body: dict[str, Any], stream: bool,
+                       est_prompt_tokens: int) -> RequestResult:
+    result = RequestResult(prompt_tokens=est_prompt_tokens)
+    start = time.perf_counter()
+    try:
+        async with session.post(url, json=body) as resp:
+            if resp.status != 200:
+                result.error = f"HTTP {resp.status}: {(await resp.text())[:300]}"
+                return result
+            if not stream:
+                data = await resp.json(content_type=None)
+                # Without streaming the first token arrives with the last one.
+                result.ttft_s = result.latency_s = time.perf_counter() - start
+                choice = (data.get("choices") or [{}])[0]
+                text = choice.get("text") or (choice.get("message") or {}).get("content") or ""
+                result.completion_tokens = len(text.split())
+                _apply_usage(result, data.get("usage"))
+                result.ok = True
+                return result
+            last = start
+            chunks = 0
+            done = False
+            async for raw in resp.content:
+                line = raw.strip()
+                if not line.startswith(b"data:"):
+                    continue
+                payload = line[5:].strip()
+                if payload == b"[DONE]":
+                    done = True
+                    break
+                obj = json.loads(payload)
+                if "error" in obj:
+                    result.error = str(obj["error"].get("message") if isinstance(obj["error"], dict) else obj["error"])
+                    return result
+                now = time.perf_counter()
+                if _chunk_text(obj):
+                    chunks += 1
+                    if result.ttft_s is None:
+                        result.ttft_s = now - start
+                    else:
+                        result.itl_s.append(now - last)
+                    last = now
+                _apply_usage(result, obj.get("usage"))
+            if not done:
+                result.error = "stream ended without [DONE]"
+                return result
+            if result.completion_tokens == 0:
+                result.completion_tokens = chunks
+            result.ok = True
+    except (aiohttp.ClientError, TimeoutError, ValueError) as exc:
+        result.error = f"{type(exc).__name__}: {exc}"
+    finally:
+        if not result.latency_s:
+            result.latency_s = time.perf_counter() - start
+    return result
+
+
+# --- the run ---
+
+def _percentiles(values: Sequence[float], scale: float = 1000.0) -> dict[str, float | None]:
+    if not values:
+        return {"mean": None, "p50": None, "p90": None, "p99": None, "max": None}
+    ordered = sorted(values)
+
+    def pct(q: float) -> float:
+        # Linear interpolation between closest ranks.
+        pos = (len(ordered) - 1) * q
+        lo, hi = math.floor(pos), math.ceil(pos)
+        return ordered[lo] + (ordered[hi] - ordered[lo]) * (pos - lo)
+
+    return {"mean": round(sum(ordered) / len(ordered) * scale, 3), "p50": round(pct(0.5) * scale, 3),
+            "p90": round(pct(0.9) * scale, 3), "p99": round(pct(0.99) * scale, 3),
+            "max": round(ordered[-1] * scale, 3)}
+
+
+async def _resolve_model(session: aiohttp.ClientSession, base_url: str) -> str:
+    async with session.get(base_url + "/v1/models") as resp:
+        resp.raise_for_status()
+        data = await resp.json(content_type=None)
+    return str(data["data"][0]["id"])
+
+
+def summarize(cfg: BenchConfig, results: list[RequestResult], duration_s: float) -> dict[str, Any]:
+    ok = [r for r in results if r.ok]
+    prompt_tokens = sum(r.prompt_tokens for r in ok)
+    completion_tokens = sum(r.completion_tokens for r in ok)
+    reported = [r.cached_tokens for r in ok if r.cached_tokens is not None]
+    cached = sum(reported) if reported else None
+    tpot = [(r.latency_s - r.ttft_s) / (r.completion_tokens - 1) for r in ok
+            if r.ttft_s is not None and r.completion_tokens > 1]
+    return {
+        "completed": len(ok),
+        "failed": len(results) - len(ok),
+        "duration_s": round(duration_s, 3),
+        "request_throughput": round(len(ok) / duration_s, 3) if duration_s > 0 else None,
+        "input_token_throughput": round(prompt_tokens / duration_s, 1) if duration_s > 0 else None,
+        "output_token_throughput": round(completion_tokens / duration_s, 1) if duration_s > 0 else None,
+        "total_token_throughput": round((prompt_tokens + completion_tokens) / duration_s, 1) if duration_s else None,
+        "prompt_tokens_total": prompt_tokens,
+        "completion_tokens_total": completion_tokens,
+        "cached_tokens_total": cached,
+        "cached_tokens_reported_by": len(reported),
+        "cache_hit_rate": round(cached / prompt_tokens, 4) if cached is not None and prompt_tokens else None,
+        "ttft_ms": _percentiles([r.ttft_s for r in ok if r.ttft_s is not None]),
+        "itl_ms": _percentiles([x for r in ok for x in r.itl_s]),
+        "tpot_ms": _percentiles(tpot),
+        "e2e_latency_ms": _percentiles([r.latency_s for r in ok]),
+        "errors": [r.error for r in results if not r.ok][:10],
+    }
+
+
+async def run_benchmark(cfg: BenchConfig, command: str | None = None) -> dict[str, Any]:
+    """Run the workload against `cfg.base_url` and return the result dict (does not write it)."""
+    if cfg.endpoint not in ENDPOINTS:
+        raise ValueError(f"endpoint must be one of {ENDPOINTS}")
+    base_url = cfg.base_url.rstrip("/")
+    prompts = make_prompts(cfg)
+    headers = {"Authorization": f"Bearer {cfg.api_key}"} if cfg.api_key else {}
+    connector = aiohttp.TCPConnector(limit=0)
+    timeout = aiohttp.ClientTimeout(total=cfg.timeout_s)
+    rng = random.Random(cfg.seed + 1)
+    async with aiohttp.ClientSession(connector=connector, timeout=timeout, headers=headers) as session:
+        model = cfg.model or await _resolve_model(session, base_url)
+        bodies = [_request_body(cfg, model, p) for p in prompts]
+        est_tokens = [len(((p.system or "") + " " + p.user).split()) for p in prompts]
+        semaphore = asyncio.Semaphore(cfg.max_concurrency) if cfg.max_concurrency else None
+        bar = None
+        if not cfg.disable_tqdm:
+            from tqdm.asyncio import tqdm
+
+            bar = tqdm(total=len(prompts), desc="requests", unit="req")
+        url = base_url + cfg.endpoint
+
+        async def one(i: int) -> RequestResult:
+            if semaphore is None:
+                res = await send_request(session, url, bodies[i], cfg.stream, est_tokens[i])
+            else:
+                async with semaphore:
+                    res = await send_request(session, url, bodies[i], cfg.stream, est_tokens[i])
+            if bar is not None:
+                bar.update(1)
+            return res
+
+        start = time.perf_counter()
+        tasks = []
+        for i in range(len(prompts)):
+            tasks.append(asyncio.create_task(one(i)))
+            if cfg.request_rate != math.inf:
+                await asyncio.sleep(rng.expovariate(cfg.request_rate))
+        results = await asyncio.gather(*tasks)
+        duration = time.perf_counter() - start
+        if bar is not None:
+            bar.close()
+    out = {"benchmark": "serving", "command": command, "config": _config_dict(cfg), "model": model,
+           "machine": machine_info(("radixserve", "aiohttp", "sglang-router"))}
+    out.update(summarize(cfg, list(results), duration))
+    return out
+
+
+def _config_dict(cfg: BenchConfig) -> dict[str, Any]:
+    d = asdict(cfg)
+    d["api_key"] = "***" if cfg.api_key else None
+    d["request_rate"] = None if cfg.request_rate == math.inf else cfg.request_rate
+    return d
+
+
+def build_parser() -> argparse.ArgumentParser:
+    p = argparse.ArgumentParser(prog="bench_serving.py", description=__doc__.split("\n\n")[0],
+                                formatter_class=argparse.ArgumentDefaultsHelpFormatter)
+    p.add_argument("--base-url", default="http://127.0.0.1:30000", help="server or router URL")
+    p.add_argument("--endpoint", choices=ENDPOINTS, default="/v1/chat/completions", help="API to call")
+    p.add_argument("--model", default=None, help="model name to send (default: first of GET /v1/models)")
+    p.add_argument("--api-key", default=None, help="sent as `Authorization: Bearer KEY`")
+    p.add_argument("--dataset", choices=("shared-prefix", "random"), default="shared-prefix",
+                   help="workload: shared system prompts, or independent random prompts")
+    p.add_argument("--num-prompts", type=int, default=200, help="random: number of requests")
+    p.add_argument("--random-input-len", type=int, default=256, help="random: prompt length in words")
+    p.add_argument("--num-groups", type=int, default=8, help="shared-prefix: distinct system prompts")
+    p.add_argument("--prompts-per-group", type=int, default=16, help="shared-prefix: questions per system prompt")
+    p.add_argument("--system-prompt-len", type=int, default=1024, help="shared-prefix: system prompt words")
+    p.add_argument("--question-len", type=int, default=64, help="shared-prefix: question words")
+    p.add_argument("--output-len", type=int, default=64, help="max_tokens of every request")
+    p.add_argument("--request-rate", type=float, default=math.inf,
+                   help="Poisson arrival rate in requests/s (inf: send all at once)")
+    p.add_argument("--max-concurrency", type=int, default=None, help="cap on requests in flight (default none)")
+    p.add_argument("--disable-stream", action="store_true", help="non-streaming requests (TTFT = latency)")
+    p.add_argument("--ignore-eos", action="store_true", help="send ignore_eos=true so outputs have full length")
+    p.add_argument("--extra-body", type=json.loads, default={}, help="JSON object merged into every request body")
+    p.add_argument("--seed", type=int, default=0, help="seed for prompts and arrival times")
+    p.add_argument("--timeout", type=float, default=600.0, help="per-request timeout in seconds")
+    p.add_argument("--output", default=None, help="JSON path (default benchmarks/results/serving_<time>.json)")
+    p.add_argument("--no-save", action="store_true", help="print the result only, write no JSON")
+    p.add_argument("--disable-tqdm", action="store_true", help="no progress bar")
+    return p
+
+
+def config_from_args(args: argparse.Namespace) -> BenchConfig:
+    return BenchConfig(
+        base_url=args.base_url, endpoint=args.endpoint, model=args.model, api_key=args.api_key,
+        dataset=args.dataset, num_prompts=args.num_prompts, random_input_len=args.random_input_len,
+        num_groups=args.num_groups, prompts_per_group=args.prompts_per_group,
+        system_prompt_len=args.system_prompt_len, question_len=args.question_len, output_len=args.output_len,
+        request_rate=args.request_rate, max_concurrency=args.max_concurrency, stream=not args.disable_stream,
+        ignore_eos=args.ignore_eos, seed=args.seed, timeout_s=args.timeout, disable_tqdm=args.disable_tqdm,
+        extra_body=args.extra_body,
+    )
+
+
+def run(argv: Sequence[str] | None = None) -> dict[str, Any]:
+    """Parse `argv`, run, write the JSON unless --no-save; returns the result dict."""
+    args = build_parser().parse_args(argv)
+    command = " ".join(["benchmarks/bench_serving.py", *(sys.argv[1:] if argv is None else argv)])
+    result = asyncio.run(run_benchmark(config_from_args(args), command))
+    if not args.no_save:
+        result["output_file"] = str(write_results("serving", result, args.output))
+    return result
+
+
+def _print_summary(r: dict[str, Any]) -> None:
+    print(f"completed {r['completed']}, failed {r['failed']} in {r['duration_s']} s")
+    print(f"requests/s {r['request_throughput']}, output tokens/s {r['output_token_throughput']}, "
+          f"total tokens/s {r['total_token_throughput']}")
+    for key in ("ttft_ms", "itl_ms", "e2e_latency_ms"):
+        v = r[key]
+        print(f"{key:15s} mean {v['mean']}  p50 {v['p50']}  p90 {v['p90']}  p99 {v['p99']}")
+    if r["cached_tokens_total"] is not None:
+        print(f"cached prompt tokens {r['cached_tokens_total']} of {r['prompt_tokens_total']} "
+              f"({r['cache_hit_rate']})")
+    if r.get("output_file"):
+        print(f"wrote {r['output_file']}")
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    result = run(argv)
+    _print_summary(result)
+    return 0 if result["failed"] == 0 else 1
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,1 @@
+"""Cache-aware router in front of radixserve (or any OpenAI-compatible) replicas."""

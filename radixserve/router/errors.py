@@ -1,0 +1,43 @@
+"""OpenAI-shaped error responses: {"error": {"message", "type", "param", "code"}}."""
+
+from __future__ import annotations
+
+import msgspec
+from aiohttp import web
+
+_TYPES = {
+    400: "invalid_request_error",
+    401: "authentication_error",
+    404: "not_found_error",
+    405: "invalid_request_error",
+    413: "invalid_request_error",
+    429: "rate_limit_error",
+    502: "upstream_error",
+    503: "service_unavailable",
+    504: "timeout_error",
+}
+
+
+class _ErrorDetail(msgspec.Struct):
+    message: str
+    type: str
+    param: str | None
+    code: int | str | None
+
+
+class _Error(msgspec.Struct):
+    error: _ErrorDetail
+
+
+_encoder = msgspec.json.Encoder()
+
+
+def error_body(status: int, message: str, err_type: str | None = None, param: str | None = None) -> bytes:
+    detail = _ErrorDetail(message, err_type or _TYPES.get(status, "server_error"), param, status)
+    return _encoder.encode(_Error(detail))
+
+
+def error_response(status: int, message: str, err_type: str | None = None, param: str | None = None,
+                   headers: dict[str, str] | None = None) -> web.Response:
+    return web.Response(body=error_body(status, message, err_type, param), status=status,
+                        content_type="application/json", headers=headers)
