@@ -72,7 +72,17 @@ def load_hf(args: argparse.Namespace, device: str) -> Any:
     from radixserve.model_loader.default_model import default_model_path
 
     dtype = {"float32": torch.float32, "bfloat16": torch.bfloat16, "float16": torch.float16}[args.hf_dtype]
-    if args.model_path is None:
+    if args.load_format == "dummy":
+        from transformers import AutoConfig
+
+        from radixserve.configs.model_config import NAMED_SHAPES
+
+        shape = dict(NAMED_SHAPES[args.model_path or "smollm2-135m"])
+        arch = {"LlamaForCausalLM": "llama", "Qwen2ForCausalLM": "qwen2", "Qwen3ForCausalLM": "qwen3"}[
+            shape.pop("architectures")[0]]
+        with torch.device(device):
+            model = AutoModelForCausalLM.from_config(AutoConfig.for_model(arch, **shape), dtype=dtype)
+    elif args.model_path is None:
         path = default_model_path()
         model = AutoModelForCausalLM.from_pretrained(str(path.parent), gguf_file=path.name, dtype=dtype)
     else:
@@ -94,6 +104,34 @@ def run_hf(model: Any, prompts: list[list[int]], out_len: int, batch: int, devic
     return time.perf_counter() - t, outs
 
 
+def copy_bandwidth(nbytes: int = 1 << 31) -> float:
+    """Device-to-device copy rate, bytes read plus written per second (the memory roofline)."""
+    src = torch.empty(nbytes // 2, dtype=torch.uint8, device="cuda")
+    dst = torch.empty_like(src)
+    for _ in range(3):
+        dst.copy_(src)
+    torch.cuda.synchronize()
+    start, end = torch.cuda.Event(enable_timing=True), torch.cuda.Event(enable_timing=True)
+    start.record()
+    for _ in range(10):
+        dst.copy_(src)
+    end.record()
+    torch.cuda.synchronize()
+    return 2 * src.numel() * 10 / (start.elapsed_time(end) / 1e3)
+
+
+def roofline(engine: Engine, args: argparse.Namespace, bandwidth: float) -> dict[str, Any]:
+    """Batch-1 decode bound: every step reads all weights once plus the KV written so far."""
+    runner = engine.model_runner
+    weight_bytes = sum(p.numel() * p.element_size() for p in runner.model.parameters())
+    cfg = runner.config
+    kv_per_token = 2 * cfg.num_hidden_layers * cfg.num_key_value_heads * cfg.head_dim * runner.dtype.itemsize
+    mean_ctx = args.input_len + args.output_len / 2
+    step_bytes = weight_bytes + kv_per_token * mean_ctx
+    return {"weight_bytes": weight_bytes, "kv_bytes_per_step": int(kv_per_token * mean_ctx),
+            "roofline_tok_s": round(bandwidth / step_bytes, 1)}
+
+
 def agreement(ours: list[list[int]], theirs: list[list[int]]) -> dict[str, Any]:
     same = sum(a == b for a, b in zip(ours, theirs, strict=True))
     firsts = [next((i for i, (x, y) in enumerate(zip(a, b, strict=False)) if x != y), None)
@@ -105,6 +143,7 @@ def main(argv: list[str] | None = None) -> int:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--model-path", default=None, help="Model path or (with --load-format dummy) a named shape.")
     ap.add_argument("--load-format", default="auto", help="auto | gguf | safetensors | dummy")
+    ap.add_argument("--tokenizer-path", default=None, help="Tokenizer directory or GGUF (default: the model's).")
     ap.add_argument("--device", default="auto", help="auto | cpu | cuda")
     ap.add_argument("--dtype", default="auto", help="Engine dtype: auto | float32 | bfloat16 | float16")
     ap.add_argument("--hf-dtype", default="float32", help="dtype for the HF baseline")
@@ -120,12 +159,15 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--skip-hf", action="store_true", help="Do not run the transformers baseline.")
     ap.add_argument("--workloads", default="batch1,batchN,shared", help="Comma-separated subset to run.")
     ap.add_argument("--max-total-tokens", type=int, default=None, help="KV pool size for the Engine.")
+    ap.add_argument("--attention-backend", default="auto", help="Engine attention backend: auto | torch | triton")
     ap.add_argument("--output", default=None, help="JSON path (default: results/bench_offline_<device>_<time>.json)")
     args = ap.parse_args(argv)
     workloads = set(args.workloads.split(","))
 
     engine_kwargs: dict[str, Any] = {"load_format": args.load_format, "device": args.device, "dtype": args.dtype,
-                                     "log_level": "warning", "max_total_tokens": args.max_total_tokens}
+                                     "log_level": "warning", "max_total_tokens": args.max_total_tokens,
+                                     "attention_backend": args.attention_backend,
+                                     "tokenizer_path": args.tokenizer_path}
     engine = Engine(model_path=args.model_path, **engine_kwargs)
     device = engine.model_runner.device.type
     vocab = min(engine.model_runner.config.vocab_size, len(engine.tokenizer))
@@ -136,7 +178,10 @@ def main(argv: list[str] | None = None) -> int:
         "engine_dtype": str(engine.model_runner.dtype), "hf_dtype": args.hf_dtype,
         "machine": machine_info(("torch", "transformers", "triton", "radixserve")),
         "torch_threads": torch.get_num_threads(), "workloads": {},
+        "attention_backend": type(engine.model_runner.attn_backend).__name__,
     }
+    if device == "cuda":
+        results["copy_bandwidth_gb_s"] = round(copy_bandwidth() / 1e9, 1)
     hf = None if args.skip_hf else load_hf(args, device)
     bar = tqdm(total=len(workloads), desc="workloads")
     # warm up both (first calls allocate and dispatch slowly)
@@ -152,8 +197,9 @@ def main(argv: list[str] | None = None) -> int:
                                  "engine_tok_s": round(tokens / ours[0], 2)}
         if theirs is not None:
             entry.update({"hf_s": round(theirs[0], 3), "hf_tok_s": round(tokens / theirs[0], 2),
-                          "speedup_vs_hf": round(theirs[0] / ours[0], 3),
-                          "greedy_agreement": agreement(ours[1], theirs[1])})
+                          "speedup_vs_hf": round(theirs[0] / ours[0], 3)})
+            if args.load_format != "dummy":  # dummy weights differ between the two models
+                entry["greedy_agreement"] = agreement(ours[1], theirs[1])
         results["workloads"][name] = entry
         print(name, entry, flush=True)
 
@@ -162,6 +208,8 @@ def main(argv: list[str] | None = None) -> int:
         ours = run_engine(engine, prompts, args.output_len, one_by_one=True)
         theirs = run_hf(hf, prompts, args.output_len, 1, device) if hf is not None else None
         record("batch1", len(prompts), args.output_len, ours, theirs)
+        if device == "cuda":
+            results["workloads"]["batch1"]["roofline"] = roofline(engine, args, results["copy_bandwidth_gb_s"] * 1e9)
         bar.update()
     if "batchN" in workloads:
         prompts = make_prompts(engine.tokenizer, args.batch_size, args.input_len, vocab)

@@ -16,7 +16,7 @@ SCHEDULE_POLICIES = ("lpm", "fcfs")
 LOAD_FORMATS = ("auto", "gguf", "safetensors", "dummy")
 DTYPES = ("auto", "float32", "bfloat16", "float16")
 DEVICES = ("auto", "cpu", "cuda")
-ATTENTION_BACKENDS = ("auto", "torch")
+ATTENTION_BACKENDS = ("auto", "torch", "triton")
 API_KEY_ENV = "RADIXSERVE_API_KEY"
 
 
@@ -82,7 +82,7 @@ class ServerArgs:
     disable_radix_cache: bool = field(default=False, metadata=_help(
         "Do not reuse KV across requests (every request prefills its whole prompt)."))
     attention_backend: str = field(default="auto", metadata=_help(
-        "Attention implementation: torch (the reference); auto picks the best for the device.",
+        "Attention implementation: torch (reference, any device) or triton (CUDA); auto picks triton on CUDA.",
         choices=ATTENTION_BACKENDS))
     random_seed: int | None = field(default=None, metadata=_help(
         "Seed for sampling of requests that carry no seed of their own."))

@@ -40,6 +40,14 @@ def hf_smol_model() -> Any:
     return model
 
 
+def tokenizer_source() -> Path:
+    """The embedded GGUF's tokenizer; RADIXSERVE_TEST_TOKENIZER names a saved copy where the GGUF is absent (GPU runs)."""
+    from radixserve.model_loader.default_model import default_model_path
+
+    saved = os.environ.get("RADIXSERVE_TEST_TOKENIZER")
+    return Path(saved) if saved else default_model_path()
+
+
 def _save_tiny(tmp: Path, arch: str, tokenizer_source: Path, **overrides: Any) -> Path:
     import torch
     from transformers import AutoConfig, AutoModelForCausalLM
@@ -69,10 +77,8 @@ def _save_tiny(tmp: Path, arch: str, tokenizer_source: Path, **overrides: Any) -
 
 @pytest.fixture(scope="session")
 def tiny_models(tmp_path_factory: pytest.TempPathFactory) -> dict[str, Path]:
-    from radixserve.model_loader.default_model import default_model_path
-
     tmp = tmp_path_factory.mktemp("tiny")
-    gguf = default_model_path()
+    gguf = tokenizer_source()
     return {
         "llama": _save_tiny(tmp, "llama", gguf, num_key_value_heads=4, tie_word_embeddings=False),
         "llama_gqa_tied": _save_gqa(tmp, gguf),
@@ -87,3 +93,14 @@ def _save_gqa(tmp: Path, gguf: Path) -> Path:
     return _save_tiny(sub, "llama", gguf, num_key_value_heads=2, tie_word_embeddings=True,
                       rope_scaling={"rope_type": "llama3", "factor": 8.0, "low_freq_factor": 1.0,
                                     "high_freq_factor": 4.0, "original_max_position_embeddings": 64})
+
+
+def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item]) -> None:
+    import torch
+
+    if torch.cuda.is_available():
+        return
+    skip = pytest.mark.skip(reason="needs a CUDA GPU: run with `pytest -m gpu` on the device machine (docs/gpu.md)")
+    for item in items:
+        if "gpu" in item.keywords:
+            item.add_marker(skip)

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from typing import TYPE_CHECKING
 
 import torch
@@ -14,53 +15,66 @@ if TYPE_CHECKING:
     from radixserve.model_executor.forward_batch import ForwardBatch
 
 
+def decode_kv_indices(req_to_token: torch.Tensor, req_pool_indices: torch.Tensor, seq_lens: torch.Tensor,
+                      max_len: int) -> tuple[torch.Tensor, torch.Tensor]:
+    """[bs, max_len] KV slots of each request (0 past its length) and the [bs, 1, 1, max_len] valid mask."""
+    idx = req_to_token[req_pool_indices, :max_len]
+    valid = torch.arange(max_len, device=idx.device)[None, :] < seq_lens[:, None]
+    return torch.where(valid, idx, torch.zeros_like(idx)), valid[:, None, None, :]
+
+
+def decode_attention_ref(q: torch.Tensor, k_buf: torch.Tensor, v_buf: torch.Tensor, kv_indices: torch.Tensor,
+                         mask: torch.Tensor, scale: float) -> torch.Tensor:
+    """q: [bs, H, D] -> [bs, H, D], attending to each request's slots."""
+    k = k_buf[kv_indices].to(q.dtype)  # [bs, L, KVH, D]
+    v = v_buf[kv_indices].to(q.dtype)
+    o = F.scaled_dot_product_attention(q.unsqueeze(2), k.transpose(1, 2), v.transpose(1, 2), attn_mask=mask,
+                                       scale=scale, enable_gqa=True)
+    return o.squeeze(2)
+
+
+def extend_attention_ref(q: torch.Tensor, k_buf: torch.Tensor, v_buf: torch.Tensor, rows: Sequence[torch.Tensor],
+                         prefix_lens: Sequence[int], extend_lens: Sequence[int], scale: float) -> torch.Tensor:
+    """q: [tokens, H, D] of the new tokens back to back; rows[i]: request i's slots (prefix + new)."""
+    out = torch.empty_like(q)
+    start = 0
+    for slots, prefix, ext in zip(rows, prefix_lens, extend_lens, strict=True):
+        qi = q[start : start + ext].transpose(0, 1).unsqueeze(0)  # [1, H, ext, D]
+        ki = k_buf[slots].transpose(0, 1).unsqueeze(0).to(q.dtype)  # [1, KVH, seq, D]
+        vi = v_buf[slots].transpose(0, 1).unsqueeze(0).to(q.dtype)
+        if prefix == 0:
+            o = F.scaled_dot_product_attention(qi, ki, vi, is_causal=True, scale=scale, enable_gqa=True)
+        else:
+            # Query j sits at absolute position prefix + j and sees keys 0..prefix + j.
+            qpos = torch.arange(prefix, prefix + ext, device=q.device)[:, None]
+            kpos = torch.arange(prefix + ext, device=q.device)[None, :]
+            o = F.scaled_dot_product_attention(qi, ki, vi, attn_mask=kpos <= qpos, scale=scale, enable_gqa=True)
+        out[start : start + ext] = o.squeeze(0).transpose(0, 1)
+        start += ext
+    return out
+
+
 class TorchAttnBackend(AttentionBackend):
     def __init__(self) -> None:
-        self._kv_indices: torch.Tensor | None = None  # DECODE: [bs, max_len] slots, padded with 0
-        self._mask: torch.Tensor | None = None  # DECODE: [bs, 1, 1, max_len] True where valid
-        self._extend_rows: list[torch.Tensor] = []  # EXTEND: per request, its slots
+        self._kv_indices: torch.Tensor | None = None
+        self._mask: torch.Tensor | None = None
+        self._extend_rows: list[torch.Tensor] = []
 
     def init_forward_metadata(self, fb: ForwardBatch) -> None:
         table = fb.req_to_token_pool.req_to_token
         if fb.forward_mode.is_decode():
-            max_len = max(fb.seq_lens_cpu)
-            idx = table[fb.req_pool_indices, :max_len]
-            valid = torch.arange(max_len, device=idx.device)[None, :] < fb.seq_lens[:, None]
-            self._kv_indices = torch.where(valid, idx, torch.zeros_like(idx))
-            self._mask = valid[:, None, None, :]
+            self._kv_indices, self._mask = decode_kv_indices(table, fb.req_pool_indices, fb.seq_lens,
+                                                             max(fb.seq_lens_cpu))
         else:
             pools = fb.req_pool_indices.tolist()
             self._extend_rows = [table[p, :n] for p, n in zip(pools, fb.seq_lens_cpu, strict=True)]
 
     def forward_extend(self, q: torch.Tensor, layer: RadixAttention, fb: ForwardBatch) -> torch.Tensor:
         k_buf, v_buf = fb.token_to_kv_pool.get_kv_buffer(layer.layer_id)
-        out = torch.empty_like(q)
-        start = 0
-        for rows, prefix, ext in zip(self._extend_rows, fb.extend_prefix_lens_cpu, fb.extend_seq_lens_cpu,
-                                     strict=True):
-            qi = q[start : start + ext].transpose(0, 1).unsqueeze(0)  # [1, h, ext, d]
-            ki = k_buf[rows].transpose(0, 1).unsqueeze(0).to(q.dtype)  # [1, kvh, seq, d]
-            vi = v_buf[rows].transpose(0, 1).unsqueeze(0).to(q.dtype)
-            if prefix == 0:
-                o = F.scaled_dot_product_attention(qi, ki, vi, is_causal=True, scale=layer.scaling,
-                                                   enable_gqa=True)
-            else:
-                # Query j sits at absolute position prefix + j and sees keys 0..prefix + j.
-                qpos = torch.arange(prefix, prefix + ext, device=q.device)[:, None]
-                kpos = torch.arange(prefix + ext, device=q.device)[None, :]
-                o = F.scaled_dot_product_attention(qi, ki, vi, attn_mask=kpos <= qpos, scale=layer.scaling,
-                                                   enable_gqa=True)
-            out[start : start + ext] = o.squeeze(0).transpose(0, 1)
-            start += ext
-        return out
+        return extend_attention_ref(q, k_buf, v_buf, self._extend_rows, fb.extend_prefix_lens_cpu,
+                                    fb.extend_seq_lens_cpu, layer.scaling)
 
     def forward_decode(self, q: torch.Tensor, layer: RadixAttention, fb: ForwardBatch) -> torch.Tensor:
         assert self._kv_indices is not None and self._mask is not None
         k_buf, v_buf = fb.token_to_kv_pool.get_kv_buffer(layer.layer_id)
-        k = k_buf[self._kv_indices].to(q.dtype)  # [bs, L, kvh, d]
-        v = v_buf[self._kv_indices].to(q.dtype)
-        o = F.scaled_dot_product_attention(
-            q.unsqueeze(2),  # [bs, h, 1, d]
-            k.transpose(1, 2), v.transpose(1, 2), attn_mask=self._mask, scale=layer.scaling, enable_gqa=True,
-        )
-        return o.squeeze(2)
+        return decode_attention_ref(q, k_buf, v_buf, self._kv_indices, self._mask, layer.scaling)

@@ -96,19 +96,28 @@ class ModelRunner:
                     time.monotonic() - start, self.device, self.dtype)
         return model
 
-    @staticmethod
-    def _init_dummy(model: LlamaForCausalLM) -> None:
-        gen = torch.Generator(device="cpu").manual_seed(0)
+    def _init_dummy(self, model: LlamaForCausalLM) -> None:
+        # Seeded on the model's device: drawing 8B numbers on the CPU would take minutes.
+        gen = torch.Generator(device=self.device).manual_seed(0)
         with torch.no_grad():
             for name, p in model.named_parameters():
                 if "norm" in name:
                     p.fill_(1.0)
                 else:
                     # Small uniform weights keep activations finite through many layers.
-                    p.copy_(torch.empty(p.shape, dtype=torch.float32).uniform_(-0.02, 0.02, generator=gen))
+                    p.uniform_(-0.02, 0.02, generator=gen)
 
     def _attention_backend(self) -> AttentionBackend:
-        # "auto" and "torch" are the same until the GPU kernels land.
+        name = self.server_args.attention_backend
+        if name == "auto":
+            name = "triton" if self.device.type == "cuda" else "torch"
+        if name == "triton":
+            if self.device.type != "cuda":
+                raise ValueError("invalid value for 'attention_backend': triton needs --device cuda")
+            from radixserve.kernels.triton_backend import TritonAttnBackend
+
+            heads = self.config.num_attention_heads // self.tp.size
+            return TritonAttnBackend(heads, self.config.head_dim, self.device)
         return TorchAttnBackend()
 
     # ---- sizing ------------------------------------------------------------------------------

@@ -1,0 +1,196 @@
+"""Paged attention over the TokenToKVPool in Triton (page size 1).
+
+decode: split-KV. Stage 1 gives each (request, head, split) program a slice of the sequence and
+writes a partial output with its log-sum-exp; stage 2 merges the splits. Splitting keeps the GPU
+busy when the batch is small and the context long.
+extend: one program per (request, head, block of new tokens) walks the request's KV through
+req_to_token (cached prefix and the new tokens, already written to the pool) with a causal mask
+offset by the prefix length, so RadixCache hits and chunked prefill run here too.
+Grouped-query heads map query head h to KV head h // group. float32 inputs use IEEE dots so that
+float32 runs can match a float32 reference exactly enough for greedy parity.
+"""
+
+from __future__ import annotations
+
+import torch
+import triton
+import triton.language as tl
+
+
+@triton.jit
+def _decode_stage1(
+    Q, K, V, ReqToToken, ReqPool, SeqLens, MidO, MidLse, sm_scale, num_splits,
+    stride_qb, stride_qh, stride_kt, stride_kh, stride_vt, stride_vh, stride_rt,
+    stride_mb, stride_mh, stride_ms, stride_lb, stride_lh,
+    GROUP: tl.constexpr, HEAD_DIM: tl.constexpr, BLOCK_D: tl.constexpr, BLOCK_N: tl.constexpr,
+):
+    b = tl.program_id(0)
+    h = tl.program_id(1)
+    s = tl.program_id(2)
+    kvh = h // GROUP
+    seq_len = tl.load(SeqLens + b)
+    pool = tl.load(ReqPool + b).to(tl.int64)
+    split_len = tl.cdiv(seq_len, num_splits)
+    start = s * split_len
+    end = tl.minimum(start + split_len, seq_len)
+    offs_d = tl.arange(0, BLOCK_D)
+    dmask = offs_d < HEAD_DIM
+    q = tl.load(Q + b * stride_qb + h * stride_qh + offs_d, mask=dmask, other=0.0).to(tl.float32)
+    m_i = -float("inf")
+    l_i = 0.0
+    acc = tl.zeros([BLOCK_D], dtype=tl.float32)
+    for n0 in range(start, end, BLOCK_N):
+        offs_n = n0 + tl.arange(0, BLOCK_N)
+        nmask = offs_n < end
+        slots = tl.load(ReqToToken + pool * stride_rt + offs_n, mask=nmask, other=0).to(tl.int64)
+        kv_mask = nmask[:, None] & dmask[None, :]
+        k = tl.load(K + slots[:, None] * stride_kt + kvh * stride_kh + offs_d[None, :], mask=kv_mask, other=0.0)
+        qk = tl.sum(q[None, :] * k.to(tl.float32), 1) * sm_scale
+        qk = tl.where(nmask, qk, -float("inf"))
+        m_new = tl.maximum(m_i, tl.max(qk, 0))
+        p = tl.exp(qk - m_new)
+        alpha = tl.exp(m_i - m_new)
+        v = tl.load(V + slots[:, None] * stride_vt + kvh * stride_vh + offs_d[None, :], mask=kv_mask, other=0.0)
+        acc = acc * alpha + tl.sum(p[:, None] * v.to(tl.float32), 0)
+        l_i = l_i * alpha + tl.sum(p, 0)
+        m_i = m_new
+    has = end > start
+    out = tl.where(has, acc / tl.where(has, l_i, 1.0), 0.0)
+    lse = tl.where(has, m_i + tl.log(tl.where(has, l_i, 1.0)), -float("inf"))
+    tl.store(MidO + b * stride_mb + h * stride_mh + s * stride_ms + offs_d, out, mask=dmask)
+    tl.store(MidLse + b * stride_lb + h * stride_lh + s, lse)
+
+
+@triton.jit
+def _decode_stage2(
+    MidO, MidLse, Out, num_splits,
+    stride_mb, stride_mh, stride_ms, stride_lb, stride_lh, stride_ob, stride_oh,
+    HEAD_DIM: tl.constexpr, BLOCK_D: tl.constexpr,
+):
+    b = tl.program_id(0)
+    h = tl.program_id(1)
+    offs_d = tl.arange(0, BLOCK_D)
+    dmask = offs_d < HEAD_DIM
+    # Split 0 is never empty (seq_len >= 1), so m_i is finite from the first iteration on.
+    m_i = -float("inf")
+    l_i = 0.0
+    acc = tl.zeros([BLOCK_D], dtype=tl.float32)
+    for s in range(0, num_splits):
+        lse = tl.load(MidLse + b * stride_lb + h * stride_lh + s)
+        o = tl.load(MidO + b * stride_mb + h * stride_mh + s * stride_ms + offs_d, mask=dmask, other=0.0)
+        m_new = tl.maximum(m_i, lse)
+        scale_old = tl.exp(m_i - m_new)
+        w = tl.exp(lse - m_new)
+        acc = acc * scale_old + w * o
+        l_i = l_i * scale_old + w
+        m_i = m_new
+    tl.store(Out + b * stride_ob + h * stride_oh + offs_d, (acc / l_i).to(Out.dtype.element_ty), mask=dmask)
+
+
+def decode_num_splits(max_seq_len: int, batch_heads: int, num_sms: int = 132, max_splits: int = 16) -> int:
+    """Enough splits to fill the SMs about twice, never slices shorter than 64 tokens."""
+    want = max(1, (2 * num_sms + batch_heads - 1) // batch_heads)
+    return max(1, min(max_splits, want, (max_seq_len + 63) // 64))
+
+
+def decode_attention(
+    q: torch.Tensor, k_buf: torch.Tensor, v_buf: torch.Tensor, o: torch.Tensor,
+    req_to_token: torch.Tensor, req_pool_indices: torch.Tensor, seq_lens: torch.Tensor,
+    sm_scale: float, num_splits: int, mid_o: torch.Tensor, mid_lse: torch.Tensor,
+) -> None:
+    """q, o: [bs, H, D]; k_buf, v_buf: [slots, KVH, D]; mid_o: [bs, H, >=splits, D] f32; mid_lse: [bs, H, >=splits]."""
+    bs, heads, dim = q.shape
+    group = heads // k_buf.shape[1]
+    block_d = triton.next_power_of_2(dim)
+    _decode_stage1[(bs, heads, num_splits)](
+        q, k_buf, v_buf, req_to_token, req_pool_indices, seq_lens, mid_o, mid_lse, sm_scale, num_splits,
+        q.stride(0), q.stride(1), k_buf.stride(0), k_buf.stride(1), v_buf.stride(0), v_buf.stride(1),
+        req_to_token.stride(0), mid_o.stride(0), mid_o.stride(1), mid_o.stride(2),
+        mid_lse.stride(0), mid_lse.stride(1),
+        GROUP=group, HEAD_DIM=dim, BLOCK_D=block_d, BLOCK_N=64, num_warps=4,
+    )
+    _decode_stage2[(bs, heads)](
+        mid_o, mid_lse, o, num_splits, mid_o.stride(0), mid_o.stride(1), mid_o.stride(2),
+        mid_lse.stride(0), mid_lse.stride(1), o.stride(0), o.stride(1),
+        HEAD_DIM=dim, BLOCK_D=block_d, num_warps=1,
+    )
+
+
+@triton.jit
+def _extend_kernel(
+    Q, K, V, Out, ReqToToken, ReqPool, PrefixLens, ExtendLens, ExtendStart, sm_scale,
+    stride_qt, stride_qh, stride_kt, stride_kh, stride_vt, stride_vh, stride_ot, stride_oh, stride_rt,
+    GROUP: tl.constexpr, HEAD_DIM: tl.constexpr, BLOCK_D: tl.constexpr,
+    BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr, IEEE: tl.constexpr,
+):
+    b = tl.program_id(0)
+    h = tl.program_id(1)
+    mblk = tl.program_id(2)
+    ext_len = tl.load(ExtendLens + b)
+    if mblk * BLOCK_M >= ext_len:
+        return
+    prefix = tl.load(PrefixLens + b)
+    q_start = tl.load(ExtendStart + b).to(tl.int64)
+    pool = tl.load(ReqPool + b).to(tl.int64)
+    kvh = h // GROUP
+    offs_m = mblk * BLOCK_M + tl.arange(0, BLOCK_M)
+    mmask = offs_m < ext_len
+    offs_d = tl.arange(0, BLOCK_D)
+    dmask = offs_d < HEAD_DIM
+    q = tl.load(Q + (q_start + offs_m)[:, None] * stride_qt + h * stride_qh + offs_d[None, :],
+                mask=mmask[:, None] & dmask[None, :], other=0.0)
+    m_i = tl.full([BLOCK_M], -float("inf"), dtype=tl.float32)
+    l_i = tl.zeros([BLOCK_M], dtype=tl.float32)
+    acc = tl.zeros([BLOCK_M, BLOCK_D], dtype=tl.float32)
+    q_pos = prefix + offs_m
+    kv_end = prefix + tl.minimum((mblk + 1) * BLOCK_M, ext_len)
+    for n0 in range(0, kv_end, BLOCK_N):
+        offs_n = n0 + tl.arange(0, BLOCK_N)
+        nmask = offs_n < kv_end
+        slots = tl.load(ReqToToken + pool * stride_rt + offs_n, mask=nmask, other=0).to(tl.int64)
+        kt = tl.load(K + slots[None, :] * stride_kt + kvh * stride_kh + offs_d[:, None],
+                     mask=nmask[None, :] & dmask[:, None], other=0.0)
+        if IEEE:
+            qk = tl.dot(q, kt, input_precision="ieee")
+        else:
+            qk = tl.dot(q, kt)
+        qk = qk * sm_scale
+        # Key 0 is visible to every query, so each row has a finite max after the first block.
+        visible = (offs_n[None, :] <= q_pos[:, None]) & nmask[None, :]
+        qk = tl.where(visible, qk, -float("inf"))
+        m_new = tl.maximum(m_i, tl.max(qk, 1))
+        p = tl.exp(qk - m_new[:, None])
+        alpha = tl.exp(m_i - m_new)
+        v = tl.load(V + slots[:, None] * stride_vt + kvh * stride_vh + offs_d[None, :],
+                    mask=nmask[:, None] & dmask[None, :], other=0.0)
+        if IEEE:
+            pv = tl.dot(p.to(v.dtype), v, input_precision="ieee")
+        else:
+            pv = tl.dot(p.to(v.dtype), v)
+        acc = acc * alpha[:, None] + pv
+        l_i = l_i * alpha + tl.sum(p, 1)
+        m_i = m_new
+    out = acc / l_i[:, None]
+    tl.store(Out + (q_start + offs_m)[:, None] * stride_ot + h * stride_oh + offs_d[None, :],
+             out.to(Out.dtype.element_ty), mask=mmask[:, None] & dmask[None, :])
+
+
+def extend_attention(
+    q: torch.Tensor, k_buf: torch.Tensor, v_buf: torch.Tensor, o: torch.Tensor,
+    req_to_token: torch.Tensor, req_pool_indices: torch.Tensor, prefix_lens: torch.Tensor,
+    extend_lens: torch.Tensor, extend_start: torch.Tensor, max_extend_len: int, sm_scale: float,
+) -> None:
+    """q, o: [tokens, H, D] (requests' new tokens back to back); K/V of those tokens already in the pool."""
+    heads, dim = q.shape[1], q.shape[2]
+    group = heads // k_buf.shape[1]
+    block_d = max(16, triton.next_power_of_2(dim))
+    fp32 = q.dtype == torch.float32
+    block_m, block_n = (32, 32) if fp32 or block_d > 128 else (64, 64)
+    grid = (req_pool_indices.shape[0], heads, triton.cdiv(max_extend_len, block_m))
+    _extend_kernel[grid](
+        q, k_buf, v_buf, o, req_to_token, req_pool_indices, prefix_lens, extend_lens, extend_start, sm_scale,
+        q.stride(0), q.stride(1), k_buf.stride(0), k_buf.stride(1), v_buf.stride(0), v_buf.stride(1),
+        o.stride(0), o.stride(1), req_to_token.stride(0),
+        GROUP=group, HEAD_DIM=dim, BLOCK_D=block_d, BLOCK_M=block_m, BLOCK_N=block_n, IEEE=fp32,
+        num_warps=4, num_stages=2,
+    )

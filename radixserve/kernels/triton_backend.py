@@ -1,0 +1,62 @@
+"""TritonAttnBackend: the GPU attention backend over our Triton paged-attention kernels."""
+
+from __future__ import annotations
+
+from typing import TYPE_CHECKING
+
+import torch
+
+from radixserve.attention.base import AttentionBackend
+from radixserve.kernels.triton_attention import decode_attention, decode_num_splits, extend_attention
+
+if TYPE_CHECKING:
+    from radixserve.layers.radix_attention import RadixAttention
+    from radixserve.model_executor.forward_batch import ForwardBatch
+
+MAX_SPLITS = 16
+
+
+class TritonAttnBackend(AttentionBackend):
+    def __init__(self, num_heads: int, head_dim: int, device: torch.device) -> None:
+        self.num_heads = num_heads
+        self.head_dim = head_dim
+        self.device = device
+        props = torch.cuda.get_device_properties(device) if device.type == "cuda" else None
+        self.num_sms = props.multi_processor_count if props is not None else 132
+        self._mid_o = torch.empty(0, device=device)
+        self._mid_lse = torch.empty(0, device=device)
+        self._num_splits = 1
+        self._prefix_lens = torch.empty(0, dtype=torch.int64, device=device)
+        self._extend_lens = torch.empty(0, dtype=torch.int64, device=device)
+        self._extend_start = torch.empty(0, dtype=torch.int64, device=device)
+        self._max_extend = 0
+
+    def init_forward_metadata(self, fb: ForwardBatch) -> None:
+        if fb.forward_mode.is_decode():
+            bs = fb.batch_size
+            self._num_splits = decode_num_splits(max(fb.seq_lens_cpu), bs * self.num_heads, self.num_sms, MAX_SPLITS)
+            if self._mid_o.dim() != 4 or self._mid_o.shape[0] < bs:
+                self._mid_o = torch.empty((bs, self.num_heads, MAX_SPLITS, self.head_dim), dtype=torch.float32,
+                                          device=self.device)
+                self._mid_lse = torch.empty((bs, self.num_heads, MAX_SPLITS), dtype=torch.float32, device=self.device)
+        else:
+            lens = torch.tensor(fb.extend_seq_lens_cpu, dtype=torch.int64)
+            self._extend_lens = lens.to(self.device, non_blocking=True)
+            self._prefix_lens = torch.tensor(fb.extend_prefix_lens_cpu, dtype=torch.int64).to(
+                self.device, non_blocking=True)
+            self._extend_start = (torch.cumsum(lens, 0) - lens).to(self.device, non_blocking=True)
+            self._max_extend = max(fb.extend_seq_lens_cpu)
+
+    def forward_extend(self, q: torch.Tensor, layer: RadixAttention, fb: ForwardBatch) -> torch.Tensor:
+        k_buf, v_buf = fb.token_to_kv_pool.get_kv_buffer(layer.layer_id)
+        o = torch.empty_like(q)
+        extend_attention(q, k_buf, v_buf, o, fb.req_to_token_pool.req_to_token, fb.req_pool_indices,
+                         self._prefix_lens, self._extend_lens, self._extend_start, self._max_extend, layer.scaling)
+        return o
+
+    def forward_decode(self, q: torch.Tensor, layer: RadixAttention, fb: ForwardBatch) -> torch.Tensor:
+        k_buf, v_buf = fb.token_to_kv_pool.get_kv_buffer(layer.layer_id)
+        o = torch.empty_like(q)
+        decode_attention(q, k_buf, v_buf, o, fb.req_to_token_pool.req_to_token, fb.req_pool_indices, fb.seq_lens,
+                         layer.scaling, self._num_splits, self._mid_o, self._mid_lse)
+        return o

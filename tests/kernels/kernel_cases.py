@@ -1,0 +1,87 @@
+"""Random paged-attention problems and checks shared by the GPU kernel tests and the CPU interpreter run."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import torch
+
+from radixserve.attention.torch_backend import decode_attention_ref, decode_kv_indices, extend_attention_ref
+
+
+@dataclass
+class PagedCase:
+    q_decode: torch.Tensor
+    q_extend: torch.Tensor
+    k_buf: torch.Tensor
+    v_buf: torch.Tensor
+    req_to_token: torch.Tensor
+    pool_idx: torch.Tensor
+    seq_lens: list[int]
+    prefix_lens: list[int]
+    extend_lens: list[int]
+    scale: float
+
+
+def make_case(bs: int, heads: int, kv_heads: int, dim: int, max_seq: int, dtype: torch.dtype, device: str,
+              gen: torch.Generator) -> PagedCase:
+    seq_lens = torch.randint(1, max_seq + 1, (bs,), generator=gen).tolist()
+    prefix_lens = [int(torch.randint(0, s, (1,), generator=gen)) for s in seq_lens]
+    extend_lens = [s - p for s, p in zip(seq_lens, prefix_lens, strict=True)]
+    slots = sum(seq_lens) + 8
+    # Scatter each request's tokens over random, non-contiguous slots (slot 0 stays unused).
+    perm = (torch.randperm(slots - 1, generator=gen) + 1).tolist()
+    req_to_token = torch.zeros((bs + 2, max_seq + 5), dtype=torch.int64)
+    pool_idx = torch.randperm(bs + 2, generator=gen)[:bs]
+    at = 0
+    for i, s in enumerate(seq_lens):
+        req_to_token[pool_idx[i], :s] = torch.tensor(perm[at : at + s])
+        at += s
+    k = torch.randn((slots, kv_heads, dim), generator=gen)
+    v = torch.randn((slots, kv_heads, dim), generator=gen)
+    return PagedCase(
+        q_decode=torch.randn((bs, heads, dim), generator=gen).to(device, dtype),
+        q_extend=torch.randn((sum(extend_lens), heads, dim), generator=gen).to(device, dtype),
+        k_buf=k.to(device, dtype), v_buf=v.to(device, dtype),
+        req_to_token=req_to_token.to(device), pool_idx=pool_idx.to(device),
+        seq_lens=seq_lens, prefix_lens=prefix_lens, extend_lens=extend_lens, scale=dim**-0.5,
+    )
+
+
+def reference(case: PagedCase) -> tuple[torch.Tensor, torch.Tensor]:
+    """float64 CPU references for decode and extend."""
+    c = case
+    k64, v64 = c.k_buf.double().cpu(), c.v_buf.double().cpu()
+    table, pool = c.req_to_token.cpu(), c.pool_idx.cpu()
+    seq = torch.tensor(c.seq_lens)
+    idx, mask = decode_kv_indices(table, pool, seq, max(c.seq_lens))
+    dec = decode_attention_ref(c.q_decode.double().cpu(), k64, v64, idx, mask, c.scale)
+    rows = [table[p, :s] for p, s in zip(pool.tolist(), c.seq_lens, strict=True)]
+    ext = extend_attention_ref(c.q_extend.double().cpu(), k64, v64, rows, c.prefix_lens, c.extend_lens, c.scale)
+    return dec, ext
+
+
+def run_triton(case: PagedCase) -> tuple[torch.Tensor, torch.Tensor]:
+    from radixserve.kernels.triton_attention import decode_attention, decode_num_splits, extend_attention
+
+    c = case
+    dev = c.q_decode.device
+    bs, heads, dim = c.q_decode.shape
+    seq = torch.tensor(c.seq_lens, device=dev)
+    splits = decode_num_splits(max(c.seq_lens), bs * heads, 4)
+    mid_o = torch.full((bs, heads, 16, dim), float("nan"), dtype=torch.float32, device=dev)
+    mid_lse = torch.full((bs, heads, 16), float("nan"), dtype=torch.float32, device=dev)
+    dec = torch.full_like(c.q_decode, float("nan"))  # poisoned: every element must be written
+    decode_attention(c.q_decode, c.k_buf, c.v_buf, dec, c.req_to_token, c.pool_idx, seq, c.scale, splits,
+                     mid_o, mid_lse)
+    ext = torch.full_like(c.q_extend, float("nan"))
+    lens = torch.tensor(c.extend_lens)
+    extend_attention(c.q_extend, c.k_buf, c.v_buf, ext, c.req_to_token, c.pool_idx,
+                     torch.tensor(c.prefix_lens, device=dev), lens.to(dev), (torch.cumsum(lens, 0) - lens).to(dev),
+                     max(c.extend_lens), c.scale)
+    return dec, ext
+
+
+def rel_err(out: torch.Tensor, ref: torch.Tensor) -> float:
+    assert not torch.isnan(out).any(), "unwritten (NaN-poisoned) or NaN output"
+    return float((out.double().cpu() - ref).norm() / ref.norm())
