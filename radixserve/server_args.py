@@ -84,6 +84,10 @@ class ServerArgs:
     attention_backend: str = field(default="auto", metadata=_help(
         "Attention implementation: torch (reference, any device) or triton (CUDA); auto picks triton on CUDA.",
         choices=ATTENTION_BACKENDS))
+    disable_cuda_graph: bool = field(default=False, metadata=_help(
+        "Do not capture CUDA graphs for decode (CUDA only)."))
+    cuda_graph_max_bs: int = field(default=160, metadata=_help(
+        "Largest decode batch captured as a CUDA graph; larger batches run eagerly."))
     random_seed: int | None = field(default=None, metadata=_help(
         "Seed for sampling of requests that carry no seed of their own."))
     stream_interval: int = field(default=1, metadata=_help(
@@ -125,6 +129,7 @@ class ServerArgs:
               "chunked_prefill_size", "must be >= 1, or -1 to disable chunking")
         check(self.max_prefill_tokens >= 1, "max_prefill_tokens", "must be >= 1")
         check(self.stream_interval >= 1, "stream_interval", "must be >= 1")
+        check(self.cuda_graph_max_bs >= 1, "cuda_graph_max_bs", "must be >= 1")
         check(self.graceful_shutdown_timeout >= 0, "graceful_shutdown_timeout", "must be >= 0")
         check(self.log_level.lower() in ("debug", "info", "warning", "error", "critical"),
               "log_level", f"{self.log_level!r} is not a log level")

@@ -31,14 +31,22 @@ class TritonAttnBackend(AttentionBackend):
         self._extend_start = torch.empty(0, dtype=torch.int64, device=device)
         self._max_extend = 0
 
+    def _ensure_mid(self, bs: int) -> None:
+        if self._mid_o.dim() != 4 or self._mid_o.shape[0] < bs:
+            self._mid_o = torch.empty((bs, self.num_heads, MAX_SPLITS, self.head_dim), dtype=torch.float32,
+                                      device=self.device)
+            self._mid_lse = torch.empty((bs, self.num_heads, MAX_SPLITS), dtype=torch.float32, device=self.device)
+
+    def prepare_graph_decode(self, max_bs: int, bs: int, context_len: int) -> None:
+        """Fixed metadata for a captured decode graph: buffers sized once, splits chosen for the longest context."""
+        self._ensure_mid(max_bs)
+        self._num_splits = decode_num_splits(context_len, bs * self.num_heads, self.num_sms, MAX_SPLITS)
+
     def init_forward_metadata(self, fb: ForwardBatch) -> None:
         if fb.forward_mode.is_decode():
             bs = fb.batch_size
             self._num_splits = decode_num_splits(max(fb.seq_lens_cpu), bs * self.num_heads, self.num_sms, MAX_SPLITS)
-            if self._mid_o.dim() != 4 or self._mid_o.shape[0] < bs:
-                self._mid_o = torch.empty((bs, self.num_heads, MAX_SPLITS, self.head_dim), dtype=torch.float32,
-                                          device=self.device)
-                self._mid_lse = torch.empty((bs, self.num_heads, MAX_SPLITS), dtype=torch.float32, device=self.device)
+            self._ensure_mid(bs)
         else:
             lens = torch.tensor(fb.extend_seq_lens_cpu, dtype=torch.int64)
             self._extend_lens = lens.to(self.device, non_blocking=True)

@@ -10,12 +10,17 @@ import torch
 
 
 class ReqToTokenPool:
-    """[size, max_context_len] table: row r, column i = KV slot of request r's token i."""
+    """[size, max_context_len] table: row r, column i = KV slot of request r's token i.
+
+    One extra row (`padding_row`) is never handed out and stays all zeros: padded batch entries
+    (CUDA-graph replay) point at it, so they read and write only the scratch KV slot 0.
+    """
 
     def __init__(self, size: int, max_context_len: int, device: torch.device | str) -> None:
         self.size = size
         self.max_context_len = max_context_len
-        self.req_to_token = torch.zeros((size, max_context_len), dtype=torch.int64, device=device)
+        self.padding_row = size
+        self.req_to_token = torch.zeros((size + 1, max_context_len), dtype=torch.int64, device=device)
         self._free: list[int] = list(range(size))
 
     def available_size(self) -> int:

@@ -14,6 +14,7 @@ from radixserve.attention.torch_backend import TorchAttnBackend
 from radixserve.configs.model_config import ModelConfig
 from radixserve.distributed.parallel_state import SINGLE, ParallelGroup
 from radixserve.mem_cache.memory_pool import ReqToTokenPool, TokenToKVPool
+from radixserve.model_executor.cuda_graph_runner import CudaGraphRunner
 from radixserve.model_executor.forward_batch import ForwardBatch
 from radixserve.model_loader.source import ModelSource
 from radixserve.models.llama import MODEL_CLASSES, LlamaForCausalLM
@@ -67,6 +68,15 @@ class ModelRunner:
             self.sizes.max_total_tokens, self.dtype, self.config.num_hidden_layers,
             self.model.num_kv_heads_per_rank, self.config.head_dim, self.device)
         self.attn_backend: AttentionBackend = self._attention_backend()
+        self.graph_runner: CudaGraphRunner | None = None
+        if self.device.type == "cuda" and not server_args.disable_cuda_graph:
+            from radixserve.kernels.triton_backend import TritonAttnBackend
+
+            if isinstance(self.attn_backend, TritonAttnBackend):
+                max_bs = min(server_args.cuda_graph_max_bs, self.sizes.max_running_requests)
+                self.graph_runner = CudaGraphRunner(self, self.attn_backend, max_bs)
+            else:
+                logger.info("CUDA graphs need the triton attention backend; decoding eagerly")
         logger.info("KV pool: %d tokens, %d running requests max, context %d",
                     self.sizes.max_total_tokens, self.sizes.max_running_requests, self.sizes.context_len)
 
@@ -149,6 +159,8 @@ class ModelRunner:
     # ---- running -----------------------------------------------------------------------------
     @torch.inference_mode()
     def forward(self, fb: ForwardBatch) -> torch.Tensor:
+        if self.graph_runner is not None and self.graph_runner.can_run(fb):
+            return self.graph_runner.replay(fb)
         self.attn_backend.init_forward_metadata(fb)
         return self.model(fb.input_ids, fb.positions, fb)
 

@@ -1,0 +1,100 @@
+"""Decode under CUDA graphs: one graph per batch size of a ladder, captured at start-up and replayed
+with the batch padded up to the next captured size.
+
+Padded entries point at ReqToTokenPool.padding_row and KV slot 0, so they read and write only
+scratch memory. Graphs are captured largest first into one shared memory pool.
+"""
+
+from __future__ import annotations
+
+import logging
+import time
+from typing import TYPE_CHECKING
+
+import torch
+from tqdm.auto import tqdm
+
+from radixserve.model_executor.forward_batch import ForwardBatch, ForwardMode
+
+if TYPE_CHECKING:
+    from radixserve.kernels.triton_backend import TritonAttnBackend
+    from radixserve.model_executor.model_runner import ModelRunner
+
+logger = logging.getLogger(__name__)
+
+
+def batch_size_ladder(max_bs: int) -> list[int]:
+    ladder = [b for b in (1, 2, 4, 8) if b <= max_bs]
+    ladder += list(range(16, max_bs + 1, 8))
+    if ladder[-1] != max_bs:
+        ladder.append(max_bs)
+    return ladder
+
+
+class CudaGraphRunner:
+    def __init__(self, runner: ModelRunner, backend: TritonAttnBackend, max_bs: int) -> None:
+        self.runner = runner
+        self.backend = backend
+        self.ladder = batch_size_ladder(max_bs)
+        self.max_bs = self.ladder[-1]
+        dev = runner.device
+        pad_row = runner.req_to_token_pool.padding_row
+        with torch.inference_mode():
+            self.input_ids = torch.zeros(self.max_bs, dtype=torch.int64, device=dev)
+            self.positions = torch.zeros(self.max_bs, dtype=torch.int64, device=dev)
+            self.out_cache_loc = torch.zeros(self.max_bs, dtype=torch.int64, device=dev)
+            self.req_pool_indices = torch.full((self.max_bs,), pad_row, dtype=torch.int64, device=dev)
+            self.seq_lens = torch.ones(self.max_bs, dtype=torch.int64, device=dev)
+        self.graphs: dict[int, torch.cuda.CUDAGraph] = {}
+        self.outputs: dict[int, torch.Tensor] = {}
+        self.pool = torch.cuda.graph_pool_handle()
+        start = time.monotonic()
+        for bs in tqdm(list(reversed(self.ladder)), desc="Capturing CUDA graphs", unit="graph", leave=False,
+                       disable=runner.tp.rank != 0):
+            self._capture(bs)
+        logger.info("captured %d decode CUDA graphs (batch 1..%d) in %.1fs", len(self.ladder), self.max_bs,
+                    time.monotonic() - start)
+
+    def _forward_batch(self, bs: int) -> ForwardBatch:
+        r = self.runner
+        return ForwardBatch(
+            forward_mode=ForwardMode.DECODE, batch_size=bs, input_ids=self.input_ids[:bs],
+            positions=self.positions[:bs], req_pool_indices=self.req_pool_indices[:bs], seq_lens=self.seq_lens[:bs],
+            out_cache_loc=self.out_cache_loc[:bs], seq_lens_cpu=[1] * bs, extend_prefix_lens_cpu=[],
+            extend_seq_lens_cpu=[], req_to_token_pool=r.req_to_token_pool, token_to_kv_pool=r.token_to_kv_pool,
+            attn_backend=self.backend,
+        )
+
+    @torch.inference_mode()
+    def _capture(self, bs: int) -> None:
+        fb = self._forward_batch(bs)
+        self.backend.prepare_graph_decode(self.max_bs, bs, self.runner.sizes.context_len)
+        for _ in range(2):  # compile Triton kernels and settle allocations outside the graph
+            self.runner.model(fb.input_ids, fb.positions, fb)
+        torch.cuda.synchronize()
+        graph = torch.cuda.CUDAGraph()
+        with torch.cuda.graph(graph, pool=self.pool):
+            out = self.runner.model(fb.input_ids, fb.positions, fb)
+        self.graphs[bs] = graph
+        self.outputs[bs] = out
+
+    def can_run(self, fb: ForwardBatch) -> bool:
+        return fb.forward_mode.is_decode() and fb.batch_size <= self.max_bs
+
+    @torch.inference_mode()
+    def replay(self, fb: ForwardBatch) -> torch.Tensor:
+        bs = fb.batch_size
+        graph_bs = next(b for b in self.ladder if b >= bs)
+        self.input_ids[:bs].copy_(fb.input_ids)
+        self.positions[:bs].copy_(fb.positions)
+        self.out_cache_loc[:bs].copy_(fb.out_cache_loc)
+        self.req_pool_indices[:bs].copy_(fb.req_pool_indices)
+        self.seq_lens[:bs].copy_(fb.seq_lens)
+        if graph_bs > bs:
+            self.input_ids[bs:graph_bs].zero_()
+            self.positions[bs:graph_bs].zero_()
+            self.out_cache_loc[bs:graph_bs].zero_()
+            self.req_pool_indices[bs:graph_bs].fill_(self.runner.req_to_token_pool.padding_row)
+            self.seq_lens[bs:graph_bs].fill_(1)
+        self.graphs[graph_bs].replay()
+        return self.outputs[graph_bs][:bs]
