@@ -3,6 +3,8 @@
 Workloads (each printed and written to JSON under benchmarks/results/):
   batch1       prompts one at a time: decode speed at batch 1
   batchN       --batch-size prompts of equal length at once (no padding, so HF runs its best case)
+  chat         --chat-prompts chat questions, natural EOS (at most --chat-max-tokens), --batch-size at a
+               time: HF runs static left-padded batches, the Engine continuous batching capped at the same size
   shared       --groups system prompts x --per-group questions, radix cache on vs off
 Greedy outputs of the Engine are compared with HF's for the batch workloads.
 
@@ -104,6 +106,54 @@ def run_hf(model: Any, prompts: list[list[int]], out_len: int, batch: int, devic
     return time.perf_counter() - t, outs
 
 
+QUESTIONS = [
+    "What is the capital of France?", "Write a haiku about autumn.", "Explain recursion in one sentence.",
+    "List three uses of copper.", "What does HTTP stand for?", "Give me a synonym for happy.",
+    "How many legs does a spider have?", "Write a Python function that adds two numbers.",
+    "What is photosynthesis?", "Name a famous painting by Leonardo da Vinci.", "Translate 'thank you' into Spanish.",
+    "Why is the sky blue?", "What is 12 times 12?", "Suggest a name for a pet goldfish.",
+    "Describe the taste of a lemon.", "What is the boiling point of water in Celsius?",
+]
+
+
+def chat_prompts(engine: Engine, n: int) -> list[list[int]]:
+    return [engine.apply_chat_template([{"role": "user", "content": QUESTIONS[i % len(QUESTIONS)]
+                                          + ("" if i < len(QUESTIONS) else f" (variant {i})")}])
+            for i in range(n)]
+
+
+def run_engine_chat(engine: Engine, prompts: list[list[int]], max_tokens: int,
+                    running: int) -> tuple[float, list[list[int]]]:
+    engine.scheduler.flush_cache()
+    engine.scheduler.max_running_requests, saved = running, engine.scheduler.max_running_requests
+    try:
+        t = time.perf_counter()
+        outs = engine.generate(input_ids=prompts, sampling_params={"max_new_tokens": max_tokens, "temperature": 0})
+        sync(engine.model_runner.device.type)
+        return time.perf_counter() - t, [o["output_ids"] for o in outs]  # type: ignore[index]
+    finally:
+        engine.scheduler.max_running_requests = saved
+
+
+def run_hf_chat(model: Any, prompts: list[list[int]], max_tokens: int, batch: int, eos: int,
+                device: str) -> tuple[float, list[list[int]]]:
+    """Static batches, left-padded as HF documents for decoder-only generation; outputs cut after EOS."""
+    outs: list[list[int]] = []
+    t = time.perf_counter()
+    for i in range(0, len(prompts), batch):
+        chunk = prompts[i : i + batch]
+        width = max(len(p) for p in chunk)
+        ids = torch.tensor([[eos] * (width - len(p)) + p for p in chunk], device=device)
+        mask = torch.tensor([[0] * (width - len(p)) + [1] * len(p) for p in chunk], device=device)
+        with torch.no_grad():
+            seq = model.generate(ids, attention_mask=mask, max_new_tokens=max_tokens, do_sample=False,
+                                 eos_token_id=eos, pad_token_id=eos)
+        for row in seq[:, width:].tolist():
+            outs.append(row[: row.index(eos) + 1] if eos in row else row)
+    sync(device)
+    return time.perf_counter() - t, outs
+
+
 def copy_bandwidth(nbytes: int = 1 << 31) -> float:
     """Device-to-device copy rate, bytes read plus written per second (the memory roofline)."""
     src = torch.empty(nbytes // 2, dtype=torch.uint8, device="cuda")
@@ -156,8 +206,10 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--prefix-len", type=int, default=512, help="Shared-prefix workload: system prompt tokens.")
     ap.add_argument("--question-len", type=int, default=16, help="Shared-prefix workload: question tokens.")
     ap.add_argument("--shared-output-len", type=int, default=16, help="Shared-prefix workload: output tokens.")
+    ap.add_argument("--chat-prompts", type=int, default=32, help="Chat workload: number of requests.")
+    ap.add_argument("--chat-max-tokens", type=int, default=96, help="Chat workload: max_new_tokens.")
     ap.add_argument("--skip-hf", action="store_true", help="Do not run the transformers baseline.")
-    ap.add_argument("--workloads", default="batch1,batchN,shared", help="Comma-separated subset to run.")
+    ap.add_argument("--workloads", default="batch1,batchN,chat,shared", help="Comma-separated subset to run.")
     ap.add_argument("--max-total-tokens", type=int, default=None, help="KV pool size for the Engine.")
     ap.add_argument("--attention-backend", default="auto", help="Engine attention backend: auto | torch | triton")
     ap.add_argument("--output", default=None, help="JSON path (default: results/bench_offline_<device>_<time>.json)")
@@ -216,6 +268,24 @@ def main(argv: list[str] | None = None) -> int:
         ours = run_engine(engine, prompts, args.output_len, one_by_one=False)
         theirs = run_hf(hf, prompts, args.output_len, args.batch_size, device) if hf is not None else None
         record(f"batch{args.batch_size}", len(prompts), args.output_len, ours, theirs)
+        bar.update()
+    if "chat" in workloads:
+        prompts = chat_prompts(engine, args.chat_prompts)
+        ours = run_engine_chat(engine, prompts, args.chat_max_tokens, args.batch_size)
+        eos = engine.tokenizer.eos_token_id
+        theirs = run_hf_chat(hf, prompts, args.chat_max_tokens, args.batch_size, eos, device) if hf else None
+        n_ours = sum(len(o) for o in ours[1])
+        entry: dict[str, Any] = {"requests": len(prompts), "batch": args.batch_size,
+                                 "engine_output_tokens": n_ours, "engine_s": round(ours[0], 3),
+                                 "engine_tok_s": round(n_ours / ours[0], 2)}
+        if theirs is not None:
+            n_hf = sum(len(o) for o in theirs[1])
+            entry.update({"hf_output_tokens": n_hf, "hf_s": round(theirs[0], 3), "hf_tok_s": round(n_hf / theirs[0], 2),
+                          "speedup_vs_hf": round((n_ours / ours[0]) / (n_hf / theirs[0]), 3)})
+            if args.load_format != "dummy":
+                entry["greedy_agreement"] = agreement(ours[1], theirs[1])
+        results["workloads"][f"chat_batch{args.batch_size}"] = entry
+        print("chat", entry, flush=True)
         bar.update()
     if "shared" in workloads:
         systems = make_prompts(engine.tokenizer, args.groups, args.prefix_len, vocab)
