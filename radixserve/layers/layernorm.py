@@ -22,6 +22,10 @@ class RMSNorm(nn.Module):
         self, x: torch.Tensor, residual: torch.Tensor | None = None
     ) -> tuple[torch.Tensor, torch.Tensor]:
         """Returns (normed, new_residual), where new_residual = x + residual (or x)."""
+        if x.is_cuda and x.dim() == 2:
+            from radixserve.kernels.fused_ops import add_rmsnorm
+
+            return add_rmsnorm(x, residual, self.weight, self.eps)
         if residual is not None:
             x = x + residual
         return self._norm(x), x

@@ -57,7 +57,15 @@ class RotaryEmbedding(nn.Module):
         return torch.cat((-x[..., half:], x[..., :half]), dim=-1)
 
     def forward(self, positions: torch.Tensor, q: torch.Tensor, k: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-        """q: [tokens, heads, head_dim], k: [tokens, kv_heads, head_dim]; positions: [tokens]."""
+        """q: [tokens, heads, head_dim], k: [tokens, kv_heads, head_dim]; positions: [tokens].
+
+        On CUDA q and k are rotated in place by one fused kernel.
+        """
+        if q.is_cuda and q.stride(-1) == 1 and k.stride(-1) == 1:
+            from radixserve.kernels.fused_ops import rotary_inplace
+
+            rotary_inplace(q, k, positions, self.cos_cache, self.sin_cache)
+            return q, k
         cos = self.cos_cache[positions].unsqueeze(1).to(q.dtype)
         sin = self.sin_cache[positions].unsqueeze(1).to(q.dtype)
         q = q * cos + self._rotate_half(q) * sin

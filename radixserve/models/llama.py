@@ -13,7 +13,6 @@ from torch import nn
 
 from radixserve.configs.model_config import ModelConfig
 from radixserve.distributed.parallel_state import SINGLE, ParallelGroup
-from radixserve.layers.activation import silu_and_mul
 from radixserve.layers.layernorm import RMSNorm
 from radixserve.layers.linear import MergedColumnParallelLinear, QKVParallelLinear, RowParallelLinear
 from radixserve.layers.radix_attention import RadixAttention
@@ -31,7 +30,9 @@ class LlamaMLP(nn.Module):
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         if x.is_cuda:
-            return self.down_proj(silu_and_mul(self.gate_up_proj(x)))
+            from radixserve.kernels.fused_ops import silu_and_mul as fused_silu_and_mul
+
+            return self.down_proj(fused_silu_and_mul(self.gate_up_proj(x)))
         # On CPU, MKL runs the two halves faster than the fused [2 * I, H] product (measured:
         # 0.73 vs 0.78 ms at batch 16, 0.18 vs 0.26 ms at batch 1), and no strided slice follows.
         w = self.gate_up_proj.weight

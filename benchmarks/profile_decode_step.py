@@ -1,0 +1,74 @@
+"""Where a decode step's time goes on the GPU: host-side scheduling, the forward (graph replay), sampling.
+
+  python benchmarks/profile_decode_step.py --model-path llama-3-8b --load-format dummy --batch-size 1
+Prints per-phase milliseconds (median over the steps) and the top Python functions by own time.
+"""
+
+from __future__ import annotations
+
+import argparse
+import cProfile
+import io
+import pstats
+import statistics
+import sys
+import time
+from typing import Any
+
+import torch
+
+from radixserve import Engine
+from radixserve.managers.io_struct import TokenizedGenerateReqInput
+
+
+def main(argv: list[str] | None = None) -> int:
+    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap.add_argument("--model-path", default="llama-3-8b")
+    ap.add_argument("--load-format", default="dummy")
+    ap.add_argument("--tokenizer-path", default=None)
+    ap.add_argument("--batch-size", type=int, default=1)
+    ap.add_argument("--input-len", type=int, default=512)
+    ap.add_argument("--steps", type=int, default=64)
+    args = ap.parse_args(argv)
+    engine = Engine(model_path=args.model_path, load_format=args.load_format, tokenizer_path=args.tokenizer_path,
+                    max_total_tokens=64 * 1024, log_level="warning")
+    sched = engine.scheduler
+    sync = torch.cuda.synchronize if torch.cuda.is_available() else (lambda: None)
+    for i in range(args.batch_size):
+        sched.add_request(TokenizedGenerateReqInput(
+            rid=f"r{i}", input_ids=[(7 * i + j) % 1000 + 10 for j in range(args.input_len)],
+            sampling_params={"max_new_tokens": args.steps + 8, "temperature": 0, "ignore_eos": True}))
+    sched.step()  # prefill
+    phases: dict[str, list[float]] = {"schedule": [], "forward": [], "sample+update": [], "step_total": []}
+    prof = cProfile.Profile()
+    for _ in range(args.steps):
+        sync()
+        t0 = time.perf_counter()
+        prof.enable()
+        batch = sched._get_next_batch()
+        assert batch is not None
+        t1 = time.perf_counter()
+        fb = batch.get_forward_batch(sched.model_runner.attn_backend)
+        logits = sched.model_runner.forward(fb)
+        sync()
+        t2 = time.perf_counter()
+        for r in batch.reqs:
+            r.kv_len += 1
+        sched._append_samples(batch.reqs, logits)
+        batch.filter([r for r in batch.reqs if not r.finished])
+        sched._collect_outputs()
+        prof.disable()
+        t3 = time.perf_counter()
+        for name, dt in (("schedule", t1 - t0), ("forward", t2 - t1), ("sample+update", t3 - t2),
+                         ("step_total", t3 - t0)):
+            phases[name].append(dt * 1e3)
+    summary: dict[str, Any] = {k: round(statistics.median(v), 3) for k, v in phases.items()}
+    print("median ms per decode step:", summary)
+    out = io.StringIO()
+    pstats.Stats(prof, stream=out).sort_stats("tottime").print_stats(18)
+    print(out.getvalue())
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,55 @@
+"""Fused-op checks against the torch layers they replace; shared by the GPU test and the CPU interpreter run."""
+
+from __future__ import annotations
+
+import torch
+
+from radixserve.layers.activation import silu_and_mul as silu_and_mul_ref
+from radixserve.layers.layernorm import RMSNorm
+from radixserve.layers.rotary_embedding import RotaryEmbedding
+
+# Max |fused - torch| relative to max |torch|: the kernels round like the torch ops, so only
+# last-bit differences (fused multiply-adds, exp) remain.
+TOL = {torch.float32: 1e-5, torch.float16: 2e-3, torch.bfloat16: 1.6e-2}
+
+
+def _close(a: torch.Tensor, b: torch.Tensor, dtype: torch.dtype, what: str) -> None:
+    assert not torch.isnan(a).any(), f"{what}: NaN"
+    err = float((a.float() - b.float()).abs().max() / b.float().abs().max().clamp_min(1e-6))
+    assert err <= TOL[dtype], f"{what}: relative max error {err} > {TOL[dtype]}"
+
+
+def check_fused_ops(device: str, dtype: torch.dtype, gen: torch.Generator) -> None:
+    from radixserve.kernels.fused_ops import add_rmsnorm, rotary_inplace, silu_and_mul
+
+    for rows, hidden in ((1, 576), (7, 4096), (33, 896)):
+        norm = RMSNorm(hidden, 1e-5)
+        norm.weight.data = (1 + 0.1 * torch.randn(hidden, generator=gen)).to(dtype)
+        x = torch.randn(rows, hidden, generator=gen).to(dtype)
+        r = torch.randn(rows, hidden, generator=gen).to(dtype)
+        ref_out, ref_res = norm.forward(x, r)  # CPU tensors: the torch path
+        out, res = add_rmsnorm(x.to(device), r.to(device), norm.weight.to(device), 1e-5)
+        _close(out.cpu(), ref_out, dtype, "add_rmsnorm")
+        _close(res.cpu(), ref_res, dtype, "add_rmsnorm residual")
+        out2, _ = add_rmsnorm(x.to(device), None, norm.weight.to(device), 1e-5)
+        _close(out2.cpu(), norm.plain(x), dtype, "rmsnorm")
+
+    for tokens, heads, kv_heads, dim in ((5, 32, 8, 128), (3, 9, 3, 64), (1, 14, 2, 64)):
+        rope = RotaryEmbedding(dim, 4096, 500000.0)
+        qkv = torch.randn(tokens, (heads + 2 * kv_heads) * dim, generator=gen).to(dtype)
+        positions = torch.randint(0, 4096, (tokens,), generator=gen)
+        q = qkv[:, : heads * dim].reshape(tokens, heads, dim)
+        k = qkv[:, heads * dim : (heads + kv_heads) * dim].reshape(tokens, kv_heads, dim)
+        ref_q, ref_k = rope.forward(positions, q.clone(), k.clone())
+        dev_qkv = qkv.to(device)
+        dq = dev_qkv[:, : heads * dim].reshape(tokens, heads, dim)
+        dk = dev_qkv[:, heads * dim : (heads + kv_heads) * dim].reshape(tokens, kv_heads, dim)
+        rotary_inplace(dq, dk, positions.to(device), rope.cos_cache.to(device), rope.sin_cache.to(device))
+        _close(dq.cpu(), ref_q, dtype, "rotary q")
+        _close(dk.cpu(), ref_k, dtype, "rotary k")
+        v_before = qkv[:, (heads + kv_heads) * dim :]
+        assert torch.equal(dev_qkv[:, (heads + kv_heads) * dim :].cpu(), v_before), "rotary wrote outside q and k"
+
+    for rows, inter in ((1, 14336), (9, 1536)):
+        x = torch.randn(rows, 2 * inter, generator=gen).to(dtype)
+        _close(silu_and_mul(x.to(device)).cpu(), silu_and_mul_ref(x), dtype, "silu_and_mul")
