@@ -6,6 +6,8 @@ Workloads (each printed and written to JSON under benchmarks/results/):
   chat         --chat-prompts chat questions, natural EOS (at most --chat-max-tokens), --batch-size at a
                time: HF runs static left-padded batches, the Engine continuous batching capped at the same size
   shared       --groups system prompts x --per-group questions, radix cache on vs off
+  throughput   --throughput-requests prompts of --throughput-input tokens, --throughput-output each, all at
+               once; HF runs --hf-throughput-requests of them in batches of --hf-batch (its best case)
 Greedy outputs of the Engine are compared with HF's for the batch workloads.
 
 Examples:
@@ -208,6 +210,11 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--shared-output-len", type=int, default=16, help="Shared-prefix workload: output tokens.")
     ap.add_argument("--chat-prompts", type=int, default=32, help="Chat workload: number of requests.")
     ap.add_argument("--chat-max-tokens", type=int, default=96, help="Chat workload: max_new_tokens.")
+    ap.add_argument("--throughput-requests", type=int, default=1000, help="Throughput workload: requests.")
+    ap.add_argument("--throughput-input", type=int, default=1024, help="Throughput workload: prompt tokens.")
+    ap.add_argument("--throughput-output", type=int, default=256, help="Throughput workload: output tokens.")
+    ap.add_argument("--hf-throughput-requests", type=int, default=64, help="Throughput workload: requests HF runs.")
+    ap.add_argument("--hf-batch", type=int, default=64, help="Throughput workload: HF batch size.")
     ap.add_argument("--skip-hf", action="store_true", help="Do not run the transformers baseline.")
     ap.add_argument("--workloads", default="batch1,batchN,chat,shared", help="Comma-separated subset to run.")
     ap.add_argument("--max-total-tokens", type=int, default=None, help="KV pool size for the Engine.")
@@ -286,6 +293,25 @@ def main(argv: list[str] | None = None) -> int:
                 entry["greedy_agreement"] = agreement(ours[1], theirs[1])
         results["workloads"][f"chat_batch{args.batch_size}"] = entry
         print("chat", entry, flush=True)
+        bar.update()
+    if "throughput" in workloads:
+        prompts = make_prompts(engine.tokenizer, args.throughput_requests, args.throughput_input, vocab)
+        ours = run_engine(engine, prompts, args.throughput_output, one_by_one=False)
+        n_ours = len(prompts) * args.throughput_output
+        entry = {"requests": len(prompts), "input_len": args.throughput_input, "output_len": args.throughput_output,
+                 "engine_s": round(ours[0], 3), "engine_tok_s": round(n_ours / ours[0], 2),
+                 "engine_total_tok_s": round(len(prompts) * (args.throughput_input + args.throughput_output) / ours[0], 2)}
+        results["workloads"]["throughput"] = entry
+        print("throughput (engine)", entry, flush=True)
+        if hf is not None:
+            sub_prompts = prompts[: args.hf_throughput_requests]
+            theirs = run_hf(hf, sub_prompts, args.throughput_output, args.hf_batch, device)
+            n_hf = len(sub_prompts) * args.throughput_output
+            entry.update({"hf_requests": len(sub_prompts), "hf_batch": args.hf_batch, "hf_s": round(theirs[0], 3),
+                          "hf_tok_s": round(n_hf / theirs[0], 2),
+                          "speedup_vs_hf": round((n_ours / ours[0]) / (n_hf / theirs[0]), 3)})
+        results["workloads"]["throughput"] = entry
+        print("throughput", entry, flush=True)
         bar.update()
     if "shared" in workloads:
         systems = make_prompts(engine.tokenizer, args.groups, args.prefix_len, vocab)
