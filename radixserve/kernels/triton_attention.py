@@ -62,6 +62,66 @@ def _decode_stage1(
 
 
 @triton.jit
+def _decode_stage1_grouped(
+    Q, K, V, ReqToToken, ReqPool, SeqLens, MidO, MidLse, sm_scale, num_splits,
+    stride_qb, stride_qh, stride_kt, stride_kh, stride_vt, stride_vh, stride_rt,
+    stride_mb, stride_mh, stride_ms, stride_lb, stride_lh,
+    GROUP: tl.constexpr, HEAD_DIM: tl.constexpr, BLOCK_D: tl.constexpr, BLOCK_N: tl.constexpr,
+    BLOCK_H: tl.constexpr, IEEE: tl.constexpr,
+):
+    # One program per (request, KV head, split) serves all GROUP query heads of that KV head, so
+    # each K/V row is read once instead of GROUP times, and the products run on the tensor cores.
+    b = tl.program_id(0)
+    kvh = tl.program_id(1)
+    s = tl.program_id(2)
+    seq_len = tl.load(SeqLens + b)
+    pool = tl.load(ReqPool + b).to(tl.int64)
+    split_len = tl.cdiv(seq_len, num_splits)
+    start = s * split_len
+    end = tl.minimum(start + split_len, seq_len)
+    offs_h = tl.arange(0, BLOCK_H)
+    hmask = offs_h < GROUP
+    heads = kvh * GROUP + offs_h
+    offs_d = tl.arange(0, BLOCK_D)
+    dmask = offs_d < HEAD_DIM
+    q = tl.load(Q + b * stride_qb + heads[:, None] * stride_qh + offs_d[None, :],
+                mask=hmask[:, None] & dmask[None, :], other=0.0)
+    m_i = tl.full([BLOCK_H], -float("inf"), dtype=tl.float32)
+    l_i = tl.zeros([BLOCK_H], dtype=tl.float32)
+    acc = tl.zeros([BLOCK_H, BLOCK_D], dtype=tl.float32)
+    for n0 in range(start, end, BLOCK_N):
+        offs_n = n0 + tl.arange(0, BLOCK_N)
+        nmask = offs_n < end
+        slots = tl.load(ReqToToken + pool * stride_rt + offs_n, mask=nmask, other=0).to(tl.int64)
+        kt = tl.load(K + slots[None, :] * stride_kt + kvh * stride_kh + offs_d[:, None],
+                     mask=nmask[None, :] & dmask[:, None], other=0.0)
+        if IEEE:
+            qk = tl.dot(q, kt, input_precision="ieee")
+        else:
+            qk = tl.dot(q, kt)
+        qk = tl.where(nmask[None, :], qk * sm_scale, -float("inf"))
+        m_new = tl.maximum(m_i, tl.max(qk, 1))
+        p = tl.exp(qk - m_new[:, None])
+        alpha = tl.exp(m_i - m_new)
+        v = tl.load(V + slots[:, None] * stride_vt + kvh * stride_vh + offs_d[None, :],
+                    mask=nmask[:, None] & dmask[None, :], other=0.0)
+        if IEEE:
+            pv = tl.dot(p.to(v.dtype), v, input_precision="ieee")
+        else:
+            pv = tl.dot(p.to(v.dtype), v)
+        acc = acc * alpha[:, None] + pv
+        l_i = l_i * alpha + tl.sum(p, 1)
+        m_i = m_new
+    has = end > start
+    safe_l = tl.where(l_i > 0, l_i, 1.0)
+    out = tl.where(has, acc / safe_l[:, None], 0.0)
+    lse = tl.where(has, m_i + tl.log(safe_l), -float("inf"))
+    tl.store(MidO + b * stride_mb + heads[:, None] * stride_mh + s * stride_ms + offs_d[None, :], out,
+             mask=hmask[:, None] & dmask[None, :])
+    tl.store(MidLse + b * stride_lb + heads * stride_lh + s, lse, mask=hmask)
+
+
+@triton.jit
 def _decode_stage2(
     MidO, MidLse, Out, num_splits,
     stride_mb, stride_mh, stride_ms, stride_lb, stride_lh, stride_ob, stride_oh,
@@ -87,9 +147,11 @@ def _decode_stage2(
     tl.store(Out + b * stride_ob + h * stride_oh + offs_d, (acc / l_i).to(Out.dtype.element_ty), mask=dmask)
 
 
-def decode_num_splits(max_seq_len: int, batch_heads: int, num_sms: int = 132, max_splits: int = 16) -> int:
+def decode_num_splits(max_seq_len: int, bs: int, heads: int, kv_heads: int, num_sms: int = 132,
+                      max_splits: int = 16) -> int:
     """Enough splits to fill the SMs about twice, never slices shorter than 64 tokens."""
-    want = max(1, (2 * num_sms + batch_heads - 1) // batch_heads)
+    programs = bs * (heads if heads == kv_heads else kv_heads)  # grouped heads share one program
+    want = max(1, (2 * num_sms + programs - 1) // programs)
     return max(1, min(max_splits, want, (max_seq_len + 63) // 64))
 
 
@@ -100,15 +162,20 @@ def decode_attention(
 ) -> None:
     """q, o: [bs, H, D]; k_buf, v_buf: [slots, KVH, D]; mid_o: [bs, H, >=splits, D] f32; mid_lse: [bs, H, >=splits]."""
     bs, heads, dim = q.shape
-    group = heads // k_buf.shape[1]
+    kv_heads = k_buf.shape[1]
+    group = heads // kv_heads
     block_d = triton.next_power_of_2(dim)
-    _decode_stage1[(bs, heads, num_splits)](
-        q, k_buf, v_buf, req_to_token, req_pool_indices, seq_lens, mid_o, mid_lse, sm_scale, num_splits,
-        q.stride(0), q.stride(1), k_buf.stride(0), k_buf.stride(1), v_buf.stride(0), v_buf.stride(1),
-        req_to_token.stride(0), mid_o.stride(0), mid_o.stride(1), mid_o.stride(2),
-        mid_lse.stride(0), mid_lse.stride(1),
-        GROUP=group, HEAD_DIM=dim, BLOCK_D=block_d, BLOCK_N=64, num_warps=4,
-    )
+    args = (q, k_buf, v_buf, req_to_token, req_pool_indices, seq_lens, mid_o, mid_lse, sm_scale, num_splits,
+            q.stride(0), q.stride(1), k_buf.stride(0), k_buf.stride(1), v_buf.stride(0), v_buf.stride(1),
+            req_to_token.stride(0), mid_o.stride(0), mid_o.stride(1), mid_o.stride(2),
+            mid_lse.stride(0), mid_lse.stride(1))
+    if group == 1:
+        _decode_stage1[(bs, heads, num_splits)](*args, GROUP=1, HEAD_DIM=dim, BLOCK_D=block_d, BLOCK_N=64,
+                                                num_warps=4)
+    else:
+        _decode_stage1_grouped[(bs, kv_heads, num_splits)](
+            *args, GROUP=group, HEAD_DIM=dim, BLOCK_D=max(16, block_d), BLOCK_N=32 if block_d > 128 else 64,
+            BLOCK_H=max(16, triton.next_power_of_2(group)), IEEE=q.dtype == torch.float32, num_warps=4)
     _decode_stage2[(bs, heads)](
         mid_o, mid_lse, o, num_splits, mid_o.stride(0), mid_o.stride(1), mid_o.stride(2),
         mid_lse.stride(0), mid_lse.stride(1), o.stride(0), o.stride(1),

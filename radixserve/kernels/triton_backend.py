@@ -17,8 +17,11 @@ MAX_SPLITS = 16
 
 
 class TritonAttnBackend(AttentionBackend):
-    def __init__(self, num_heads: int, head_dim: int, device: torch.device) -> None:
+    def __init__(self, num_heads: int, num_kv_heads: int, head_dim: int, device: torch.device,
+                 context_len: int) -> None:
+        self.context_len = context_len
         self.num_heads = num_heads
+        self.num_kv_heads = num_kv_heads
         self.head_dim = head_dim
         self.device = device
         props = torch.cuda.get_device_properties(device) if device.type == "cuda" else None
@@ -40,12 +43,16 @@ class TritonAttnBackend(AttentionBackend):
     def prepare_graph_decode(self, max_bs: int, bs: int, context_len: int) -> None:
         """Fixed metadata for a captured decode graph: buffers sized once, splits chosen for the longest context."""
         self._ensure_mid(max_bs)
-        self._num_splits = decode_num_splits(context_len, bs * self.num_heads, self.num_sms, MAX_SPLITS)
+        self._num_splits = decode_num_splits(context_len, bs, self.num_heads, self.num_kv_heads, self.num_sms,
+                                             MAX_SPLITS)
 
     def init_forward_metadata(self, fb: ForwardBatch) -> None:
         if fb.forward_mode.is_decode():
             bs = fb.batch_size
-            self._num_splits = decode_num_splits(max(fb.seq_lens_cpu), bs * self.num_heads, self.num_sms, MAX_SPLITS)
+            # Split by the context length, not this batch's longest sequence: eager and graph-replayed
+            # steps then use the same split and give bit-identical attention.
+            self._num_splits = decode_num_splits(self.context_len, bs, self.num_heads, self.num_kv_heads,
+                                                 self.num_sms, MAX_SPLITS)
             self._ensure_mid(bs)
         else:
             lens = torch.tensor(fb.extend_seq_lens_cpu, dtype=torch.int64)

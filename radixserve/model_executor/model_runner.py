@@ -127,7 +127,8 @@ class ModelRunner:
             from radixserve.kernels.triton_backend import TritonAttnBackend
 
             heads = self.config.num_attention_heads // self.tp.size
-            return TritonAttnBackend(heads, self.config.head_dim, self.device)
+            return TritonAttnBackend(heads, self.model.num_kv_heads_per_rank, self.config.head_dim, self.device,
+                                     self.sizes.context_len)
         return TorchAttnBackend()
 
     # ---- sizing ------------------------------------------------------------------------------
