@@ -43,7 +43,7 @@ def decode_case(bs: int, ctx: int, heads: int = 32, kv_heads: int = 8, dim: int 
     seq = torch.full((bs,), ctx, device="cuda")
     q = torch.randn(bs, heads, dim, dtype=dt, device="cuda")
     o = torch.empty_like(q)
-    splits = decode_num_splits(ctx, bs, heads, kv_heads, torch.cuda.get_device_properties(0).multi_processor_count)
+    splits = decode_num_splits(ctx, bs, kv_heads, torch.cuda.get_device_properties(0).multi_processor_count)
     mid_o = torch.empty(bs, heads, 16, dim, dtype=torch.float32, device="cuda")
     mid_lse = torch.empty(bs, heads, 16, dtype=torch.float32, device="cuda")
     nbytes = 2 * bs * ctx * kv_heads * dim * 2 + bs * ctx * 8 + 2 * q.numel() * 2

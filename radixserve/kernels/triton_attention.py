@@ -1,7 +1,7 @@
 """Paged attention over the TokenToKVPool in Triton (page size 1).
 
-decode: split-KV. Stage 1 gives each (request, head, split) program a slice of the sequence and
-writes a partial output with its log-sum-exp; stage 2 merges the splits. Splitting keeps the GPU
+decode: split-KV. Stage 1 gives each (request, KV head, split) program a slice of the sequence for
+all the query heads that share that KV head, and writes partial outputs with their log-sum-exp; stage 2 merges the splits. Splitting keeps the GPU
 busy when the batch is small and the context long.
 extend: one program per (request, head, block of new tokens) walks the request's KV through
 req_to_token (cached prefix and the new tokens, already written to the pool) with a causal mask
@@ -15,50 +15,6 @@ from __future__ import annotations
 import torch
 import triton
 import triton.language as tl
-
-
-@triton.jit
-def _decode_stage1(
-    Q, K, V, ReqToToken, ReqPool, SeqLens, MidO, MidLse, sm_scale, num_splits,
-    stride_qb, stride_qh, stride_kt, stride_kh, stride_vt, stride_vh, stride_rt,
-    stride_mb, stride_mh, stride_ms, stride_lb, stride_lh,
-    GROUP: tl.constexpr, HEAD_DIM: tl.constexpr, BLOCK_D: tl.constexpr, BLOCK_N: tl.constexpr,
-):
-    b = tl.program_id(0)
-    h = tl.program_id(1)
-    s = tl.program_id(2)
-    kvh = h // GROUP
-    seq_len = tl.load(SeqLens + b)
-    pool = tl.load(ReqPool + b).to(tl.int64)
-    split_len = tl.cdiv(seq_len, num_splits)
-    start = s * split_len
-    end = tl.minimum(start + split_len, seq_len)
-    offs_d = tl.arange(0, BLOCK_D)
-    dmask = offs_d < HEAD_DIM
-    q = tl.load(Q + b * stride_qb + h * stride_qh + offs_d, mask=dmask, other=0.0).to(tl.float32)
-    m_i = -float("inf")
-    l_i = 0.0
-    acc = tl.zeros([BLOCK_D], dtype=tl.float32)
-    for n0 in range(start, end, BLOCK_N):
-        offs_n = n0 + tl.arange(0, BLOCK_N)
-        nmask = offs_n < end
-        slots = tl.load(ReqToToken + pool * stride_rt + offs_n, mask=nmask, other=0).to(tl.int64)
-        kv_mask = nmask[:, None] & dmask[None, :]
-        k = tl.load(K + slots[:, None] * stride_kt + kvh * stride_kh + offs_d[None, :], mask=kv_mask, other=0.0)
-        qk = tl.sum(q[None, :] * k.to(tl.float32), 1) * sm_scale
-        qk = tl.where(nmask, qk, -float("inf"))
-        m_new = tl.maximum(m_i, tl.max(qk, 0))
-        p = tl.exp(qk - m_new)
-        alpha = tl.exp(m_i - m_new)
-        v = tl.load(V + slots[:, None] * stride_vt + kvh * stride_vh + offs_d[None, :], mask=kv_mask, other=0.0)
-        acc = acc * alpha + tl.sum(p[:, None] * v.to(tl.float32), 0)
-        l_i = l_i * alpha + tl.sum(p, 0)
-        m_i = m_new
-    has = end > start
-    out = tl.where(has, acc / tl.where(has, l_i, 1.0), 0.0)
-    lse = tl.where(has, m_i + tl.log(tl.where(has, l_i, 1.0)), -float("inf"))
-    tl.store(MidO + b * stride_mb + h * stride_mh + s * stride_ms + offs_d, out, mask=dmask)
-    tl.store(MidLse + b * stride_lb + h * stride_lh + s, lse)
 
 
 @triton.jit
@@ -147,10 +103,10 @@ def _decode_stage2(
     tl.store(Out + b * stride_ob + h * stride_oh + offs_d, (acc / l_i).to(Out.dtype.element_ty), mask=dmask)
 
 
-def decode_num_splits(max_seq_len: int, bs: int, heads: int, kv_heads: int, num_sms: int = 132,
+def decode_num_splits(max_seq_len: int, bs: int, kv_heads: int, num_sms: int = 132,
                       max_splits: int = 16) -> int:
     """Enough splits to fill the SMs about twice, never slices shorter than 64 tokens."""
-    programs = bs * (heads if heads == kv_heads else kv_heads)  # grouped heads share one program
+    programs = bs * kv_heads  # the query heads of one KV head share a program
     want = max(1, (2 * num_sms + programs - 1) // programs)
     return max(1, min(max_splits, want, (max_seq_len + 63) // 64))
 
@@ -169,13 +125,11 @@ def decode_attention(
             q.stride(0), q.stride(1), k_buf.stride(0), k_buf.stride(1), v_buf.stride(0), v_buf.stride(1),
             req_to_token.stride(0), mid_o.stride(0), mid_o.stride(1), mid_o.stride(2),
             mid_lse.stride(0), mid_lse.stride(1))
-    if group == 1:
-        _decode_stage1[(bs, heads, num_splits)](*args, GROUP=1, HEAD_DIM=dim, BLOCK_D=block_d, BLOCK_N=64,
-                                                num_warps=4)
-    else:
-        _decode_stage1_grouped[(bs, kv_heads, num_splits)](
-            *args, GROUP=group, HEAD_DIM=dim, BLOCK_D=max(16, block_d), BLOCK_N=32 if block_d > 128 else 64,
-            BLOCK_H=max(16, triton.next_power_of_2(group)), IEEE=q.dtype == torch.float32, num_warps=4)
+    # Without grouping (MHA) the program still runs its one head through the tensor-core path with
+    # padded rows: decode attention is memory-bound, and one kernel is simpler than two.
+    _decode_stage1_grouped[(bs, kv_heads, num_splits)](
+        *args, GROUP=group, HEAD_DIM=dim, BLOCK_D=max(16, block_d), BLOCK_N=32 if block_d > 128 else 64,
+        BLOCK_H=max(16, triton.next_power_of_2(group)), IEEE=q.dtype == torch.float32, num_warps=4)
     _decode_stage2[(bs, heads)](
         mid_o, mid_lse, o, num_splits, mid_o.stride(0), mid_o.stride(1), mid_o.stride(2),
         mid_lse.stride(0), mid_lse.stride(1), o.stride(0), o.stride(1),

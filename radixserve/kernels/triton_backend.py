@@ -43,7 +43,7 @@ class TritonAttnBackend(AttentionBackend):
     def prepare_graph_decode(self, max_bs: int, bs: int, context_len: int) -> None:
         """Fixed metadata for a captured decode graph: buffers sized once, splits chosen for the longest context."""
         self._ensure_mid(max_bs)
-        self._num_splits = decode_num_splits(context_len, bs, self.num_heads, self.num_kv_heads, self.num_sms,
+        self._num_splits = decode_num_splits(context_len, bs, self.num_kv_heads, self.num_sms,
                                              MAX_SPLITS)
 
     def init_forward_metadata(self, fb: ForwardBatch) -> None:
@@ -51,7 +51,7 @@ class TritonAttnBackend(AttentionBackend):
             bs = fb.batch_size
             # Split by the context length, not this batch's longest sequence: eager and graph-replayed
             # steps then use the same split and give bit-identical attention.
-            self._num_splits = decode_num_splits(self.context_len, bs, self.num_heads, self.num_kv_heads,
+            self._num_splits = decode_num_splits(self.context_len, bs, self.num_kv_heads,
                                                  self.num_sms, MAX_SPLITS)
             self._ensure_mid(bs)
         else:

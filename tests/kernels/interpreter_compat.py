@@ -20,3 +20,17 @@ def install() -> None:
         scope.set_attr(tensor, "__index__", lambda self: int(self.handle.data.reshape(-1)[0]))
 
     interpreter._patch_lang_tensor = patched
+
+
+def run_in_interpreter(script: str, *args: str) -> str:
+    """Run `script` in a fresh Python with TRITON_INTERPRET=1 (read when kernels are defined); returns stdout."""
+    import os
+    import subprocess
+    import sys
+    from pathlib import Path
+
+    env = {**os.environ, "TRITON_INTERPRET": "1"}
+    proc = subprocess.run([sys.executable, "-c", script, str(Path(__file__).parent), *args],
+                          env=env, capture_output=True, text=True, timeout=300)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    return proc.stdout

@@ -68,7 +68,7 @@ def run_triton(case: PagedCase) -> tuple[torch.Tensor, torch.Tensor]:
     dev = c.q_decode.device
     bs, heads, dim = c.q_decode.shape
     seq = torch.tensor(c.seq_lens, device=dev)
-    splits = decode_num_splits(max(c.seq_lens), bs, heads, c.k_buf.shape[1], 4)
+    splits = decode_num_splits(max(c.seq_lens), bs, c.k_buf.shape[1], 4)
     mid_o = torch.full((bs, heads, 16, dim), float("nan"), dtype=torch.float32, device=dev)
     mid_lse = torch.full((bs, heads, 16), float("nan"), dtype=torch.float32, device=dev)
     dec = torch.full_like(c.q_decode, float("nan"))  # poisoned: every element must be written
