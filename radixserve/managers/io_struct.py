@@ -15,6 +15,7 @@ class FinishReason(msgspec.Struct, frozen=True):
     type: str  # "stop" | "length" | "abort"
     matched: int | str | None = None  # the EOS/stop token id or stop string that ended the request
     message: str | None = None  # for aborts: why
+    status_code: int | None = None  # for refusals: the HTTP status the API answers with (400, 429, ...)
 
     def to_json(self) -> dict[str, Any]:
         out: dict[str, Any] = {"type": self.type}
@@ -48,6 +49,15 @@ class GetLoadReq(msgspec.Struct, tag=True):
     pass
 
 
+# ---- Scheduler -> TokenizerManager (control replies) ---------------------------------------
+class FlushCacheReqOutput(msgspec.Struct, tag=True):
+    success: bool
+
+
+class GetLoadReqOutput(msgspec.Struct, tag=True):
+    load: dict[str, float]
+
+
 # ---- Scheduler -> Detokenizer (and the Engine) -------------------------------------------
 class BatchTokenIDOut(msgspec.Struct, tag=True):
     rids: list[str]
@@ -59,6 +69,8 @@ class BatchTokenIDOut(msgspec.Struct, tag=True):
     skip_special_tokens: list[bool]
     new_token_logprobs: list[list[float]] | None = None
     new_top_logprobs: list[list[list[tuple[int, float]]]] | None = None
+    # Stop strings per request: the detokenizer holds back text that may begin one.
+    stop_strs: list[list[str]] | None = None
 
 
 # ---- Detokenizer -> TokenizerManager -----------------------------------------------------
@@ -75,3 +87,4 @@ class BatchStrOut(msgspec.Struct, tag=True):
 
 
 SchedulerInput = TokenizedGenerateReqInput | AbortReq | FlushCacheReq | GetLoadReq
+TokenizerManagerInput = BatchStrOut | FlushCacheReqOutput | GetLoadReqOutput

@@ -19,7 +19,9 @@ from radixserve.managers.io_struct import (
     BatchTokenIDOut,
     FinishReason,
     FlushCacheReq,
+    FlushCacheReqOutput,
     GetLoadReq,
+    GetLoadReqOutput,
     SchedulerInput,
     TokenizedGenerateReqInput,
 )
@@ -81,28 +83,29 @@ class Scheduler:
         self._seed_base = server_args.random_seed
 
     # ---- inputs ------------------------------------------------------------------------------
-    def handle(self, msg: SchedulerInput) -> object:
+    def handle(self, msg: SchedulerInput) -> FlushCacheReqOutput | GetLoadReqOutput | None:
+        """Apply one input; control messages return the reply for the TokenizerManager."""
         if isinstance(msg, TokenizedGenerateReqInput):
             self.add_request(msg)
         elif isinstance(msg, AbortReq):
             self.abort_request(msg.rid)
         elif isinstance(msg, FlushCacheReq):
-            return self.flush_cache()
+            return FlushCacheReqOutput(self.flush_cache())
         elif isinstance(msg, GetLoadReq):
-            return self.get_load()
+            return GetLoadReqOutput(self.get_load())
         return None
 
     def add_request(self, recv: TokenizedGenerateReqInput) -> None:
         try:
             params = SamplingParams.from_dict(recv.sampling_params)
         except ValueError as e:
-            self._reject(recv, str(e))
+            self._reject(recv, str(e), status_code=400)
             return
         req = Req(recv.rid, list(recv.input_ids), params, recv.stream, recv.return_logprob,
                   recv.top_logprobs_num, self.eos_token_ids)
         error = self._validate(req)
         if error is not None:
-            self._reject(recv, error, req)
+            self._reject(recv, error[1], req, status_code=error[0])
             return
         # Keep prompt + output within the context; SGLang clamps the same way.
         req.sampling_params.max_new_tokens = min(params.max_new_tokens, self.context_len - len(req.origin_input_ids))
@@ -116,21 +119,23 @@ class Scheduler:
         self._rids[req.rid] = req
         self.waiting_queue.append(req)
 
-    def _validate(self, req: Req) -> str | None:
+    def _validate(self, req: Req) -> tuple[int, str] | None:
+        """(HTTP status, message) when the request must be refused."""
         error = check_prompt(req.origin_input_ids, self.context_len, self.vocab_size)
         if error is not None:
-            return error
+            return 400, error
         cap = self.server_args.max_queued_requests
         if cap is not None and len(self.waiting_queue) >= cap:
-            return f"the queue is full ({cap} waiting requests)"
+            return 429, f"the queue is full ({cap} waiting requests); retry later"
         if req.rid in self._rids:
-            return f"request id {req.rid!r} is already in use"
+            return 400, f"request id {req.rid!r} is already in use"
         return None
 
-    def _reject(self, recv: TokenizedGenerateReqInput, message: str, req: Req | None = None) -> None:
+    def _reject(self, recv: TokenizedGenerateReqInput, message: str, req: Req | None = None,
+                status_code: int | None = None) -> None:
         if req is None:
             req = Req(recv.rid, list(recv.input_ids), SamplingParams())
-        req.finished_reason = FinishReason("abort", message=message)
+        req.finished_reason = FinishReason("abort", message=message, status_code=status_code)
         self._outputs.append(req)
 
     def abort_request(self, rid: str) -> None:
@@ -235,7 +240,8 @@ class Scheduler:
                 req = batch.reqs[0]
                 batch.filter([])
                 self.tree_cache.cache_finished_req(req)
-                self._finish(req, FinishReason("abort", message="the KV pool is too small for this request"))
+                self._finish(req, FinishReason("abort", message="the KV pool is too small for this request",
+                                               status_code=400))
                 return
             victim = max(batch.reqs, key=lambda r: (r.created, r.rid))
             batch.filter([r for r in batch.reqs if r is not victim])
@@ -318,7 +324,7 @@ class Scheduler:
         if not self._outputs:
             return None
         reqs, self._outputs = self._outputs, []
-        out = BatchTokenIDOut([], [], [], [], [], [], [], [], [])
+        out = BatchTokenIDOut([], [], [], [], [], [], [], [], [], [])
         for r in reqs:
             new = r.output_ids[r.send_offset :]
             out.rids.append(r.rid)
@@ -329,6 +335,8 @@ class Scheduler:
             out.cached_tokens.append(r.cached_tokens)
             out.skip_special_tokens.append(r.sampling_params.skip_special_tokens)
             assert out.new_token_logprobs is not None and out.new_top_logprobs is not None
+            assert out.stop_strs is not None
+            out.stop_strs.append(r.sampling_params.stop)
             out.new_token_logprobs.append(r.output_logprobs[r.send_offset :])
             out.new_top_logprobs.append(r.output_top_logprobs[r.send_offset :])
             self.stats.num_generation_tokens += len(new)

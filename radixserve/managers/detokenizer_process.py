@@ -1,0 +1,51 @@
+"""The detokenizer subprocess: BatchTokenIDOut in, BatchStrOut out, over ZMQ."""
+
+from __future__ import annotations
+
+import logging
+import os
+import sys
+import traceback
+from multiprocessing.connection import Connection
+
+import zmq
+
+from radixserve.managers.detokenizer_manager import DetokenizerManager
+from radixserve.managers.ipc import (
+    DETOKENIZER_INPUT_DECODER,
+    ENCODER,
+    PortArgs,
+    bind_pull,
+    connect_push,
+    init_child_process,
+)
+from radixserve.server_args import ServerArgs
+from radixserve.utils.log import configure_logging
+
+logger = logging.getLogger(__name__)
+
+
+def run_detokenizer_process(server_args: ServerArgs, port_args: PortArgs, ready: Connection) -> None:
+    configure_logging(server_args.log_level, "detokenizer")
+    init_child_process()
+    try:
+        from radixserve.model_loader.source import resolve_model_source
+        from radixserve.model_loader.tokenizer import load_tokenizer
+
+        source = resolve_model_source(server_args.model_path, server_args.load_format, server_args.tokenizer_path)
+        manager = DetokenizerManager(load_tokenizer(source.tokenizer_source))
+        ctx = zmq.Context()
+        recv_sock = bind_pull(ctx, port_args.detokenizer_input)
+        send_sock = connect_push(ctx, port_args.tokenizer_input)
+    except Exception as e:
+        ready.send({"status": "error", "message": f"{type(e).__name__}: {e}"})
+        sys.exit(1)
+    ready.send({"status": "ready", "detokenizer_pid": os.getpid()})
+    ready.close()
+    try:
+        while True:
+            out = DETOKENIZER_INPUT_DECODER.decode(recv_sock.recv())
+            send_sock.send(ENCODER.encode(manager.handle(out)))
+    except Exception:
+        logger.error("detokenizer crashed:\n%s", traceback.format_exc())
+        sys.exit(1)

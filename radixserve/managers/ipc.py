@@ -1,0 +1,95 @@
+"""ZMQ plumbing shared by the three processes: socket addresses, typed send/recv, parent watch."""
+
+from __future__ import annotations
+
+import logging
+import os
+import shutil
+import signal
+import tempfile
+import threading
+import time
+from dataclasses import dataclass
+from typing import Any, TypeVar
+
+import msgspec
+import zmq
+
+from radixserve.managers.io_struct import BatchTokenIDOut, SchedulerInput, TokenizerManagerInput
+
+logger = logging.getLogger(__name__)
+
+T = TypeVar("T")
+
+
+@dataclass(frozen=True)
+class PortArgs:
+    """ipc endpoints of one server instance; a fresh directory per instance so servers never collide."""
+
+    ipc_dir: str
+    scheduler_input: str  # TokenizerManager -> Scheduler (PULL bound by the scheduler)
+    detokenizer_input: str  # Scheduler -> Detokenizer (PULL bound by the detokenizer)
+    tokenizer_input: str  # Detokenizer and Scheduler -> TokenizerManager (PULL bound by it)
+
+    @classmethod
+    def new(cls) -> PortArgs:
+        d = tempfile.mkdtemp(prefix="radixserve-ipc-")
+        return cls(d, f"ipc://{d}/scheduler", f"ipc://{d}/detokenizer", f"ipc://{d}/tokenizer")
+
+    def cleanup(self) -> None:
+        shutil.rmtree(self.ipc_dir, ignore_errors=True)
+
+
+def bind_pull(ctx: zmq.Context[Any], addr: str) -> zmq.Socket[Any]:
+    sock = ctx.socket(zmq.PULL)
+    sock.bind(addr)
+    return sock
+
+
+def connect_push(ctx: zmq.Context[Any], addr: str) -> zmq.Socket[Any]:
+    sock = ctx.socket(zmq.PUSH)
+    sock.setsockopt(zmq.LINGER, 0)
+    sock.connect(addr)
+    return sock
+
+
+ENCODER = msgspec.msgpack.Encoder()
+SCHEDULER_INPUT_DECODER = msgspec.msgpack.Decoder(SchedulerInput)
+DETOKENIZER_INPUT_DECODER = msgspec.msgpack.Decoder(BatchTokenIDOut)
+TOKENIZER_INPUT_DECODER = msgspec.msgpack.Decoder(TokenizerManagerInput)
+
+
+def recv_all(sock: zmq.Socket[Any], decoder: msgspec.msgpack.Decoder[T]) -> list[T]:
+    """Every message waiting on the socket, without blocking."""
+    out: list[T] = []
+    while True:
+        try:
+            data = sock.recv(zmq.NOBLOCK)
+        except zmq.Again:
+            return out
+        out.append(decoder.decode(data))
+
+
+def init_child_process(interval_s: float = 1.0) -> None:
+    """Signals and lifetime of a server child process.
+
+    Ctrl-C and a SIGTERM to the whole process group reach the children too; they ignore both so
+    that the main process can drain in-flight requests first, and it stops them itself.
+    """
+    signal.signal(signal.SIGINT, signal.SIG_IGN)
+    signal.signal(signal.SIGTERM, signal.SIG_IGN)
+    watch_parent(interval_s)
+
+
+def watch_parent(interval_s: float = 1.0) -> None:
+    """Exit this process when its parent is gone (SIGKILL of the server leaves no orphans on the GPU)."""
+    parent = os.getppid()
+
+    def loop() -> None:
+        while True:
+            time.sleep(interval_s)
+            if os.getppid() != parent:
+                logger.error("parent process %d is gone; exiting", parent)
+                os._exit(1)
+
+    threading.Thread(target=loop, name="parent-watch", daemon=True).start()

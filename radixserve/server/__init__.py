@@ -1,0 +1,1 @@
+"""The three-process HTTP server: `radixserve serve` (see `launch`)."""

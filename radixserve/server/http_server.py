@@ -1,0 +1,280 @@
+"""The FastAPI app: OpenAI-compatible routes, native routes, health, metrics and control."""
+
+from __future__ import annotations
+
+import asyncio
+import dataclasses
+import time
+from collections.abc import AsyncIterator
+from contextlib import asynccontextmanager
+from typing import Any
+
+from fastapi import APIRouter, Depends, FastAPI, Request
+from fastapi.responses import JSONResponse, Response
+from fastapi.security import HTTPAuthorizationCredentials, HTTPBearer
+from prometheus_client import CONTENT_TYPE_LATEST
+from starlette.types import ASGIApp, Receive, Scope, Send
+
+from radixserve import __version__
+from radixserve.managers.tokenizer_manager import ChoiceChunk, GenerateRequest, TokenizerManager
+from radixserve.server import openai_serving
+from radixserve.server.errors import APIError, install_error_handlers
+from radixserve.server.metrics import render_metrics
+from radixserve.server.openai_serving import ChoiceState, collect
+from radixserve.server.protocol import (
+    AbortRequestBody,
+    ChatCompletionChunk,
+    ChatCompletionRequest,
+    ChatCompletionResponse,
+    CompletionChunk,
+    CompletionRequest,
+    CompletionResponse,
+    ErrorResponse,
+    GenerateMetaInfo,
+    GenerateRequestBody,
+    GenerateResponse,
+    HealthResponse,
+    ModelCard,
+    ModelList,
+    SuccessResponse,
+)
+from radixserve.server.streaming import (
+    SSE_DONE,
+    ClientDisconnected,
+    error_event,
+    first_and_rest,
+    sse,
+    sse_response,
+    until_disconnect,
+)
+
+MAX_BODY_BYTES = 32 << 20
+HEALTH_GENERATE_TIMEOUT_S = 30.0
+# Status 499 (nginx's "client closed request"): logged, never read by anyone.
+CLIENT_CLOSED = 499
+
+ERRORS: dict[int | str, dict[str, Any]] = {
+    code: {"model": ErrorResponse, "description": text} for code, text in (
+        (400, "Invalid request: bad JSON, an out-of-range parameter, or a prompt over the context length."),
+        (401, "Missing or wrong API key."),
+        (404, "Unknown model."),
+        (413, "Request body too large."),
+        (429, "The request queue is full; retry later."),
+        (503, "The server is starting, shutting down, or unhealthy."),
+    )
+}
+
+def _stream_doc(model: type) -> dict[int | str, dict[str, Any]]:
+    return {200: {"description": f"JSON, or with `stream: true` server-sent events `data: <{model.__name__}>` "
+                  "ending with `data: [DONE]`.",
+                  "content": {"text/event-stream": {"schema": {"$ref": f"#/components/schemas/{model.__name__}"}}}},
+            **ERRORS}
+
+class BodySizeLimit:
+    """413 before reading a body whose Content-Length is over the limit."""
+
+    def __init__(self, app: ASGIApp, limit: int = MAX_BODY_BYTES) -> None:
+        self.app = app
+        self.limit = limit
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        if scope["type"] == "http":
+            for name, value in scope.get("headers", []):
+                if name == b"content-length" and value.isdigit() and int(value) > self.limit:
+                    resp = APIError(413, f"the request body is {int(value)} bytes; the limit is {self.limit}",
+                                    code="request_too_large").response()
+                    await resp(scope, receive, send)
+                    return
+        await self.app(scope, receive, send)
+
+@dataclasses.dataclass
+class ServerState:
+    """What the routes need besides the TokenizerManager; `healthy` turns false when a child dies."""
+
+    healthy: bool = True
+    started_at: float = dataclasses.field(default_factory=time.time)
+    server_args: dict[str, Any] = dataclasses.field(default_factory=dict)
+
+def build_app(tm: TokenizerManager, api_key: str | None, state: ServerState | None = None) -> FastAPI:
+    state = state or ServerState()
+
+    @asynccontextmanager
+    async def lifespan(_: FastAPI) -> AsyncIterator[None]:
+        tm.start()
+        yield
+        await tm.close()
+
+    app = FastAPI(title="radixserve", version=__version__, lifespan=lifespan,
+                  description="OpenAI-compatible LLM server (radix-cache prefix reuse, continuous batching).")
+    app.add_middleware(BodySizeLimit)
+    install_error_handlers(app)
+    app.state.server = state
+
+    @app.exception_handler(ClientDisconnected)
+    async def _gone(_: Request, __: ClientDisconnected) -> Response:
+        return Response(status_code=CLIENT_CLOSED)
+
+    bearer = HTTPBearer(auto_error=False, description="Needed when the server runs with --api-key.")
+
+    async def require_key(creds: HTTPAuthorizationCredentials | None = Depends(bearer)) -> None:
+        if api_key is not None and (creds is None or creds.credentials != api_key):
+            raise APIError(401, "invalid or missing API key; send 'Authorization: Bearer <key>'",
+                           code="invalid_api_key")
+
+    api = APIRouter(dependencies=[Depends(require_key)], responses=ERRORS)
+    open_routes = APIRouter()
+
+    # ---- OpenAI-compatible ----------------------------------------------------------------
+    @api.post("/v1/chat/completions", response_model=ChatCompletionResponse,
+              responses=_stream_doc(ChatCompletionChunk), tags=["openai"])
+    async def chat_completions(req: ChatCompletionRequest, request: Request) -> Response:
+        """Chat through the model's chat template; `stream: true` for server-sent events."""
+        return await openai_serving.create_chat_completion(tm, req, request)
+
+    @api.post("/v1/completions", response_model=CompletionResponse, responses=_stream_doc(CompletionChunk),
+              tags=["openai"])
+    async def completions(req: CompletionRequest, request: Request) -> Response:
+        """Text completion of a prompt (text or token ids, or a batch of them)."""
+        return await openai_serving.create_completion(tm, req, request)
+
+    def model_card() -> ModelCard:
+        return ModelCard(id=tm.model_name, root=tm.model_name, max_model_len=tm.context_len)
+
+    @api.get("/v1/models", response_model=ModelList, tags=["openai"])
+    async def models() -> ModelList:
+        """The served model."""
+        return ModelList(data=[model_card()])
+
+    @api.get("/v1/models/{model:path}", response_model=ModelCard, tags=["openai"])
+    async def get_model(model: str) -> ModelCard:
+        openai_serving.check_model(tm, model)
+        return model_card()
+
+    # ---- native ---------------------------------------------------------------------------
+    @api.post("/generate", response_model=GenerateResponse | list[GenerateResponse],
+              responses=_stream_doc(GenerateResponse), tags=["native"])
+    async def generate(body: GenerateRequestBody, request: Request) -> Response:
+        """SGLang-style generation from text or token ids; streams the text so far in each event."""
+        return await _native_generate(tm, body, request)
+
+    @api.post("/abort_request", response_model=SuccessResponse, tags=["control"])
+    async def abort_request(body: AbortRequestBody) -> SuccessResponse:
+        """Abort a running request by the `rid` it was sent with."""
+        if not tm.abort_request(body.rid):
+            raise APIError(404, f"no running request with rid {body.rid!r}", param="rid", code="not_found")
+        return SuccessResponse(success=True, message=f"aborted {body.rid}")
+
+    @api.post("/flush_cache", response_model=SuccessResponse, tags=["control"],
+              responses={409: {"model": ErrorResponse, "description": "Requests are running."}})
+    async def flush_cache() -> SuccessResponse:
+        """Drop every cached prefix from the radix cache (only while no request runs)."""
+        if not await tm.flush_cache():
+            raise APIError(409, "cache not flushed: requests are running", code="requests_running")
+        return SuccessResponse(success=True, message="cache flushed")
+
+    @api.get("/get_server_info", tags=["control"])
+    async def get_server_info() -> dict[str, Any]:
+        """Server arguments (API key hidden), model facts, load and version."""
+        return {**state.server_args, **tm.info, "load": await tm.get_load(), "version": __version__,
+                "uptime_s": round(time.time() - state.started_at, 1)}
+
+    @api.get("/health_generate", response_model=HealthResponse, tags=["health"])
+    async def health_generate() -> HealthResponse:
+        """Healthy only if the model really generates a token within 30 s."""
+        _check_health(tm, state)
+        gr = GenerateRequest(input_ids=[0], sampling_params={"max_new_tokens": 1, "temperature": 0.0})
+        try:
+            await asyncio.wait_for(collect(tm.generate(gr, tm.validate(gr)), 1), HEALTH_GENERATE_TIMEOUT_S)
+        except TimeoutError as e:
+            raise APIError(503, "no token generated within 30 s", code="unhealthy") from e
+        return HealthResponse(status="ok")
+
+    # ---- open routes (probes and scrapers carry no key) -------------------------------------
+    @open_routes.get("/health", response_model=HealthResponse, tags=["health"],
+                     responses={503: {"model": ErrorResponse, "description": "Not ready, shutting down or unhealthy."}})
+    async def health() -> HealthResponse:
+        """200 once the model is loaded and warmed up and every process is alive."""
+        _check_health(tm, state)
+        return HealthResponse(status="ok")
+
+    @open_routes.get("/metrics", tags=["health"], response_class=Response,
+                     responses={200: {"content": {CONTENT_TYPE_LATEST: {}}, "description": "Prometheus text format."}})
+    async def metrics() -> Response:
+        """Prometheus metrics of all server processes."""
+        return Response(render_metrics(), media_type=CONTENT_TYPE_LATEST)
+
+    app.include_router(api)
+    app.include_router(open_routes)
+    return app
+
+def _check_health(tm: TokenizerManager, state: ServerState) -> None:
+    if not state.healthy:
+        raise APIError(503, "a server process died", code="unhealthy")
+    if tm.draining:
+        raise APIError(503, "the server is shutting down", code="shutting_down")
+
+async def _native_generate(tm: TokenizerManager, body: GenerateRequestBody, request: Request) -> Response:
+    if (body.text is None) == (body.input_ids is None):
+        raise APIError(400, "give exactly one of 'text' and 'input_ids'", param="text")
+    batch: list[tuple[list[int], str | None]]
+    if isinstance(body.text, str):
+        batch = [(tm.tokenize(body.text), body.text)]
+    elif isinstance(body.text, list):
+        batch = [(tm.tokenize(t), t) for t in body.text]
+    elif body.input_ids and isinstance(body.input_ids[0], list):
+        batch = [([int(t) for t in ids], None) for ids in body.input_ids]  # type: ignore[union-attr]
+    else:
+        batch = [([int(t) for t in body.input_ids or []], None)]  # type: ignore[arg-type]
+    if not batch:
+        raise APIError(400, "the batch is empty", param="text")
+    single = isinstance(body.text, str) or (body.input_ids is not None and not (
+        body.input_ids and isinstance(body.input_ids[0], list)))
+    grs = [GenerateRequest(input_ids=ids, sampling_params=dict(body.sampling_params), stream=body.stream,
+                           return_logprob=body.return_logprob, top_logprobs_num=body.top_logprobs_num,
+                           rid=body.rid if len(batch) == 1 else None, input_text=text) for ids, text in batch]
+    params = [tm.validate(gr) for gr in grs]
+    started = time.monotonic()
+
+    def meta(s: ChoiceState, rid: str, want_lp: bool) -> GenerateMetaInfo:
+        return GenerateMetaInfo(
+            id=rid, prompt_tokens=s.prompt_tokens, completion_tokens=s.completion_tokens,
+            cached_tokens=s.cached_tokens, finish_reason=s.reason.to_json() if s.reason else None,
+            e2e_latency=round(time.monotonic() - started, 6),
+            output_token_logprobs=list(zip(s.logprobs, s.token_ids, strict=False)) if want_lp else None,
+            output_top_logprobs=[[(lp, t) for t, lp in row] for row in s.top_logprobs]
+            if want_lp and body.top_logprobs_num else None)
+
+    if body.stream:
+        if len(grs) != 1:
+            raise APIError(400, "streaming supports one prompt per request", param="text", code="unsupported")
+        gr, p = grs[0], params[0]
+        first, rest = await first_and_rest(request, tm.generate(gr, p))
+        rid = gr.rid or "stream"
+
+        async def events() -> AsyncIterator[str]:
+            states = [ChoiceState() for _ in range(p.n)]
+            try:
+                c: ChoiceChunk | None = first
+                while c is not None:
+                    s = states[c.index]
+                    s.add(c)
+                    yield sse(GenerateResponse(text=s.text, output_ids=s.token_ids, index=c.index,
+                                               meta_info=meta(s, rid, body.return_logprob)))
+                    c = await anext(rest, None)
+            except APIError as e:
+                yield error_event(e)
+            finally:
+                await rest.aclose()
+            yield SSE_DONE
+
+        return sse_response(events())
+
+    async def run_all() -> list[list[ChoiceState]]:
+        return list(await asyncio.gather(*(collect(tm.generate(gr, p), p.n)
+                                           for gr, p in zip(grs, params, strict=True))))
+
+    groups = await until_disconnect(request, run_all())
+    outs = [GenerateResponse(text=s.text, output_ids=s.token_ids, index=i,
+                             meta_info=meta(s, gr.rid or f"{k}", body.return_logprob)).model_dump()
+            for k, (g, gr) in enumerate(zip(groups, grs, strict=True)) for i, s in enumerate(g)]
+    return JSONResponse(outs[0] if single and len(outs) == 1 else outs)

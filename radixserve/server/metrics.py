@@ -1,0 +1,89 @@
+"""Prometheus metrics, named as SGLang and vLLM users know them, with the `radixserve:` prefix.
+
+The server runs prometheus-client in multiprocess mode: `launch` points PROMETHEUS_MULTIPROC_DIR
+at a fresh directory before any process imports prometheus_client, the TokenizerManager (main
+process) records request-level counters and latency histograms, the scheduler process records
+its gauges, and `/metrics` merges both with a MultiProcessCollector.
+"""
+
+from __future__ import annotations
+
+import os
+
+from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram, generate_latest
+from prometheus_client import multiprocess as prom_multiprocess
+
+MULTIPROC_ENV = "PROMETHEUS_MULTIPROC_DIR"
+
+# Buckets as SGLang's (seconds), covering CPU-speed decoding too.
+TTFT_BUCKETS = (0.001, 0.005, 0.01, 0.02, 0.04, 0.06, 0.08, 0.1, 0.25, 0.5, 0.75, 1.0, 2.5, 5.0, 7.5, 10.0,
+                15.0, 20.0, 25.0, 30.0, 60.0, 120.0)
+ITL_BUCKETS = (0.002, 0.005, 0.01, 0.015, 0.02, 0.025, 0.03, 0.04, 0.05, 0.075, 0.1, 0.15, 0.2, 0.3, 0.4, 0.5,
+               0.75, 1.0, 2.0, 5.0)
+E2E_BUCKETS = (0.1, 0.25, 0.5, 1.0, 2.0, 5.0, 10.0, 15.0, 20.0, 30.0, 40.0, 50.0, 60.0, 90.0, 120.0, 180.0,
+               300.0, 600.0)
+
+
+class TokenizerMetrics:
+    """Request-level metrics of the main process."""
+
+    def __init__(self, model_name: str) -> None:
+        labels = ["model_name"]
+        self.prompt_tokens = Counter("radixserve:prompt_tokens", "Prompt tokens processed.", labels).labels(model_name)
+        self.generation_tokens = Counter(
+            "radixserve:generation_tokens", "Generated tokens.", labels).labels(model_name)
+        self.cached_tokens = Counter(
+            "radixserve:cached_tokens", "Prompt tokens served from the radix cache.", labels).labels(model_name)
+        self.requests = Counter("radixserve:num_requests", "Finished requests by finish reason.",
+                                ["model_name", "finished_reason"])
+        self.model_name = model_name
+        self.ttft = Histogram("radixserve:time_to_first_token_seconds", "Time to first token.", labels,
+                              buckets=TTFT_BUCKETS).labels(model_name)
+        self.itl = Histogram("radixserve:inter_token_latency_seconds", "Time between streamed tokens.", labels,
+                             buckets=ITL_BUCKETS).labels(model_name)
+        self.e2e = Histogram("radixserve:e2e_request_latency_seconds", "End-to-end request latency.", labels,
+                             buckets=E2E_BUCKETS).labels(model_name)
+
+    def finished(self, reason: str, prompt_tokens: int, completion_tokens: int, cached_tokens: int,
+                 e2e_s: float) -> None:
+        self.requests.labels(self.model_name, reason).inc()
+        self.prompt_tokens.inc(prompt_tokens)
+        self.generation_tokens.inc(completion_tokens)
+        self.cached_tokens.inc(cached_tokens)
+        self.e2e.observe(e2e_s)
+
+
+class SchedulerMetrics:
+    """Gauges of the scheduler process (the latest value of the live process is reported)."""
+
+    def __init__(self, model_name: str) -> None:
+        def gauge(name: str, doc: str) -> Gauge:
+            return Gauge(name, doc, ["model_name"], multiprocess_mode="livemostrecent").labels(model_name)
+
+        self.num_running_reqs = gauge("radixserve:num_running_reqs", "Requests being decoded or prefilled.")
+        self.num_queue_reqs = gauge("radixserve:num_queue_reqs", "Requests waiting to be scheduled.")
+        self.token_usage = gauge("radixserve:token_usage",
+                                 "Fraction of KV pool slots held by running requests (cached prefixes excluded).")
+        self.cached_token_usage = gauge("radixserve:cache_token_usage",
+                                        "Fraction of KV pool slots holding cached prefixes.")
+        self.cache_hit_rate = gauge("radixserve:cache_hit_rate",
+                                    "Prompt tokens served from the radix cache / prompt tokens (since start).")
+        self.max_total_num_tokens = gauge("radixserve:max_total_num_tokens", "KV pool size in tokens.")
+
+    def update(self, load: dict[str, float]) -> None:
+        total = max(1.0, load["kv_total_tokens"])
+        self.num_running_reqs.set(load["num_running_reqs"])
+        self.num_queue_reqs.set(load["num_waiting_reqs"])
+        self.token_usage.set(load["kv_used_tokens"] / total)
+        self.cached_token_usage.set(load["kv_cached_tokens"] / total)
+        self.cache_hit_rate.set(load["cache_hit_rate"])
+        self.max_total_num_tokens.set(load["kv_total_tokens"])
+
+
+def render_metrics() -> bytes:
+    """The exposition text: every process's metrics in multiprocess mode, else this process's."""
+    if os.environ.get(MULTIPROC_ENV):
+        registry = CollectorRegistry()
+        prom_multiprocess.MultiProcessCollector(registry)  # type: ignore[no-untyped-call]
+        return generate_latest(registry)
+    return generate_latest()

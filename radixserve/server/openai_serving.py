@@ -1,0 +1,332 @@
+"""/v1/chat/completions and /v1/completions on top of the TokenizerManager."""
+
+from __future__ import annotations
+
+import asyncio
+import time
+import uuid
+from collections.abc import AsyncGenerator, AsyncIterator
+from dataclasses import dataclass, field
+from typing import Any
+
+from fastapi import Request
+from fastapi.responses import JSONResponse, Response
+
+from radixserve.managers.io_struct import FinishReason
+from radixserve.managers.tokenizer_manager import ChoiceChunk, GenerateRequest, TokenizerManager
+from radixserve.sampling.sampling_params import SamplingParams
+from radixserve.server.errors import APIError
+from radixserve.server.protocol import (
+    ChatCompletionChoice,
+    ChatCompletionChunk,
+    ChatCompletionRequest,
+    ChatCompletionResponse,
+    ChatCompletionStreamChoice,
+    ChatMessageOut,
+    ChoiceLogprobs,
+    CompletionChoice,
+    CompletionChunk,
+    CompletionLogprobs,
+    CompletionRequest,
+    CompletionResponse,
+    DeltaMessage,
+    PromptTokensDetails,
+    SamplingFields,
+    TokenLogprob,
+    TopLogprob,
+    UsageInfo,
+)
+from radixserve.server.streaming import (
+    SSE_DONE,
+    error_event,
+    first_and_rest,
+    sse,
+    sse_response,
+    until_disconnect,
+)
+
+
+def check_model(tm: TokenizerManager, model: str | None) -> None:
+    if model and model != tm.model_name:
+        raise APIError(404, f"the model {model!r} does not exist; this server serves {tm.model_name!r}",
+                       param="model", code="model_not_found")
+
+
+def sampling_dict(req: SamplingFields, max_new_tokens: int) -> dict[str, Any]:
+    if req.logit_bias:
+        raise APIError(400, "logit_bias is not supported", param="logit_bias", code="unsupported")
+    d: dict[str, Any] = {
+        "max_new_tokens": max_new_tokens, "temperature": req.temperature, "top_p": req.top_p, "top_k": req.top_k,
+        "min_p": req.min_p, "frequency_penalty": req.frequency_penalty, "presence_penalty": req.presence_penalty,
+        "repetition_penalty": req.repetition_penalty, "stop": req.stop, "stop_token_ids": req.stop_token_ids,
+        "ignore_eos": req.ignore_eos, "min_new_tokens": req.min_tokens,
+        "skip_special_tokens": req.skip_special_tokens, "seed": req.seed, "n": req.n,
+    }
+    return {k: v for k, v in d.items() if v is not None}
+
+
+def finish_reason(reason: FinishReason | None) -> str | None:
+    return None if reason is None else reason.type
+
+
+def make_usage(prompt_tokens: int, completion_tokens: int, cached_tokens: int) -> UsageInfo:
+    return UsageInfo(prompt_tokens=prompt_tokens, completion_tokens=completion_tokens,
+                     total_tokens=prompt_tokens + completion_tokens,
+                     prompt_tokens_details=PromptTokensDetails(cached_tokens=cached_tokens))
+
+
+@dataclass
+class ChoiceState:
+    text: str = ""
+    token_ids: list[int] = field(default_factory=list)
+    logprobs: list[float] = field(default_factory=list)
+    top_logprobs: list[list[tuple[int, float]]] = field(default_factory=list)
+    reason: FinishReason | None = None
+    prompt_tokens: int = 0
+    completion_tokens: int = 0
+    cached_tokens: int = 0
+
+    def add(self, c: ChoiceChunk) -> None:
+        self.text += c.text
+        self.token_ids += c.token_ids
+        self.logprobs += c.logprobs
+        self.top_logprobs += c.top_logprobs
+        self.reason = c.finish_reason or self.reason
+        self.prompt_tokens, self.completion_tokens, self.cached_tokens = (
+            c.prompt_tokens, c.completion_tokens, c.cached_tokens)
+
+
+async def collect(gen: AsyncGenerator[ChoiceChunk, None], n: int) -> list[ChoiceState]:
+    states = [ChoiceState() for _ in range(n)]
+    async for c in gen:
+        states[c.index].add(c)
+    return states
+
+
+def usage_of(groups: list[list[ChoiceState]]) -> UsageInfo:
+    """Each prompt counts once; its cached tokens are those of its first choice."""
+    return make_usage(sum(g[0].prompt_tokens for g in groups),
+                      sum(s.completion_tokens for g in groups for s in g),
+                      sum(g[0].cached_tokens for g in groups))
+
+
+class TokenText:
+    """Token id -> its text, for logprobs."""
+
+    def __init__(self, tm: TokenizerManager) -> None:
+        self.tokenizer = tm.tokenizer
+        self.cache: dict[int, str] = {}
+
+    def __call__(self, tid: int) -> str:
+        s = self.cache.get(tid)
+        if s is None:
+            s = self.cache[tid] = self.tokenizer.decode([tid])
+        return s
+
+
+def chat_logprobs(tt: TokenText, ids: list[int], lps: list[float], tops: list[list[tuple[int, float]]],
+                  want_top: int) -> ChoiceLogprobs:
+    content = []
+    for k, (tid, lp) in enumerate(zip(ids, lps, strict=False)):
+        s = tt(tid)
+        top = [TopLogprob(token=tt(t), logprob=v, bytes=list(tt(t).encode())) for t, v in tops[k][:want_top]] \
+            if want_top and k < len(tops) else []
+        content.append(TokenLogprob(token=s, logprob=lp, bytes=list(s.encode()), top_logprobs=top))
+    return ChoiceLogprobs(content=content)
+
+
+def completion_logprobs(tt: TokenText, ids: list[int], lps: list[float], tops: list[list[tuple[int, float]]],
+                        want_top: int, offset: int) -> CompletionLogprobs:
+    out = CompletionLogprobs()
+    for k, (tid, lp) in enumerate(zip(ids, lps, strict=False)):
+        s = tt(tid)
+        out.tokens.append(s)
+        out.token_logprobs.append(lp)
+        out.top_logprobs.append({tt(t): v for t, v in tops[k][:want_top]} if want_top and k < len(tops) else None)
+        out.text_offset.append(offset)
+        offset += len(s)
+    return out
+
+
+# ---- chat ----------------------------------------------------------------------------------
+def chat_request(tm: TokenizerManager, req: ChatCompletionRequest) -> tuple[GenerateRequest, bool]:
+    check_model(tm, req.model)
+    if req.tools:
+        raise APIError(400, "tools are not supported", param="tools", code="unsupported")
+    if req.response_format and req.response_format.get("type", "text") != "text":
+        raise APIError(400, "only response_format {\"type\": \"text\"} is supported", param="response_format",
+                       code="unsupported")
+    if req.top_logprobs and not req.logprobs:
+        raise APIError(400, "top_logprobs needs logprobs: true", param="top_logprobs", code="invalid_value")
+    messages = []
+    for i, m in enumerate(req.messages):
+        content = m.content
+        if isinstance(content, list):
+            if any(p.type != "text" for p in content):
+                raise APIError(400, "only text content parts are supported", param=f"messages.{i}.content",
+                               code="unsupported")
+            content = "".join(p.text or "" for p in content)
+        messages.append({"role": "system" if m.role == "developer" else m.role, "content": content or ""})
+    _, ids = tm.apply_chat_template(messages, **(req.chat_template_kwargs or {}))
+    explicit = req.max_completion_tokens if req.max_completion_tokens is not None else req.max_tokens
+    max_new = explicit if explicit is not None else max(1, tm.context_len - len(ids))
+    gr = GenerateRequest(input_ids=ids, sampling_params=sampling_dict(req, max_new), stream=req.stream,
+                         return_logprob=req.logprobs, top_logprobs_num=req.top_logprobs or 0, rid=req.rid)
+    return gr, explicit is not None
+
+
+async def create_chat_completion(tm: TokenizerManager, req: ChatCompletionRequest, request: Request) -> Response:
+    gr, explicit = chat_request(tm, req)
+    params = tm.validate(gr, explicit_max_tokens=explicit)
+    gen = tm.generate(gr, params)
+    if req.stream:
+        return await _stream_chat(tm, req, gen, request)
+    states = await until_disconnect(request, collect(gen, params.n))
+    tt = TokenText(tm)
+    choices = [ChatCompletionChoice(
+        index=i, message=ChatMessageOut(content=s.text), finish_reason=finish_reason(s.reason),
+        matched_stop=s.reason.matched if s.reason else None,
+        logprobs=chat_logprobs(tt, s.token_ids, s.logprobs, s.top_logprobs, gr.top_logprobs_num)
+        if req.logprobs else None) for i, s in enumerate(states)]
+    resp = ChatCompletionResponse(model=tm.model_name, choices=choices, usage=usage_of([states]))
+    return JSONResponse(resp.model_dump())
+
+
+async def _stream_chat(tm: TokenizerManager, req: ChatCompletionRequest, gen: AsyncGenerator[ChoiceChunk, None],
+                       request: Request) -> Response:
+    first, rest = await first_and_rest(request, gen)
+    rid, created, n = f"chatcmpl-{uuid.uuid4().hex}", int(time.time()), req.n
+    include_usage = bool(req.stream_options and req.stream_options.include_usage)
+    tt = TokenText(tm)
+
+    def chunk(choices: list[ChatCompletionStreamChoice], usage: UsageInfo | None = None) -> str:
+        return sse(ChatCompletionChunk(id=rid, created=created, model=tm.model_name, choices=choices, usage=usage))
+
+    async def events() -> AsyncIterator[str]:
+        states = [ChoiceState() for _ in range(n)]
+        try:
+            for i in range(n):
+                yield chunk([ChatCompletionStreamChoice(index=i, delta=DeltaMessage(role="assistant", content=""))])
+            c: ChoiceChunk | None = first
+            while c is not None:
+                states[c.index].add(c)
+                if c.text or c.finish_reason is not None or (req.logprobs and c.token_ids):
+                    yield chunk([ChatCompletionStreamChoice(
+                        index=c.index, delta=DeltaMessage(content=c.text or None),
+                        finish_reason=finish_reason(c.finish_reason),
+                        matched_stop=c.finish_reason.matched if c.finish_reason else None,
+                        logprobs=chat_logprobs(tt, c.token_ids, c.logprobs, c.top_logprobs, gr_top)
+                        if req.logprobs else None)])
+                c = await anext(rest, None)
+            if include_usage:
+                yield chunk([], usage_of([states]))
+        except APIError as e:
+            yield error_event(e)
+        finally:
+            await rest.aclose()
+        yield SSE_DONE
+
+    gr_top = req.top_logprobs or 0
+    return sse_response(events())
+
+
+# ---- completions ---------------------------------------------------------------------------
+def completion_requests(tm: TokenizerManager, req: CompletionRequest) -> list[tuple[GenerateRequest, str]]:
+    check_model(tm, req.model)
+    if req.suffix:
+        raise APIError(400, "suffix is not supported", param="suffix", code="unsupported")
+    if req.best_of is not None and req.best_of != req.n:
+        raise APIError(400, "best_of must equal n (or be left out)", param="best_of", code="unsupported")
+    if req.echo and req.logprobs is not None:
+        raise APIError(400, "echo with logprobs is not supported (prompt logprobs are not computed)",
+                       param="echo", code="unsupported")
+    p = req.prompt
+    prompts: list[tuple[list[int], str]]
+    if isinstance(p, str):
+        prompts = [(tm.tokenize(p), p)]
+    elif p and all(isinstance(x, int) for x in p):
+        ids = [int(x) for x in p]  # type: ignore[arg-type]
+        prompts = [(ids, tm.tokenizer.decode(ids))]
+    elif p and all(isinstance(x, str) for x in p):
+        prompts = [(tm.tokenize(str(x)), str(x)) for x in p]
+    elif p and all(isinstance(x, list) for x in p):
+        prompts = [([int(t) for t in x], tm.tokenizer.decode(x)) for x in p]  # type: ignore[union-attr]
+    else:
+        raise APIError(400, "prompt must be a non-empty string, list of strings, token ids or list of token-id lists",
+                       param="prompt", code="invalid_value")
+    max_new = req.max_tokens if req.max_tokens is not None else 16
+    out = []
+    for ids, text in prompts:
+        gr = GenerateRequest(input_ids=ids, sampling_params=sampling_dict(req, max_new), stream=req.stream,
+                             return_logprob=req.logprobs is not None, top_logprobs_num=req.logprobs or 0,
+                             rid=req.rid if len(prompts) == 1 else None, input_text=text)
+        out.append((gr, text))
+    return out
+
+
+async def create_completion(tm: TokenizerManager, req: CompletionRequest, request: Request) -> Response:
+    grs = completion_requests(tm, req)
+    params = [tm.validate(gr, explicit_max_tokens=req.max_tokens is not None) for gr, _ in grs]
+    if req.stream:
+        if len(grs) != 1:
+            raise APIError(400, "streaming supports one prompt per request", param="prompt", code="unsupported")
+        return await _stream_completion(tm, req, grs[0][0], grs[0][1], params[0], request)
+
+    async def run_all() -> list[list[ChoiceState]]:
+        return list(await asyncio.gather(*(collect(tm.generate(gr, p), p.n)
+                                           for (gr, _), p in zip(grs, params, strict=True))))
+
+    groups = await until_disconnect(request, run_all())
+    tt = TokenText(tm)
+    choices: list[CompletionChoice] = []
+    for g, (gr, prompt_text) in zip(groups, grs, strict=True):
+        for s in g:
+            prefix = prompt_text if req.echo else ""
+            choices.append(CompletionChoice(
+                index=len(choices), text=prefix + s.text, finish_reason=finish_reason(s.reason),
+                matched_stop=s.reason.matched if s.reason else None,
+                logprobs=completion_logprobs(tt, s.token_ids, s.logprobs, s.top_logprobs, gr.top_logprobs_num, 0)
+                if req.logprobs is not None else None))
+    return JSONResponse(CompletionResponse(model=tm.model_name, choices=choices, usage=usage_of(groups)).model_dump())
+
+
+async def _stream_completion(tm: TokenizerManager, req: CompletionRequest, gr: GenerateRequest, prompt_text: str,
+                             params: SamplingParams, request: Request) -> Response:
+    first, rest = await first_and_rest(request, tm.generate(gr, params))
+    n = params.n
+    rid, created = f"cmpl-{uuid.uuid4().hex}", int(time.time())
+    include_usage = bool(req.stream_options and req.stream_options.include_usage)
+    tt = TokenText(tm)
+
+    def chunk(choices: list[CompletionChoice], usage: UsageInfo | None = None) -> str:
+        return sse(CompletionChunk(id=rid, created=created, model=tm.model_name, choices=choices, usage=usage))
+
+    async def events() -> AsyncIterator[str]:
+        states = [ChoiceState() for _ in range(n)]
+        offsets = [0] * n
+        try:
+            if req.echo:
+                for i in range(n):
+                    yield chunk([CompletionChoice(index=i, text=prompt_text)])
+            c: ChoiceChunk | None = first
+            while c is not None:
+                states[c.index].add(c)
+                if c.text or c.finish_reason is not None or (req.logprobs is not None and c.token_ids):
+                    lp = None
+                    if req.logprobs is not None:
+                        lp = completion_logprobs(tt, c.token_ids, c.logprobs, c.top_logprobs, gr.top_logprobs_num,
+                                                 offsets[c.index])
+                        offsets[c.index] += sum(len(t) for t in lp.tokens)
+                    yield chunk([CompletionChoice(index=c.index, text=c.text, finish_reason=finish_reason(
+                        c.finish_reason), matched_stop=c.finish_reason.matched if c.finish_reason else None,
+                        logprobs=lp)])
+                c = await anext(rest, None)
+            if include_usage:
+                yield chunk([], usage_of([states]))
+        except APIError as e:
+            yield error_event(e)
+        finally:
+            await rest.aclose()
+        yield SSE_DONE
+
+    return sse_response(events())

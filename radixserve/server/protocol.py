@@ -1,0 +1,269 @@
+"""Request and response bodies of the HTTP API (OpenAI-compatible routes plus the native ones).
+
+These pydantic models validate requests (a wrong type or range is a 400 naming the field) and
+describe every route's bodies in /openapi.json.
+"""
+
+from __future__ import annotations
+
+import time
+import uuid
+from typing import Any, Literal
+
+from pydantic import BaseModel, ConfigDict, Field
+
+
+def _now() -> int:
+    return int(time.time())
+
+
+class _Request(BaseModel):
+    # Unknown fields are ignored, as vLLM and SGLang do, so newer clients keep working.
+    model_config = ConfigDict(extra="ignore")
+
+
+# ---- errors --------------------------------------------------------------------------------
+class ErrorDetail(BaseModel):
+    message: str
+    type: str
+    param: str | None = None
+    code: str | None = None
+
+
+class ErrorResponse(BaseModel):
+    error: ErrorDetail
+
+
+# ---- shared --------------------------------------------------------------------------------
+class StreamOptions(BaseModel):
+    include_usage: bool = Field(False, description="Send a last chunk with `usage` (and empty `choices`).")
+
+
+class PromptTokensDetails(BaseModel):
+    cached_tokens: int = Field(0, description="Prompt tokens whose KV came from the radix cache.")
+
+
+class UsageInfo(BaseModel):
+    prompt_tokens: int
+    completion_tokens: int
+    total_tokens: int
+    prompt_tokens_details: PromptTokensDetails = Field(default_factory=lambda: PromptTokensDetails(cached_tokens=0))
+
+
+class SamplingFields(_Request):
+    """Sampling fields common to chat and completions (OpenAI's, plus vLLM/SGLang extensions)."""
+
+    model: str | None = Field(None, description="Served model name (see /v1/models); empty means that model.")
+    temperature: float | None = Field(None, ge=0, le=2, description="0 is greedy. Default 1.")
+    top_p: float | None = Field(None, gt=0, le=1)
+    top_k: int | None = Field(None, description="Extension: sample from the k most likely tokens (-1: all).")
+    min_p: float | None = Field(None, ge=0, le=1, description="Extension: drop tokens below min_p * max prob.")
+    n: int = Field(1, ge=1, le=128, description="Choices to generate for this prompt.")
+    stream: bool = False
+    stream_options: StreamOptions | None = None
+    stop: str | list[str] | None = Field(None, description="Up to 16 strings that end generation (not returned).")
+    seed: int | None = Field(None, description="Makes sampling reproducible for the same request.")
+    frequency_penalty: float | None = Field(None, ge=-2, le=2)
+    presence_penalty: float | None = Field(None, ge=-2, le=2)
+    repetition_penalty: float | None = Field(None, gt=0, description="Extension: HF-style repetition penalty.")
+    stop_token_ids: list[int] | None = Field(None, description="Extension: token ids that end generation.")
+    ignore_eos: bool = Field(False, description="Extension: keep generating past EOS.")
+    min_tokens: int = Field(0, ge=0, description="Extension: generate at least this many tokens.")
+    skip_special_tokens: bool = Field(True, description="Extension: leave special tokens out of the text.")
+    logit_bias: dict[str, float] | None = Field(None, description="Not supported; must be empty.")
+    user: str | None = None
+    rid: str | None = Field(None, description="Extension: request id, for /abort_request.")
+
+
+# ---- chat ----------------------------------------------------------------------------------
+class ContentPart(_Request):
+    type: str
+    text: str | None = None
+
+
+class ChatMessage(_Request):
+    role: Literal["system", "developer", "user", "assistant", "tool"]
+    content: str | list[ContentPart] | None = None
+    name: str | None = None
+
+
+class ChatCompletionRequest(SamplingFields):
+    messages: list[ChatMessage] = Field(..., min_length=1)
+    max_tokens: int | None = Field(None, ge=1, description="Deprecated by OpenAI; same as max_completion_tokens.")
+    max_completion_tokens: int | None = Field(None, ge=1, description="Most tokens to generate (default: as many "
+                                              "as fit in the context).")
+    logprobs: bool = Field(False, description="Return the log probability of each output token.")
+    top_logprobs: int | None = Field(None, ge=0, le=20, description="Most likely alternatives per token (needs "
+                                     "logprobs).")
+    response_format: dict[str, Any] | None = Field(None, description="Only {\"type\": \"text\"} is supported.")
+    tools: list[dict[str, Any]] | None = Field(None, description="Not supported; must be empty.")
+    chat_template_kwargs: dict[str, Any] | None = Field(None, description="Extension: extra chat-template "
+                                                        "variables.")
+
+
+class TopLogprob(BaseModel):
+    token: str
+    logprob: float
+    bytes: list[int] | None = None
+
+
+class TokenLogprob(TopLogprob):
+    top_logprobs: list[TopLogprob] = Field(default_factory=list)
+
+
+class ChoiceLogprobs(BaseModel):
+    content: list[TokenLogprob] | None = None
+
+
+class ChatMessageOut(BaseModel):
+    role: Literal["assistant"] = "assistant"
+    content: str | None = None
+
+
+class ChatCompletionChoice(BaseModel):
+    index: int
+    message: ChatMessageOut
+    logprobs: ChoiceLogprobs | None = None
+    finish_reason: str | None = Field(None, description="stop, length, or abort (refused or cut short).")
+    matched_stop: int | str | None = Field(None, description="Extension: the stop string or token id that "
+                                           "ended generation.")
+
+
+class ChatCompletionResponse(BaseModel):
+    id: str = Field(default_factory=lambda: f"chatcmpl-{uuid.uuid4().hex}")
+    object: Literal["chat.completion"] = "chat.completion"
+    created: int = Field(default_factory=_now)
+    model: str
+    choices: list[ChatCompletionChoice]
+    usage: UsageInfo
+
+
+class DeltaMessage(BaseModel):
+    role: Literal["assistant"] | None = None
+    content: str | None = None
+
+
+class ChatCompletionStreamChoice(BaseModel):
+    index: int
+    delta: DeltaMessage
+    logprobs: ChoiceLogprobs | None = None
+    finish_reason: str | None = None
+    matched_stop: int | str | None = None
+
+
+class ChatCompletionChunk(BaseModel):
+    """One server-sent event of a streamed chat completion (`data: {...}`; the stream ends `data: [DONE]`)."""
+
+    id: str
+    object: Literal["chat.completion.chunk"] = "chat.completion.chunk"
+    created: int
+    model: str
+    choices: list[ChatCompletionStreamChoice]
+    usage: UsageInfo | None = None
+
+
+# ---- completions ---------------------------------------------------------------------------
+class CompletionRequest(SamplingFields):
+    prompt: str | list[str] | list[int] | list[list[int]] = Field(
+        ..., description="Text, a list of texts, token ids, or a list of token-id lists.")
+    max_tokens: int | None = Field(16, ge=0, description="Most tokens to generate (OpenAI's default is 16).")
+    logprobs: int | None = Field(None, ge=0, le=20, description="Return this many most likely alternatives per "
+                                 "token (0: only the chosen token's logprob).")
+    echo: bool = Field(False, description="Prepend the prompt to the completion text.")
+    best_of: int | None = Field(None, ge=1, description="Only best_of == n is supported.")
+    suffix: str | None = Field(None, description="Not supported; must be empty.")
+
+
+class CompletionLogprobs(BaseModel):
+    tokens: list[str] = Field(default_factory=list)
+    token_logprobs: list[float | None] = Field(default_factory=list)
+    top_logprobs: list[dict[str, float] | None] = Field(default_factory=list)
+    text_offset: list[int] = Field(default_factory=list)
+
+
+class CompletionChoice(BaseModel):
+    index: int
+    text: str
+    logprobs: CompletionLogprobs | None = None
+    finish_reason: str | None = None
+    matched_stop: int | str | None = None
+
+
+class CompletionResponse(BaseModel):
+    id: str = Field(default_factory=lambda: f"cmpl-{uuid.uuid4().hex}")
+    object: Literal["text_completion"] = "text_completion"
+    created: int = Field(default_factory=_now)
+    model: str
+    choices: list[CompletionChoice]
+    usage: UsageInfo
+
+
+class CompletionChunk(BaseModel):
+    """One server-sent event of a streamed completion."""
+
+    id: str
+    object: Literal["text_completion"] = "text_completion"
+    created: int
+    model: str
+    choices: list[CompletionChoice]
+    usage: UsageInfo | None = None
+
+
+# ---- models --------------------------------------------------------------------------------
+class ModelCard(BaseModel):
+    id: str
+    object: Literal["model"] = "model"
+    created: int = Field(default_factory=_now)
+    owned_by: str = "radixserve"
+    root: str | None = None
+    max_model_len: int | None = None
+
+
+class ModelList(BaseModel):
+    object: Literal["list"] = "list"
+    data: list[ModelCard]
+
+
+# ---- native --------------------------------------------------------------------------------
+class GenerateRequestBody(_Request):
+    text: str | list[str] | None = Field(None, description="Prompt text, or a batch of prompts.")
+    input_ids: list[int] | list[list[int]] | None = Field(None, description="Prompt token ids, or a batch.")
+    sampling_params: dict[str, Any] = Field(
+        default_factory=dict, description="max_new_tokens, temperature, top_p, top_k, min_p, repetition_penalty, "
+        "frequency_penalty, presence_penalty, stop, stop_token_ids, ignore_eos, skip_special_tokens, seed, n, "
+        "min_new_tokens.")
+    stream: bool = Field(False, description="Server-sent events, each with the text so far.")
+    return_logprob: bool = False
+    top_logprobs_num: int = Field(0, ge=0, le=20)
+    rid: str | None = Field(None, description="Request id, for /abort_request.")
+
+
+class GenerateMetaInfo(BaseModel):
+    id: str
+    prompt_tokens: int
+    completion_tokens: int
+    cached_tokens: int
+    finish_reason: dict[str, Any] | None = None
+    e2e_latency: float | None = None
+    output_token_logprobs: list[tuple[float, int]] | None = None
+    output_top_logprobs: list[list[tuple[float, int]]] | None = None
+
+
+class GenerateResponse(BaseModel):
+    text: str
+    output_ids: list[int]
+    index: int = 0
+    meta_info: GenerateMetaInfo
+
+
+class AbortRequestBody(_Request):
+    rid: str
+
+
+class SuccessResponse(BaseModel):
+    success: bool
+    message: str = ""
+
+
+class HealthResponse(BaseModel):
+    status: str
