@@ -46,7 +46,9 @@ class PrefillAdder:
     """Admits requests while they fit the token budget, the KV pool and the running limit."""
 
     tree_cache: RadixCache
-    rem_total_tokens: int  # free + evictable KV slots minus what running requests will still need
+    # Free KV slots minus what running requests will still need. Evictable slots are added live
+    # (rem_total_tokens): locking an admitted request's prefix makes those slots unevictable.
+    kv_budget: int
     rem_input_tokens: int  # prefill token budget of this batch
     rem_chunk_tokens: int | None  # chunk budget (None: chunking disabled)
     rem_running: int  # more requests the running batch may hold
@@ -55,10 +57,19 @@ class PrefillAdder:
     can_run: list[Req] = field(default_factory=list)
     new_chunked_req: Req | None = None
     _batch_heads: set[tuple[int, ...]] = field(default_factory=set)
+    _used: int = 0  # slots promised to this batch (prefill plus decode reserve)
 
-    def add_chunked_req(self, req: Req) -> None:
-        """Continue the request whose prompt is being prefilled in chunks."""
-        self._take(req, truncate_to=self._chunk_budget())
+    @property
+    def rem_total_tokens(self) -> int:
+        return self.kv_budget + self.tree_cache.evictable_size() - self._used
+
+    def add_chunked_req(self, req: Req) -> bool:
+        """Continue the request whose prompt is being prefilled in chunks, if KV room is left."""
+        room = min(self._chunk_budget(), self.rem_total_tokens)
+        if room <= 0:
+            return False
+        self._take(req, truncate_to=room)
+        return True
 
     def _chunk_budget(self) -> int:
         budget = self.rem_input_tokens
@@ -74,7 +85,7 @@ class PrefillAdder:
         self.rem_input_tokens -= req.extend_input_len
         if self.rem_chunk_tokens is not None:
             self.rem_chunk_tokens -= req.extend_input_len
-        self.rem_total_tokens -= req.extend_input_len
+        self._used += req.extend_input_len
 
     def add_one_req(self, req: Req) -> AddResult:
         """Try to admit `req`."""
@@ -90,20 +101,23 @@ class PrefillAdder:
         return result
 
     def _admit(self, req: Req) -> AddResult:
-        need = req.extend_input_len + reserved_decode_tokens(req, self.new_token_ratio)
-        # With nothing else running, a prompt that fits may go without its decode reserve: it
-        # cannot starve anyone, and if decode runs dry it ends with a clear error, not a hang.
-        lone_fit = self.allow_overcommit and not self.can_run and req.extend_input_len <= self.rem_total_tokens
-        if need > self.rem_total_tokens and not lone_fit:
-            return AddResult.STOP
         budget = self._chunk_budget()
         if budget <= 0:
             return AddResult.STOP
         if req.extend_input_len > budget and self.rem_chunk_tokens is None and self.can_run:
             return AddResult.STOP  # unchunkable and the batch already has work: next round
+        # Lock the prefix before counting: its slots cannot be evicted to make room for itself.
         if req.last_node is not None:
-            self.tree_cache.inc_lock_ref(req.last_node)  # protect its prefix from this batch's evictions
+            self.tree_cache.inc_lock_ref(req.last_node)
+        need = req.extend_input_len + reserved_decode_tokens(req, self.new_token_ratio)
+        # With nothing else running, a prompt that fits may go without its decode reserve: it
+        # cannot starve anyone, and if decode runs dry it ends with a clear error, not a hang.
+        lone_fit = self.allow_overcommit and not self.can_run and req.extend_input_len <= self.rem_total_tokens
+        if need > self.rem_total_tokens and not lone_fit:
+            if req.last_node is not None:
+                self.tree_cache.dec_lock_ref(req.last_node)
+            return AddResult.STOP
         self.rem_running -= 1
         self._take(req, truncate_to=budget if self.rem_chunk_tokens is not None else req.extend_input_len)
-        self.rem_total_tokens -= reserved_decode_tokens(req, self.new_token_ratio)
+        self._used += reserved_decode_tokens(req, self.new_token_ratio)
         return AddResult.ADDED

@@ -198,7 +198,7 @@ class Scheduler:
         chunk = self.server_args.chunked_prefill_size
         adder = PrefillAdder(
             tree_cache=self.tree_cache,
-            rem_total_tokens=self.token_to_kv_pool.available_size() + self.tree_cache.evictable_size() - reserved,
+            kv_budget=self.token_to_kv_pool.available_size() - reserved,
             rem_input_tokens=self.server_args.max_prefill_tokens,
             rem_chunk_tokens=None if chunk == -1 else chunk,
             rem_running=self.max_running_requests - running - (1 if self.chunked_req else 0),
@@ -207,7 +207,15 @@ class Scheduler:
         )
         if self.chunked_req is not None:
             self.chunked_req.init_next_round_input(self.tree_cache)
-            adder.add_chunked_req(self.chunked_req)
+            if not adder.add_chunked_req(self.chunked_req):
+                # No room for the next chunk: running requests free some as they finish. With
+                # none running, no room will ever come.
+                if not self.running_batch.reqs:
+                    req, self.chunked_req = self.chunked_req, None
+                    self.tree_cache.cache_finished_req(req)
+                    self._finish(req, FinishReason("abort", status_code=400,
+                                                   message="the KV pool is too small for this request"))
+                return None
         if self.waiting_queue and adder.new_chunked_req is None:
             order_waiting_queue(self.waiting_queue, self.server_args.schedule_policy, self.tree_cache)
             free_req_slots = self.req_to_token_pool.available_size()

@@ -159,3 +159,30 @@ def test_requests_sharing_a_prefix_in_one_batch_reuse_it(engine: Engine) -> None
     outs: Any = engine.generate(input_ids=[[*shared, 1000 + i] for i in range(8)], sampling_params=GREEDY)
     cached = sorted(o["meta_info"]["cached_tokens"] for o in outs)
     assert cached == [0] + [64] * 7  # the first computes the prefix, the rest wait one round and reuse it
+
+
+def test_admission_counts_locked_prefixes_as_unevictable(tiny_models: dict[str, Path]) -> None:
+    """Cached prefixes that admitted requests lock cannot be evicted to make room for the batch.
+
+    Two cached 100-token prompts fill most of a 256-slot pool; two requests extending them by
+    60 tokens each arrive together. Only one fits once its prefix is locked; the other waits,
+    and both finish (a stale evictable count used to admit both and run the pool dry).
+    """
+    with Engine(model_path=str(tiny_models["llama"]), max_total_tokens=256, log_level="warning") as e:
+        a = [100 + j for j in range(100)]
+        b = [300 + j for j in range(100)]
+        one = {"max_new_tokens": 1, "temperature": 0, "ignore_eos": True}
+        e.generate(input_ids=[a, b], sampling_params=one)
+        assert e.scheduler.tree_cache.evictable_size() >= 200
+        outs = e.generate(input_ids=[a + list(range(500, 560)), b + list(range(600, 660))], sampling_params=one)
+        assert [o["meta_info"]["completion_tokens"] for o in outs] == [1, 1]  # type: ignore[index]
+        assert max(o["meta_info"]["cached_tokens"] for o in outs) >= 100  # type: ignore[index]
+        e.scheduler.check_memory()
+
+
+def test_chunked_request_waits_for_kv_room(tiny_models: dict[str, Path], reference: list[list[int]]) -> None:
+    with Engine(model_path=str(tiny_models["llama"]), max_total_tokens=160, chunked_prefill_size=16,
+                log_level="warning") as e:
+        outs = e.generate(input_ids=PROMPTS, sampling_params=GREEDY)
+        assert _ids(outs) == reference
+        e.scheduler.check_memory()

@@ -2,7 +2,7 @@
 
 `worker_processes` starts N worker processes from a command line and waits for their
 /health: today the command is the fake worker; the integration test with real replicas
-passes `radixserve serve ...` instead (see `fake_worker_command` for the shape).
+passes `radixserve serve ...` instead (test_real_replicas.py).
 """
 
 from __future__ import annotations
@@ -101,7 +101,7 @@ class WorkerProcess:
         if self.proc is not None and self.proc.poll() is None:
             self.proc.terminate()
             try:
-                self.proc.wait(5)
+                self.proc.wait(30)
             except subprocess.TimeoutExpired:
                 self.kill()
 
@@ -118,12 +118,12 @@ async def worker_processes(http: aiohttp.ClientSession) -> AsyncIterator[
     """`await worker_processes(n, command)`: n processes on free ports, healthy; stopped at teardown."""
     started: list[WorkerProcess] = []
 
-    async def start(n: int, command: Command) -> list[WorkerProcess]:
+    async def start(n: int, command: Command, timeout: float = 20.0) -> list[WorkerProcess]:
         procs = [WorkerProcess(command, free_port()) for _ in range(n)]
         for p in procs:
             p.start()
             started.append(p)
-        await asyncio.gather(*(p.wait_healthy(http) for p in procs))
+        await asyncio.gather(*(p.wait_healthy(http, timeout) for p in procs))
         return procs
 
     yield start
