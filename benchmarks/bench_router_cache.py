@@ -165,7 +165,7 @@ def build_parser() -> argparse.ArgumentParser:
                    help="router policies to compare, in this order")
     p.add_argument("--num-groups", type=int, default=8, help="distinct system prompts")
     p.add_argument("--prompts-per-group", type=int, default=12, help="questions per system prompt")
-    p.add_argument("--system-prompt-len", type=int, default=300, help="system prompt length in words")
+    p.add_argument("--system-prompt-len", type=int, default=120, help="system prompt length in words (~2.7 tokens each)")
     p.add_argument("--question-len", type=int, default=16, help="question length in words")
     p.add_argument("--output-len", type=int, default=8, help="max_tokens of each request")
     p.add_argument("--max-concurrency", type=int, default=6, help="requests in flight")

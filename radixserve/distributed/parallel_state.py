@@ -17,7 +17,24 @@ import torch.distributed as dist
 class ParallelGroup:
     rank: int = 0
     size: int = 1
-    group: Any = None  # a torch.distributed ProcessGroup when size > 1
+    group: Any = None  # a torch.distributed ProcessGroup when size > 1 (gloo on CPU, NCCL on CUDA)
+    cpu_group: Any = None  # a gloo group for control messages (the schedule), whatever the device
+
+    def broadcast_bytes(self, items: list[bytes] | None) -> list[bytes]:
+        """Rank 0's list of messages, on every rank (the others pass None)."""
+        if self.size == 1:
+            return items or []
+        box: list[Any] = [items if self.rank == 0 else None]
+        dist.broadcast_object_list(box, src=0, group=self.cpu_group)
+        return list(box[0] or [])
+
+    def all_reduce_min(self, value: int) -> int:
+        """The smallest `value` over the ranks (pool sizes must agree or schedules diverge)."""
+        if self.size == 1:
+            return value
+        t = torch.tensor([value], dtype=torch.int64)
+        dist.all_reduce(t, op=dist.ReduceOp.MIN, group=self.cpu_group)
+        return int(t.item())
 
     def all_reduce(self, x: torch.Tensor) -> torch.Tensor:
         if self.size > 1:
@@ -33,6 +50,15 @@ class ParallelGroup:
 
 
 SINGLE = ParallelGroup()
+
+
+def init_tp_group(rank: int, size: int, store_path: str, device: torch.device) -> ParallelGroup:
+    """Join the tensor-parallel group of one server through a file store in its private ipc
+    directory: no TCP port to pick, so several servers on one machine never collide."""
+    backend = "nccl" if device.type == "cuda" else "gloo"
+    dist.init_process_group(backend=backend, init_method=f"file://{store_path}", rank=rank, world_size=size)
+    cpu_group = dist.new_group(backend="gloo") if backend != "gloo" else dist.group.WORLD
+    return ParallelGroup(rank=rank, size=size, group=dist.group.WORLD, cpu_group=cpu_group)
 
 
 def divide(numerator: int, denominator: int, what: str) -> int:

@@ -10,6 +10,7 @@ from typing import Any, cast
 
 from tqdm.auto import tqdm
 
+from radixserve.entrypoints.drivers import InProcessDriver, ProcessDriver, SchedulerDriver
 from radixserve.managers.io_struct import BatchTokenIDOut, TokenizedGenerateReqInput
 from radixserve.managers.schedule_batch import check_prompt
 from radixserve.managers.scheduler import Scheduler
@@ -30,20 +31,34 @@ Params = dict[str, Any] | list[dict[str, Any]] | None
 
 
 class Engine:
-    """`Engine(model_path=None, **server_args)`; `.generate(...)`, `.chat(...)`, `.shutdown()`."""
+    """`Engine(model_path=None, **server_args)`; `.generate(...)`, `.chat(...)`, `.shutdown()`.
 
-    def __init__(self, model_path: str | None = None, **kwargs: Any) -> None:
+    With `tp_size == 1` the Scheduler runs in this process; with more ranks the scheduler
+    processes of `radixserve serve` are started and driven over the same ZMQ messages.
+    """
+
+    def __init__(self, model_path: str | None = None, tp_size: int | None = None, **kwargs: Any) -> None:
+        if tp_size is not None:
+            kwargs["tensor_parallel_size"] = tp_size
         self.server_args = ServerArgs(model_path=model_path, **kwargs)
         self.source = resolve_model_source(
             self.server_args.model_path, self.server_args.load_format, self.server_args.tokenizer_path)
         self.tokenizer = load_tokenizer(self.source.tokenizer_source)
         self.decoder = TokenDecoder(self.tokenizer)
-        self.model_runner = ModelRunner(self.server_args, self.source)
-        eos = {self.tokenizer.eos_token_id} if self.tokenizer.eos_token_id is not None else set()
-        self.scheduler = Scheduler(self.server_args, self.model_runner, decode=self.decoder.decode,
-                                   eos_token_ids=frozenset(eos))
         self.model_name = self.server_args.served_model_name or self.source.name
         self._closed = False
+        self.driver: SchedulerDriver
+        if self.server_args.tensor_parallel_size == 1:
+            self.model_runner = ModelRunner(self.server_args, self.source)
+            eos = {self.tokenizer.eos_token_id} if self.tokenizer.eos_token_id is not None else set()
+            self.scheduler = Scheduler(self.server_args, self.model_runner, decode=self.decoder.decode,
+                                       eos_token_ids=frozenset(eos))
+            self.driver = InProcessDriver(self.scheduler)
+            self.context_len, self.vocab_size = self.scheduler.context_len, self.scheduler.vocab_size
+        else:
+            remote = ProcessDriver(self.server_args)
+            self.driver = remote
+            self.context_len, self.vocab_size = remote.info["context_length"], remote.info["vocab_size"]
 
     # ---- API ---------------------------------------------------------------------------------
     def generate(self, prompt: Prompt = None, sampling_params: Params = None, input_ids: InputIds = None,
@@ -60,7 +75,7 @@ class Engine:
             raise ValueError("invalid value for 'top_logprobs_num': must be >= 0")
         reqs: list[TokenizedGenerateReqInput] = []
         for i, (ids, params) in enumerate(zip(ids_list, params_list, strict=True)):
-            error = check_prompt(ids, self.scheduler.context_len, self.scheduler.vocab_size)
+            error = check_prompt(ids, self.context_len, self.vocab_size)
             if error is not None:
                 raise ValueError(f"invalid value for 'prompt' #{i}: {error}")
             for k in range(params.n):
@@ -88,8 +103,9 @@ class Engine:
         return list(self.tokenizer(text, add_special_tokens=False).input_ids)
 
     def shutdown(self) -> None:
-        self._closed = True
-        self.scheduler.waiting_queue.clear()
+        if not self._closed:
+            self._closed = True
+            self.driver.close()
 
     def __enter__(self) -> Engine:
         return self
@@ -122,27 +138,17 @@ class Engine:
 
     def _run(self, reqs: Sequence[TokenizedGenerateReqInput], show_progress: bool | None) -> dict[str, dict[str, Any]]:
         pending: dict[str, dict[str, Any]] = {r.rid: {"ids": [], "logprobs": [], "top": [], "final": None} for r in reqs}
-        for r in reqs:
-            self.scheduler.add_request(r)
+        self.driver.submit(list(reqs))
         bar = tqdm(total=len(reqs), desc="Generating", unit="req", leave=False,
                    disable=not (show_progress if show_progress is not None else len(reqs) >= PROGRESS_BAR_MIN_REQUESTS))
         left = len(reqs)
         try:
             while left:
-                out = self.scheduler.step()
-                if out is None:
-                    if not self.scheduler.has_work():
-                        raise RuntimeError("scheduler went idle with requests unfinished")
-                    continue
-                left -= self._absorb(out, pending)
+                left -= self._absorb(self.driver.next_output(), pending)
                 bar.n = len(reqs) - left
                 bar.refresh()
         except BaseException:
-            for rid, st in pending.items():
-                if st["final"] is None:
-                    self.scheduler.abort_request(rid)
-            while self.scheduler.has_work() and not self.scheduler.waiting_queue and self.scheduler.step():
-                pass
+            self.driver.abort([rid for rid, st in pending.items() if st["final"] is None])
             raise
         finally:
             bar.close()

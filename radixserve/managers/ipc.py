@@ -10,7 +10,7 @@ import tempfile
 import threading
 import time
 from dataclasses import dataclass
-from typing import Any, TypeVar
+from typing import Any
 
 import msgspec
 import zmq
@@ -18,9 +18,6 @@ import zmq
 from radixserve.managers.io_struct import BatchTokenIDOut, SchedulerInput, TokenizerManagerInput
 
 logger = logging.getLogger(__name__)
-
-T = TypeVar("T")
-
 
 @dataclass(frozen=True)
 class PortArgs:
@@ -36,12 +33,18 @@ class PortArgs:
         d = tempfile.mkdtemp(prefix="radixserve-ipc-")
         return cls(d, f"ipc://{d}/scheduler", f"ipc://{d}/detokenizer", f"ipc://{d}/tokenizer")
 
+    @property
+    def dist_store(self) -> str:
+        """torch.distributed file store of the TP ranks."""
+        return os.path.join(self.ipc_dir, "dist_store")
+
     def cleanup(self) -> None:
         shutil.rmtree(self.ipc_dir, ignore_errors=True)
 
 
 def bind_pull(ctx: zmq.Context[Any], addr: str) -> zmq.Socket[Any]:
     sock = ctx.socket(zmq.PULL)
+    sock.setsockopt(zmq.RCVHWM, 0)
     sock.bind(addr)
     return sock
 
@@ -49,6 +52,9 @@ def bind_pull(ctx: zmq.Context[Any], addr: str) -> zmq.Socket[Any]:
 def connect_push(ctx: zmq.Context[Any], addr: str) -> zmq.Socket[Any]:
     sock = ctx.socket(zmq.PUSH)
     sock.setsockopt(zmq.LINGER, 0)
+    # No high-water mark: a burst of requests while the scheduler runs a long batch must queue,
+    # not fail (ZMQ's default of 1000 messages would make sends fail under load).
+    sock.setsockopt(zmq.SNDHWM, 0)
     sock.connect(addr)
     return sock
 
@@ -59,15 +65,14 @@ DETOKENIZER_INPUT_DECODER = msgspec.msgpack.Decoder(BatchTokenIDOut)
 TOKENIZER_INPUT_DECODER = msgspec.msgpack.Decoder(TokenizerManagerInput)
 
 
-def recv_all(sock: zmq.Socket[Any], decoder: msgspec.msgpack.Decoder[T]) -> list[T]:
-    """Every message waiting on the socket, without blocking."""
-    out: list[T] = []
+def recv_raw(sock: zmq.Socket[Any]) -> list[bytes]:
+    """Every message waiting on the socket, undecoded, without blocking."""
+    out: list[bytes] = []
     while True:
         try:
-            data = sock.recv(zmq.NOBLOCK)
+            out.append(sock.recv(zmq.NOBLOCK))
         except zmq.Again:
             return out
-        out.append(decoder.decode(data))
 
 
 def init_child_process(interval_s: float = 1.0) -> None:

@@ -3,6 +3,12 @@
 The loop is the offline Engine's loop (`Scheduler.handle` for inputs, `Scheduler.step` for one
 batch) with sockets around it: drain the input socket, step, send `BatchTokenIDOut` to the
 detokenizer. With nothing to do it blocks on the socket instead of spinning.
+
+With tensor parallelism there is one such process per rank, joined in a torch.distributed
+group. Only rank 0 owns sockets: each iteration it broadcasts the raw messages it received, and
+every rank applies them and steps in lockstep. Scheduling is deterministic given the same
+inputs, and every rank samples from the same all-gathered logits with the same RNG state, so
+the ranks agree on every batch without exchanging schedules.
 """
 
 from __future__ import annotations
@@ -12,11 +18,13 @@ import os
 import sys
 import time
 import traceback
+from dataclasses import dataclass
 from multiprocessing.connection import Connection
 from typing import Any
 
 import zmq
 
+from radixserve.distributed.parallel_state import SINGLE, ParallelGroup
 from radixserve.managers.io_struct import TokenizedGenerateReqInput
 from radixserve.managers.ipc import (
     ENCODER,
@@ -25,7 +33,7 @@ from radixserve.managers.ipc import (
     bind_pull,
     connect_push,
     init_child_process,
-    recv_all,
+    recv_raw,
 )
 from radixserve.managers.scheduler import Scheduler
 from radixserve.server_args import ServerArgs
@@ -38,7 +46,7 @@ METRICS_INTERVAL_S = 0.5
 WARMUP_TOKENS = 4
 
 
-def build_scheduler(server_args: ServerArgs) -> tuple[Scheduler, Any, str]:
+def build_scheduler(server_args: ServerArgs, tp: ParallelGroup = SINGLE) -> tuple[Scheduler, Any, str]:
     """Load the model and build the Scheduler exactly as the offline Engine does."""
     from radixserve.model_executor.model_runner import ModelRunner
     from radixserve.model_loader.source import resolve_model_source
@@ -47,7 +55,7 @@ def build_scheduler(server_args: ServerArgs) -> tuple[Scheduler, Any, str]:
 
     source = resolve_model_source(server_args.model_path, server_args.load_format, server_args.tokenizer_path)
     tokenizer = load_tokenizer(source.tokenizer_source)
-    runner = ModelRunner(server_args, source)
+    runner = ModelRunner(server_args, source, tp)
     eos = {tokenizer.eos_token_id} if tokenizer.eos_token_id is not None else set()
     scheduler = Scheduler(server_args, runner, decode=TokenDecoder(tokenizer).decode, eos_token_ids=frozenset(eos))
     return scheduler, tokenizer, server_args.served_model_name or source.name
@@ -82,12 +90,26 @@ def model_info(scheduler: Scheduler, model_name: str) -> dict[str, Any]:
     }
 
 
-def run_scheduler_process(server_args: ServerArgs, port_args: PortArgs, ready: Connection) -> None:
-    """Process entry point. Reports {"status": "ready", ...} or {"status": "error", ...} on `ready`."""
-    configure_logging(server_args.log_level, "scheduler")
+def run_scheduler_process(server_args: ServerArgs, port_args: PortArgs, ready: Connection, tp_rank: int = 0) -> None:
+    """Process entry point of one TP rank. Reports {"status": "ready", ...} or {"status": "error", ...}."""
+    tp_size = server_args.tensor_parallel_size
+    configure_logging(server_args.log_level, "scheduler" if tp_size == 1 else f"scheduler-tp{tp_rank}")
     init_child_process()
     try:
-        scheduler, _, model_name = build_scheduler(server_args)
+        tp = SINGLE
+        if tp_size > 1:
+            import torch
+
+            from radixserve.distributed.parallel_state import init_tp_group
+            from radixserve.model_executor.model_runner import resolve_device
+
+            device = resolve_device(server_args.device)
+            if device.type == "cuda":
+                torch.cuda.set_device(tp_rank)
+            tp = init_tp_group(tp_rank, tp_size, port_args.dist_store, device)
+            # Same RNG state on every rank: unseeded sampling draws the same numbers everywhere.
+            torch.manual_seed(server_args.random_seed if server_args.random_seed is not None else 0)
+        scheduler, _, model_name = build_scheduler(server_args, tp)
         logger.info("warming up")
         warm_up(scheduler)
     except Exception as e:  # start-up errors go to the launcher, which prints them and exits non-zero
@@ -95,41 +117,59 @@ def run_scheduler_process(server_args: ServerArgs, port_args: PortArgs, ready: C
         ready.send({"status": "error", "message": f"{type(e).__name__}: {e}"})
         sys.exit(1)
 
-    ctx = zmq.Context()
-    recv_sock = bind_pull(ctx, port_args.scheduler_input)
-    to_detokenizer = connect_push(ctx, port_args.detokenizer_input)
-    to_tokenizer = connect_push(ctx, port_args.tokenizer_input)
+    io = None
+    if tp_rank == 0:
+        ctx = zmq.Context()
+        io = SchedulerIO(bind_pull(ctx, port_args.scheduler_input), connect_push(ctx, port_args.detokenizer_input),
+                         connect_push(ctx, port_args.tokenizer_input))
     from radixserve.server.metrics import SchedulerMetrics
 
-    metrics = SchedulerMetrics(model_name)
-    metrics.update(scheduler.get_load())
+    metrics = SchedulerMetrics(model_name) if tp_rank == 0 else None
     ready.send({"status": "ready", **model_info(scheduler, model_name)})
     ready.close()
     logger.info("scheduler ready (pid %d)", os.getpid())
     try:
-        event_loop(scheduler, recv_sock, to_detokenizer, to_tokenizer, metrics)
+        event_loop(scheduler, tp, io, metrics)
     except Exception:
-        # A failed step leaves pools in an unknown state: die loudly, the launcher exits non-zero.
+        # A failed step (or a dead peer rank) leaves pools in an unknown state: die loudly, the
+        # launcher exits non-zero.
         logger.error("scheduler crashed:\n%s", traceback.format_exc())
         sys.exit(1)
 
 
-def event_loop(scheduler: Scheduler, recv_sock: zmq.Socket[Any], to_detokenizer: zmq.Socket[Any],
-               to_tokenizer: zmq.Socket[Any], metrics: Any) -> None:
-    poller = zmq.Poller()
-    poller.register(recv_sock, zmq.POLLIN)
+@dataclass
+class SchedulerIO:
+    """Rank 0's sockets."""
+
+    recv: zmq.Socket[Any]
+    to_detokenizer: zmq.Socket[Any]
+    to_tokenizer: zmq.Socket[Any]
+
+    def __post_init__(self) -> None:
+        self.poller = zmq.Poller()
+        self.poller.register(self.recv, zmq.POLLIN)
+
+
+def event_loop(scheduler: Scheduler, tp: ParallelGroup, io: SchedulerIO | None, metrics: Any) -> None:
     last_metrics = 0.0
     while True:
-        if not scheduler.has_work():
-            poller.poll(IDLE_POLL_MS)
-        for msg in recv_all(recv_sock, SCHEDULER_INPUT_DECODER):
-            reply = scheduler.handle(msg)
-            if reply is not None:
-                to_tokenizer.send(ENCODER.encode(reply))
+        raw: list[bytes] | None = None
+        if io is not None:
+            if not scheduler.has_work():
+                io.poller.poll(IDLE_POLL_MS)
+            raw = recv_raw(io.recv)
+        # Other ranks wait here for rank 0's inputs; an idle rank 0 still broadcasts (empty)
+        # every IDLE_POLL_MS, so no collective waits long enough to time out.
+        for data in tp.broadcast_bytes(raw):
+            reply = scheduler.handle(SCHEDULER_INPUT_DECODER.decode(data))
+            if reply is not None and io is not None:
+                io.to_tokenizer.send(ENCODER.encode(reply))
         out = scheduler.step()
+        if io is None:
+            continue
         if out is not None:
-            to_detokenizer.send(ENCODER.encode(out))
+            io.to_detokenizer.send(ENCODER.encode(out))
         now = time.monotonic()
-        if now - last_metrics >= METRICS_INTERVAL_S:
+        if metrics is not None and now - last_metrics >= METRICS_INTERVAL_S:
             metrics.update(scheduler.get_load())
             last_metrics = now

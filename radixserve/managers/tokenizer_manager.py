@@ -90,8 +90,10 @@ class TokenizerManager:
         self.ctx = zmq.asyncio.Context()
         self.send_to_scheduler = self.ctx.socket(zmq.PUSH)
         self.send_to_scheduler.setsockopt(zmq.LINGER, 0)
+        self.send_to_scheduler.setsockopt(zmq.SNDHWM, 0)  # see ipc.connect_push
         self.send_to_scheduler.connect(port_args.scheduler_input)
         self.recv_sock = self.ctx.socket(zmq.PULL)
+        self.recv_sock.setsockopt(zmq.RCVHWM, 0)
         self.recv_sock.bind(port_args.tokenizer_input)
         self.states: dict[str, ReqState] = {}
         self.groups: dict[str, list[str]] = {}  # API request id -> its scheduler request ids
@@ -219,7 +221,12 @@ class TokenizerManager:
     # ---- outputs -----------------------------------------------------------------------------
     async def _handle_loop(self) -> None:
         while True:
-            msg = TOKENIZER_INPUT_DECODER.decode(await self.recv_sock.recv())
+            data = await self.recv_sock.recv()
+            try:
+                msg = TOKENIZER_INPUT_DECODER.decode(data)
+            except Exception:  # never let one bad message stop every request's output
+                logger.exception("undecodable message from the scheduler or detokenizer")
+                continue
             if isinstance(msg, BatchStrOut):
                 self._handle_batch(msg)
             else:

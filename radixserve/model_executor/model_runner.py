@@ -150,6 +150,7 @@ class ModelRunner:
         if context_len > self.config.max_position_embeddings:
             raise ValueError(f"context_length {context_len} exceeds the model's "
                              f"max_position_embeddings {self.config.max_position_embeddings}")
+        tokens = self.tp.all_reduce_min(tokens)
         if tokens < 16:
             raise KVCacheTooSmallError(
                 f"the KV pool would hold only {tokens} tokens ({per_token} bytes each); "

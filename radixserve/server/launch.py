@@ -63,38 +63,55 @@ class ServerProcesses:
         self.procs: list[BaseProcess] = []
         self.stopping = False
 
-    def start(self) -> dict[str, Any]:
+    def start(self, with_detokenizer: bool = True) -> dict[str, Any]:
+        """Start one scheduler process per TP rank (and the detokenizer); return rank 0's model info."""
         from radixserve.managers.detokenizer_process import run_detokenizer_process
         from radixserve.managers.scheduler_process import run_scheduler_process
 
-        info: dict[str, Any] = {}
+        tp = self.server_args.tensor_parallel_size
+        targets: list[tuple[str, Any, tuple[Any, ...]]] = [
+            ("scheduler" if tp == 1 else f"scheduler-tp{rank}", run_scheduler_process, (rank,)) for rank in range(tp)]
+        if with_detokenizer:
+            targets.append(("detokenizer", run_detokenizer_process, ()))
         pipes: list[tuple[str, Connection, BaseProcess]] = []
-        for name, target in (("scheduler", run_scheduler_process), ("detokenizer", run_detokenizer_process)):
+        for name, target, extra in targets:
             reader, writer = self.ctx.Pipe(duplex=False)
-            proc: BaseProcess = self.ctx.Process(target=target, args=(self.server_args, self.port_args, writer),
-                                    name=f"radixserve-{name}", daemon=True)
+            proc: BaseProcess = self.ctx.Process(target=target, args=(self.server_args, self.port_args, writer, *extra),
+                                                 name=f"radixserve-{name}", daemon=True)
             proc.start()
             writer.close()
             self.procs.append(proc)
             pipes.append((name, reader, proc))
             logger.info("started the %s process (pid %s)", name, proc.pid)
-        for name, reader, proc in pipes:
-            while True:
-                ready = wait([reader, proc.sentinel])
-                if reader in ready:
-                    try:
-                        msg = reader.recv()
-                    except EOFError:
-                        msg = {"status": "error", "message": f"the {name} process exited (code {proc.exitcode})"}
-                    break
-                if proc.sentinel in ready and not reader.poll():
-                    msg = {"status": "error", "message": f"the {name} process exited (code {proc.exitcode})"}
-                    break
-            if msg.get("status") != "ready":
-                raise RuntimeError(f"{name} failed to start: {msg.get('message')}")
-            logger.info("%s ready", name)
-            info.update({k: v for k, v in msg.items() if k != "status"})
+        info: dict[str, Any] = {"scheduler_pids": [p.pid for _, _, p in pipes if "scheduler" in p.name]}
+        pending = {reader: (name, proc) for name, reader, proc in pipes}
+        # Wait on every child at once: a rank that fails makes its peers block in a collective,
+        # so waiting on them one by one could hang.
+        while pending:
+            sentinels = {proc.sentinel: reader for reader, (_, proc) in pending.items()}
+            for ready in wait([*pending, *sentinels]):
+                reader = sentinels[ready] if isinstance(ready, int) else ready  # type: ignore[assignment]
+                if reader not in pending:
+                    continue
+                name, proc = pending.pop(reader)
+                msg = self._read_ready(name, reader, proc)
+                if msg.get("status") != "ready":
+                    raise RuntimeError(f"{name} failed to start: {msg.get('message')}")
+                logger.info("%s ready", name)
+                if name in ("scheduler", "scheduler-tp0", "detokenizer"):
+                    info.update({k: v for k, v in msg.items() if k != "status"})
         return info
+
+    @staticmethod
+    def _read_ready(name: str, reader: Connection, proc: BaseProcess) -> dict[str, Any]:
+        if reader.poll():
+            try:
+                msg: dict[str, Any] = reader.recv()
+                return msg
+            except EOFError:
+                pass
+        proc.join(5)
+        return {"status": "error", "message": f"the {name} process exited (code {proc.exitcode})"}
 
     def watch(self, on_death: Any) -> None:
         def loop() -> None:

@@ -22,12 +22,14 @@ def _hf_step_logits(model_dir: Path, ids: list[int], steps: int) -> tuple[list[i
     return out.sequences[0, len(ids):].tolist(), [lg[0] for lg in out.logits]
 
 
-@pytest.mark.parametrize("name", ["llama", "llama_gqa_tied", "qwen2", "qwen3"])
-def test_safetensors_logits_match_transformers(tiny_models: dict[str, Path], name: str) -> None:
+@pytest.mark.parametrize(("name", "tp"), [("llama", 1), ("llama_gqa_tied", 1), ("qwen2", 1), ("qwen3", 1),
+                                          # TP=2: 4 KV heads split, and 2 KV heads (one per rank)
+                                          ("llama", 2), ("llama_gqa_tied", 2)])
+def test_safetensors_logits_match_transformers(tiny_models: dict[str, Path], name: str, tp: int) -> None:
     model_dir = tiny_models[name]
     assert len(list(model_dir.glob("*.safetensors"))) > 1, "fixture should be sharded"
     steps = 4
-    with Engine(model_path=str(model_dir), max_total_tokens=2048, log_level="warning") as engine:
+    with Engine(model_path=str(model_dir), max_total_tokens=2048, log_level="warning", tp_size=tp) as engine:
         outs = engine.generate(input_ids=PROMPTS, return_logprob=True, top_logprobs_num=20,
                                sampling_params={"max_new_tokens": steps, "temperature": 0, "ignore_eos": True})
     assert isinstance(outs, list)

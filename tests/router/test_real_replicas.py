@@ -14,10 +14,10 @@ from .conftest import wait_until
 
 pytestmark = pytest.mark.slow
 
-# 7 system prompts of ~330 tokens (with the chat template) do not fit in one replica's 1536-token
+# 7 system prompts of ~290 tokens (with the chat template) do not fit in one replica's 1536-token
 # pool, while the ~2-3 groups that cache_aware sends to each replica do.
 WORKLOAD = BenchConfig(base_url="", dataset="shared-prefix", num_groups=7, prompts_per_group=5,
-                       system_prompt_len=250, question_len=12, output_len=2, ignore_eos=True, max_concurrency=3,
+                       system_prompt_len=100, question_len=12, output_len=2, ignore_eos=True, max_concurrency=3,
                        disable_tqdm=True)
 
 
