@@ -219,6 +219,10 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--workloads", default="batch1,batchN,chat,shared", help="Comma-separated subset to run.")
     ap.add_argument("--max-total-tokens", type=int, default=None, help="KV pool size for the Engine.")
     ap.add_argument("--attention-backend", default="auto", help="Engine attention backend: auto | torch | triton")
+    ap.add_argument("--mem-fraction-static", type=float, default=None,
+                    help="GPU memory fraction for weights plus KV pool (when --max-total-tokens is not given).")
+    ap.add_argument("--cuda-graph-max-bs", type=int, default=None, help="Largest decode batch replayed as a CUDA graph.")
+    ap.add_argument("--max-running-requests", type=int, default=None, help="Cap on concurrently running requests.")
     ap.add_argument("--output", default=None, help="JSON path (default: results/bench_offline_<device>_<time>.json)")
     args = ap.parse_args(argv)
     workloads = set(args.workloads.split(","))
@@ -227,6 +231,14 @@ def main(argv: list[str] | None = None) -> int:
                                      "log_level": "warning", "max_total_tokens": args.max_total_tokens,
                                      "attention_backend": args.attention_backend,
                                      "tokenizer_path": args.tokenizer_path}
+    for name in ("mem_fraction_static", "cuda_graph_max_bs", "max_running_requests"):
+        if getattr(args, name) is not None:
+            engine_kwargs[name] = getattr(args, name)
+    # Measured before the Engine takes its share of GPU memory for the KV pool.
+    copy_gb_s = None
+    if args.device == "cuda":
+        copy_gb_s = round(copy_bandwidth() / 1e9, 1)
+        torch.cuda.empty_cache()
     engine = Engine(model_path=args.model_path, **engine_kwargs)
     device = engine.model_runner.device.type
     vocab = min(engine.model_runner.config.vocab_size, len(engine.tokenizer))
@@ -238,9 +250,11 @@ def main(argv: list[str] | None = None) -> int:
         "machine": machine_info(("torch", "transformers", "triton", "radixserve")),
         "torch_threads": torch.get_num_threads(), "workloads": {},
         "attention_backend": type(engine.model_runner.attn_backend).__name__,
+        "kv_pool_tokens": engine.model_runner.sizes.max_total_tokens,
+        "max_running_requests": engine.model_runner.sizes.max_running_requests,
     }
     if device == "cuda":
-        results["copy_bandwidth_gb_s"] = round(copy_bandwidth() / 1e9, 1)
+        results["copy_bandwidth_gb_s"] = copy_gb_s if copy_gb_s is not None else round(copy_bandwidth() / 1e9, 1)
     hf = None if args.skip_hf else load_hf(args, device)
     bar = tqdm(total=len(workloads), desc="workloads")
     # warm up both (first calls allocate and dispatch slowly)

@@ -33,6 +33,10 @@ class TritonAttnBackend(AttentionBackend):
         self._extend_lens = torch.empty(0, dtype=torch.int64, device=device)
         self._extend_start = torch.empty(0, dtype=torch.int64, device=device)
         self._max_extend = 0
+        # The split-KV scratch that captured CUDA graphs write to. Graphs hold raw addresses, so
+        # these must stay allocated for the graphs' lifetime even when eager decode outgrows them:
+        # freed, the allocator hands the memory to other tensors and every replay scribbles on them.
+        self._graph_mid: tuple[torch.Tensor, torch.Tensor] | None = None
 
     def _ensure_mid(self, bs: int) -> None:
         if self._mid_o.dim() != 4 or self._mid_o.shape[0] < bs:
@@ -43,6 +47,7 @@ class TritonAttnBackend(AttentionBackend):
     def prepare_graph_decode(self, max_bs: int, bs: int, context_len: int) -> None:
         """Fixed metadata for a captured decode graph: buffers sized once, splits chosen for the longest context."""
         self._ensure_mid(max_bs)
+        self._graph_mid = (self._mid_o, self._mid_lse)
         self._num_splits = decode_num_splits(context_len, bs, self.num_kv_heads, self.num_sms,
                                              MAX_SPLITS)
 

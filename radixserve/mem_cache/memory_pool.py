@@ -6,6 +6,8 @@ that is never handed out, so padded tokens (e.g. CUDA-graph padding) have somewh
 
 from __future__ import annotations
 
+import os
+
 import torch
 
 
@@ -35,6 +37,10 @@ class ReqToTokenPool:
 
     def clear(self) -> None:
         self._free = list(range(self.size))
+
+
+# RADIXSERVE_CHECK_SLOTS=1 validates every freed slot index (a device sync per free; debugging only).
+CHECK_SLOTS = os.environ.get("RADIXSERVE_CHECK_SLOTS") == "1"
 
 
 class TokenToKVPool:
@@ -80,6 +86,10 @@ class TokenToKVPool:
     def free(self, indices: torch.Tensor) -> None:
         if indices.numel() == 0:
             return
+        if CHECK_SLOTS:
+            lo, hi = int(indices.min()), int(indices.max())
+            if lo < 1 or hi > self.size:
+                raise AssertionError(f"freeing KV slots outside [1, {self.size}]: min {lo}, max {hi}")
         self._free_chunks.append(indices.to(torch.int64).flatten())
         self._num_free += indices.numel()
 

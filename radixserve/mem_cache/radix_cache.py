@@ -18,7 +18,7 @@ from typing import Protocol
 
 import torch
 
-from radixserve.mem_cache.memory_pool import ReqToTokenPool, TokenToKVPool
+from radixserve.mem_cache.memory_pool import CHECK_SLOTS, ReqToTokenPool, TokenToKVPool
 
 
 class CacheReq(Protocol):
@@ -129,6 +129,10 @@ class RadixCache:
         The caller owns value[:returned] slots that duplicate the tree's and must free them.
         """
         assert len(key) == value.numel(), (len(key), value.numel())
+        if CHECK_SLOTS and value.numel():
+            lo, hi = int(value.min()), int(value.max())
+            if lo < 1 or hi > self.token_to_kv_pool.size:
+                raise AssertionError(f"inserting KV slots outside [1, {self.token_to_kv_pool.size}]: {lo}..{hi}")
         node = self.root
         now = time.monotonic()
         pos = 0

@@ -70,3 +70,24 @@ def test_cuda_graph_decode_matches_eager(tiny_models: dict[str, Path]) -> None:
                            + [o["output_ids"] for o in engine.generate(input_ids=prompts, sampling_params=params)])
             engine.scheduler.check_memory()
     assert results[0] == results[1]
+
+
+def test_eager_decode_above_graph_sizes_leaves_graph_memory_alone(tiny_models: dict[str, Path]) -> None:
+    """Batches above cuda_graph_max_bs run eagerly and grow the split-KV scratch; graphs replayed
+    afterwards must still write only to the scratch they were captured with (a freed one was reused
+    by the KV free list and corrupted slot indices under load)."""
+    small = [[300 + i, 301 + i, 302 + i] for i in range(2)]
+    big = [[1000 + i * 7 + j for j in range(4 + i)] for i in range(12)]
+    params = {"max_new_tokens": 12, "temperature": 0, "ignore_eos": True}
+    results = []
+    for disable in (False, True):
+        with Engine(model_path=str(tiny_models["llama_gqa_tied"]), device="cuda", dtype="bfloat16",
+                    disable_cuda_graph=disable, cuda_graph_max_bs=2, max_total_tokens=4096,
+                    log_level="warning") as engine:
+            outs = []
+            for _ in range(3):
+                for batch in (big, small, big[:5], small):
+                    outs.append([o["output_ids"] for o in engine.generate(input_ids=batch, sampling_params=params)])
+                    engine.scheduler.check_memory()
+            results.append(outs)
+    assert results[0] == results[1]

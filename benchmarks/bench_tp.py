@@ -1,0 +1,126 @@
+"""Tensor parallelism on this machine: TP=N vs TP=1 throughput, and the communication per decode step.
+
+1. The same offline workload (--batch prompts of --input-len random ids, --output-len greedy
+   tokens with ignore_eos) through `Engine(tp_size=1)` and `Engine(tp_size=N)` in turn, on
+   random weights of a named shape (default qwen2.5-0.5b: 14 heads, 2 KV heads).
+2. The collectives one TP decode step issues, timed alone in N gloo processes: two all-reduces
+   of [batch, hidden] per layer (attention output and MLP output) and one all-gather of the
+   logits shard [batch, vocab / N].
+
+On CPU, ranks share the machine's cores, so no speed-up is expected; the point is what TP costs.
+
+    python benchmarks/bench_tp.py --tp 2 --batch 8 --output-len 32
+"""
+
+from __future__ import annotations
+
+import argparse
+import multiprocessing as mp
+import os
+import sys
+import tempfile
+import time
+from pathlib import Path
+from typing import Any
+
+REPO_ROOT = Path(__file__).resolve().parent.parent
+if str(REPO_ROOT) not in sys.path:
+    sys.path.insert(0, str(REPO_ROOT))
+
+from benchmarks._common import machine_info, write_results  # noqa: E402
+
+COMM_ITERS = 50
+
+
+def _comm_rank(rank: int, size: int, store: str, batch: int, hidden: int, vocab_shard: int, layers: int,
+               out: Any) -> None:
+    import torch
+    import torch.distributed as dist
+
+    dist.init_process_group("gloo", init_method=f"file://{store}", rank=rank, world_size=size)
+    x = torch.randn(batch, hidden)
+    logits = torch.randn(batch, vocab_shard)
+    parts = [torch.empty_like(logits) for _ in range(size)]
+    for _ in range(5):
+        dist.all_reduce(x)
+    dist.barrier()
+    t = time.perf_counter()
+    for _ in range(COMM_ITERS):
+        dist.all_reduce(x)
+    ar = (time.perf_counter() - t) / COMM_ITERS
+    dist.barrier()
+    t = time.perf_counter()
+    for _ in range(COMM_ITERS):
+        dist.all_gather(parts, logits)
+    ag = (time.perf_counter() - t) / COMM_ITERS
+    if rank == 0:
+        out.put({"all_reduce_ms": ar * 1e3, "all_gather_logits_ms": ag * 1e3,
+                 "per_decode_step_ms": (2 * layers * ar + ag) * 1e3, "all_reduces_per_step": 2 * layers})
+    dist.destroy_process_group()
+
+
+def comm_cost(size: int, batch: int, hidden: int, vocab: int, layers: int) -> dict[str, Any]:
+    ctx = mp.get_context("spawn")
+    out = ctx.Queue()
+    with tempfile.TemporaryDirectory() as d:
+        store = os.path.join(d, "store")
+        procs = [ctx.Process(target=_comm_rank, args=(r, size, store, batch, hidden, vocab // size, layers, out))
+                 for r in range(size)]
+        for p in procs:
+            p.start()
+        result: dict[str, Any] = out.get(timeout=300)
+        for p in procs:
+            p.join(60)
+    return {k: round(v, 4) if isinstance(v, float) else v for k, v in result.items()}
+
+
+def run_engine(tp: int, args: argparse.Namespace) -> dict[str, Any]:
+    import random
+
+    from radixserve import Engine
+
+    rng = random.Random(0)
+    prompts = [[rng.randrange(100, 5000) for _ in range(args.input_len)] for _ in range(args.batch)]
+    params = {"max_new_tokens": args.output_len, "temperature": 0, "ignore_eos": True}
+    with Engine(model_path=args.shape, load_format="dummy", tp_size=tp, max_total_tokens=args.max_total_tokens,
+                log_level="warning", tokenizer_path=args.tokenizer_path) as engine:
+        engine.generate(input_ids=prompts[:1], sampling_params={**params, "max_new_tokens": 2})  # warm-up
+        t = time.perf_counter()
+        outs = engine.generate(input_ids=prompts, sampling_params=params)
+        elapsed = time.perf_counter() - t
+    tokens = sum(len(o["output_ids"]) for o in outs)  # type: ignore[index]
+    return {"tp": tp, "seconds": round(elapsed, 3), "output_tokens": tokens,
+            "output_tokens_per_s": round(tokens / elapsed, 2)}
+
+
+def main(argv: list[str] | None = None) -> int:
+    p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    p.add_argument("--shape", default="qwen2.5-0.5b", help="named model shape (random weights)")
+    p.add_argument("--tokenizer-path", default=None, help="tokenizer (default: the embedded model's)")
+    p.add_argument("--tp", type=int, default=2, help="tensor-parallel size to compare with TP=1")
+    p.add_argument("--batch", type=int, default=8, help="prompts decoded together")
+    p.add_argument("--input-len", type=int, default=64, help="prompt length in tokens")
+    p.add_argument("--output-len", type=int, default=32, help="tokens generated per prompt")
+    p.add_argument("--max-total-tokens", type=int, default=4096, help="KV pool size")
+    p.add_argument("--output", default=None, help="JSON path (default benchmarks/results/tp_<time>.json)")
+    args = p.parse_args(argv)
+    from radixserve.configs.model_config import NAMED_SHAPES, ModelConfig
+
+    cfg = ModelConfig.from_hf_dict(NAMED_SHAPES[args.shape], args.shape)
+    runs = [run_engine(1, args), run_engine(args.tp, args)]
+    comm = comm_cost(args.tp, args.batch, cfg.hidden_size, cfg.vocab_size, cfg.num_hidden_layers)
+    step_ms = 1e3 * runs[1]["seconds"] / args.output_len
+    result = {"benchmark": "tensor_parallel", "command": " ".join(["bench_tp.py", *(argv or sys.argv[1:])]),
+              "config": vars(args), "machine": machine_info(("radixserve", "torch")), "runs": runs,
+              "throughput_tp_over_tp1": round(runs[1]["output_tokens_per_s"] / runs[0]["output_tokens_per_s"], 3),
+              "communication": comm,
+              "communication_share_of_tp_step": round(comm["per_decode_step_ms"] / step_ms, 3)}
+    path = write_results("tp", result, args.output)
+    print(f"TP=1 {runs[0]['output_tokens_per_s']} tok/s, TP={args.tp} {runs[1]['output_tokens_per_s']} tok/s "
+          f"(x{result['throughput_tp_over_tp1']}); collectives {comm['per_decode_step_ms']} ms per decode step "
+          f"({result['communication_share_of_tp_step']:.0%} of a TP step); wrote {path}")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
