@@ -1,4 +1,5 @@
-"""Tensor parallelism on this machine: TP=N vs TP=1 throughput, and the communication per decode step.
+"""Tensor and pipeline parallelism on this machine: TP=N and PP=M vs one rank, and the
+communication per decode step.
 
 1. The same offline workload (--batch prompts of --input-len random ids, --output-len greedy
    tokens with ignore_eos) through `Engine(tp_size=1)` and `Engine(tp_size=N)` in turn, on
@@ -7,9 +8,12 @@
    of [batch, hidden] per layer (attention output and MLP output) and one all-gather of the
    logits shard [batch, vocab / N].
 
+3. With --pp M (default 2), the same workload through `Engine(pp_size=M)`: stages run one after
+   another (no micro-batching), so PP adds hand-offs and buys memory capacity, not speed.
+
 On CPU, ranks share the machine's cores, so no speed-up is expected; the point is what TP costs.
 
-    python benchmarks/bench_tp.py --tp 2 --batch 8 --output-len 32
+    python benchmarks/bench_tp.py --tp 2 --pp 2 --batch 8 --output-len 32
 """
 
 from __future__ import annotations
@@ -74,7 +78,7 @@ def comm_cost(size: int, batch: int, hidden: int, vocab: int, layers: int) -> di
     return {k: round(v, 4) if isinstance(v, float) else v for k, v in result.items()}
 
 
-def run_engine(tp: int, args: argparse.Namespace) -> dict[str, Any]:
+def run_engine(tp: int, args: argparse.Namespace, pp: int = 1) -> dict[str, Any]:
     import random
 
     from radixserve import Engine
@@ -82,14 +86,14 @@ def run_engine(tp: int, args: argparse.Namespace) -> dict[str, Any]:
     rng = random.Random(0)
     prompts = [[rng.randrange(100, 5000) for _ in range(args.input_len)] for _ in range(args.batch)]
     params = {"max_new_tokens": args.output_len, "temperature": 0, "ignore_eos": True}
-    with Engine(model_path=args.shape, load_format="dummy", tp_size=tp, max_total_tokens=args.max_total_tokens,
+    with Engine(model_path=args.shape, load_format="dummy", tp_size=tp, pp_size=pp, max_total_tokens=args.max_total_tokens,
                 log_level="warning", tokenizer_path=args.tokenizer_path) as engine:
         engine.generate(input_ids=prompts[:1], sampling_params={**params, "max_new_tokens": 2})  # warm-up
         t = time.perf_counter()
         outs = engine.generate(input_ids=prompts, sampling_params=params)
         elapsed = time.perf_counter() - t
     tokens = sum(len(o["output_ids"]) for o in outs)  # type: ignore[index]
-    return {"tp": tp, "seconds": round(elapsed, 3), "output_tokens": tokens,
+    return {"tp": tp, "pp": pp, "seconds": round(elapsed, 3), "output_tokens": tokens,
             "output_tokens_per_s": round(tokens / elapsed, 2)}
 
 
@@ -98,6 +102,7 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--shape", default="qwen2.5-0.5b", help="named model shape (random weights)")
     p.add_argument("--tokenizer-path", default=None, help="tokenizer (default: the embedded model's)")
     p.add_argument("--tp", type=int, default=2, help="tensor-parallel size to compare with TP=1")
+    p.add_argument("--pp", type=int, default=2, help="pipeline stages to compare with one rank (1: skip)")
     p.add_argument("--batch", type=int, default=8, help="prompts decoded together")
     p.add_argument("--input-len", type=int, default=64, help="prompt length in tokens")
     p.add_argument("--output-len", type=int, default=32, help="tokens generated per prompt")
@@ -108,17 +113,23 @@ def main(argv: list[str] | None = None) -> int:
 
     cfg = ModelConfig.from_hf_dict(NAMED_SHAPES[args.shape], args.shape)
     runs = [run_engine(1, args), run_engine(args.tp, args)]
+    if args.pp > 1:
+        runs.append(run_engine(1, args, pp=args.pp))
     comm = comm_cost(args.tp, args.batch, cfg.hidden_size, cfg.vocab_size, cfg.num_hidden_layers)
     step_ms = 1e3 * runs[1]["seconds"] / args.output_len
     result = {"benchmark": "tensor_parallel", "command": " ".join(["bench_tp.py", *(argv or sys.argv[1:])]),
               "config": vars(args), "machine": machine_info(("radixserve", "torch")), "runs": runs,
               "throughput_tp_over_tp1": round(runs[1]["output_tokens_per_s"] / runs[0]["output_tokens_per_s"], 3),
+              **({"throughput_pp_over_pp1": round(runs[2]["output_tokens_per_s"] / runs[0]["output_tokens_per_s"], 3)}
+                 if args.pp > 1 else {}),
               "communication": comm,
               "communication_share_of_tp_step": round(comm["per_decode_step_ms"] / step_ms, 3)}
     path = write_results("tp", result, args.output)
     print(f"TP=1 {runs[0]['output_tokens_per_s']} tok/s, TP={args.tp} {runs[1]['output_tokens_per_s']} tok/s "
           f"(x{result['throughput_tp_over_tp1']}); collectives {comm['per_decode_step_ms']} ms per decode step "
           f"({result['communication_share_of_tp_step']:.0%} of a TP step); wrote {path}")
+    if args.pp > 1:
+        print(f"PP={args.pp} {runs[2]['output_tokens_per_s']} tok/s (x{result['throughput_pp_over_pp1']})")
     return 0
 
 

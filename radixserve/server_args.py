@@ -60,7 +60,8 @@ class ServerArgs:
     tensor_parallel_size: int = field(default=1, metadata=_help(
         "Tensor-parallel ranks (one process per rank).", flags=("--tp", "--tensor-parallel-size")))
     pipeline_parallel_size: int = field(default=1, metadata=_help(
-        "Pipeline-parallel stages (only 1 in this version).", flags=("--pp", "--pipeline-parallel-size")))
+        "Pipeline-parallel stages: the layers split evenly over this many stages, each its own "
+        "tp ranks (tp x pp processes and GPUs).", flags=("--pp", "--pipeline-parallel-size")))
     # Memory
     mem_fraction_static: float = field(default=0.88, metadata=_help(
         "Fraction of GPU memory for weights plus the KV pool (GPU only)."))
@@ -117,8 +118,6 @@ class ServerArgs:
         check(0 < self.port < 65536, "port", f"{self.port} is not a TCP port")
         check(self.tensor_parallel_size >= 1, "tensor_parallel_size", "must be >= 1")
         check(self.pipeline_parallel_size >= 1, "pipeline_parallel_size", "must be >= 1")
-        check(self.pipeline_parallel_size == 1, "pipeline_parallel_size",
-              "pipeline parallelism is not implemented in this version; use --tp to shard the model")
         check(0.0 < self.mem_fraction_static < 1.0, "mem_fraction_static", "must be in (0, 1)")
         check(self.context_length is None or self.context_length > 1, "context_length", "must be > 1")
         check(self.max_total_tokens is None or self.max_total_tokens >= 16, "max_total_tokens", "must be >= 16")

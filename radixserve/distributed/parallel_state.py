@@ -1,7 +1,9 @@
-"""The tensor-parallel group a model is built for.
+"""The parallel groups a model is built for: tensor-parallel ranks within a pipeline stage,
+pipeline stages, and the world of all scheduler processes of one server.
 
 Passed explicitly to every parallel layer (no global), so two engines with different
 parallel setups can live in one process and tests can build TP-sharded layers directly.
+World rank = pp_rank * tp_size + tp_rank; world rank 0 owns the sockets and decides schedules.
 """
 
 from __future__ import annotations
@@ -21,7 +23,8 @@ class ParallelGroup:
     cpu_group: Any = None  # a gloo group for control messages (the schedule), whatever the device
 
     def broadcast_bytes(self, items: list[bytes] | None) -> list[bytes]:
-        """Rank 0's list of messages, on every rank (the others pass None)."""
+        """Rank 0's list of messages, on every rank (the others pass None). World groups only:
+        `src` is a global rank."""
         if self.size == 1:
             return items or []
         box: list[Any] = [items if self.rank == 0 else None]
@@ -52,13 +55,89 @@ class ParallelGroup:
 SINGLE = ParallelGroup()
 
 
-def init_tp_group(rank: int, size: int, store_path: str, device: torch.device) -> ParallelGroup:
-    """Join the tensor-parallel group of one server through a file store in its private ipc
-    directory: no TCP port to pick, so several servers on one machine never collide."""
+@dataclass(frozen=True)
+class PipelineGroup:
+    """This process's pipeline stage. Stages run their share of the layers one after another:
+    each stage's TP rank t receives hidden states from rank t of the stage before and sends
+    them to rank t of the stage after (point-to-point over the world group)."""
+
+    rank: int = 0
+    size: int = 1
+    tp_rank: int = 0
+    tp_size: int = 1
+    cpu_group: Any = None  # the world's gloo group: sampled tokens go from the last stage to all
+
+    @property
+    def is_first(self) -> bool:
+        return self.rank == 0
+
+    @property
+    def is_last(self) -> bool:
+        return self.rank == self.size - 1
+
+    def world_rank(self, stage: int) -> int:
+        return stage * self.tp_size + self.tp_rank
+
+    def layer_range(self, num_layers: int) -> tuple[int, int]:
+        """Layers [start, end) of this stage: an even split, earlier stages taking the remainder."""
+        if num_layers < self.size:
+            raise ValueError(f"the model has {num_layers} layers, fewer than the {self.size} pipeline stages")
+        base, extra = divmod(num_layers, self.size)
+        start = self.rank * base + min(self.rank, extra)
+        return start, start + base + (1 if self.rank < extra else 0)
+
+    def send_next(self, tensors: list[torch.Tensor]) -> None:
+        for t in tensors:
+            dist.send(t.contiguous(), dst=self.world_rank(self.rank + 1))
+
+    def recv_prev(self, shapes: list[tuple[int, ...]], dtype: torch.dtype, device: torch.device) -> list[torch.Tensor]:
+        out = []
+        for shape in shapes:
+            t = torch.empty(shape, dtype=dtype, device=device)
+            dist.recv(t, src=self.world_rank(self.rank - 1))
+            out.append(t)
+        return out
+
+    def broadcast_from_last(self, obj: Any) -> Any:
+        """The last stage's (TP rank 0's) object, on every rank of the world."""
+        if self.size == 1:
+            return obj
+        box = [obj if self.is_last and self.tp_rank == 0 else None]
+        dist.broadcast_object_list(box, src=(self.size - 1) * self.tp_size, group=self.cpu_group)
+        return box[0]
+
+
+NO_PIPELINE = PipelineGroup()
+
+
+@dataclass(frozen=True)
+class DistGroups:
+    tp: ParallelGroup
+    pp: PipelineGroup
+    world: ParallelGroup  # every scheduler process: schedules and pool sizes are agreed here
+
+
+def init_distributed(world_rank: int, tp_size: int, pp_size: int, store_path: str,
+                     device: torch.device) -> DistGroups:
+    """Join the process groups of one server through a file store in its private ipc directory:
+    no TCP port to pick, so several servers on one machine never collide."""
     backend = "nccl" if device.type == "cuda" else "gloo"
-    dist.init_process_group(backend=backend, init_method=f"file://{store_path}", rank=rank, world_size=size)
-    cpu_group = dist.new_group(backend="gloo") if backend != "gloo" else dist.group.WORLD
-    return ParallelGroup(rank=rank, size=size, group=dist.group.WORLD, cpu_group=cpu_group)
+    world_size = tp_size * pp_size
+    dist.init_process_group(backend=backend, init_method=f"file://{store_path}", rank=world_rank,
+                            world_size=world_size)
+    world_cpu = dist.new_group(backend="gloo") if backend != "gloo" else dist.group.WORLD
+    pp_rank, tp_rank = divmod(world_rank, tp_size)
+    tp_group: Any = dist.group.WORLD
+    if pp_size > 1:
+        # Every rank creates every stage's group, in the same order (a collective call).
+        for stage in range(pp_size):
+            g = dist.new_group(ranks=list(range(stage * tp_size, (stage + 1) * tp_size)), backend=backend)
+            if stage == pp_rank:
+                tp_group = g
+    tp = ParallelGroup(rank=tp_rank, size=tp_size, group=tp_group)
+    pp = PipelineGroup(rank=pp_rank, size=pp_size, tp_rank=tp_rank, tp_size=tp_size, cpu_group=world_cpu)
+    world = ParallelGroup(rank=world_rank, size=world_size, group=dist.group.WORLD, cpu_group=world_cpu)
+    return DistGroups(tp=tp, pp=pp, world=world)
 
 
 def divide(numerator: int, denominator: int, what: str) -> int:

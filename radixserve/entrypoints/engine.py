@@ -33,13 +33,16 @@ Params = dict[str, Any] | list[dict[str, Any]] | None
 class Engine:
     """`Engine(model_path=None, **server_args)`; `.generate(...)`, `.chat(...)`, `.shutdown()`.
 
-    With `tp_size == 1` the Scheduler runs in this process; with more ranks the scheduler
-    processes of `radixserve serve` are started and driven over the same ZMQ messages.
+    With one rank the Scheduler runs in this process; with more (`tp_size` x `pp_size`) the
+    scheduler processes of `radixserve serve` are started and driven over the same ZMQ messages.
     """
 
-    def __init__(self, model_path: str | None = None, tp_size: int | None = None, **kwargs: Any) -> None:
+    def __init__(self, model_path: str | None = None, tp_size: int | None = None, pp_size: int | None = None,
+                 **kwargs: Any) -> None:
         if tp_size is not None:
             kwargs["tensor_parallel_size"] = tp_size
+        if pp_size is not None:
+            kwargs["pipeline_parallel_size"] = pp_size
         self.server_args = ServerArgs(model_path=model_path, **kwargs)
         self.source = resolve_model_source(
             self.server_args.model_path, self.server_args.load_format, self.server_args.tokenizer_path)
@@ -48,7 +51,7 @@ class Engine:
         self.model_name = self.server_args.served_model_name or self.source.name
         self._closed = False
         self.driver: SchedulerDriver
-        if self.server_args.tensor_parallel_size == 1:
+        if self.server_args.tensor_parallel_size * self.server_args.pipeline_parallel_size == 1:
             self.model_runner = ModelRunner(self.server_args, self.source)
             eos = {self.tokenizer.eos_token_id} if self.tokenizer.eos_token_id is not None else set()
             self.scheduler = Scheduler(self.server_args, self.model_runner, decode=self.decoder.decode,

@@ -35,7 +35,7 @@ from radixserve.managers.schedule_policy import (
 from radixserve.mem_cache.radix_cache import ChunkCache, RadixCache
 from radixserve.model_executor.forward_batch import ForwardMode
 from radixserve.model_executor.model_runner import ModelRunner
-from radixserve.sampling.sampler import SamplingBatchInfo, sample
+from radixserve.sampling.sampler import SampleOutput, SamplingBatchInfo, sample
 from radixserve.sampling.sampling_params import SamplingParams
 from radixserve.server_args import ServerArgs
 
@@ -273,7 +273,9 @@ class Scheduler:
             if batch.chunked_req is not None:
                 self.tree_cache.cache_unfinished_req(batch.chunked_req)
             if to_sample:
-                sel = logits if len(rows) == len(batch.reqs) else logits[torch.tensor(rows, device=logits.device)]
+                sel = logits
+                if logits is not None and len(rows) != len(batch.reqs):
+                    sel = logits[torch.tensor(rows, device=logits.device)]
                 self._append_samples(to_sample, sel)
             keep = []
             for r in to_sample:
@@ -288,9 +290,14 @@ class Scheduler:
             self._append_samples(batch.reqs, logits)
             batch.filter([r for r in batch.reqs if not r.finished])
 
-    def _append_samples(self, reqs: list[Req], logits: torch.Tensor) -> None:
-        info = SamplingBatchInfo.from_reqs(reqs, logits.device)
-        out = sample(logits, info)
+    def _append_samples(self, reqs: list[Req], logits: torch.Tensor | None) -> None:
+        """Sample from the logits (None on pipeline stages before the last, which receive the
+        last stage's tokens instead) and advance each request."""
+        out: SampleOutput | None = None
+        if logits is not None:
+            out = sample(logits, SamplingBatchInfo.from_reqs(reqs, logits.device))
+        out = self.model_runner.pp.broadcast_from_last(out)
+        assert out is not None
         for i, r in enumerate(reqs):
             r.output_ids.append(out.next_token_ids[i])
             if r.return_logprob and out.logprobs is not None:

@@ -4,11 +4,12 @@ The loop is the offline Engine's loop (`Scheduler.handle` for inputs, `Scheduler
 batch) with sockets around it: drain the input socket, step, send `BatchTokenIDOut` to the
 detokenizer. With nothing to do it blocks on the socket instead of spinning.
 
-With tensor parallelism there is one such process per rank, joined in a torch.distributed
-group. Only rank 0 owns sockets: each iteration it broadcasts the raw messages it received, and
-every rank applies them and steps in lockstep. Scheduling is deterministic given the same
-inputs, and every rank samples from the same all-gathered logits with the same RNG state, so
-the ranks agree on every batch without exchanging schedules.
+With tensor or pipeline parallelism there is one such process per rank (tp x pp of them),
+joined in a torch.distributed world. Only world rank 0 owns sockets: each iteration it
+broadcasts the raw messages it received, and every rank applies them and steps in lockstep.
+Scheduling is deterministic given the same inputs; TP ranks sample from the same all-gathered
+logits with the same RNG state, and with pipeline stages the last stage's sampled tokens are
+broadcast to the others, so all ranks agree on every batch without exchanging schedules.
 """
 
 from __future__ import annotations
@@ -24,7 +25,7 @@ from typing import Any
 
 import zmq
 
-from radixserve.distributed.parallel_state import SINGLE, ParallelGroup
+from radixserve.distributed.parallel_state import NO_PIPELINE, SINGLE, DistGroups, ParallelGroup
 from radixserve.managers.io_struct import TokenizedGenerateReqInput
 from radixserve.managers.ipc import (
     ENCODER,
@@ -46,7 +47,7 @@ METRICS_INTERVAL_S = 0.5
 WARMUP_TOKENS = 4
 
 
-def build_scheduler(server_args: ServerArgs, tp: ParallelGroup = SINGLE) -> tuple[Scheduler, Any, str]:
+def build_scheduler(server_args: ServerArgs, groups: DistGroups | None = None) -> tuple[Scheduler, Any, str]:
     """Load the model and build the Scheduler exactly as the offline Engine does."""
     from radixserve.model_executor.model_runner import ModelRunner
     from radixserve.model_loader.source import resolve_model_source
@@ -55,7 +56,9 @@ def build_scheduler(server_args: ServerArgs, tp: ParallelGroup = SINGLE) -> tupl
 
     source = resolve_model_source(server_args.model_path, server_args.load_format, server_args.tokenizer_path)
     tokenizer = load_tokenizer(source.tokenizer_source)
-    runner = ModelRunner(server_args, source, tp)
+    if groups is None:
+        groups = DistGroups(tp=SINGLE, pp=NO_PIPELINE, world=SINGLE)
+    runner = ModelRunner(server_args, source, groups.tp, groups.pp, groups.world)
     eos = {tokenizer.eos_token_id} if tokenizer.eos_token_id is not None else set()
     scheduler = Scheduler(server_args, runner, decode=TokenDecoder(tokenizer).decode, eos_token_ids=frozenset(eos))
     return scheduler, tokenizer, server_args.served_model_name or source.name
@@ -90,26 +93,36 @@ def model_info(scheduler: Scheduler, model_name: str) -> dict[str, Any]:
     }
 
 
-def run_scheduler_process(server_args: ServerArgs, port_args: PortArgs, ready: Connection, tp_rank: int = 0) -> None:
-    """Process entry point of one TP rank. Reports {"status": "ready", ...} or {"status": "error", ...}."""
-    tp_size = server_args.tensor_parallel_size
-    configure_logging(server_args.log_level, "scheduler" if tp_size == 1 else f"scheduler-tp{tp_rank}")
+def rank_name(server_args: ServerArgs, world_rank: int) -> str:
+    tp, pp = server_args.tensor_parallel_size, server_args.pipeline_parallel_size
+    pp_rank, tp_rank = divmod(world_rank, tp)
+    if pp == 1:
+        return "scheduler" if tp == 1 else f"scheduler-tp{tp_rank}"
+    return f"scheduler-pp{pp_rank}" if tp == 1 else f"scheduler-pp{pp_rank}-tp{tp_rank}"
+
+
+def run_scheduler_process(server_args: ServerArgs, port_args: PortArgs, ready: Connection,
+                          world_rank: int = 0) -> None:
+    """Process entry point of one rank. Reports {"status": "ready", ...} or {"status": "error", ...}."""
+    world_size = server_args.tensor_parallel_size * server_args.pipeline_parallel_size
+    configure_logging(server_args.log_level, rank_name(server_args, world_rank))
     init_child_process()
     try:
-        tp = SINGLE
-        if tp_size > 1:
+        groups = DistGroups(tp=SINGLE, pp=NO_PIPELINE, world=SINGLE)
+        if world_size > 1:
             import torch
 
-            from radixserve.distributed.parallel_state import init_tp_group
+            from radixserve.distributed.parallel_state import init_distributed
             from radixserve.model_executor.model_runner import resolve_device
 
             device = resolve_device(server_args.device)
             if device.type == "cuda":
-                torch.cuda.set_device(tp_rank)
-            tp = init_tp_group(tp_rank, tp_size, port_args.dist_store, device)
+                torch.cuda.set_device(world_rank)
+            groups = init_distributed(world_rank, server_args.tensor_parallel_size,
+                                      server_args.pipeline_parallel_size, port_args.dist_store, device)
             # Same RNG state on every rank: unseeded sampling draws the same numbers everywhere.
             torch.manual_seed(server_args.random_seed if server_args.random_seed is not None else 0)
-        scheduler, _, model_name = build_scheduler(server_args, tp)
+        scheduler, _, model_name = build_scheduler(server_args, groups)
         logger.info("warming up")
         warm_up(scheduler)
     except Exception as e:  # start-up errors go to the launcher, which prints them and exits non-zero
@@ -118,18 +131,18 @@ def run_scheduler_process(server_args: ServerArgs, port_args: PortArgs, ready: C
         sys.exit(1)
 
     io = None
-    if tp_rank == 0:
+    if world_rank == 0:
         ctx = zmq.Context()
         io = SchedulerIO(bind_pull(ctx, port_args.scheduler_input), connect_push(ctx, port_args.detokenizer_input),
                          connect_push(ctx, port_args.tokenizer_input))
     from radixserve.server.metrics import SchedulerMetrics
 
-    metrics = SchedulerMetrics(model_name) if tp_rank == 0 else None
+    metrics = SchedulerMetrics(model_name) if world_rank == 0 else None
     ready.send({"status": "ready", **model_info(scheduler, model_name)})
     ready.close()
     logger.info("scheduler ready (pid %d)", os.getpid())
     try:
-        event_loop(scheduler, tp, io, metrics)
+        event_loop(scheduler, groups.world, io, metrics)
     except Exception:
         # A failed step (or a dead peer rank) leaves pools in an unknown state: die loudly, the
         # launcher exits non-zero.
@@ -150,7 +163,7 @@ class SchedulerIO:
         self.poller.register(self.recv, zmq.POLLIN)
 
 
-def event_loop(scheduler: Scheduler, tp: ParallelGroup, io: SchedulerIO | None, metrics: Any) -> None:
+def event_loop(scheduler: Scheduler, world: ParallelGroup, io: SchedulerIO | None, metrics: Any) -> None:
     last_metrics = 0.0
     while True:
         raw: list[bytes] | None = None
@@ -160,7 +173,7 @@ def event_loop(scheduler: Scheduler, tp: ParallelGroup, io: SchedulerIO | None, 
             raw = recv_raw(io.recv)
         # Other ranks wait here for rank 0's inputs; an idle rank 0 still broadcasts (empty)
         # every IDLE_POLL_MS, so no collective waits long enough to time out.
-        for data in tp.broadcast_bytes(raw):
+        for data in world.broadcast_bytes(raw):
             reply = scheduler.handle(SCHEDULER_INPUT_DECODER.decode(data))
             if reply is not None and io is not None:
                 io.to_tokenizer.send(ENCODER.encode(reply))

@@ -12,7 +12,7 @@ from tqdm.auto import tqdm
 from radixserve.attention.base import AttentionBackend
 from radixserve.attention.torch_backend import TorchAttnBackend
 from radixserve.configs.model_config import ModelConfig
-from radixserve.distributed.parallel_state import SINGLE, ParallelGroup
+from radixserve.distributed.parallel_state import NO_PIPELINE, SINGLE, ParallelGroup, PipelineGroup
 from radixserve.mem_cache.memory_pool import ReqToTokenPool, TokenToKVPool
 from radixserve.model_executor.cuda_graph_runner import CudaGraphRunner
 from radixserve.model_executor.forward_batch import ForwardBatch
@@ -53,11 +53,14 @@ class PoolSizes:
 
 
 class ModelRunner:
-    def __init__(self, server_args: ServerArgs, source: ModelSource, tp: ParallelGroup = SINGLE) -> None:
+    def __init__(self, server_args: ServerArgs, source: ModelSource, tp: ParallelGroup = SINGLE,
+                 pp: PipelineGroup = NO_PIPELINE, world: ParallelGroup | None = None) -> None:
         self.server_args = server_args
         self.source = source
         self.config: ModelConfig = source.config
         self.tp = tp
+        self.pp = pp
+        self.world = world if world is not None else tp  # without pipeline stages the TP group is the world
         self.device = resolve_device(server_args.device)
         self.dtype = resolve_dtype(server_args.dtype, self.device)
         self.model = self._load_model()
@@ -65,11 +68,14 @@ class ModelRunner:
         self.req_to_token_pool = ReqToTokenPool(
             self.sizes.max_running_requests + 1, self.sizes.context_len, self.device)
         self.token_to_kv_pool = TokenToKVPool(
-            self.sizes.max_total_tokens, self.dtype, self.config.num_hidden_layers,
+            self.sizes.max_total_tokens, self.dtype, self.model.num_local_layers,
             self.model.num_kv_heads_per_rank, self.config.head_dim, self.device)
         self.attn_backend: AttentionBackend = self._attention_backend()
         self.graph_runner: CudaGraphRunner | None = None
-        if self.device.type == "cuda" and not server_args.disable_cuda_graph:
+        if self.device.type == "cuda" and not server_args.disable_cuda_graph and pp.size > 1:
+            # Stages exchange hidden states between their graphs' inputs and outputs; not captured yet.
+            logger.info("CUDA graphs are not used with pipeline parallelism; decoding eagerly")
+        elif self.device.type == "cuda" and not server_args.disable_cuda_graph:
             from radixserve.kernels.triton_backend import TritonAttnBackend
 
             if isinstance(self.attn_backend, TritonAttnBackend):
@@ -88,7 +94,7 @@ class ModelRunner:
         torch.set_default_dtype(self.dtype)
         try:
             with torch.device(self.device):
-                model = cls(self.config, self.tp)
+                model = cls(self.config, self.tp, self.pp)
         finally:
             torch.set_default_dtype(prev)
         if self.source.kind == "dummy":
@@ -96,7 +102,7 @@ class ModelRunner:
         else:
             total = self.source.num_weight_files or None
             weights = tqdm(self.source.iter_weights(), total=total, desc="Loading weights", unit="tensor",
-                           disable=self.tp.rank != 0, leave=False)
+                           disable=self.world.rank != 0, leave=False)
             loaded = model.load_weights(weights)
             missing = sorted(model.expected_params() - loaded)
             if missing:
@@ -135,7 +141,7 @@ class ModelRunner:
     def _pool_sizes(self) -> PoolSizes:
         sa = self.server_args
         per_token = TokenToKVPool.bytes_per_token(
-            self.config.num_hidden_layers, self.model.num_kv_heads_per_rank,
+            self.model.num_local_layers, self.model.num_kv_heads_per_rank,
             self.config.head_dim, self.dtype)
         if sa.max_total_tokens is not None:
             tokens = sa.max_total_tokens
@@ -150,7 +156,8 @@ class ModelRunner:
         if context_len > self.config.max_position_embeddings:
             raise ValueError(f"context_length {context_len} exceeds the model's "
                              f"max_position_embeddings {self.config.max_position_embeddings}")
-        tokens = self.tp.all_reduce_min(tokens)
+        # Every rank of every stage schedules the same batches: one pool size for all.
+        tokens = self.world.all_reduce_min(tokens)
         if tokens < 16:
             raise KVCacheTooSmallError(
                 f"the KV pool would hold only {tokens} tokens ({per_token} bytes each); "
@@ -160,11 +167,23 @@ class ModelRunner:
 
     # ---- running -----------------------------------------------------------------------------
     @torch.inference_mode()
-    def forward(self, fb: ForwardBatch) -> torch.Tensor:
+    def forward(self, fb: ForwardBatch) -> torch.Tensor | None:
+        """Logits of each request's last token; None on pipeline stages other than the last."""
         if self.graph_runner is not None and self.graph_runner.can_run(fb):
             return self.graph_runner.replay(fb)
         self.attn_backend.init_forward_metadata(fb)
-        return self.model(fb.input_ids, fb.positions, fb)
+        if self.pp.size == 1:
+            return self.model(fb.input_ids, fb.positions, fb)
+        hidden = residual = None
+        if not self.pp.is_first:
+            shape = (fb.input_ids.shape[0], self.config.hidden_size)
+            hidden, residual = self.pp.recv_prev([shape, shape], self.dtype, self.device)
+        hidden, residual = self.model.forward_stage(fb.input_ids, fb.positions, fb, hidden, residual)
+        if not self.pp.is_last:
+            assert residual is not None
+            self.pp.send_next([hidden, residual])
+            return None
+        return self.model.compute_logits(hidden, fb)
 
 
 def _available() -> float:

@@ -12,7 +12,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from radixserve.configs.model_config import ModelConfig
-from radixserve.distributed.parallel_state import SINGLE, ParallelGroup
+from radixserve.distributed.parallel_state import NO_PIPELINE, SINGLE, ParallelGroup, PipelineGroup
 from radixserve.layers.layernorm import RMSNorm
 from radixserve.layers.linear import MergedColumnParallelLinear, QKVParallelLinear, RowParallelLinear
 from radixserve.layers.radix_attention import RadixAttention
@@ -92,24 +92,46 @@ class LlamaDecoderLayer(nn.Module):
         return self.mlp(x), residual
 
 
+class OtherStage(nn.Module):
+    """A placeholder for a module that lives in another pipeline stage: it keeps layer indices
+    (and so checkpoint names) global, and has no parameters."""
+
+    def forward(self, *args: object) -> None:
+        raise RuntimeError("this module belongs to another pipeline stage")
+
+
 class LlamaModel(nn.Module):
-    def __init__(self, config: ModelConfig, tp: ParallelGroup) -> None:
+    def __init__(self, config: ModelConfig, tp: ParallelGroup, pp: PipelineGroup = NO_PIPELINE) -> None:
         super().__init__()
-        self.embed_tokens = VocabParallelEmbedding(config.vocab_size, config.hidden_size, tp)
+        self.start_layer, self.end_layer = pp.layer_range(config.num_hidden_layers)
+        self.pp = pp
+        # The last stage needs the embedding too when the head is tied to it.
+        has_embed = pp.is_first or (pp.is_last and config.tie_word_embeddings)
+        self.embed_tokens: nn.Module = (VocabParallelEmbedding(config.vocab_size, config.hidden_size, tp)
+                                        if has_embed else OtherStage())
         # One rotary table shared by all layers.
         rotary = RotaryEmbedding(config.head_dim, config.max_position_embeddings, config.rope_theta,
                                  config.rope_scaling)
+        # KV-pool layer ids are local to the stage: its pool holds only its own layers.
         self.layers = nn.ModuleList(
-            LlamaDecoderLayer(config, i, rotary, tp) for i in range(config.num_hidden_layers))
-        self.norm = RMSNorm(config.hidden_size, config.rms_norm_eps)
+            LlamaDecoderLayer(config, i - self.start_layer, rotary, tp) if self.start_layer <= i < self.end_layer
+            else OtherStage() for i in range(config.num_hidden_layers))
+        self.norm: nn.Module = RMSNorm(config.hidden_size, config.rms_norm_eps) if pp.is_last else OtherStage()
 
-    def forward(self, input_ids: torch.Tensor, positions: torch.Tensor, fb: ForwardBatch) -> torch.Tensor:
-        hidden = self.embed_tokens(input_ids)
-        residual: torch.Tensor | None = None
-        for layer in self.layers:
-            hidden, residual = layer(positions, hidden, residual, fb)
+    def forward(self, input_ids: torch.Tensor, positions: torch.Tensor, fb: ForwardBatch,
+                hidden: torch.Tensor | None = None,
+                residual: torch.Tensor | None = None) -> tuple[torch.Tensor, torch.Tensor | None]:
+        """This stage's layers. The first stage embeds `input_ids`; later ones continue from the
+        previous stage's (hidden, residual). The last stage returns (normed hidden, None)."""
+        if self.pp.is_first:
+            hidden = self.embed_tokens(input_ids)
+        assert hidden is not None
+        for i in range(self.start_layer, self.end_layer):
+            hidden, residual = self.layers[i](positions, hidden, residual, fb)
+        if not self.pp.is_last:
+            return hidden, residual
         out, _ = self.norm(hidden, residual)
-        return out
+        return out, None
 
 
 class LlamaForCausalLM(nn.Module):
@@ -122,23 +144,33 @@ class LlamaForCausalLM(nn.Module):
         (".up_proj", ".gate_up_proj", 1),
     )
 
-    def __init__(self, config: ModelConfig, tp: ParallelGroup = SINGLE) -> None:
+    def __init__(self, config: ModelConfig, tp: ParallelGroup = SINGLE, pp: PipelineGroup = NO_PIPELINE) -> None:
         super().__init__()
         self.config = config
         self.tp = tp
-        self.model = LlamaModel(config, tp)
-        first = self.model.layers[0]
+        self.pp = pp
+        self.model = LlamaModel(config, tp, pp)
+        first = self.model.layers[self.model.start_layer]
         assert isinstance(first, LlamaDecoderLayer)
         self.num_kv_heads_per_rank = first.self_attn.num_kv_heads
-        self.lm_head = ParallelLMHead(config.vocab_size, config.hidden_size, tp)
-        if config.tie_word_embeddings:
+        self.num_local_layers = self.model.end_layer - self.model.start_layer
+        self.lm_head: nn.Module = ParallelLMHead(config.vocab_size, config.hidden_size, tp) if pp.is_last else OtherStage()
+        if config.tie_word_embeddings and pp.is_last:
             self.lm_head.weight = self.model.embed_tokens.weight
 
     def forward(self, input_ids: torch.Tensor, positions: torch.Tensor, fb: ForwardBatch) -> torch.Tensor:
-        """Returns float32 logits of each request's last token: [bs, vocab]."""
-        hidden = self.model(input_ids, positions, fb)
+        """Returns float32 logits of each request's last token: [bs, vocab] (a single stage)."""
+        hidden, _ = self.model(input_ids, positions, fb)
+        return self.compute_logits(hidden, fb)
+
+    def forward_stage(self, input_ids: torch.Tensor, positions: torch.Tensor, fb: ForwardBatch,
+                      hidden: torch.Tensor | None, residual: torch.Tensor | None
+                      ) -> tuple[torch.Tensor, torch.Tensor | None]:
+        return self.model(input_ids, positions, fb, hidden, residual)  # type: ignore[no-any-return]
+
+    def compute_logits(self, hidden: torch.Tensor, fb: ForwardBatch) -> torch.Tensor:
         last = hidden[fb.last_token_indices()]
-        return self.lm_head.compute_logits(last).float()
+        return self.lm_head.compute_logits(last).float()  # type: ignore[operator,no-any-return]
 
     def load_weights(self, weights: Iterable[tuple[str, torch.Tensor]]) -> set[str]:
         """Copy checkpoint tensors into our (sharded, fused) parameters; returns parameters loaded."""
@@ -149,6 +181,8 @@ class LlamaForCausalLM(nn.Module):
                 continue
             if self.config.tie_word_embeddings and name == "lm_head.weight":
                 continue  # tied: the embedding is the head
+            if not self._in_this_stage(name):
+                continue
             target, shard = name, None
             for ckpt, ours, shard_id in self.stacked_params:
                 if ckpt in name:
@@ -166,9 +200,21 @@ class LlamaForCausalLM(nn.Module):
                         raise ValueError(f"{name}: checkpoint shape {tuple(tensor.shape)} != {tuple(param.shape)}")
                     param.data.copy_(tensor)
             loaded.add(target)
-        if self.config.tie_word_embeddings:
+        if self.config.tie_word_embeddings and self.pp.is_last:
             loaded.add("lm_head.weight")
         return loaded
+
+    def _in_this_stage(self, name: str) -> bool:
+        """False for checkpoint tensors of modules that live in another pipeline stage."""
+        node: nn.Module = self
+        for part in name.split(".")[:-1]:
+            child = node._modules.get(part)
+            if child is None:
+                return True  # not ours to judge: the caller reports unknown names
+            if isinstance(child, OtherStage):
+                return False
+            node = child
+        return True
 
     def expected_params(self) -> set[str]:
         return {n for n, _ in self.named_parameters(remove_duplicate=False)}

@@ -64,13 +64,16 @@ class ServerProcesses:
         self.stopping = False
 
     def start(self, with_detokenizer: bool = True) -> dict[str, Any]:
-        """Start one scheduler process per TP rank (and the detokenizer); return rank 0's model info."""
+        """Start one scheduler process per rank, tp x pp of them (and the detokenizer); return world
+        rank 0's model info."""
         from radixserve.managers.detokenizer_process import run_detokenizer_process
-        from radixserve.managers.scheduler_process import run_scheduler_process
+        from radixserve.managers.scheduler_process import rank_name, run_scheduler_process
 
-        tp = self.server_args.tensor_parallel_size
+        sa = self.server_args
+        world = sa.tensor_parallel_size * sa.pipeline_parallel_size
+        leader = rank_name(sa, 0)
         targets: list[tuple[str, Any, tuple[Any, ...]]] = [
-            ("scheduler" if tp == 1 else f"scheduler-tp{rank}", run_scheduler_process, (rank,)) for rank in range(tp)]
+            (rank_name(sa, rank), run_scheduler_process, (rank,)) for rank in range(world)]
         if with_detokenizer:
             targets.append(("detokenizer", run_detokenizer_process, ()))
         pipes: list[tuple[str, Connection, BaseProcess]] = []
@@ -98,7 +101,7 @@ class ServerProcesses:
                 if msg.get("status") != "ready":
                     raise RuntimeError(f"{name} failed to start: {msg.get('message')}")
                 logger.info("%s ready", name)
-                if name in ("scheduler", "scheduler-tp0", "detokenizer"):
+                if name in (leader, "detokenizer"):
                     info.update({k: v for k, v in msg.items() if k != "status"})
         return info
 
