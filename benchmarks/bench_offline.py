@@ -223,6 +223,7 @@ def main(argv: list[str] | None = None) -> int:
                     help="GPU memory fraction for weights plus KV pool (when --max-total-tokens is not given).")
     ap.add_argument("--cuda-graph-max-bs", type=int, default=None, help="Largest decode batch replayed as a CUDA graph.")
     ap.add_argument("--max-running-requests", type=int, default=None, help="Cap on concurrently running requests.")
+    ap.add_argument("--overlap-schedule", default=None, help="auto | on | off (default: the engine's auto)")
     ap.add_argument("--output", default=None, help="JSON path (default: results/bench_offline_<device>_<time>.json)")
     args = ap.parse_args(argv)
     workloads = set(args.workloads.split(","))
@@ -231,7 +232,7 @@ def main(argv: list[str] | None = None) -> int:
                                      "log_level": "warning", "max_total_tokens": args.max_total_tokens,
                                      "attention_backend": args.attention_backend,
                                      "tokenizer_path": args.tokenizer_path}
-    for name in ("mem_fraction_static", "cuda_graph_max_bs", "max_running_requests"):
+    for name in ("mem_fraction_static", "cuda_graph_max_bs", "max_running_requests", "overlap_schedule"):
         if getattr(args, name) is not None:
             engine_kwargs[name] = getattr(args, name)
     # Measured before the Engine takes its share of GPU memory for the KV pool.
@@ -252,6 +253,7 @@ def main(argv: list[str] | None = None) -> int:
         "attention_backend": type(engine.model_runner.attn_backend).__name__,
         "kv_pool_tokens": engine.model_runner.sizes.max_total_tokens,
         "max_running_requests": engine.model_runner.sizes.max_running_requests,
+        "overlap_schedule": engine.scheduler.overlap,
     }
     if device == "cuda":
         results["copy_bandwidth_gb_s"] = copy_gb_s if copy_gb_s is not None else round(copy_bandwidth() / 1e9, 1)

@@ -29,16 +29,18 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--batch-size", type=int, default=1)
     ap.add_argument("--input-len", type=int, default=512)
     ap.add_argument("--steps", type=int, default=64)
+    ap.add_argument("--max-total-tokens", type=int, default=64 * 1024)
     args = ap.parse_args(argv)
     engine = Engine(model_path=args.model_path, load_format=args.load_format, tokenizer_path=args.tokenizer_path,
-                    max_total_tokens=64 * 1024, log_level="warning")
+                    max_total_tokens=args.max_total_tokens, log_level="warning")
     sched = engine.scheduler
     sync = torch.cuda.synchronize if torch.cuda.is_available() else (lambda: None)
     for i in range(args.batch_size):
         sched.add_request(TokenizedGenerateReqInput(
             rid=f"r{i}", input_ids=[(7 * i + j) % 1000 + 10 for j in range(args.input_len)],
             sampling_params={"max_new_tokens": args.steps + 8, "temperature": 0, "ignore_eos": True}))
-    sched.step()  # prefill
+    while sched.waiting_queue or sched.chunked_req is not None:  # prefill every request
+        sched.step()
     phases: dict[str, list[float]] = {"schedule": [], "forward": [], "sample+update": [], "step_total": []}
     prof = cProfile.Profile()
     for _ in range(args.steps):
@@ -63,6 +65,8 @@ def main(argv: list[str] | None = None) -> int:
                          ("step_total", t3 - t0)):
             phases[name].append(dt * 1e3)
     summary: dict[str, Any] = {k: round(statistics.median(v), 3) for k, v in phases.items()}
+    summary["batch_size"] = len(sched.running_batch.reqs)
+    summary["host_share"] = round(1 - summary["forward"] / summary["step_total"], 3)
     print("median ms per decode step:", summary)
     out = io.StringIO()
     pstats.Stats(prof, stream=out).sort_stats("tottime").print_stats(18)

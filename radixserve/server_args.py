@@ -17,6 +17,7 @@ LOAD_FORMATS = ("auto", "gguf", "safetensors", "dummy")
 DTYPES = ("auto", "float32", "bfloat16", "float16")
 DEVICES = ("auto", "cpu", "cuda")
 ATTENTION_BACKENDS = ("auto", "torch", "triton")
+OVERLAP_MODES = ("auto", "on", "off")
 API_KEY_ENV = "RADIXSERVE_API_KEY"
 
 
@@ -87,6 +88,10 @@ class ServerArgs:
         choices=ATTENTION_BACKENDS))
     disable_cuda_graph: bool = field(default=False, metadata=_help(
         "Do not capture CUDA graphs for decode (CUDA only)."))
+    overlap_schedule: str = field(default="auto", metadata=_help(
+        "Launch the next decode step before reading back the current one's tokens, so scheduling "
+        "runs while the GPU works (SGLang's overlap scheduler): auto = on for CUDA, off on CPU.",
+        choices=OVERLAP_MODES))
     cuda_graph_max_bs: int = field(default=256, metadata=_help(
         "Largest decode batch captured as a CUDA graph; larger batches run eagerly."))
     random_seed: int | None = field(default=None, metadata=_help(
@@ -111,6 +116,8 @@ class ServerArgs:
         check(self.load_format in LOAD_FORMATS, "load_format", f"{self.load_format!r} is not one of {LOAD_FORMATS}")
         check(self.dtype in DTYPES, "dtype", f"{self.dtype!r} is not one of {DTYPES}")
         check(self.device in DEVICES, "device", f"{self.device!r} is not one of {DEVICES}")
+        check(self.overlap_schedule in OVERLAP_MODES, "overlap_schedule",
+              f"{self.overlap_schedule!r} is not one of {OVERLAP_MODES}")
         check(self.schedule_policy in SCHEDULE_POLICIES, "schedule_policy",
               f"{self.schedule_policy!r} is not one of {SCHEDULE_POLICIES}")
         check(self.attention_backend in ATTENTION_BACKENDS, "attention_backend",

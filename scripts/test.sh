@@ -6,7 +6,7 @@ bash scripts/setup.sh
 .venv/bin/ruff check radixserve tests benchmarks
 .venv/bin/mypy
 set +e
-.venv/bin/python -m pytest -q "$@"
+.venv/bin/python -m pytest -q --durations=15 "$@"
 rc=$?
 set -e
 # pytest exits 5 when it collects no tests; that is not a failure of the suite.

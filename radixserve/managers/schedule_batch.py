@@ -153,13 +153,17 @@ class ScheduleBatch:
         self.out_cache_loc = loc.to(self.device)
         self.seq_lens = torch.tensor(self.seq_lens_cpu, dtype=torch.int64, device=self.device)
 
-    def prepare_for_decode(self) -> None:
+    def prepare_for_decode(self, input_ids: torch.Tensor | None = None) -> None:
+        """One new token per request: its last output token, or `input_ids` already on the device
+        (the overlap schedule feeds the previous step's samples before they reach the host)."""
         self.forward_mode = ForwardMode.DECODE
         bs = len(self.reqs)
         loc = self.alloc_token_slots(bs)
         kv_lens = [r.kv_len for r in self.reqs]
         self._write_req_to_token([1] * bs, kv_lens, loc)
-        self.input_ids = torch.tensor([r.output_ids[-1] for r in self.reqs], dtype=torch.int64, device=self.device)
+        if input_ids is None:
+            input_ids = torch.tensor([r.output_ids[-1] for r in self.reqs], dtype=torch.int64, device=self.device)
+        self.input_ids = input_ids
         self.positions = torch.tensor(kv_lens, dtype=torch.int64, device=self.device)
         self.out_cache_loc = loc.to(self.device)
         self.seq_lens_cpu = [n + 1 for n in kv_lens]

@@ -4,6 +4,13 @@ One `step()` = pick the next batch (a prefill of waiting requests, else a decode
 running ones), run it, sample, update requests, release finished ones to the cache, and
 return what to report. The offline Engine calls `step()` in process; the server runs the same
 loop in its scheduler subprocess.
+
+Overlap schedule (steady decode only): a decode step is launched with the previous step's
+sampled ids still on the device as its input, and only then are the previous step's ids read
+back and processed, so the host's bookkeeping runs while the GPU computes. A request that turns
+out to have finished rode along one step too many: its surplus token is dropped, and the KV that
+step wrote (for its last real token) already belongs to the tree. Anything that needs the tokens
+first (a prefill, a retraction, an abort, penalties, logprobs) reads the step back and runs as usual.
 """
 
 from __future__ import annotations
@@ -35,7 +42,7 @@ from radixserve.managers.schedule_policy import (
 from radixserve.mem_cache.radix_cache import ChunkCache, RadixCache
 from radixserve.model_executor.forward_batch import ForwardMode
 from radixserve.model_executor.model_runner import ModelRunner
-from radixserve.sampling.sampler import SampleOutput, SamplingBatchInfo, sample
+from radixserve.sampling.sampler import SampleOutput, SamplingBatchInfo, sample, sample_ids
 from radixserve.sampling.sampling_params import SamplingParams
 from radixserve.server_args import ServerArgs
 
@@ -55,6 +62,17 @@ class SchedulerStats:
     num_cached_tokens: int = 0
     num_retractions: int = 0
     num_finished: int = 0
+    num_overlap_steps: int = 0  # decode steps launched before the previous one was read back
+
+
+@dataclass
+class InflightDecode:
+    """A decode step launched and not yet read back (overlap schedule)."""
+
+    reqs: list[Req]
+    next_ids: torch.Tensor  # [bs] on the device: the input of the step after
+    host_ids: torch.Tensor  # where the ids land on the host
+    ready: torch.cuda.Event | None  # recorded after the copy (CUDA)
 
 
 class Scheduler:
@@ -81,6 +99,10 @@ class Scheduler:
         self._rids: dict[str, Req] = {}
         self.forward_ct = 0
         self._seed_base = server_args.random_seed
+        mode = server_args.overlap_schedule
+        # Pipeline stages exchange sampled ids synchronously: no overlap there.
+        self.overlap = (mode == "on" or (mode == "auto" and self.device.type == "cuda")) and model_runner.pp.size == 1
+        self._inflight: InflightDecode | None = None
 
     # ---- inputs ------------------------------------------------------------------------------
     def handle(self, msg: SchedulerInput) -> FlushCacheReqOutput | GetLoadReqOutput | None:
@@ -164,15 +186,109 @@ class Scheduler:
 
     # ---- the loop ----------------------------------------------------------------------------
     def has_work(self) -> bool:
-        return bool(self.waiting_queue or self.running_batch.reqs or self.chunked_req or self._outputs)
+        return bool(self.waiting_queue or self.running_batch.reqs or self.chunked_req or self._outputs
+                    or self._inflight is not None)
 
     def step(self) -> BatchTokenIDOut | None:
         """Run one batch (if any) and return the outputs to report (if any)."""
+        if self._inflight is not None and not self._overlap_continues():
+            self._drain_inflight()
         self._process_aborts()
+        if self._inflight is not None:
+            prev = self._inflight
+            self.new_token_ratio = max(MIN_NEW_TOKEN_RATIO, self.new_token_ratio - NEW_TOKEN_RATIO_DECAY)
+            self._inflight = self._launch_decode(self.running_batch, prev)
+            self.stats.num_overlap_steps += 1
+            self._resolve(prev)  # the host's share, while the GPU runs the step just launched
+            return self._collect_outputs()
         batch = self._get_next_batch()
         if batch is not None:
-            self._run_batch(batch)
+            if self.overlap and batch.forward_mode.is_decode() and all(map(self._overlap_safe, batch.reqs)):
+                self._inflight = self._launch(batch)
+            else:
+                self._run_batch(batch)
         return self._collect_outputs()
+
+    # ---- overlap schedule --------------------------------------------------------------------
+    def _overlap_safe(self, r: Req) -> bool:
+        """Whether the next step of `r` can be sampled before its last token reaches the host."""
+        p = r.sampling_params
+        return (not r.return_logprob and p.repetition_penalty == 1.0 and p.frequency_penalty == 0.0
+                and p.presence_penalty == 0.0 and len(r.output_ids) >= p.min_new_tokens
+                # The surplus step writes position kv_len: it must lie inside the context.
+                and len(r.origin_input_ids) + len(r.output_ids) < self.context_len)
+
+    def _overlap_continues(self) -> bool:
+        reqs = self.running_batch.reqs
+        if not reqs or self.chunked_req is not None or any(r.to_abort for r in reqs):
+            return False
+        if self.token_to_kv_pool.available_size() + self.tree_cache.evictable_size() < len(reqs):
+            return False  # a retraction may be due: decide it on read-back tokens
+        if self.waiting_queue and self._may_admit():
+            return False
+        return all(map(self._overlap_safe, reqs))
+
+    def _may_admit(self) -> bool:
+        """A cheap guess whether a prefill could start now (the real check runs once the in-flight
+        step is read back; a wrong guess costs one step without overlap, not correctness)."""
+        if len(self.running_batch.reqs) >= self.max_running_requests or not self.req_to_token_pool.available_size():
+            return False
+        room = (self.token_to_kv_pool.available_size() + self.tree_cache.evictable_size()
+                - sum(reserved_decode_tokens(r, self.new_token_ratio) for r in self.running_batch.reqs))
+        for r in self.waiting_queue[:8]:
+            cached = r.prefix_indices.numel() if r.req_pool_idx is None else 0
+            if len(r.origin_input_ids) + len(r.output_ids) - cached + reserved_decode_tokens(r, self.new_token_ratio) <= room:
+                return True
+        return False
+
+    def _launch_decode(self, batch: ScheduleBatch, prev: InflightDecode) -> InflightDecode:
+        """The next decode of the running requests, fed by `prev`'s ids still on the device."""
+        rows = {id(r): i for i, r in enumerate(prev.reqs)}
+        index = [rows[id(r)] for r in batch.reqs]
+        ids = prev.next_ids
+        if index != list(range(len(prev.reqs))):
+            ids = ids[torch.tensor(index, dtype=torch.int64, device=ids.device)]
+        batch.prepare_for_decode(input_ids=ids)
+        return self._launch(batch)
+
+    def _launch(self, batch: ScheduleBatch) -> InflightDecode:
+        logits = self.model_runner.forward(batch.get_forward_batch(self.model_runner.attn_backend))
+        assert logits is not None
+        self.forward_ct += 1
+        for r in batch.reqs:
+            r.kv_len += 1
+        next_ids = sample_ids(logits, SamplingBatchInfo.from_reqs(batch.reqs, logits.device))
+        if next_ids.is_cuda:
+            host = torch.empty(next_ids.shape, dtype=next_ids.dtype, pin_memory=True)
+            host.copy_(next_ids, non_blocking=True)
+            ready = torch.cuda.Event()
+            ready.record()
+            return InflightDecode(list(batch.reqs), next_ids, host, ready)
+        return InflightDecode(list(batch.reqs), next_ids, next_ids, None)
+
+    def _resolve(self, inflight: InflightDecode) -> None:
+        """Read a launched step's ids back and advance its requests."""
+        if inflight.ready is not None:
+            inflight.ready.synchronize()
+        for r, token in zip(inflight.reqs, inflight.host_ids.tolist(), strict=True):
+            if r.finished:
+                continue  # finished at the step before: a surplus token
+            r.output_ids.append(token)
+            self._check_finished(r)
+            if r.finished:
+                # kv_len already counts the in-flight step's slot, which holds this request's
+                # last token: every token has KV, and the tree takes all of it.
+                self.tree_cache.cache_finished_req(r)
+                self._finish(r, r.finished_reason)
+            elif r.stream and len(r.output_ids) - r.send_offset >= self.server_args.stream_interval:
+                self._outputs.append(r)
+        self.running_batch.filter([r for r in self.running_batch.reqs if not r.finished])
+
+    def _drain_inflight(self) -> None:
+        """Read back the step in flight; after it the host state is exact again."""
+        if self._inflight is not None:
+            inflight, self._inflight = self._inflight, None
+            self._resolve(inflight)
 
     def _empty_batch(self, mode: ForwardMode) -> ScheduleBatch:
         return ScheduleBatch([], mode, self.req_to_token_pool, self.token_to_kv_pool, self.tree_cache, self.device)
@@ -364,6 +480,7 @@ class Scheduler:
     # ---- control -----------------------------------------------------------------------------
     def flush_cache(self) -> bool:
         """Drop every cached prefix; only when no request holds KV."""
+        self._drain_inflight()
         if self.running_batch.reqs or self.chunked_req or any(r.req_pool_idx is not None for r in self.waiting_queue):
             return False
         self.tree_cache.reset()

@@ -148,20 +148,25 @@ def _exponential_noise(shape: tuple[int, int], generators: list[torch.Generator 
 
 
 @torch.inference_mode()
-def sample(logits: torch.Tensor, info: SamplingBatchInfo) -> SampleOutput:
-    """logits: [bs, vocab] float32 of each request's last position."""
-    raw = logits
+def sample_ids(logits: torch.Tensor, info: SamplingBatchInfo) -> torch.Tensor:
+    """The sampled ids, [bs] int64 on the logits' device (no host round trip)."""
     logits = apply_penalties(logits, info)
     logits = _mask_min_tokens(logits, info.reqs)
     greedy_ids = logits.argmax(dim=-1)
     if info.all_greedy:
-        next_ids = greedy_ids
-    else:
-        probs = torch.softmax(logits / info.temperatures, dim=-1)
-        probs = _filter_probs(probs, info)
-        noise = _exponential_noise(tuple(probs.shape), info.generators, probs.device)  # type: ignore[arg-type]
-        sampled = (probs / noise).argmax(dim=-1)
-        next_ids = torch.where(info.greedy, greedy_ids, sampled)
+        return greedy_ids
+    probs = torch.softmax(logits / info.temperatures, dim=-1)
+    probs = _filter_probs(probs, info)
+    noise = _exponential_noise(tuple(probs.shape), info.generators, probs.device)  # type: ignore[arg-type]
+    sampled = (probs / noise).argmax(dim=-1)
+    return torch.where(info.greedy, greedy_ids, sampled)
+
+
+@torch.inference_mode()
+def sample(logits: torch.Tensor, info: SamplingBatchInfo) -> SampleOutput:
+    """logits: [bs, vocab] float32 of each request's last position."""
+    raw = logits
+    next_ids = sample_ids(logits, info)
     logprobs = top = None
     if info.need_logprobs:
         lp = torch.log_softmax(raw, dim=-1)
