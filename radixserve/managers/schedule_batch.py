@@ -16,6 +16,7 @@ import torch
 from radixserve.managers.io_struct import FinishReason
 from radixserve.model_executor.forward_batch import ForwardBatch, ForwardMode
 from radixserve.sampling.sampling_params import SamplingParams
+from radixserve.utils.tensors import to_device
 
 if TYPE_CHECKING:
     from radixserve.attention.base import AttentionBackend
@@ -123,8 +124,8 @@ class ScheduleBatch:
         starts_t = torch.repeat_interleave(torch.tensor(starts, dtype=torch.int64), lens_t)
         offsets = torch.arange(int(lens_t.sum())) - torch.repeat_interleave(torch.cumsum(lens_t, 0) - lens_t, lens_t)
         dev = self.req_to_token_pool.req_to_token.device
-        self.req_to_token_pool.req_to_token[rows.to(dev), (starts_t + offsets).to(dev)] = loc.to(dev)
-        self.req_pool_indices = pools.to(self.device)
+        self.req_to_token_pool.req_to_token[to_device(rows, dev), to_device(starts_t + offsets, dev)] = loc.to(dev)
+        self.req_pool_indices = to_device(pools, self.device)
 
     def prepare_for_extend(self) -> None:
         self.forward_mode = ForwardMode.EXTEND
@@ -148,10 +149,10 @@ class ScheduleBatch:
         lens_t = torch.tensor(self.extend_lens_cpu, dtype=torch.int64)
         starts = torch.repeat_interleave(torch.tensor(self.prefix_lens_cpu, dtype=torch.int64), lens_t)
         offsets = torch.arange(len(tokens)) - torch.repeat_interleave(torch.cumsum(lens_t, 0) - lens_t, lens_t)
-        self.input_ids = torch.tensor(tokens, dtype=torch.int64, device=self.device)
-        self.positions = (starts + offsets).to(self.device)
+        self.input_ids = to_device(tokens, self.device)
+        self.positions = to_device(starts + offsets, self.device)
         self.out_cache_loc = loc.to(self.device)
-        self.seq_lens = torch.tensor(self.seq_lens_cpu, dtype=torch.int64, device=self.device)
+        self.seq_lens = to_device(self.seq_lens_cpu, self.device)
 
     def prepare_for_decode(self, input_ids: torch.Tensor | None = None) -> None:
         """One new token per request: its last output token, or `input_ids` already on the device
@@ -162,12 +163,12 @@ class ScheduleBatch:
         kv_lens = [r.kv_len for r in self.reqs]
         self._write_req_to_token([1] * bs, kv_lens, loc)
         if input_ids is None:
-            input_ids = torch.tensor([r.output_ids[-1] for r in self.reqs], dtype=torch.int64, device=self.device)
+            input_ids = to_device([r.output_ids[-1] for r in self.reqs], self.device)
         self.input_ids = input_ids
-        self.positions = torch.tensor(kv_lens, dtype=torch.int64, device=self.device)
+        self.positions = to_device(kv_lens, self.device)
         self.out_cache_loc = loc.to(self.device)
         self.seq_lens_cpu = [n + 1 for n in kv_lens]
-        self.seq_lens = torch.tensor(self.seq_lens_cpu, dtype=torch.int64, device=self.device)
+        self.seq_lens = to_device(self.seq_lens_cpu, self.device)
         self.prefix_lens_cpu, self.extend_lens_cpu = [], []
 
     def filter(self, keep: list[Req]) -> None:

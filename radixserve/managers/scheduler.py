@@ -45,6 +45,7 @@ from radixserve.model_executor.model_runner import ModelRunner
 from radixserve.sampling.sampler import SampleOutput, SamplingBatchInfo, sample, sample_ids
 from radixserve.sampling.sampling_params import SamplingParams
 from radixserve.server_args import ServerArgs
+from radixserve.utils.tensors import to_device
 
 logger = logging.getLogger(__name__)
 
@@ -247,7 +248,7 @@ class Scheduler:
         index = [rows[id(r)] for r in batch.reqs]
         ids = prev.next_ids
         if index != list(range(len(prev.reqs))):
-            ids = ids[torch.tensor(index, dtype=torch.int64, device=ids.device)]
+            ids = ids[to_device(index, ids.device)]
         batch.prepare_for_decode(input_ids=ids)
         return self._launch(batch)
 

@@ -14,6 +14,7 @@ from typing import Protocol
 import torch
 
 from radixserve.sampling.sampling_params import SamplingParams
+from radixserve.utils.tensors import to_device
 
 
 class SamplingReq(Protocol):
@@ -51,17 +52,17 @@ class SamplingBatchInfo:
         def col(values: list[float], neutral: float) -> torch.Tensor | None:
             if all(v == neutral for v in values):
                 return None
-            return torch.tensor(values, dtype=torch.float32, device=device)[:, None]
+            return to_device(values, device, torch.float32)[:, None]
 
         greedy_list = [p.is_greedy for p in ps]
         return cls(
-            temperatures=torch.tensor([1.0 if g else p.temperature for g, p in zip(greedy_list, ps, strict=True)],
-                                      dtype=torch.float32, device=device)[:, None],
-            greedy=torch.tensor(greedy_list, device=device),
+            temperatures=to_device([1.0 if g else p.temperature for g, p in zip(greedy_list, ps, strict=True)],
+                                   device, torch.float32)[:, None],
+            greedy=to_device(greedy_list, device, torch.bool),
             all_greedy=all(greedy_list),
             top_ps=col([p.top_p for p in ps], 1.0),
-            top_ks=None if all(p.top_k == -1 for p in ps) else torch.tensor(
-                [p.top_k if p.top_k > 0 else 1 << 30 for p in ps], dtype=torch.int64, device=device)[:, None],
+            top_ks=None if all(p.top_k == -1 for p in ps) else to_device(
+                [p.top_k if p.top_k > 0 else 1 << 30 for p in ps], device)[:, None],
             min_ps=col([p.min_p for p in ps], 0.0),
             repetition=col([p.repetition_penalty for p in ps], 1.0),
             frequency=col([p.frequency_penalty for p in ps], 0.0),
@@ -88,7 +89,7 @@ def _padded(rows: list[list[int]], device: torch.device) -> tuple[torch.Tensor, 
         if r:
             ids[i, : len(r)] = torch.tensor(r, dtype=torch.int64)
             mask[i, : len(r)] = 1.0
-    return ids.to(device), mask.to(device)
+    return to_device(ids, device), to_device(mask, device)
 
 
 def apply_penalties(logits: torch.Tensor, info: SamplingBatchInfo) -> torch.Tensor:
