@@ -30,17 +30,34 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--input-len", type=int, default=512)
     ap.add_argument("--steps", type=int, default=64)
     ap.add_argument("--max-total-tokens", type=int, default=64 * 1024)
+    ap.add_argument("--whole-steps", action="store_true",
+                    help="Time whole Scheduler.step() calls (the overlap schedule included) instead of phases.")
+    ap.add_argument("--overlap-schedule", default="auto", help="auto | on | off")
     args = ap.parse_args(argv)
     engine = Engine(model_path=args.model_path, load_format=args.load_format, tokenizer_path=args.tokenizer_path,
-                    max_total_tokens=args.max_total_tokens, log_level="warning")
+                    max_total_tokens=args.max_total_tokens, overlap_schedule=args.overlap_schedule,
+                    log_level="warning")
     sched = engine.scheduler
     sync = torch.cuda.synchronize if torch.cuda.is_available() else (lambda: None)
     for i in range(args.batch_size):
         sched.add_request(TokenizedGenerateReqInput(
             rid=f"r{i}", input_ids=[(7 * i + j) % 1000 + 10 for j in range(args.input_len)],
-            sampling_params={"max_new_tokens": args.steps + 8, "temperature": 0, "ignore_eos": True}))
+            sampling_params={"max_new_tokens": args.steps + 32, "temperature": 0, "ignore_eos": True}))
     while sched.waiting_queue or sched.chunked_req is not None:  # prefill every request
         sched.step()
+    if args.whole_steps:
+        for _ in range(8):
+            sched.step()
+        bs = len(sched.running_batch.reqs)
+        sync()
+        t = time.perf_counter()
+        for _ in range(args.steps):
+            sched.step()
+        sync()
+        ms = (time.perf_counter() - t) / args.steps * 1e3
+        assert len(sched.running_batch.reqs) == bs, "a request finished inside the timed steps"
+        print(f"whole decode step: {ms:.3f} ms ({1e3 / ms * bs:.1f} tok/s) at batch {bs}, overlap {sched.overlap}")
+        return 0
     phases: dict[str, list[float]] = {"schedule": [], "forward": [], "sample+update": [], "step_total": []}
     prof = cProfile.Profile()
     for _ in range(args.steps):

@@ -18,13 +18,14 @@ class AttentionBackend(ABC):
         """Precompute what every layer of this step shares (indices, masks)."""
 
     def forward(self, q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, layer: RadixAttention,
-                forward_batch: ForwardBatch) -> torch.Tensor:
+                forward_batch: ForwardBatch, save_kv: bool = True) -> torch.Tensor:
         """q: [tokens, heads, d]; k, v: [tokens, kv_heads, d] of this step's tokens. Returns [tokens, heads, d].
 
-        Writes k and v into the pool at forward_batch.out_cache_loc, then attends over each
-        request's whole sequence (cached prefix plus new tokens).
+        Writes k and v into the pool at forward_batch.out_cache_loc (unless the caller already
+        did), then attends over each request's whole sequence (cached prefix plus new tokens).
         """
-        forward_batch.token_to_kv_pool.set_kv_buffer(layer.layer_id, forward_batch.out_cache_loc, k, v)
+        if save_kv:
+            forward_batch.token_to_kv_pool.set_kv_buffer(layer.layer_id, forward_batch.out_cache_loc, k, v)
         if forward_batch.forward_mode.is_decode():
             return self.forward_decode(q, layer, forward_batch)
         return self.forward_extend(q, layer, forward_batch)

@@ -46,8 +46,9 @@ def add_rmsnorm(x: torch.Tensor, residual: torch.Tensor | None, weight: torch.Te
 
 
 @triton.jit
-def _rope_kernel(Q, K, Pos, Cos, Sin, stride_qt, stride_qh, stride_kt, stride_kh, stride_c,
-                 n_qh, n_kh, HALF: tl.constexpr, BLOCK_H: tl.constexpr, BLOCK_D: tl.constexpr):
+def _rope_kernel(Q, K, V, Pos, Cos, Sin, KBuf, VBuf, Loc, stride_qt, stride_qh, stride_kt, stride_kh, stride_vt,
+                 stride_vh, stride_c, stride_bt, stride_bh, n_qh, n_kh, HALF: tl.constexpr, STORE_KV: tl.constexpr,
+                 BLOCK_H: tl.constexpr, BLOCK_D: tl.constexpr):
     t = tl.program_id(0).to(tl.int64)
     pos = tl.load(Pos + t).to(tl.int64)
     d = tl.arange(0, BLOCK_D)
@@ -76,16 +77,39 @@ def _rope_kernel(Q, K, Pos, Cos, Sin, stride_qt, stride_qh, stride_kt, stride_kh
         o2 = ((x2 * c).to(dt).to(tl.float32) + (x1 * s).to(dt).to(tl.float32)).to(dt)
         tl.store(p1, o1, mask=m)
         tl.store(p1 + HALF, o2, mask=m)
+        if STORE_KV and which == 1:
+            # The rotated K and this token's V go straight into the pool at its slot: two
+            # index_copy launches per layer fewer on the decode path.
+            slot = tl.load(Loc + t).to(tl.int64)
+            kb = KBuf + slot * stride_bt + h[:, None] * stride_bh + d[None, :]
+            tl.store(kb, o1.to(KBuf.dtype.element_ty), mask=m)
+            tl.store(kb + HALF, o2.to(KBuf.dtype.element_ty), mask=m)
+            pv = V + t * stride_vt + h[:, None] * stride_vh + d[None, :]
+            vb = VBuf + slot * stride_bt + h[:, None] * stride_bh + d[None, :]
+            tl.store(vb, tl.load(pv, mask=m, other=0.0).to(VBuf.dtype.element_ty), mask=m)
+            tl.store(vb + HALF, tl.load(pv + HALF, mask=m, other=0.0).to(VBuf.dtype.element_ty), mask=m)
 
 
 def rotary_inplace(q: torch.Tensor, k: torch.Tensor, positions: torch.Tensor, cos: torch.Tensor,
-                   sin: torch.Tensor) -> None:
-    """q: [T, H, D], k: [T, KVH, D] (last dim contiguous); rotated in place."""
+                   sin: torch.Tensor, store: tuple[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor] | None = None,
+                   ) -> None:
+    """q: [T, H, D], k: [T, KVH, D] (last dim contiguous); rotated in place.
+
+    With `store = (v, k_buf, v_buf, loc)` the rotated k and v of token t are also written to
+    k_buf[loc[t]] and v_buf[loc[t]] (pool buffers [slots, KVH, D], contiguous).
+    """
     tokens, heads, dim = q.shape
     block_h = triton.next_power_of_2(max(heads, k.shape[1]))
+    if store is None:
+        v, k_buf, v_buf, loc, store_kv = k, k, k, positions, False
+    else:
+        (v, k_buf, v_buf, loc), store_kv = store, True
+        assert v.stride(-1) == 1 and k_buf.is_contiguous() and v_buf.is_contiguous()
+        assert k_buf.shape[1:] == k.shape[1:] and v.shape == k.shape
     _rope_kernel[(tokens,)](
-        q, k, positions, cos, sin, q.stride(0), q.stride(1), k.stride(0), k.stride(1), cos.stride(0),
-        heads, k.shape[1], HALF=dim // 2, BLOCK_H=block_h, BLOCK_D=triton.next_power_of_2(dim // 2), num_warps=4)
+        q, k, v, positions, cos, sin, k_buf, v_buf, loc, q.stride(0), q.stride(1), k.stride(0), k.stride(1),
+        v.stride(0), v.stride(1), cos.stride(0), k_buf.stride(0), k_buf.stride(1), heads, k.shape[1],
+        HALF=dim // 2, STORE_KV=store_kv, BLOCK_H=block_h, BLOCK_D=triton.next_power_of_2(dim // 2), num_warps=4)
 
 
 @triton.jit

@@ -20,5 +20,7 @@ class RadixAttention(nn.Module):
         self.head_dim = head_dim
         self.scaling = scaling
 
-    def forward(self, q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, forward_batch: ForwardBatch) -> torch.Tensor:
-        return forward_batch.attn_backend.forward(q, k, v, self, forward_batch)
+    def forward(self, q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, forward_batch: ForwardBatch,
+                kv_stored: bool = False) -> torch.Tensor:
+        """`kv_stored`: k and v are already in the pool (written by the fused rotary kernel)."""
+        return forward_batch.attn_backend.forward(q, k, v, self, forward_batch, save_kv=not kv_stored)

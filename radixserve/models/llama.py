@@ -71,8 +71,13 @@ class LlamaAttention(nn.Module):
         v = v.reshape(-1, self.num_kv_heads, self.head_dim)
         if self.q_norm is not None and self.k_norm is not None:
             q, k = self.q_norm.plain(q), self.k_norm.plain(k)
-        q, k = self.rotary(positions, q, k)
-        o = self.attn(q, k, v, fb)
+        stored = False
+        if x.is_cuda:
+            k_buf, v_buf = fb.token_to_kv_pool.get_kv_buffer(self.attn.layer_id)
+            stored = self.rotary.rotate_and_store(positions, q, k, v, k_buf, v_buf, fb.out_cache_loc)
+        if not stored:
+            q, k = self.rotary(positions, q, k)
+        o = self.attn(q, k, v, fb, kv_stored=stored)
         return self.o_proj(o.reshape(-1, self.num_heads * self.head_dim))
 
 

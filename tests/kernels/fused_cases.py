@@ -37,6 +37,7 @@ def check_fused_ops(device: str, dtype: torch.dtype, gen: torch.Generator) -> No
     for tokens, heads, kv_heads, dim in ((5, 32, 8, 128), (3, 9, 3, 64), (1, 14, 2, 64)):
         rope = RotaryEmbedding(dim, 4096, 500000.0)
         qkv = torch.randn(tokens, (heads + 2 * kv_heads) * dim, generator=gen).to(dtype)
+        fresh = qkv.clone()  # on CPU (interpreter) .to(device) aliases qkv, which the kernel rotates
         positions = torch.randint(0, 4096, (tokens,), generator=gen)
         q = qkv[:, : heads * dim].reshape(tokens, heads, dim)
         k = qkv[:, heads * dim : (heads + kv_heads) * dim].reshape(tokens, kv_heads, dim)
@@ -49,6 +50,24 @@ def check_fused_ops(device: str, dtype: torch.dtype, gen: torch.Generator) -> No
         _close(dk.cpu(), ref_k, dtype, "rotary k")
         v_before = qkv[:, (heads + kv_heads) * dim :]
         assert torch.equal(dev_qkv[:, (heads + kv_heads) * dim :].cpu(), v_before), "rotary wrote outside q and k"
+
+        # Fused with the KV-pool write: rotated k and untouched v land at their slots, nowhere else.
+        slots = 3 * tokens + 4
+        loc = torch.randperm(slots, generator=gen)[:tokens]
+        k_buf = torch.full((slots, kv_heads, dim), 7.0, dtype=dtype, device=device)
+        v_buf = torch.full((slots, kv_heads, dim), 7.0, dtype=dtype, device=device)
+        dev_qkv = fresh.to(device)
+        dq = dev_qkv[:, : heads * dim].reshape(tokens, heads, dim)
+        dk = dev_qkv[:, heads * dim : (heads + kv_heads) * dim].reshape(tokens, kv_heads, dim)
+        dv = dev_qkv[:, (heads + kv_heads) * dim :].reshape(tokens, kv_heads, dim)
+        rotary_inplace(dq, dk, positions.to(device), rope.cos_cache.to(device), rope.sin_cache.to(device),
+                       store=(dv, k_buf, v_buf, loc.to(device)))
+        _close(dq.cpu(), ref_q, dtype, "rotary+store q")
+        _close(k_buf[loc.to(device)].cpu(), ref_k, dtype, "rotary+store k in the pool")
+        assert torch.equal(v_buf[loc.to(device)].cpu(), v_before.reshape(tokens, kv_heads, dim)), "v in the pool"
+        others = torch.ones(slots, dtype=torch.bool)
+        others[loc] = False
+        assert bool((k_buf.cpu()[others] == 7.0).all() and (v_buf.cpu()[others] == 7.0).all()), "wrote other slots"
 
     for rows, inter in ((1, 14336), (9, 1536)):
         x = torch.randn(rows, 2 * inter, generator=gen).to(dtype)
