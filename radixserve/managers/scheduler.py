@@ -275,14 +275,9 @@ class Scheduler:
             if r.finished:
                 continue  # finished at the step before: a surplus token
             r.output_ids.append(token)
-            self._check_finished(r)
-            if r.finished:
-                # kv_len already counts the in-flight step's slot, which holds this request's
-                # last token: every token has KV, and the tree takes all of it.
-                self.tree_cache.cache_finished_req(r)
-                self._finish(r, r.finished_reason)
-            elif r.stream and len(r.output_ids) - r.send_offset >= self.server_args.stream_interval:
-                self._outputs.append(r)
+            # On finishing, kv_len already counts the in-flight step's slot, which holds this
+            # request's last token: every token has KV, and the tree takes all of it.
+            self._after_token(r)
         self.running_batch.filter([r for r in self.running_batch.reqs if not r.finished])
 
     def _drain_inflight(self) -> None:
@@ -421,12 +416,16 @@ class Scheduler:
                 r.output_logprobs.append(out.logprobs[i])
                 if r.top_logprobs_num > 0 and out.top_logprobs is not None:
                     r.output_top_logprobs.append(out.top_logprobs[i][: r.top_logprobs_num])
-            self._check_finished(r)
-            if r.finished:
-                self.tree_cache.cache_finished_req(r)
-                self._finish(r, r.finished_reason)
-            elif r.stream and len(r.output_ids) - r.send_offset >= self.server_args.stream_interval:
-                self._outputs.append(r)
+            self._after_token(r)
+
+    def _after_token(self, r: Req) -> None:
+        """A new output token is appended: finish and release the request, or report it."""
+        self._check_finished(r)
+        if r.finished:
+            self.tree_cache.cache_finished_req(r)
+            self._finish(r, r.finished_reason)
+        elif r.stream and len(r.output_ids) - r.send_offset >= self.server_args.stream_interval:
+            self._outputs.append(r)
 
     def _check_finished(self, req: Req) -> None:
         token = req.output_ids[-1]
