@@ -16,7 +16,7 @@ from prometheus_client import CONTENT_TYPE_LATEST
 from starlette.types import ASGIApp, Receive, Scope, Send
 
 from radixserve import __version__
-from radixserve.managers.tokenizer_manager import ChoiceChunk, GenerateRequest, TokenizerManager
+from radixserve.managers.tokenizer_manager import GenerateRequest, TokenizerManager
 from radixserve.server import openai_serving
 from radixserve.server.errors import APIError, install_error_handlers
 from radixserve.server.metrics import render_metrics
@@ -39,12 +39,12 @@ from radixserve.server.protocol import (
     SuccessResponse,
 )
 from radixserve.server.streaming import (
-    SSE_DONE,
     ClientDisconnected,
-    error_event,
+    chained,
     first_and_rest,
     sse,
     sse_response,
+    sse_stream,
     until_disconnect,
 )
 
@@ -253,21 +253,13 @@ async def _native_generate(tm: TokenizerManager, body: GenerateRequestBody, requ
 
         async def events() -> AsyncIterator[str]:
             states = [ChoiceState() for _ in range(p.n)]
-            try:
-                c: ChoiceChunk | None = first
-                while c is not None:
-                    s = states[c.index]
-                    s.add(c)
-                    yield sse(GenerateResponse(text=s.text, output_ids=s.token_ids, index=c.index,
-                                               meta_info=meta(s, rid, body.return_logprob)))
-                    c = await anext(rest, None)
-            except APIError as e:
-                yield error_event(e)
-            finally:
-                await rest.aclose()
-            yield SSE_DONE
+            async for c in chained(first, rest):
+                s = states[c.index]
+                s.add(c)
+                yield sse(GenerateResponse(text=s.text, output_ids=s.token_ids, index=c.index,
+                                           meta_info=meta(s, rid, body.return_logprob)))
 
-        return sse_response(events())
+        return sse_response(sse_stream(events(), rest))
 
     async def run_all() -> list[list[ChoiceState]]:
         return list(await asyncio.gather(*(collect(tm.generate(gr, p), p.n)

@@ -37,11 +37,11 @@ from radixserve.server.protocol import (
     UsageInfo,
 )
 from radixserve.server.streaming import (
-    SSE_DONE,
-    error_event,
+    chained,
     first_and_rest,
     sse,
     sse_response,
+    sse_stream,
     until_disconnect,
 )
 
@@ -204,30 +204,22 @@ async def _stream_chat(tm: TokenizerManager, req: ChatCompletionRequest, gen: As
 
     async def events() -> AsyncIterator[str]:
         states = [ChoiceState() for _ in range(n)]
-        try:
-            for i in range(n):
-                yield chunk([ChatCompletionStreamChoice(index=i, delta=DeltaMessage(role="assistant", content=""))])
-            c: ChoiceChunk | None = first
-            while c is not None:
-                states[c.index].add(c)
-                if c.text or c.finish_reason is not None or (req.logprobs and c.token_ids):
-                    yield chunk([ChatCompletionStreamChoice(
-                        index=c.index, delta=DeltaMessage(content=c.text or None),
-                        finish_reason=finish_reason(c.finish_reason),
-                        matched_stop=c.finish_reason.matched if c.finish_reason else None,
-                        logprobs=chat_logprobs(tt, c.token_ids, c.logprobs, c.top_logprobs, gr_top)
-                        if req.logprobs else None)])
-                c = await anext(rest, None)
-            if include_usage:
-                yield chunk([], usage_of([states]))
-        except APIError as e:
-            yield error_event(e)
-        finally:
-            await rest.aclose()
-        yield SSE_DONE
+        for i in range(n):
+            yield chunk([ChatCompletionStreamChoice(index=i, delta=DeltaMessage(role="assistant", content=""))])
+        async for c in chained(first, rest):
+            states[c.index].add(c)
+            if c.text or c.finish_reason is not None or (req.logprobs and c.token_ids):
+                yield chunk([ChatCompletionStreamChoice(
+                    index=c.index, delta=DeltaMessage(content=c.text or None),
+                    finish_reason=finish_reason(c.finish_reason),
+                    matched_stop=c.finish_reason.matched if c.finish_reason else None,
+                    logprobs=chat_logprobs(tt, c.token_ids, c.logprobs, c.top_logprobs, gr_top)
+                    if req.logprobs else None)])
+        if include_usage:
+            yield chunk([], usage_of([states]))
 
     gr_top = req.top_logprobs or 0
-    return sse_response(events())
+    return sse_response(sse_stream(events(), rest))
 
 
 # ---- completions ---------------------------------------------------------------------------
@@ -304,29 +296,21 @@ async def _stream_completion(tm: TokenizerManager, req: CompletionRequest, gr: G
     async def events() -> AsyncIterator[str]:
         states = [ChoiceState() for _ in range(n)]
         offsets = [0] * n
-        try:
-            if req.echo:
-                for i in range(n):
-                    yield chunk([CompletionChoice(index=i, text=prompt_text)])
-            c: ChoiceChunk | None = first
-            while c is not None:
-                states[c.index].add(c)
-                if c.text or c.finish_reason is not None or (req.logprobs is not None and c.token_ids):
-                    lp = None
-                    if req.logprobs is not None:
-                        lp = completion_logprobs(tt, c.token_ids, c.logprobs, c.top_logprobs, gr.top_logprobs_num,
-                                                 offsets[c.index])
-                        offsets[c.index] += sum(len(t) for t in lp.tokens)
-                    yield chunk([CompletionChoice(index=c.index, text=c.text, finish_reason=finish_reason(
-                        c.finish_reason), matched_stop=c.finish_reason.matched if c.finish_reason else None,
-                        logprobs=lp)])
-                c = await anext(rest, None)
-            if include_usage:
-                yield chunk([], usage_of([states]))
-        except APIError as e:
-            yield error_event(e)
-        finally:
-            await rest.aclose()
-        yield SSE_DONE
+        if req.echo:
+            for i in range(n):
+                yield chunk([CompletionChoice(index=i, text=prompt_text)])
+        async for c in chained(first, rest):
+            states[c.index].add(c)
+            if c.text or c.finish_reason is not None or (req.logprobs is not None and c.token_ids):
+                lp = None
+                if req.logprobs is not None:
+                    lp = completion_logprobs(tt, c.token_ids, c.logprobs, c.top_logprobs, gr.top_logprobs_num,
+                                             offsets[c.index])
+                    offsets[c.index] += sum(len(t) for t in lp.tokens)
+                yield chunk([CompletionChoice(index=c.index, text=c.text, finish_reason=finish_reason(
+                    c.finish_reason), matched_stop=c.finish_reason.matched if c.finish_reason else None,
+                    logprobs=lp)])
+        if include_usage:
+            yield chunk([], usage_of([states]))
 
-    return sse_response(events())
+    return sse_response(sse_stream(events(), rest))

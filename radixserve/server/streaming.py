@@ -73,3 +73,22 @@ async def first_and_rest(request: Request, gen: AsyncGenerator[T, None]) -> tupl
 
 def error_event(e: APIError) -> str:
     return sse(e.body())
+
+
+async def chained(first: T, rest: AsyncGenerator[T, None]) -> AsyncIterator[T]:
+    yield first
+    async for item in rest:
+        yield item
+
+
+async def sse_stream(events: AsyncIterator[str], rest: AsyncGenerator[Any, None]) -> AsyncIterator[str]:
+    """`events`, then `data: [DONE]`. An APIError mid-stream becomes an error event; `rest` (the
+    generation) is closed however the stream ends, which aborts its requests on a disconnect."""
+    try:
+        async for event in events:
+            yield event
+    except APIError as e:
+        yield error_event(e)
+    finally:
+        await rest.aclose()
+    yield SSE_DONE
