@@ -117,6 +117,9 @@ class DistGroups:
     world: ParallelGroup  # every scheduler process: schedules and pool sizes are agreed here
 
 
+ONE_PROCESS = DistGroups(tp=SINGLE, pp=NO_PIPELINE, world=SINGLE)
+
+
 def init_distributed(world_rank: int, tp_size: int, pp_size: int, store_path: str,
                      device: torch.device) -> DistGroups:
     """Join the process groups of one server through a file store in its private ipc directory:

@@ -25,7 +25,7 @@ from typing import Any
 
 import zmq
 
-from radixserve.distributed.parallel_state import NO_PIPELINE, SINGLE, DistGroups, ParallelGroup
+from radixserve.distributed.parallel_state import ONE_PROCESS, DistGroups, ParallelGroup
 from radixserve.managers.io_struct import TokenizedGenerateReqInput
 from radixserve.managers.ipc import (
     ENCODER,
@@ -47,7 +47,7 @@ METRICS_INTERVAL_S = 0.5
 WARMUP_TOKENS = 4
 
 
-def build_scheduler(server_args: ServerArgs, groups: DistGroups | None = None) -> tuple[Scheduler, Any, str]:
+def build_scheduler(server_args: ServerArgs, groups: DistGroups = ONE_PROCESS) -> tuple[Scheduler, Any, str]:
     """Load the model and build the Scheduler exactly as the offline Engine does."""
     from radixserve.model_executor.model_runner import ModelRunner
     from radixserve.model_loader.source import resolve_model_source
@@ -56,8 +56,6 @@ def build_scheduler(server_args: ServerArgs, groups: DistGroups | None = None) -
 
     source = resolve_model_source(server_args.model_path, server_args.load_format, server_args.tokenizer_path)
     tokenizer = load_tokenizer(source.tokenizer_source)
-    if groups is None:
-        groups = DistGroups(tp=SINGLE, pp=NO_PIPELINE, world=SINGLE)
     runner = ModelRunner(server_args, source, groups.tp, groups.pp, groups.world)
     eos = {tokenizer.eos_token_id} if tokenizer.eos_token_id is not None else set()
     scheduler = Scheduler(server_args, runner, decode=TokenDecoder(tokenizer).decode, eos_token_ids=frozenset(eos))
@@ -108,7 +106,7 @@ def run_scheduler_process(server_args: ServerArgs, port_args: PortArgs, ready: C
     configure_logging(server_args.log_level, rank_name(server_args, world_rank))
     init_child_process()
     try:
-        groups = DistGroups(tp=SINGLE, pp=NO_PIPELINE, world=SINGLE)
+        groups = ONE_PROCESS
         if world_size > 1:
             import torch
 
