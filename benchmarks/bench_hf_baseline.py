@@ -42,7 +42,6 @@ from __future__ import annotations
 
 import argparse
 import copy
-import importlib
 import math
 import os
 import sys
@@ -55,15 +54,12 @@ from typing import Any
 import torch
 from tqdm.auto import tqdm
 
-sys.path.insert(0, str(Path(__file__).resolve().parent))
-from _common import machine_info, write_results
+REPO_ROOT = Path(__file__).resolve().parent.parent
+if str(REPO_ROOT) not in sys.path:  # run as `python benchmarks/bench_hf_baseline.py`
+    sys.path.insert(0, str(REPO_ROOT))
 
-# bench_serving is imported by name at run time: its own `_common` import fallback makes mypy see _common
-# under two module names, which it refuses, so mypy must not follow it from here.
-_bench_serving = importlib.import_module("bench_serving")
-BenchConfig = _bench_serving.BenchConfig
-make_prompts = _bench_serving.make_prompts
-_percentiles = _bench_serving._percentiles
+from benchmarks._common import machine_info, write_results  # noqa: E402
+from benchmarks.bench_serving import BenchConfig, _percentiles, make_prompts  # noqa: E402
 
 METHODS = ("batched", "generate_batch", "loop")
 ENDPOINTS = ("/v1/chat/completions", "/v1/completions")

@@ -21,16 +21,19 @@ import argparse
 import gc
 import sys
 import time
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 import torch
 from tqdm.auto import tqdm
 
-sys.path.insert(0, str(Path(__file__).resolve().parent))
-from _common import machine_info, write_results
+REPO_ROOT = Path(__file__).resolve().parent.parent
+if str(REPO_ROOT) not in sys.path:  # run as `python benchmarks/bench_offline.py`
+    sys.path.insert(0, str(REPO_ROOT))
 
-from radixserve import Engine
+from benchmarks._common import machine_info, write_results  # noqa: E402
+from radixserve import Engine  # noqa: E402
 
 TEXT = (
     "Rivers shape the land they cross. Over thousands of years, water carves valleys, carries sediment "
@@ -63,9 +66,9 @@ def run_engine(engine: Engine, prompts: list[list[int]], out_len: int, one_by_on
     sync(engine.model_runner.device.type)
     t = time.perf_counter()
     if one_by_one:
-        outs = [engine.generate(input_ids=p, sampling_params=params)["output_ids"] for p in prompts]  # type: ignore[index]
+        outs = [engine.generate(input_ids=p, sampling_params=params)["output_ids"] for p in prompts]
     else:
-        outs = [o["output_ids"] for o in engine.generate(input_ids=prompts, sampling_params=params)]  # type: ignore[index]
+        outs = [o["output_ids"] for o in engine.generate(input_ids=prompts, sampling_params=params)]
     sync(engine.model_runner.device.type)
     return time.perf_counter() - t, outs
 
@@ -132,7 +135,7 @@ def run_engine_chat(engine: Engine, prompts: list[list[int]], max_tokens: int,
         t = time.perf_counter()
         outs = engine.generate(input_ids=prompts, sampling_params={"max_new_tokens": max_tokens, "temperature": 0})
         sync(engine.model_runner.device.type)
-        return time.perf_counter() - t, [o["output_ids"] for o in outs]  # type: ignore[index]
+        return time.perf_counter() - t, [o["output_ids"] for o in outs]
     finally:
         engine.scheduler.max_running_requests = saved
 
@@ -169,7 +172,7 @@ def copy_bandwidth(nbytes: int = 1 << 31) -> float:
         dst.copy_(src)
     end.record()
     torch.cuda.synchronize()
-    return 2 * src.numel() * 10 / (start.elapsed_time(end) / 1e3)
+    return float(2 * src.numel() * 10 / (start.elapsed_time(end) / 1e3))
 
 
 def roofline(engine: Engine, args: argparse.Namespace, bandwidth: float) -> dict[str, Any]:
@@ -191,7 +194,7 @@ def agreement(ours: list[list[int]], theirs: list[list[int]]) -> dict[str, Any]:
     return {"identical": same, "of": len(ours), "first_divergence_steps": [f for f in firsts if f is not None]}
 
 
-def main(argv: list[str] | None = None) -> int:
+def build_parser() -> argparse.ArgumentParser:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--model-path", default=None, help="Model path or (with --load-format dummy) a named shape.")
     ap.add_argument("--load-format", default="auto", help="auto | gguf | safetensors | dummy")
@@ -225,7 +228,125 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--max-running-requests", type=int, default=None, help="Cap on concurrently running requests.")
     ap.add_argument("--overlap-schedule", default=None, help="auto | on | off (default: the engine's auto)")
     ap.add_argument("--output", default=None, help="JSON path (default: results/bench_offline_<device>_<time>.json)")
-    args = ap.parse_args(argv)
+    return ap
+
+
+@dataclass
+class Bench:
+    """One run: the engine, the HF baseline (or None) and the results being filled in."""
+
+    args: argparse.Namespace
+    engine: Engine
+    hf: Any
+    device: str
+    vocab: int
+    warm: list[list[int]]
+    engine_kwargs: dict[str, Any]
+    results: dict[str, Any]
+
+    def record(self, name: str, n_req: int, out_len: int, ours: tuple[float, list[list[int]]],
+               theirs: tuple[float, list[list[int]]] | None) -> None:
+        tokens = n_req * out_len
+        entry: dict[str, Any] = {"requests": n_req, "output_tokens": tokens, "engine_s": round(ours[0], 3),
+                                 "engine_tok_s": round(tokens / ours[0], 2)}
+        if theirs is not None:
+            entry.update({"hf_s": round(theirs[0], 3), "hf_tok_s": round(tokens / theirs[0], 2),
+                          "speedup_vs_hf": round(theirs[0] / ours[0], 3)})
+            if self.args.load_format != "dummy":  # dummy weights differ between the two models
+                entry["greedy_agreement"] = agreement(ours[1], theirs[1])
+        self.results["workloads"][name] = entry
+        print(name, entry, flush=True)
+
+
+def batch1(b: Bench) -> None:
+    args, engine, hf = b.args, b.engine, b.hf
+    prompts = make_prompts(engine.tokenizer, args.batch1_prompts, args.input_len, b.vocab)
+    ours = run_engine(engine, prompts, args.output_len, one_by_one=True)
+    theirs = run_hf(hf, prompts, args.output_len, 1, b.device) if hf is not None else None
+    b.record("batch1", len(prompts), args.output_len, ours, theirs)
+    if b.device == "cuda":
+        b.results["workloads"]["batch1"]["roofline"] = roofline(engine, args,
+                                                                b.results["copy_bandwidth_gb_s"] * 1e9)
+
+
+def batch_n(b: Bench) -> None:
+    args, engine, hf = b.args, b.engine, b.hf
+    prompts = make_prompts(engine.tokenizer, args.batch_size, args.input_len, b.vocab)
+    ours = run_engine(engine, prompts, args.output_len, one_by_one=False)
+    theirs = run_hf(hf, prompts, args.output_len, args.batch_size, b.device) if hf is not None else None
+    b.record(f"batch{args.batch_size}", len(prompts), args.output_len, ours, theirs)
+
+
+def chat(b: Bench) -> None:
+    args, engine, hf = b.args, b.engine, b.hf
+    prompts = chat_prompts(engine, args.chat_prompts)
+    ours = run_engine_chat(engine, prompts, args.chat_max_tokens, args.batch_size)
+    eos = engine.tokenizer.eos_token_id
+    theirs = run_hf_chat(hf, prompts, args.chat_max_tokens, args.batch_size, eos, b.device) if hf else None
+    n_ours = sum(len(o) for o in ours[1])
+    entry: dict[str, Any] = {"requests": len(prompts), "batch": args.batch_size,
+                             "engine_output_tokens": n_ours, "engine_s": round(ours[0], 3),
+                             "engine_tok_s": round(n_ours / ours[0], 2)}
+    if theirs is not None:
+        n_hf = sum(len(o) for o in theirs[1])
+        entry.update({"hf_output_tokens": n_hf, "hf_s": round(theirs[0], 3), "hf_tok_s": round(n_hf / theirs[0], 2),
+                      "speedup_vs_hf": round((n_ours / ours[0]) / (n_hf / theirs[0]), 3)})
+        if args.load_format != "dummy":
+            entry["greedy_agreement"] = agreement(ours[1], theirs[1])
+    b.results["workloads"][f"chat_batch{args.batch_size}"] = entry
+    print("chat", entry, flush=True)
+
+
+def throughput(b: Bench) -> None:
+    args, engine, hf = b.args, b.engine, b.hf
+    prompts = make_prompts(engine.tokenizer, args.throughput_requests, args.throughput_input, b.vocab)
+    ours = run_engine(engine, prompts, args.throughput_output, one_by_one=False)
+    n_ours = len(prompts) * args.throughput_output
+    entry: dict[str, Any] = {
+        "requests": len(prompts), "input_len": args.throughput_input, "output_len": args.throughput_output,
+        "engine_s": round(ours[0], 3), "engine_tok_s": round(n_ours / ours[0], 2),
+        "engine_total_tok_s": round(len(prompts) * (args.throughput_input + args.throughput_output) / ours[0], 2)}
+    b.results["workloads"]["throughput"] = entry
+    print("throughput (engine)", entry, flush=True)
+    if hf is not None:
+        sub_prompts = prompts[: args.hf_throughput_requests]
+        theirs = run_hf(hf, sub_prompts, args.throughput_output, args.hf_batch, b.device)
+        n_hf = len(sub_prompts) * args.throughput_output
+        entry.update({"hf_requests": len(sub_prompts), "hf_batch": args.hf_batch, "hf_s": round(theirs[0], 3),
+                      "hf_tok_s": round(n_hf / theirs[0], 2),
+                      "speedup_vs_hf": round((n_ours / ours[0]) / (n_hf / theirs[0]), 3)})
+    print("throughput", entry, flush=True)
+
+
+def shared(b: Bench) -> None:
+    args, engine = b.args, b.engine
+    systems = make_prompts(engine.tokenizer, args.groups, args.prefix_len, b.vocab)
+    questions = make_prompts(engine.tokenizer, args.groups * args.per_group, args.question_len + 7, b.vocab)
+    prompts = [systems[i % args.groups] + questions[i][7:] for i in range(args.groups * args.per_group)]
+    on = run_engine(engine, prompts, args.shared_output_len, one_by_one=False)
+    b.hf = None  # free the baseline's memory for the second engine
+    gc.collect()
+    off_engine = Engine(model_path=args.model_path, disable_radix_cache=True, **b.engine_kwargs)
+    run_engine(off_engine, b.warm, 4, one_by_one=False)
+    off = run_engine(off_engine, prompts, args.shared_output_len, one_by_one=False)
+    tokens = len(prompts) * args.shared_output_len
+    entry = {
+        "requests": len(prompts), "prefix_len": args.prefix_len, "groups": args.groups,
+        "cache_on_s": round(on[0], 3), "cache_off_s": round(off[0], 3),
+        "cache_on_tok_s": round(tokens / on[0], 2), "cache_off_tok_s": round(tokens / off[0], 2),
+        "speedup_from_cache": round(off[0] / on[0], 3),
+        "outputs_identical": sum(a == b for a, b in zip(on[1], off[1], strict=True)),
+        "cache_hit_rate": round(engine.scheduler.tree_cache.stats.hit_rate, 4),
+    }
+    b.results["workloads"]["shared_prefix"] = entry
+    print("shared_prefix", entry, flush=True)
+
+
+WORKLOADS = {"batch1": batch1, "batchN": batch_n, "chat": chat, "throughput": throughput, "shared": shared}
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = build_parser().parse_args(argv)
     workloads = set(args.workloads.split(","))
 
     engine_kwargs: dict[str, Any] = {"load_format": args.load_format, "device": args.device, "dtype": args.dtype,
@@ -264,96 +385,15 @@ def main(argv: list[str] | None = None) -> int:
     run_engine(engine, warm, 4, one_by_one=False)
     if hf is not None:
         run_hf(hf, warm, 4, 2, device)
+    bench = Bench(args, engine, hf, device, vocab, warm, engine_kwargs, results)
+    del hf  # the shared workload drops the baseline: hold no other reference to it
+    for name, run in WORKLOADS.items():
+        if name in workloads:
+            run(bench)
+            bar.update()
 
-    def record(name: str, n_req: int, out_len: int, ours: tuple[float, list[list[int]]],
-               theirs: tuple[float, list[list[int]]] | None) -> None:
-        tokens = n_req * out_len
-        entry: dict[str, Any] = {"requests": n_req, "output_tokens": tokens, "engine_s": round(ours[0], 3),
-                                 "engine_tok_s": round(tokens / ours[0], 2)}
-        if theirs is not None:
-            entry.update({"hf_s": round(theirs[0], 3), "hf_tok_s": round(tokens / theirs[0], 2),
-                          "speedup_vs_hf": round(theirs[0] / ours[0], 3)})
-            if args.load_format != "dummy":  # dummy weights differ between the two models
-                entry["greedy_agreement"] = agreement(ours[1], theirs[1])
-        results["workloads"][name] = entry
-        print(name, entry, flush=True)
-
-    if "batch1" in workloads:
-        prompts = make_prompts(engine.tokenizer, args.batch1_prompts, args.input_len, vocab)
-        ours = run_engine(engine, prompts, args.output_len, one_by_one=True)
-        theirs = run_hf(hf, prompts, args.output_len, 1, device) if hf is not None else None
-        record("batch1", len(prompts), args.output_len, ours, theirs)
-        if device == "cuda":
-            results["workloads"]["batch1"]["roofline"] = roofline(engine, args, results["copy_bandwidth_gb_s"] * 1e9)
-        bar.update()
-    if "batchN" in workloads:
-        prompts = make_prompts(engine.tokenizer, args.batch_size, args.input_len, vocab)
-        ours = run_engine(engine, prompts, args.output_len, one_by_one=False)
-        theirs = run_hf(hf, prompts, args.output_len, args.batch_size, device) if hf is not None else None
-        record(f"batch{args.batch_size}", len(prompts), args.output_len, ours, theirs)
-        bar.update()
-    if "chat" in workloads:
-        prompts = chat_prompts(engine, args.chat_prompts)
-        ours = run_engine_chat(engine, prompts, args.chat_max_tokens, args.batch_size)
-        eos = engine.tokenizer.eos_token_id
-        theirs = run_hf_chat(hf, prompts, args.chat_max_tokens, args.batch_size, eos, device) if hf else None
-        n_ours = sum(len(o) for o in ours[1])
-        entry: dict[str, Any] = {"requests": len(prompts), "batch": args.batch_size,
-                                 "engine_output_tokens": n_ours, "engine_s": round(ours[0], 3),
-                                 "engine_tok_s": round(n_ours / ours[0], 2)}
-        if theirs is not None:
-            n_hf = sum(len(o) for o in theirs[1])
-            entry.update({"hf_output_tokens": n_hf, "hf_s": round(theirs[0], 3), "hf_tok_s": round(n_hf / theirs[0], 2),
-                          "speedup_vs_hf": round((n_ours / ours[0]) / (n_hf / theirs[0]), 3)})
-            if args.load_format != "dummy":
-                entry["greedy_agreement"] = agreement(ours[1], theirs[1])
-        results["workloads"][f"chat_batch{args.batch_size}"] = entry
-        print("chat", entry, flush=True)
-        bar.update()
-    if "throughput" in workloads:
-        prompts = make_prompts(engine.tokenizer, args.throughput_requests, args.throughput_input, vocab)
-        ours = run_engine(engine, prompts, args.throughput_output, one_by_one=False)
-        n_ours = len(prompts) * args.throughput_output
-        entry = {"requests": len(prompts), "input_len": args.throughput_input, "output_len": args.throughput_output,
-                 "engine_s": round(ours[0], 3), "engine_tok_s": round(n_ours / ours[0], 2),
-                 "engine_total_tok_s": round(len(prompts) * (args.throughput_input + args.throughput_output) / ours[0], 2)}
-        results["workloads"]["throughput"] = entry
-        print("throughput (engine)", entry, flush=True)
-        if hf is not None:
-            sub_prompts = prompts[: args.hf_throughput_requests]
-            theirs = run_hf(hf, sub_prompts, args.throughput_output, args.hf_batch, device)
-            n_hf = len(sub_prompts) * args.throughput_output
-            entry.update({"hf_requests": len(sub_prompts), "hf_batch": args.hf_batch, "hf_s": round(theirs[0], 3),
-                          "hf_tok_s": round(n_hf / theirs[0], 2),
-                          "speedup_vs_hf": round((n_ours / ours[0]) / (n_hf / theirs[0]), 3)})
-        results["workloads"]["throughput"] = entry
-        print("throughput", entry, flush=True)
-        bar.update()
-    if "shared" in workloads:
-        systems = make_prompts(engine.tokenizer, args.groups, args.prefix_len, vocab)
-        questions = make_prompts(engine.tokenizer, args.groups * args.per_group, args.question_len + 7, vocab)
-        prompts = [systems[i % args.groups] + questions[i][7:] for i in range(args.groups * args.per_group)]
-        on = run_engine(engine, prompts, args.shared_output_len, one_by_one=False)
-        del hf
-        gc.collect()
-        off_engine = Engine(model_path=args.model_path, disable_radix_cache=True, **engine_kwargs)
-        run_engine(off_engine, warm, 4, one_by_one=False)
-        off = run_engine(off_engine, prompts, args.shared_output_len, one_by_one=False)
-        tokens = len(prompts) * args.shared_output_len
-        entry = {
-            "requests": len(prompts), "prefix_len": args.prefix_len, "groups": args.groups,
-            "cache_on_s": round(on[0], 3), "cache_off_s": round(off[0], 3),
-            "cache_on_tok_s": round(tokens / on[0], 2), "cache_off_tok_s": round(tokens / off[0], 2),
-            "speedup_from_cache": round(off[0] / on[0], 3),
-            "outputs_identical": sum(a == b for a, b in zip(on[1], off[1], strict=True)),
-            "cache_hit_rate": round(engine.scheduler.tree_cache.stats.hit_rate, 4),
-        }
-        results["workloads"]["shared_prefix"] = entry
-        print("shared_prefix", entry, flush=True)
-        bar.update()
     bar.close()
-    name = args.output or None
-    path = write_results(f"bench_offline_{device}", results, name)
+    path = write_results(f"bench_offline_{device}", results, args.output or None)
     print(f"wrote {path}")
     return 0
 

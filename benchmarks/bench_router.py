@@ -36,12 +36,12 @@ import urllib.request
 from pathlib import Path
 from typing import Any
 
-try:
-    from benchmarks._common import machine_info, write_results
-except ModuleNotFoundError:  # run as `python benchmarks/bench_router.py`
-    from _common import machine_info, write_results  # type: ignore[no-redef]
-
 REPO_ROOT = Path(__file__).resolve().parent.parent
+if str(REPO_ROOT) not in sys.path:  # run as `python benchmarks/bench_router.py`
+    sys.path.insert(0, str(REPO_ROOT))
+
+from benchmarks._common import machine_info, write_results  # noqa: E402
+
 KINDS = ("completions", "chat-stream")
 
 
@@ -113,13 +113,13 @@ async def _loadgen(urls: list[str], kind: str, model: str, concurrency: int, dur
 
 
 def _loadgen_main(args: argparse.Namespace) -> int:
+    load = _loadgen(args.urls, args.kind, args.model, args.concurrency, args.duration, args.requests)
     try:
         import uvloop
-
-        run = uvloop.run
     except ImportError:
-        run = asyncio.run  # type: ignore[assignment]
-    result = run(_loadgen(args.urls, args.kind, args.model, args.concurrency, args.duration, args.requests))
+        result = asyncio.run(load)
+    else:
+        result = uvloop.run(load)
     print(json.dumps(result))
     return 0
 
@@ -169,7 +169,7 @@ def _make_tokenizer_dir() -> str:
 
     path = tempfile.mkdtemp(prefix="bench-router-tok-")
     tok = Tokenizer(models.WordLevel({"[UNK]": 0}, unk_token="[UNK]"))
-    tok.pre_tokenizer = pre_tokenizers.Whitespace()  # type: ignore[assignment]
+    tok.pre_tokenizer = pre_tokenizers.Whitespace()
     tok.save(os.path.join(path, "tokenizer.json"))
     Path(path, "tokenizer_config.json").write_text(json.dumps({"tokenizer_class": "PreTrainedTokenizerFast"}))
     Path(path, "config.json").write_text(json.dumps({"model_type": "llama"}))
@@ -216,7 +216,7 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
         worker_urls = []
         for _ in range(args.workers):
             port = _free_port()
-            cmd = [sys.executable, "-m", "radixserve.router.fake_worker", "--port", str(port), "--model", tok_dir,
+            cmd = [sys.executable, "-m", "radixserve.testing.fake_worker", "--port", str(port), "--model", tok_dir,
                    "--max-tokens", "4"]
             # stderr too: sglang-router probes workers with HTTP/2 bytes, which aiohttp logs as errors.
             workers.append(subprocess.Popen(cmd, cwd=REPO_ROOT, env=_env(), stdout=subprocess.DEVNULL,

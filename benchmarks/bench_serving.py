@@ -29,14 +29,16 @@ import sys
 import time
 from collections.abc import Sequence
 from dataclasses import asdict, dataclass, field
+from pathlib import Path
 from typing import Any
 
 import aiohttp
 
-try:
-    from benchmarks._common import machine_info, write_results
-except ModuleNotFoundError:  # run as `python benchmarks/bench_serving.py`: benchmarks/ is on sys.path
-    from _common import machine_info, write_results  # type: ignore[no-redef]
+REPO_ROOT = Path(__file__).resolve().parent.parent
+if str(REPO_ROOT) not in sys.path:  # run as `python benchmarks/bench_serving.py`
+    sys.path.insert(0, str(REPO_ROOT))
+
+from benchmarks._common import machine_info, write_results  # noqa: E402
 
 ENDPOINTS = ("/v1/chat/completions", "/v1/completions")
 
@@ -161,53 +163,57 @@ async def send_request(session: aiohttp.ClientSession, url: str, body: dict[str,
         async with session.post(url, json=body) as resp:
             if resp.status != 200:
                 result.error = f"HTTP {resp.status}: {(await resp.text())[:300]}"
-                return result
-            if not stream:
-                data = await resp.json(content_type=None)
-                # Without streaming the first token arrives with the last one.
-                result.ttft_s = result.latency_s = time.perf_counter() - start
-                choice = (data.get("choices") or [{}])[0]
-                text = choice.get("text") or (choice.get("message") or {}).get("content") or ""
-                result.completion_tokens = len(text.split())
-                _apply_usage(result, data.get("usage"))
-                result.ok = True
-                return result
-            last = start
-            chunks = 0
-            done = False
-            async for raw in resp.content:
-                line = raw.strip()
-                if not line.startswith(b"data:"):
-                    continue
-                payload = line[5:].strip()
-                if payload == b"[DONE]":
-                    done = True
-                    break
-                obj = json.loads(payload)
-                if "error" in obj:
-                    result.error = str(obj["error"].get("message") if isinstance(obj["error"], dict) else obj["error"])
-                    return result
-                now = time.perf_counter()
-                if _chunk_text(obj):
-                    chunks += 1
-                    if result.ttft_s is None:
-                        result.ttft_s = now - start
-                    else:
-                        result.itl_s.append(now - last)
-                    last = now
-                _apply_usage(result, obj.get("usage"))
-            if not done:
-                result.error = "stream ended without [DONE]"
-                return result
-            if result.completion_tokens == 0:
-                result.completion_tokens = chunks
-            result.ok = True
+            elif stream:
+                await _read_stream(resp, result, start)
+            else:
+                await _read_whole(resp, result, start)
     except (aiohttp.ClientError, TimeoutError, ValueError) as exc:
         result.error = f"{type(exc).__name__}: {exc}"
     finally:
         if not result.latency_s:
             result.latency_s = time.perf_counter() - start
     return result
+
+
+async def _read_whole(resp: aiohttp.ClientResponse, result: RequestResult, start: float) -> None:
+    """A non-streaming answer: the first token arrives with the last one."""
+    data = await resp.json(content_type=None)
+    result.ttft_s = result.latency_s = time.perf_counter() - start
+    choice = (data.get("choices") or [{}])[0]
+    text = choice.get("text") or (choice.get("message") or {}).get("content") or ""
+    result.completion_tokens = len(text.split())
+    _apply_usage(result, data.get("usage"))
+    result.ok = True
+
+
+async def _read_stream(resp: aiohttp.ClientResponse, result: RequestResult, start: float) -> None:
+    """An SSE stream: TTFT at the first chunk with text, ITL between such chunks, ok at [DONE]."""
+    last = start
+    chunks = 0
+    async for raw in resp.content:
+        line = raw.strip()
+        if not line.startswith(b"data:"):
+            continue
+        payload = line[5:].strip()
+        if payload == b"[DONE]":
+            if result.completion_tokens == 0:
+                result.completion_tokens = chunks
+            result.ok = True
+            return
+        obj = json.loads(payload)
+        if "error" in obj:
+            result.error = str(obj["error"].get("message") if isinstance(obj["error"], dict) else obj["error"])
+            return
+        now = time.perf_counter()
+        if _chunk_text(obj):
+            chunks += 1
+            if result.ttft_s is None:
+                result.ttft_s = now - start
+            else:
+                result.itl_s.append(now - last)
+            last = now
+        _apply_usage(result, obj.get("usage"))
+    result.error = "stream ended without [DONE]"
 
 
 # --- the run ---

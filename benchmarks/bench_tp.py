@@ -92,7 +92,7 @@ def run_engine(tp: int, args: argparse.Namespace, pp: int = 1) -> dict[str, Any]
         t = time.perf_counter()
         outs = engine.generate(input_ids=prompts, sampling_params=params)
         elapsed = time.perf_counter() - t
-    tokens = sum(len(o["output_ids"]) for o in outs)  # type: ignore[index]
+    tokens = sum(len(o["output_ids"]) for o in outs)
     return {"tp": tp, "pp": pp, "seconds": round(elapsed, 3), "output_tokens": tokens,
             "output_tokens_per_s": round(tokens / elapsed, 2)}
 

@@ -15,6 +15,7 @@ from torch.profiler import ProfilerActivity, profile
 
 from radixserve import Engine
 from radixserve.managers.io_struct import TokenizedGenerateReqInput
+from radixserve.sampling.sampling_params import SamplingParams
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -33,7 +34,7 @@ def main(argv: list[str] | None = None) -> int:
     for i in range(args.batch_size):
         sched.add_request(TokenizedGenerateReqInput(
             rid=f"r{i}", input_ids=[(7 * i + j) % 1000 + 10 for j in range(args.input_len)],
-            sampling_params={"max_new_tokens": 2 * args.steps + 8, "temperature": 0, "ignore_eos": True}))
+            sampling_params=SamplingParams(max_new_tokens=2 * args.steps + 8, temperature=0, ignore_eos=True)))
     while sched.waiting_queue:
         sched.step()
     for _ in range(args.steps):  # warm: Triton autotuning, allocator

@@ -1,4 +1,5 @@
-"""Where a decode step's time goes on the GPU: host-side scheduling, the forward (graph replay), sampling.
+"""Where a decode step's time goes on the GPU: host-side scheduling, the forward (graph replay) with
+sampling (ModelRunner.forward), and processing the tokens.
 
   python benchmarks/profile_decode_step.py --model-path llama-3-8b --load-format dummy --batch-size 1
 Prints per-phase milliseconds (median over the steps) and the top Python functions by own time.
@@ -19,6 +20,7 @@ import torch
 
 from radixserve import Engine
 from radixserve.managers.io_struct import TokenizedGenerateReqInput
+from radixserve.sampling.sampling_params import SamplingParams
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -42,8 +44,8 @@ def main(argv: list[str] | None = None) -> int:
     for i in range(args.batch_size):
         sched.add_request(TokenizedGenerateReqInput(
             rid=f"r{i}", input_ids=[(7 * i + j) % 1000 + 10 for j in range(args.input_len)],
-            sampling_params={"max_new_tokens": args.steps + 32, "temperature": 0, "ignore_eos": True}))
-    while sched.waiting_queue or sched.chunked_req is not None:  # prefill every request
+            sampling_params=SamplingParams(max_new_tokens=args.steps + 32, temperature=0, ignore_eos=True)))
+    while sched.waiting_queue or sched.prefill.chunked_req is not None:  # prefill every request
         sched.step()
     if args.whole_steps:
         for _ in range(8):
@@ -58,32 +60,29 @@ def main(argv: list[str] | None = None) -> int:
         assert len(sched.running_batch.reqs) == bs, "a request finished inside the timed steps"
         print(f"whole decode step: {ms:.3f} ms ({1e3 / ms * bs:.1f} tok/s) at batch {bs}, overlap {sched.overlap}")
         return 0
-    phases: dict[str, list[float]] = {"schedule": [], "forward": [], "sample+update": [], "step_total": []}
+    sched._drain_inflight()  # the phases below run the plain (non-overlapped) step
+    phases: dict[str, list[float]] = {"schedule": [], "forward+sample": [], "process": [], "step_total": []}
     prof = cProfile.Profile()
     for _ in range(args.steps):
         sync()
         t0 = time.perf_counter()
         prof.enable()
-        batch = sched._get_next_batch()
+        batch = sched._next_batch()
         assert batch is not None
         t1 = time.perf_counter()
-        fb = batch.get_forward_batch(sched.model_runner.attn_backend)
-        logits = sched.model_runner.forward(fb)
+        launched = sched._launch(batch)
         sync()
         t2 = time.perf_counter()
-        for r in batch.reqs:
-            r.kv_len += 1
-        sched._append_samples(batch.reqs, logits)
-        batch.filter([r for r in batch.reqs if not r.finished])
+        sched._process(launched)
         sched._collect_outputs()
         prof.disable()
         t3 = time.perf_counter()
-        for name, dt in (("schedule", t1 - t0), ("forward", t2 - t1), ("sample+update", t3 - t2),
+        for name, dt in (("schedule", t1 - t0), ("forward+sample", t2 - t1), ("process", t3 - t2),
                          ("step_total", t3 - t0)):
             phases[name].append(dt * 1e3)
     summary: dict[str, Any] = {k: round(statistics.median(v), 3) for k, v in phases.items()}
     summary["batch_size"] = len(sched.running_batch.reqs)
-    summary["host_share"] = round(1 - summary["forward"] / summary["step_total"], 3)
+    summary["host_share"] = round(1 - summary["forward+sample"] / summary["step_total"], 3)
     print("median ms per decode step:", summary)
     out = io.StringIO()
     pstats.Stats(prof, stream=out).sort_stats("tottime").print_stats(18)

@@ -22,7 +22,7 @@ TIMEOUT_S = 900
 
 def readme_main_command() -> str:
     text = (REPO / "README.md").read_text()
-    blocks = re.findall(r"```sh\n(.*?)```", text, flags=re.S)
+    blocks: list[str] = re.findall(r"```sh\n(.*?)```", text, flags=re.S)
     commands = [b.strip() for b in blocks if "radixserve serve" in b]
     assert commands, "README has no sh block with `radixserve serve`"
     return commands[0]

@@ -9,6 +9,7 @@ import torch
 
 if TYPE_CHECKING:
     from radixserve.layers.radix_attention import RadixAttention
+    from radixserve.layers.rotary_embedding import RotaryEmbedding
     from radixserve.model_executor.forward_batch import ForwardBatch
 
 
@@ -17,18 +18,24 @@ class AttentionBackend(ABC):
     def init_forward_metadata(self, forward_batch: ForwardBatch) -> None:
         """Precompute what every layer of this step shares (indices, masks)."""
 
-    def forward(self, q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, layer: RadixAttention,
-                forward_batch: ForwardBatch, save_kv: bool = True) -> torch.Tensor:
-        """q: [tokens, heads, d]; k, v: [tokens, kv_heads, d] of this step's tokens. Returns [tokens, heads, d].
+    def forward(self, q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, positions: torch.Tensor,
+                rotary: RotaryEmbedding, layer: RadixAttention, forward_batch: ForwardBatch) -> torch.Tensor:
+        """q: [tokens, heads, d]; k, v: [tokens, kv_heads, d] of this step's tokens -> [tokens, heads, d].
 
-        Writes k and v into the pool at forward_batch.out_cache_loc (unless the caller already
-        did), then attends over each request's whole sequence (cached prefix plus new tokens).
+        Rotates q and k (given unrotated), writes k and v into the pool at forward_batch.out_cache_loc,
+        then attends over each request's whole sequence (cached prefix plus new tokens).
         """
-        if save_kv:
-            forward_batch.token_to_kv_pool.set_kv_buffer(layer.layer_id, forward_batch.out_cache_loc, k, v)
+        q = self.rotate_and_store(q, k, v, positions, rotary, layer, forward_batch)
         if forward_batch.forward_mode.is_decode():
             return self.forward_decode(q, layer, forward_batch)
         return self.forward_extend(q, layer, forward_batch)
+
+    def rotate_and_store(self, q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, positions: torch.Tensor,
+                         rotary: RotaryEmbedding, layer: RadixAttention, forward_batch: ForwardBatch) -> torch.Tensor:
+        """Applies rotary to q and k and writes k, v into the pool; returns the rotated q."""
+        q, k = rotary(positions, q, k)
+        forward_batch.token_to_kv_pool.set_kv_buffer(layer.layer_id, forward_batch.out_cache_loc, k, v)
+        return q
 
     @abstractmethod
     def forward_extend(self, q: torch.Tensor, layer: RadixAttention, forward_batch: ForwardBatch) -> torch.Tensor:

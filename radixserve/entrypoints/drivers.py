@@ -14,6 +14,7 @@ import zmq
 
 from radixserve.managers.io_struct import AbortReq, BatchTokenIDOut, TokenizedGenerateReqInput
 from radixserve.managers.ipc import DETOKENIZER_INPUT_DECODER, ENCODER, PortArgs, bind_pull, connect_push
+from radixserve.managers.processes import ServerProcesses
 from radixserve.managers.scheduler import Scheduler
 from radixserve.server_args import ServerArgs
 
@@ -58,8 +59,6 @@ class InProcessDriver:
 
 class ProcessDriver:
     def __init__(self, server_args: ServerArgs) -> None:
-        from radixserve.server.launch import ServerProcesses
-
         self.port_args = PortArgs.new()
         self.ctx = zmq.Context()
         # Bound before the scheduler starts: it connects its outputs here.

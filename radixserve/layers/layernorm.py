@@ -12,23 +12,17 @@ class RMSNorm(nn.Module):
         self.eps = eps
         self.weight = nn.Parameter(torch.ones(hidden_size), requires_grad=False)
 
-    def _norm(self, x: torch.Tensor) -> torch.Tensor:
-        dtype = x.dtype
-        x32 = x.float()
-        x32 = x32 * torch.rsqrt(x32.pow(2).mean(-1, keepdim=True) + self.eps)
-        return self.weight * x32.to(dtype)
-
-    def forward(
-        self, x: torch.Tensor, residual: torch.Tensor | None = None
-    ) -> tuple[torch.Tensor, torch.Tensor]:
-        """Returns (normed, new_residual), where new_residual = x + residual (or x)."""
-        if x.is_cuda and x.dim() == 2:
+    def forward(self, x: torch.Tensor, residual: torch.Tensor | None = None) -> tuple[torch.Tensor, torch.Tensor]:
+        """x: [tokens, hidden]. Returns (normed, new_residual), where new_residual = x + residual (or x)."""
+        if x.is_cuda:
             from radixserve.kernels.fused_ops import add_rmsnorm
 
             return add_rmsnorm(x, residual, self.weight, self.eps)
         if residual is not None:
             x = x + residual
-        return self._norm(x), x
+        return self.plain(x), x
 
     def plain(self, x: torch.Tensor) -> torch.Tensor:
-        return self._norm(x)
+        """The norm alone, over the last dim of any shape (q/k norm per head): the reference path."""
+        x32 = x.float()
+        return self.weight * (x32 * torch.rsqrt(x32.pow(2).mean(-1, keepdim=True) + self.eps)).to(x.dtype)

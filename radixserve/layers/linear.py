@@ -37,6 +37,7 @@ class ColumnParallelLinear(nn.Module):
         super().__init__()
         self.tp = tp
         self.out_per_rank = divide(out_features, tp.size, "output features")
+        self.out_sizes = [self.out_per_rank]  # this rank's rows of each projection fused into `weight`
         self.weight = _param((self.out_per_rank, in_features), self._load_rows)
         self.bias = _param((self.out_per_rank,), self._load_rows) if bias else None
 
@@ -46,6 +47,16 @@ class ColumnParallelLinear(nn.Module):
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         return F.linear(x, self.weight, self.bias)
+
+    def forward_split(self, x: torch.Tensor) -> tuple[torch.Tensor, ...]:
+        """The output of each fused projection (q, k, v; or gate, up)."""
+        if x.is_cuda:
+            return torch.split(self(x), self.out_sizes, dim=-1)
+        # On CPU, MKL runs one product per row slice of the fused weight faster than the fused product
+        # (gate/up: 0.73 vs 0.78 ms at batch 16, 0.18 vs 0.26 ms at batch 1), and no strided slice follows.
+        weights = self.weight.split(self.out_sizes)
+        biases = self.bias.split(self.out_sizes) if self.bias is not None else [None] * len(weights)
+        return tuple(F.linear(x, w, b) for w, b in zip(weights, biases, strict=True))
 
 
 class MergedColumnParallelLinear(ColumnParallelLinear):
@@ -65,6 +76,15 @@ class MergedColumnParallelLinear(ColumnParallelLinear):
         offset = sum(self.out_sizes[:shard_id])
         _copy(param.data.narrow(0, offset, size), loaded.narrow(0, self.tp.rank * size, size), "merged-column")
 
+    def silu_and_mul(self, x: torch.Tensor) -> torch.Tensor:
+        """silu(gate) * up of this [gate | up] projection of x; on CUDA one product and one fused kernel."""
+        if x.is_cuda:
+            from radixserve.kernels.fused_ops import silu_and_mul
+
+            return silu_and_mul(self(x))
+        gate, up = self.forward_split(x)
+        return F.silu(gate) * up
+
 
 class QKVParallelLinear(ColumnParallelLinear):
     """q, k and v projections fused; heads split across ranks, KV heads replicated when fewer than ranks."""
@@ -83,6 +103,7 @@ class QKVParallelLinear(ColumnParallelLinear):
         self.kv_size = self.num_kv_heads * head_dim
         out = (self.num_heads + 2 * self.num_kv_heads) * head_dim
         super().__init__(hidden_size, out * tp.size, bias, tp)
+        self.out_sizes = [self.q_size, self.kv_size, self.kv_size]
         self.weight.weight_loader = self._load_shard  # type: ignore[attr-defined]
         if self.bias is not None:
             self.bias.weight_loader = self._load_shard  # type: ignore[attr-defined]

@@ -6,6 +6,7 @@ import torch
 from torch import nn
 
 if TYPE_CHECKING:
+    from radixserve.layers.rotary_embedding import RotaryEmbedding
     from radixserve.model_executor.forward_batch import ForwardBatch
 
 
@@ -20,7 +21,7 @@ class RadixAttention(nn.Module):
         self.head_dim = head_dim
         self.scaling = scaling
 
-    def forward(self, q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, forward_batch: ForwardBatch,
-                kv_stored: bool = False) -> torch.Tensor:
-        """`kv_stored`: k and v are already in the pool (written by the fused rotary kernel)."""
-        return forward_batch.attn_backend.forward(q, k, v, self, forward_batch, save_kv=not kv_stored)
+    def forward(self, q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, positions: torch.Tensor,
+                rotary: RotaryEmbedding, forward_batch: ForwardBatch) -> torch.Tensor:
+        """q, k before rotary: the backend rotates them and stores k, v in the KV pool as it sees fit."""
+        return forward_batch.attn_backend.forward(q, k, v, positions, rotary, self, forward_batch)

@@ -56,28 +56,11 @@ class RotaryEmbedding(nn.Module):
         half = x.shape[-1] // 2
         return torch.cat((-x[..., half:], x[..., :half]), dim=-1)
 
-    def rotate_and_store(self, positions: torch.Tensor, q: torch.Tensor, k: torch.Tensor, v: torch.Tensor,
-                         k_buf: torch.Tensor, v_buf: torch.Tensor, loc: torch.Tensor) -> bool:
-        """On CUDA: rotate q and k in place and write k, v into the pool buffers at `loc`, in one
-        kernel; returns True. Elsewhere returns False and does nothing (rotate with forward)."""
-        if not (q.is_cuda and q.stride(-1) == 1 and k.stride(-1) == 1 and v.stride(-1) == 1
-                and k_buf.is_contiguous() and v_buf.is_contiguous()):
-            return False
-        from radixserve.kernels.fused_ops import rotary_inplace
-
-        rotary_inplace(q, k, positions, self.cos_cache, self.sin_cache, store=(v, k_buf, v_buf, loc))
-        return True
-
     def forward(self, positions: torch.Tensor, q: torch.Tensor, k: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         """q: [tokens, heads, head_dim], k: [tokens, kv_heads, head_dim]; positions: [tokens].
 
-        On CUDA q and k are rotated in place by one fused kernel.
+        The reference path; the Triton attention backend rotates in its fused rotary + KV-store kernel.
         """
-        if q.is_cuda and q.stride(-1) == 1 and k.stride(-1) == 1:
-            from radixserve.kernels.fused_ops import rotary_inplace
-
-            rotary_inplace(q, k, positions, self.cos_cache, self.sin_cache)
-            return q, k
         cos = self.cos_cache[positions].unsqueeze(1).to(q.dtype)
         sin = self.sin_cache[positions].unsqueeze(1).to(q.dtype)
         q = q * cos + self._rotate_half(q) * sin

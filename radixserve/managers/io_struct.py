@@ -10,12 +10,14 @@ from typing import Any
 
 import msgspec
 
+from radixserve.sampling.sampling_params import SamplingParams
+
 
 class FinishReason(msgspec.Struct, frozen=True):
     type: str  # "stop" | "length" | "abort"
     matched: int | str | None = None  # the EOS/stop token id or stop string that ended the request
     message: str | None = None  # for aborts: why
-    status_code: int | None = None  # for refusals: the HTTP status the API answers with (400, 429, ...)
+    error: str | None = None  # for refusals: the error code (radixserve.errors.refusal maps it)
 
     def to_json(self) -> dict[str, Any]:
         out: dict[str, Any] = {"type": self.type}
@@ -30,7 +32,7 @@ class FinishReason(msgspec.Struct, frozen=True):
 class TokenizedGenerateReqInput(msgspec.Struct, tag=True):
     rid: str
     input_ids: list[int]
-    sampling_params: dict[str, Any]
+    sampling_params: SamplingParams  # validated, n == 1 (the builder fans n out)
     input_text: str | None = None
     stream: bool = False
     return_logprob: bool = False
@@ -59,6 +61,14 @@ class GetLoadReqOutput(msgspec.Struct, tag=True):
 
 
 # ---- Scheduler -> Detokenizer (and the Engine) -------------------------------------------
+class DecodeSettings(msgspec.Struct):
+    """How to turn one request's ids into text; sent once, with the request's first output."""
+
+    rid: str
+    stop: list[str]  # the detokenizer holds back text that may begin one, and cuts at it
+    skip_special_tokens: bool = True
+
+
 class BatchTokenIDOut(msgspec.Struct, tag=True):
     rids: list[str]
     new_token_ids: list[list[int]]  # tokens since this request's previous output
@@ -66,11 +76,9 @@ class BatchTokenIDOut(msgspec.Struct, tag=True):
     prompt_tokens: list[int]
     completion_tokens: list[int]
     cached_tokens: list[int]
-    skip_special_tokens: list[bool]
-    new_token_logprobs: list[list[float]] | None = None
-    new_top_logprobs: list[list[list[tuple[int, float]]]] | None = None
-    # Stop strings per request: the detokenizer holds back text that may begin one.
-    stop_strs: list[list[str]] | None = None
+    new_token_logprobs: list[list[float]]
+    new_top_logprobs: list[list[list[tuple[int, float]]]]
+    new_reqs: list[DecodeSettings] = []  # requests reported for the first time
 
 
 # ---- Detokenizer -> TokenizerManager -----------------------------------------------------
@@ -82,8 +90,8 @@ class BatchStrOut(msgspec.Struct, tag=True):
     prompt_tokens: list[int]
     completion_tokens: list[int]
     cached_tokens: list[int]
-    new_token_logprobs: list[list[float]] | None = None
-    new_top_logprobs: list[list[list[tuple[int, float]]]] | None = None
+    new_token_logprobs: list[list[float]]
+    new_top_logprobs: list[list[list[tuple[int, float]]]]
 
 
 SchedulerInput = TokenizedGenerateReqInput | AbortReq | FlushCacheReq | GetLoadReq

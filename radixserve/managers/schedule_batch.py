@@ -1,8 +1,8 @@
 """Req (one request's state) and ScheduleBatch (the scheduler's view of one step).
 
 ScheduleBatch.prepare_for_extend / prepare_for_decode allocate KV slots, fill the
-ReqToTokenPool and build the step's tensors in one place; get_forward_batch hands the model
-a ForwardBatch.
+ReqToTokenPool, advance each request's kv_len and build the step's tensors in one place;
+get_forward_batch and sampling_info hand the ModelRunner what it runs and samples.
 """
 
 from __future__ import annotations
@@ -13,15 +13,19 @@ from typing import TYPE_CHECKING
 
 import torch
 
+from radixserve.errors import InvalidRequestError
 from radixserve.managers.io_struct import FinishReason
 from radixserve.model_executor.forward_batch import ForwardBatch, ForwardMode
+from radixserve.sampling.sampler import SamplingBatchInfo
 from radixserve.sampling.sampling_params import SamplingParams
+from radixserve.utils.detokenize import IncrementalDecoder
 from radixserve.utils.tensors import to_device
 
 if TYPE_CHECKING:
     from radixserve.attention.base import AttentionBackend
+    from radixserve.mem_cache.base_prefix_cache import BasePrefixCache
     from radixserve.mem_cache.memory_pool import ReqToTokenPool, TokenToKVPool
-    from radixserve.mem_cache.radix_cache import RadixCache, TreeNode
+    from radixserve.mem_cache.radix_cache import TreeNode
 
 
 class OutOfKVMemory(RuntimeError):
@@ -49,11 +53,13 @@ class Req:
     # bookkeeping
     cached_tokens: int = 0  # prompt tokens served from the cache (max over admissions)
     finished_reason: FinishReason | None = None
-    to_abort: str | None = None
+    to_abort: FinishReason | None = None  # set while it holds KV; released at the next step
     generator: torch.Generator | None = None
     output_logprobs: list[float] = field(default_factory=list)
     output_top_logprobs: list[list[tuple[int, float]]] = field(default_factory=list)
     send_offset: int = 0  # output tokens already reported
+    reported: bool = False  # its DecodeSettings went out with a first output
+    stop_decoder: IncrementalDecoder | None = None  # finds stop strings in the output text
     retractions: int = 0
     created: float = field(default_factory=time.monotonic)
 
@@ -65,7 +71,7 @@ class Req:
     def finished(self) -> bool:
         return self.finished_reason is not None
 
-    def init_next_round_input(self, tree_cache: RadixCache) -> None:
+    def init_next_round_input(self, tree_cache: BasePrefixCache) -> None:
         """Match the cache for the tokens still to compute; at least one token is left to run."""
         self.fill_ids = self.origin_input_ids + self.output_ids
         if self.req_pool_idx is None:
@@ -89,7 +95,7 @@ class ScheduleBatch:
     forward_mode: ForwardMode
     req_to_token_pool: ReqToTokenPool
     token_to_kv_pool: TokenToKVPool
-    tree_cache: RadixCache
+    tree_cache: BasePrefixCache
     device: torch.device
     chunked_req: Req | None = None  # the request of this batch whose prompt is not complete yet
     input_ids: torch.Tensor | None = None
@@ -100,12 +106,6 @@ class ScheduleBatch:
     seq_lens_cpu: list[int] = field(default_factory=list)
     prefix_lens_cpu: list[int] = field(default_factory=list)
     extend_lens_cpu: list[int] = field(default_factory=list)
-
-    def batch_size(self) -> int:
-        return len(self.reqs)
-
-    def is_empty(self) -> bool:
-        return not self.reqs
 
     def alloc_token_slots(self, n: int) -> torch.Tensor:
         out = self.token_to_kv_pool.alloc(n)
@@ -143,6 +143,7 @@ class ScheduleBatch:
         tokens: list[int] = []
         for r, p, s in zip(self.reqs, self.prefix_lens_cpu, self.seq_lens_cpu, strict=True):
             r.fill_ids = r.fill_ids[:s]
+            r.kv_len = s
             tokens.extend(r.fill_ids[p:s])
         loc = self.alloc_token_slots(len(tokens))
         self._write_req_to_token(self.extend_lens_cpu, self.prefix_lens_cpu, loc)
@@ -161,6 +162,8 @@ class ScheduleBatch:
         bs = len(self.reqs)
         loc = self.alloc_token_slots(bs)
         kv_lens = [r.kv_len for r in self.reqs]
+        for r in self.reqs:
+            r.kv_len += 1
         self._write_req_to_token([1] * bs, kv_lens, loc)
         if input_ids is None:
             input_ids = to_device([r.output_ids[-1] for r in self.reqs], self.device)
@@ -174,8 +177,15 @@ class ScheduleBatch:
     def filter(self, keep: list[Req]) -> None:
         self.reqs = keep
 
-    def merge(self, other: ScheduleBatch) -> None:
-        self.reqs.extend(other.reqs)
+    @property
+    def sampled_reqs(self) -> list[Req]:
+        """Requests that get a token from this step: all but a prompt still being chunked."""
+        return [r for r in self.reqs if r is not self.chunked_req]
+
+    def sampling_info(self, device: torch.device) -> SamplingBatchInfo:
+        reqs = self.sampled_reqs
+        rows = None if len(reqs) == len(self.reqs) else [i for i, r in enumerate(self.reqs) if r is not self.chunked_req]
+        return SamplingBatchInfo.from_reqs(reqs, device, rows)
 
     def get_forward_batch(self, attn_backend: AttentionBackend) -> ForwardBatch:
         assert self.input_ids is not None and self.positions is not None and self.out_cache_loc is not None
@@ -197,13 +207,14 @@ class ScheduleBatch:
         )
 
 
-def check_prompt(input_ids: list[int], context_len: int, vocab_size: int) -> str | None:
-    """Why a prompt cannot run, or None. Shared by the Scheduler and the front ends."""
+def check_prompt(input_ids: list[int], context_len: int, vocab_size: int, param: str = "prompt") -> None:
+    """Raise InvalidRequestError when a prompt cannot run. Shared by the Scheduler and the front ends."""
     if not input_ids:
-        return "the prompt is empty"
+        raise InvalidRequestError("the prompt is empty", param, "empty_prompt")
     if len(input_ids) >= context_len:
-        return (f"the prompt has {len(input_ids)} tokens, the context length is {context_len} "
-                "(at least one token must be left for the output)")
+        raise InvalidRequestError(f"the prompt has {len(input_ids)} tokens, the context length is {context_len} "
+                                  "(at least one token must be left for the output)", param,
+                                  "context_length_exceeded")
     if min(input_ids) < 0 or max(input_ids) >= vocab_size:
-        return f"input_ids must be in [0, {vocab_size}); got a token id out of range"
-    return None
+        raise InvalidRequestError(f"input_ids must be in [0, {vocab_size}); got a token id out of range", param,
+                                  "invalid_token_id")

@@ -6,7 +6,7 @@ from dataclasses import dataclass, field
 from enum import Enum, auto
 
 from radixserve.managers.schedule_batch import Req
-from radixserve.mem_cache.radix_cache import RadixCache
+from radixserve.mem_cache.base_prefix_cache import BasePrefixCache
 
 # Matching every waiting request against the tree costs O(queue * prompt); past this queue
 # length lpm falls back to fcfs, as SGLang does.
@@ -24,9 +24,9 @@ class AddResult(Enum):
     STOP = auto()  # nothing more fits in this batch
 
 
-def order_waiting_queue(queue: list[Req], policy: str, tree_cache: RadixCache) -> None:
+def order_waiting_queue(queue: list[Req], policy: str, tree_cache: BasePrefixCache) -> None:
     """Compute each request's cached prefix and sort the queue in place by the policy."""
-    if policy == "lpm" and len(queue) <= LPM_MAX_QUEUE and not tree_cache.disabled:
+    if policy == "lpm" and len(queue) <= LPM_MAX_QUEUE and tree_cache.shares_prefixes:
         for r in queue:
             r.init_next_round_input(tree_cache)
         # Stable sort: equal prefixes keep arrival order.
@@ -45,7 +45,7 @@ def reserved_decode_tokens(req: Req, new_token_ratio: float) -> int:
 class PrefillAdder:
     """Admits requests while they fit the token budget, the KV pool and the running limit."""
 
-    tree_cache: RadixCache
+    tree_cache: BasePrefixCache
     # Free KV slots minus what running requests will still need. Evictable slots are added live
     # (rem_total_tokens): locking an admitted request's prefix makes those slots unevictable.
     kv_budget: int
@@ -92,7 +92,7 @@ class PrefillAdder:
         if self.rem_running <= 0 or self.new_chunked_req is not None:
             return AddResult.STOP
         head = tuple(req.fill_ids[:IN_BATCH_PREFIX_TOKENS])
-        if (not self.tree_cache.disabled and len(head) == IN_BATCH_PREFIX_TOKENS
+        if (self.tree_cache.shares_prefixes and len(head) == IN_BATCH_PREFIX_TOKENS
                 and req.prefix_indices.numel() < IN_BATCH_PREFIX_TOKENS and head in self._batch_heads):
             return AddResult.DEFERRED
         result = self._admit(req)

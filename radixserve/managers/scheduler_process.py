@@ -37,6 +37,10 @@ from radixserve.managers.ipc import (
     recv_raw,
 )
 from radixserve.managers.scheduler import Scheduler
+from radixserve.managers.scheduler_output import SchedulerStats
+from radixserve.model_loader.source import ModelSource, resolve_model_source
+from radixserve.model_loader.tokenizer import load_tokenizer
+from radixserve.sampling.sampling_params import SamplingParams
 from radixserve.server_args import ServerArgs
 from radixserve.utils.log import configure_logging
 
@@ -47,31 +51,25 @@ METRICS_INTERVAL_S = 0.5
 WARMUP_TOKENS = 4
 
 
-def build_scheduler(server_args: ServerArgs, groups: DistGroups = ONE_PROCESS) -> tuple[Scheduler, Any, str]:
-    """Load the model and build the Scheduler exactly as the offline Engine does."""
+def build_scheduler(server_args: ServerArgs, source: ModelSource, tokenizer: Any,
+                    groups: DistGroups = ONE_PROCESS) -> Scheduler:
+    """Load the model and build the Scheduler: the one factory, for the server and the Engine."""
     from radixserve.model_executor.model_runner import ModelRunner
-    from radixserve.model_loader.source import resolve_model_source
-    from radixserve.model_loader.tokenizer import load_tokenizer
-    from radixserve.utils.detokenize import TokenDecoder
 
-    source = resolve_model_source(server_args.model_path, server_args.load_format, server_args.tokenizer_path)
-    tokenizer = load_tokenizer(source.tokenizer_source)
     runner = ModelRunner(server_args, source, groups.tp, groups.pp, groups.world)
     eos = {tokenizer.eos_token_id} if tokenizer.eos_token_id is not None else set()
-    scheduler = Scheduler(server_args, runner, decode=TokenDecoder(tokenizer).decode, eos_token_ids=frozenset(eos))
-    return scheduler, tokenizer, server_args.served_model_name or source.name
+    return Scheduler(server_args, runner, tokenizer, eos_token_ids=frozenset(eos))
 
 
 def warm_up(scheduler: Scheduler) -> None:
     """One short request through the whole step path (CUDA graphs, kernels' autotuning, allocator)."""
-    req = TokenizedGenerateReqInput(rid="__warmup__", input_ids=[1, 2, 3, 4, 5, 6, 7, 8],
-                                    sampling_params={"max_new_tokens": WARMUP_TOKENS, "temperature": 0,
-                                                     "ignore_eos": True})
+    req = TokenizedGenerateReqInput(rid="__warmup__", input_ids=[1, 2, 3, 4, 5, 6, 7, 8], sampling_params=SamplingParams(
+        max_new_tokens=WARMUP_TOKENS, temperature=0, ignore_eos=True))
     scheduler.add_request(req)
     deadline = time.monotonic() + 600
     while scheduler.has_work() and time.monotonic() < deadline:
         scheduler.step()
-    scheduler.stats.__init__()  # type: ignore[misc]  # warm-up is not traffic
+    scheduler.stats = SchedulerStats()  # warm-up is not traffic
     scheduler.flush_cache()
 
 
@@ -120,7 +118,9 @@ def run_scheduler_process(server_args: ServerArgs, port_args: PortArgs, ready: C
                                       server_args.pipeline_parallel_size, port_args.dist_store, device)
             # Same RNG state on every rank: unseeded sampling draws the same numbers everywhere.
             torch.manual_seed(server_args.random_seed if server_args.random_seed is not None else 0)
-        scheduler, _, model_name = build_scheduler(server_args, groups)
+        source = resolve_model_source(server_args.model_path, server_args.load_format, server_args.tokenizer_path)
+        scheduler = build_scheduler(server_args, source, load_tokenizer(source.tokenizer_source), groups)
+        model_name = server_args.served_model_name or source.name
         logger.info("warming up")
         warm_up(scheduler)
     except Exception as e:  # start-up errors go to the launcher, which prints them and exits non-zero
@@ -133,7 +133,7 @@ def run_scheduler_process(server_args: ServerArgs, port_args: PortArgs, ready: C
         ctx = zmq.Context()
         io = SchedulerIO(bind_pull(ctx, port_args.scheduler_input), connect_push(ctx, port_args.detokenizer_input),
                          connect_push(ctx, port_args.tokenizer_input))
-    from radixserve.server.metrics import SchedulerMetrics
+    from radixserve.metrics import SchedulerMetrics
 
     metrics = SchedulerMetrics(model_name) if world_rank == 0 else None
     ready.send({"status": "ready", **model_info(scheduler, model_name)})

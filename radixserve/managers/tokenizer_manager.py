@@ -1,10 +1,10 @@
 """TokenizerManager: the main process's side of the engine.
 
-Tokenizes (and applies the chat template), validates, assigns request ids, sends
-`TokenizedGenerateReqInput` to the scheduler process and hands each request's `BatchStrOut`
-pieces back to the HTTP handler that waits on it. A request with `n > 1` becomes n scheduler
-requests whose outputs share one queue. Leaving `generate()` early (client gone, error)
-aborts what is still running, so its KV slots return to the pool.
+Its RequestBuilder tokenizes, validates and fans requests out; `generate()` sends the
+`TokenizedGenerateReqInput`s to the scheduler process and hands each request's `BatchStrOut`
+pieces back to the HTTP handler that waits on it (the n requests of one API request share one
+queue). Leaving `generate()` early (client gone, error) aborts what is still running, so its KV
+slots return to the pool. Errors are radixserve.errors; the server maps them to HTTP.
 """
 
 from __future__ import annotations
@@ -12,7 +12,6 @@ from __future__ import annotations
 import asyncio
 import logging
 import time
-import uuid
 from collections.abc import AsyncGenerator
 from dataclasses import dataclass, field
 from typing import Any
@@ -20,6 +19,7 @@ from typing import Any
 import zmq
 import zmq.asyncio
 
+from radixserve.errors import InvalidRequestError, UnavailableError, refusal
 from radixserve.managers.io_struct import (
     AbortReq,
     BatchStrOut,
@@ -28,31 +28,15 @@ from radixserve.managers.io_struct import (
     FlushCacheReqOutput,
     GetLoadReq,
     GetLoadReqOutput,
-    TokenizedGenerateReqInput,
 )
 from radixserve.managers.ipc import ENCODER, TOKENIZER_INPUT_DECODER, PortArgs
-from radixserve.managers.schedule_batch import check_prompt
-from radixserve.sampling.sampling_params import SamplingParams, SamplingParamsError
-from radixserve.server.errors import APIError
-from radixserve.server.metrics import TokenizerMetrics
+from radixserve.managers.request_builder import GenerateRequest, RequestBuilder
+from radixserve.metrics import TokenizerMetrics
 from radixserve.server_args import ServerArgs
 
 logger = logging.getLogger(__name__)
 
 CONTROL_TIMEOUT_S = 30.0
-
-
-@dataclass
-class GenerateRequest:
-    """One API request after parsing: a prompt as ids, and how to sample it."""
-
-    input_ids: list[int]
-    sampling_params: dict[str, Any]
-    stream: bool = False
-    return_logprob: bool = False
-    top_logprobs_num: int = 0
-    rid: str | None = None
-    input_text: str | None = None
 
 
 @dataclass
@@ -95,6 +79,7 @@ class TokenizerManager:
         self.recv_sock = self.ctx.socket(zmq.PULL)
         self.recv_sock.setsockopt(zmq.RCVHWM, 0)
         self.recv_sock.bind(port_args.tokenizer_input)
+        self.builder = RequestBuilder(tokenizer, self.model_name, self.context_len, self.vocab_size)
         self.states: dict[str, ReqState] = {}
         self.groups: dict[str, list[str]] = {}  # API request id -> its scheduler request ids
         self.metrics = TokenizerMetrics(self.model_name)
@@ -117,78 +102,34 @@ class TokenizerManager:
     def num_inflight(self) -> int:
         return len(self.states)
 
-    # ---- inputs ------------------------------------------------------------------------------
-    def tokenize(self, text: str, add_special_tokens: bool = True) -> list[int]:
-        return list(self.tokenizer(text, add_special_tokens=add_special_tokens).input_ids)
-
-    def apply_chat_template(self, messages: list[dict[str, Any]], **template_kwargs: Any) -> tuple[str, list[int]]:
-        if not getattr(self.tokenizer, "chat_template", None):
-            raise APIError(400, f"model {self.model_name!r} has no chat template; use /v1/completions",
-                           param="messages")
-        try:
-            text: str = self.tokenizer.apply_chat_template(messages, tokenize=False, add_generation_prompt=True,
-                                                           **template_kwargs)
-        except Exception as e:  # jinja errors from the template ("roles must alternate", ...)
-            raise APIError(400, f"the chat template rejected the messages: {e}", param="messages") from e
-        return text, self.tokenize(text, add_special_tokens=False)
-
-    def validate(self, req: GenerateRequest, explicit_max_tokens: bool = False) -> SamplingParams:
-        """Refuse what the scheduler would refuse, before it is queued, with the parameter named."""
-        if self.draining:
-            raise APIError(503, "the server is shutting down", code="shutting_down")
-        try:
-            params = SamplingParams.from_dict(req.sampling_params)
-        except SamplingParamsError as e:
-            raise APIError(400, str(e), param=e.field_name, code="invalid_value") from e
-        if req.top_logprobs_num < 0 or req.top_logprobs_num > 20:
-            raise APIError(400, "top_logprobs must be in [0, 20]", param="top_logprobs", code="invalid_value")
-        error = check_prompt(req.input_ids, self.context_len, self.vocab_size)
-        if error is not None:
-            raise APIError(400, f"{error} (this model's maximum context length is {self.context_len} tokens)",
-                           param="messages" if req.input_text is None else "prompt", code="context_length_exceeded")
-        if explicit_max_tokens and len(req.input_ids) + params.max_new_tokens > self.context_len:
-            raise APIError(400, f"this model's maximum context length is {self.context_len} tokens; the request "
-                           f"asks for {len(req.input_ids) + params.max_new_tokens} ({len(req.input_ids)} in the "
-                           f"prompt, {params.max_new_tokens} to generate)", param="max_tokens",
-                           code="context_length_exceeded")
-        return params
-
     # ---- generation --------------------------------------------------------------------------
-    async def generate(self, req: GenerateRequest, params: SamplingParams) -> AsyncGenerator[ChoiceChunk, None]:
+    async def generate(self, req: GenerateRequest) -> AsyncGenerator[ChoiceChunk, None]:
         """Chunks of all n choices, interleaved, until every choice has finished."""
-        rid = req.rid or uuid.uuid4().hex
-        if rid in self.groups:
-            raise APIError(400, f"request id {rid!r} is already in use", param="rid")
+        if self.draining:
+            raise UnavailableError("the server is shutting down", code="shutting_down")
+        if req.rid in self.groups:
+            raise InvalidRequestError(f"request id {req.rid!r} is already in use", param="rid")
         queue: asyncio.Queue[ChoiceChunk] = asyncio.Queue()
-        sub_rids = [rid] if params.n == 1 else [f"{rid}-{i}" for i in range(params.n)]
-        base = {k: v for k, v in req.sampling_params.items() if k != "n" and v is not None}
-        self.groups[rid] = sub_rids
-        for i, sub in enumerate(sub_rids):
-            sp = dict(base)
-            if params.seed is not None:
-                sp["seed"] = params.seed + i  # n seeded samples differ from each other, reproducibly
-            self.states[sub] = ReqState(i, queue)
-            self.send_to_scheduler.send(ENCODER.encode(TokenizedGenerateReqInput(
-                rid=sub, input_ids=req.input_ids, sampling_params=sp, input_text=req.input_text,
-                stream=req.stream, return_logprob=req.return_logprob, top_logprobs_num=req.top_logprobs_num)),
-                flags=zmq.NOBLOCK)
-        left = len(sub_rids)
+        self.groups[req.rid] = [sub.rid for sub in req.reqs]
+        for i, sub in enumerate(req.reqs):
+            self.states[sub.rid] = ReqState(i, queue)
+            self.send_to_scheduler.send(ENCODER.encode(sub), flags=zmq.NOBLOCK)
+        left = len(req.reqs)
         try:
             while left:
                 chunk = await queue.get()
                 if chunk.finish_reason is not None:
                     left -= 1
                     reason = chunk.finish_reason
-                    if reason.type == "abort" and reason.status_code is not None and chunk.completion_tokens == 0:
-                        raise APIError(reason.status_code, reason.message or "request refused",
-                                       code="queue_full" if reason.status_code == 429 else None)
+                    if reason.error is not None and chunk.completion_tokens == 0:
+                        raise refusal(reason.error, reason.message or "request refused")
                 yield chunk
         finally:
-            for sub in sub_rids:
-                st = self.states.pop(sub, None)
+            for sub in req.reqs:
+                st = self.states.pop(sub.rid, None)
                 if st is not None and not st.finished:
-                    self._send_abort(sub)
-            self.groups.pop(rid, None)
+                    self._send_abort(sub.rid)
+            self.groups.pop(req.rid, None)
 
     def abort_request(self, rid: str) -> bool:
         """Abort an API request (all its choices) or one scheduler request id; False if unknown."""
@@ -208,7 +149,7 @@ class TokenizerManager:
         try:
             return await asyncio.wait_for(asyncio.shield(fut), CONTROL_TIMEOUT_S)
         except TimeoutError as e:
-            raise APIError(503, "the scheduler did not answer in time") from e
+            raise UnavailableError("the scheduler did not answer in time", code="scheduler_timeout") from e
 
     async def flush_cache(self) -> bool:
         out: FlushCacheReqOutput = await self._control_call(FlushCacheReq(), FlushCacheReqOutput)
@@ -248,10 +189,8 @@ class TokenizerManager:
             chunk = ChoiceChunk(
                 index=st.index, text=out.new_texts[i], token_ids=ids, finish_reason=reason,
                 prompt_tokens=out.prompt_tokens[i], completion_tokens=out.completion_tokens[i],
-                cached_tokens=out.cached_tokens[i],
-                logprobs=out.new_token_logprobs[i] if out.new_token_logprobs else [],
-                top_logprobs=[[(int(t), float(lp)) for t, lp in row] for row in out.new_top_logprobs[i]]
-                if out.new_top_logprobs else [])
+                cached_tokens=out.cached_tokens[i], logprobs=out.new_token_logprobs[i],
+                top_logprobs=[[(int(t), float(lp)) for t, lp in row] for row in out.new_top_logprobs[i]])
             if ids:
                 if st.last_token_at is None:
                     self.metrics.ttft.observe(now - st.created)

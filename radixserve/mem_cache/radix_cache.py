@@ -5,7 +5,6 @@ Invariants (checked by `check_integrity`):
   exactly one running request beyond its matched prefix;
 - a node with lock_ref > 0 (and so all its ancestors) is never evicted;
 - evictable_size + protected_size == the number of slots the tree owns.
-`ChunkCache` is the same interface with sharing turned off (`--disable-radix-cache`).
 """
 
 from __future__ import annotations
@@ -13,25 +12,11 @@ from __future__ import annotations
 import heapq
 import itertools
 import time
-from dataclasses import dataclass
-from typing import Protocol
 
 import torch
 
-from radixserve.mem_cache.memory_pool import CHECK_SLOTS, ReqToTokenPool, TokenToKVPool
-
-
-class CacheReq(Protocol):
-    """What the cache needs of a request (managers.schedule_batch.Req satisfies it)."""
-
-    req_pool_idx: int | None
-    origin_input_ids: list[int]
-    output_ids: list[int]
-    fill_ids: list[int]
-    kv_len: int  # leading tokens of origin_input_ids + output_ids whose KV is in req_to_token
-    prefix_indices: torch.Tensor
-    last_node: TreeNode | None
-
+from radixserve.mem_cache.base_prefix_cache import BasePrefixCache, CacheReq
+from radixserve.mem_cache.memory_pool import CHECK_SLOTS
 
 _counter = itertools.count()
 
@@ -53,16 +38,6 @@ class TreeNode:
         return (self.last_access, self.id) < (other.last_access, other.id)
 
 
-@dataclass
-class CacheStats:
-    queried_tokens: int = 0
-    hit_tokens: int = 0
-
-    @property
-    def hit_rate(self) -> float:
-        return self.hit_tokens / self.queried_tokens if self.queried_tokens else 0.0
-
-
 def _common_prefix_len(a: list[int], b: list[int]) -> int:
     n = min(len(a), len(b))
     i = 0
@@ -71,37 +46,17 @@ def _common_prefix_len(a: list[int], b: list[int]) -> int:
     return i
 
 
-class RadixCache:
-    disabled = False
-
-    def __init__(self, req_to_token_pool: ReqToTokenPool, token_to_kv_pool: TokenToKVPool) -> None:
-        self.req_to_token_pool = req_to_token_pool
-        self.token_to_kv_pool = token_to_kv_pool
-        self.stats = CacheStats()
-        self.reset()
+class RadixCache(BasePrefixCache):
+    shares_prefixes = True
 
     def reset(self) -> None:
+        super().reset()
         self.root = TreeNode()
         self.root.lock_ref = 1  # the root is never evicted
-        self._evictable = 0
-        self._protected = 0
-
-    # ---- sizes ---------------------------------------------------------------------------------
-    def evictable_size(self) -> int:
-        return self._evictable
-
-    def protected_size(self) -> int:
-        return self._protected
-
-    def total_size(self) -> int:
-        return self._evictable + self._protected
 
     # ---- lookup and insert -----------------------------------------------------------------
     def match_prefix(self, key: list[int]) -> tuple[torch.Tensor, TreeNode]:
-        """Longest cached prefix of `key`: (its KV slots, the node where it ends).
-
-        A match that ends inside a node splits it, so the returned node covers the match exactly.
-        """
+        """A match that ends inside a node splits it, so the returned node covers the match exactly."""
         node = self.root
         now = time.monotonic()
         node.last_access = now
@@ -119,15 +74,7 @@ class RadixCache:
         indices = torch.cat(values) if values else torch.empty(0, dtype=torch.int64)
         return indices, node
 
-    def record_lookup(self, queried: int, hit: int) -> None:
-        self.stats.queried_tokens += queried
-        self.stats.hit_tokens += hit
-
     def insert(self, key: list[int], value: torch.Tensor) -> int:
-        """Add key -> value; returns how many leading tokens were cached already.
-
-        The caller owns value[:returned] slots that duplicate the tree's and must free them.
-        """
         assert len(key) == value.numel(), (len(key), value.numel())
         if CHECK_SLOTS and value.numel():
             lo, hi = int(value.min()), int(value.max())
@@ -187,7 +134,7 @@ class RadixCache:
     # ---- eviction ----------------------------------------------------------------------------
     def evict(self, num_tokens: int) -> int:
         """Free at least num_tokens slots from unlocked leaves, least recently used first."""
-        heap = [n for n in self._leaves() if n.lock_ref == 0]
+        heap = [n for n in self.nodes() if not n.children and n.lock_ref == 0]
         heapq.heapify(heap)
         freed = 0
         while freed < num_tokens and heap:
@@ -202,15 +149,6 @@ class RadixCache:
                 heapq.heappush(heap, parent)
         return freed
 
-    def _leaves(self) -> list[TreeNode]:
-        out, stack = [], [self.root]
-        while stack:
-            node = stack.pop()
-            if not node.children and node is not self.root:
-                out.append(node)
-            stack.extend(node.children.values())
-        return out
-
     def nodes(self) -> list[TreeNode]:
         out, stack = [], list(self.root.children.values())
         while stack:
@@ -223,9 +161,6 @@ class RadixCache:
     def cache_finished_req(self, req: CacheReq) -> None:
         """A request left (finished, aborted or retracted): give its KV to the tree and release it."""
         token_ids = (req.origin_input_ids + req.output_ids)[: req.kv_len]
-        self._release(req, token_ids)
-
-    def _release(self, req: CacheReq, token_ids: list[int]) -> None:
         assert req.req_pool_idx is not None
         kv = self.req_to_token_pool.req_to_token[req.req_pool_idx, : len(token_ids)].clone()
         cached_before = req.prefix_indices.numel()
@@ -256,49 +191,18 @@ class RadixCache:
         req.prefix_indices = indices
         req.last_node = node
 
+    def req_owned_from(self, req: CacheReq) -> int:
+        return req.prefix_indices.numel()  # the matched prefix's slots are the tree's
+
     # ---- checks ------------------------------------------------------------------------------
+    def cached_slots(self) -> list[torch.Tensor]:
+        return [n.value for n in self.nodes()]
+
     def check_integrity(self, held_by_requests: torch.Tensor | None = None) -> None:
-        """Every slot is free, in the tree, or held by a request, exactly once."""
-        tree = [n.value for n in self.nodes()]
-        parts = [self.token_to_kv_pool.free_slots(), *[t.cpu() for t in tree]]
-        if held_by_requests is not None:
-            parts.append(held_by_requests.cpu())
-        allslots = torch.cat(parts) if parts else torch.empty(0, dtype=torch.int64)
-        size = self.token_to_kv_pool.size
-        assert allslots.numel() == size, f"slot accounting: {allslots.numel()} counted, pool has {size}"
-        assert torch.equal(torch.sort(allslots).values, torch.arange(1, size + 1)), "a slot is duplicated or lost"
+        super().check_integrity(held_by_requests)
         locked = sum(n.value.numel() for n in self.nodes() if n.lock_ref > 0)
         assert locked == self._protected, (locked, self._protected)
-        assert sum(t.numel() for t in tree) == self.total_size()
         for n in self.nodes():
             assert n.parent is not None and n.parent.children.get(n.key[0]) is n
             assert n.parent is self.root or n.parent.lock_ref >= n.lock_ref
 
-
-class ChunkCache(RadixCache):
-    """No sharing: requests keep their own KV until they leave, then it is freed."""
-
-    disabled = True
-
-    def match_prefix(self, key: list[int]) -> tuple[torch.Tensor, TreeNode]:
-        return torch.empty(0, dtype=torch.int64), self.root
-
-    def insert(self, key: list[int], value: torch.Tensor) -> int:
-        return 0
-
-    def evict(self, num_tokens: int) -> int:
-        return 0
-
-    def _release(self, req: CacheReq, token_ids: list[int]) -> None:
-        assert req.req_pool_idx is not None
-        kv = self.req_to_token_pool.req_to_token[req.req_pool_idx, : len(token_ids)]
-        self.token_to_kv_pool.free(kv.clone())
-        self.req_to_token_pool.free(req.req_pool_idx)
-        req.req_pool_idx = None
-        req.last_node = None
-        req.prefix_indices = torch.empty(0, dtype=torch.int64)
-
-    def cache_unfinished_req(self, req: CacheReq) -> None:
-        # The request keeps its slots; later chunks attend to them as its own prefix.
-        assert req.req_pool_idx is not None
-        req.prefix_indices = self.req_to_token_pool.req_to_token[req.req_pool_idx, : len(req.fill_ids)].clone()

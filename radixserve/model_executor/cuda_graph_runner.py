@@ -17,7 +17,7 @@ from tqdm.auto import tqdm
 from radixserve.model_executor.forward_batch import ForwardBatch, ForwardMode
 
 if TYPE_CHECKING:
-    from radixserve.kernels.triton_backend import TritonAttnBackend
+    from radixserve.attention.triton_backend import TritonAttnBackend
     from radixserve.model_executor.model_runner import ModelRunner
 
 logger = logging.getLogger(__name__)

@@ -16,7 +16,6 @@ if TYPE_CHECKING:
 class ForwardMode(IntEnum):
     EXTEND = auto()  # prefill (possibly a chunk, possibly after a cached prefix)
     DECODE = auto()  # one new token per request
-    IDLE = auto()  # no work on this rank (keeps TP ranks in lockstep)
 
     def is_extend(self) -> bool:
         return self == ForwardMode.EXTEND

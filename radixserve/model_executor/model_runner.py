@@ -1,10 +1,15 @@
-"""ModelRunner: loads the model, sizes and owns the KV pools, runs forward passes."""
+"""ModelRunner: loads the model, sizes and owns the KV pools, runs a step and samples it.
+
+`forward(batch) -> NextTokens` is the one path from a scheduled batch to sampled ids, for
+prefill and decode, with and without the overlap schedule, on every pipeline stage.
+"""
 
 from __future__ import annotations
 
 import logging
 import time
 from dataclasses import dataclass
+from typing import Protocol
 
 import torch
 from tqdm.auto import tqdm
@@ -18,6 +23,7 @@ from radixserve.model_executor.cuda_graph_runner import CudaGraphRunner
 from radixserve.model_executor.forward_batch import ForwardBatch
 from radixserve.model_loader.source import ModelSource
 from radixserve.models.llama import MODEL_CLASSES, LlamaForCausalLM
+from radixserve.sampling.sampler import SamplingBatchInfo, sample
 from radixserve.server_args import ServerArgs
 
 logger = logging.getLogger(__name__)
@@ -52,6 +58,31 @@ class PoolSizes:
     context_len: int
 
 
+class StepBatch(Protocol):
+    """What a step needs of the scheduler's batch (managers.schedule_batch.ScheduleBatch)."""
+
+    def get_forward_batch(self, attn_backend: AttentionBackend) -> ForwardBatch: ...
+    def sampling_info(self, device: torch.device) -> SamplingBatchInfo: ...
+
+
+@dataclass
+class NextTokens:
+    """One step's sampled ids: on the device at once (the overlap schedule feeds them to the
+    next step before they reach the host), on the host once `ready` has passed."""
+
+    device_ids: torch.Tensor  # [bs] int64
+    host_ids: torch.Tensor  # pinned host copy, written asynchronously on CUDA
+    ready: torch.cuda.Event | None  # recorded after the copy (CUDA)
+    logprobs: list[float] | None = None
+    top_logprobs: list[list[tuple[int, float]]] | None = None
+
+    def tolist(self) -> list[int]:
+        if self.ready is not None:
+            self.ready.synchronize()
+        ids: list[int] = self.host_ids.tolist()
+        return ids
+
+
 class ModelRunner:
     def __init__(self, server_args: ServerArgs, source: ModelSource, tp: ParallelGroup = SINGLE,
                  pp: PipelineGroup = NO_PIPELINE, world: ParallelGroup | None = None) -> None:
@@ -76,7 +107,7 @@ class ModelRunner:
             # Stages exchange hidden states between their graphs' inputs and outputs; not captured yet.
             logger.info("CUDA graphs are not used with pipeline parallelism; decoding eagerly")
         elif self.device.type == "cuda" and not server_args.disable_cuda_graph:
-            from radixserve.kernels.triton_backend import TritonAttnBackend
+            from radixserve.attention.triton_backend import TritonAttnBackend
 
             if isinstance(self.attn_backend, TritonAttnBackend):
                 max_bs = min(server_args.cuda_graph_max_bs, self.sizes.max_running_requests)
@@ -130,7 +161,7 @@ class ModelRunner:
         if name == "triton":
             if self.device.type != "cuda":
                 raise ValueError("invalid value for 'attention_backend': triton needs --device cuda")
-            from radixserve.kernels.triton_backend import TritonAttnBackend
+            from radixserve.attention.triton_backend import TritonAttnBackend
 
             heads = self.config.num_attention_heads // self.tp.size
             return TritonAttnBackend(heads, self.model.num_kv_heads_per_rank, self.config.head_dim, self.device,
@@ -166,14 +197,40 @@ class ModelRunner:
         return PoolSizes(tokens, running, context_len)
 
     # ---- running -----------------------------------------------------------------------------
+    @property
+    def supports_overlap(self) -> bool:
+        """Pipeline stages exchange sampled ids synchronously: no overlap schedule there."""
+        return self.pp.size == 1
+
     @torch.inference_mode()
-    def forward(self, fb: ForwardBatch) -> torch.Tensor | None:
+    def forward(self, batch: StepBatch) -> NextTokens:
+        """Run the model on the batch and sample each request's next token."""
+        fb = batch.get_forward_batch(self.attn_backend)
+        logits = self._logits(fb)
+        out = None if logits is None else sample(logits, batch.sampling_info(self.device))
+        if self.pp.size > 1:
+            # Every stage gets the last stage's samples now, so all ranks stay in step.
+            sent = None if out is None else (out.next_token_ids.tolist(), out.logprobs, out.top_logprobs)
+            host_ids, logprobs, top = self.pp.broadcast_from_last(sent)
+            ids = torch.tensor(host_ids, dtype=torch.int64)
+            return NextTokens(ids.to(self.device), ids, None, logprobs, top)
+        assert out is not None
+        ids = out.next_token_ids
+        if not ids.is_cuda:
+            return NextTokens(ids, ids, None, out.logprobs, out.top_logprobs)
+        host = torch.empty(ids.shape, dtype=ids.dtype, pin_memory=True)
+        host.copy_(ids, non_blocking=True)
+        ready = torch.cuda.Event()
+        ready.record()
+        return NextTokens(ids, host, ready, out.logprobs, out.top_logprobs)
+
+    def _logits(self, fb: ForwardBatch) -> torch.Tensor | None:
         """Logits of each request's last token; None on pipeline stages other than the last."""
         if self.graph_runner is not None and self.graph_runner.can_run(fb):
             return self.graph_runner.replay(fb)
         self.attn_backend.init_forward_metadata(fb)
         if self.pp.size == 1:
-            return self.model(fb.input_ids, fb.positions, fb)
+            return self.model(fb.input_ids, fb.positions, fb)  # type: ignore[no-any-return]
         hidden = residual = None
         if not self.pp.is_first:
             shape = (fb.input_ids.shape[0], self.config.hidden_size)

@@ -8,7 +8,7 @@ from __future__ import annotations
 
 import logging
 import threading
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 from typing import Any, cast
 
 import kopf
@@ -66,18 +66,30 @@ def _raise_for_problems(outcome: Outcome, retry_seconds: float) -> None:
     raise kopf.PermanentError(problem.describe())
 
 
+class _LazyClient:
+    """The Kubernetes client, created on first use inside the running operator, so that
+    building the registry (e.g. for `--help`) needs no cluster credentials."""
+
+    def __init__(self, factory: Callable[[], KubeClient]) -> None:
+        self._factory = factory
+        self._lock = threading.Lock()
+        self._client: KubeClient | None = None
+
+    def __call__(self) -> KubeClient:
+        with self._lock:
+            if self._client is None:
+                self._client = self._factory()
+            return self._client
+
+
 def register(registry: kopf.OperatorRegistry, config: OperatorConfig) -> None:
-    lock = threading.Lock()
-    clients: list[KubeClient] = []
+    client = _LazyClient(config.client_factory)
+    _register_settings(registry)
+    _register_reconcile(registry, config, client)
+    _register_status_refresh(registry, config, client)
 
-    def client() -> KubeClient:
-        # Created on first use, inside the running operator, so that building the
-        # registry (e.g. for `--help`) needs no cluster credentials.
-        with lock:
-            if not clients:
-                clients.append(config.client_factory())
-            return clients[0]
 
+def _register_settings(registry: kopf.OperatorRegistry) -> None:
     @kopf.on.startup(registry=registry)
     def configure(settings: kopf.OperatorSettings, **_: Any) -> None:
         # Progress and diff-base in annotations under our own prefix: the CRD's status
@@ -91,6 +103,9 @@ def register(registry: kopf.OperatorRegistry, config: OperatorConfig) -> None:
         settings.scanning.disabled = True
         settings.posting.level = logging.INFO
 
+
+def _register_reconcile(registry: kopf.OperatorRegistry, config: OperatorConfig,
+                        client: Callable[[], KubeClient]) -> None:
     @kopf.on.resume(*CR, registry=registry, backoff=config.retry_seconds)
     @kopf.on.create(*CR, registry=registry, backoff=config.retry_seconds)
     @kopf.on.update(*CR, registry=registry, backoff=config.retry_seconds)
@@ -100,25 +115,29 @@ def register(registry: kopf.OperatorRegistry, config: OperatorConfig) -> None:
         _post_events(body, outcome, ready_before)
         _raise_for_problems(outcome, config.retry_seconds)
 
-    def refresh(name: str, namespace: str) -> None:
-        api = client()
-        body = api.get(CR_TYPE, namespace, name)
-        if body is None or body.get("metadata", {}).get("deletionTimestamp"):
-            return  # gone or going: its children are being collected
-        target = Target.from_body(body)
-        spec, problems = check(target, api)
-        status, written = write_status(api, target, spec, problems, config.defaults, utc_now())
-        if written and _ready(status) != _ready(target.status) and _ready(status) == "True":
-            kopf.info(_as_body(body), reason="Ready", message="all replicas are ready")
 
+def _refresh_status(api: KubeClient, config: OperatorConfig, name: str, namespace: str) -> None:
+    """Rewrite one InferenceServer's status after a change of its children."""
+    body = api.get(CR_TYPE, namespace, name)
+    if body is None or body.get("metadata", {}).get("deletionTimestamp"):
+        return  # gone or going: its children are being collected
+    target = Target.from_body(body)
+    spec, problems = check(target, api)
+    status, written = write_status(api, target, spec, problems, config.defaults, utc_now())
+    if written and _ready(status) != _ready(target.status) and _ready(status) == "True":
+        kopf.info(_as_body(body), reason="Ready", message="all replicas are ready")
+
+
+def _register_status_refresh(registry: kopf.OperatorRegistry, config: OperatorConfig,
+                             client: Callable[[], KubeClient]) -> None:
     @kopf.on.event("apps", "v1", "deployments", registry=registry,
                    labels={names.LABEL_MANAGED_BY: names.OPERATOR_NAME, names.LABEL_INSTANCE: kopf.PRESENT})
     def owned_deployment_changed(body: kopf.Body, namespace: str | None, **_: Any) -> None:
         if namespace:
-            refresh(body["metadata"]["labels"][names.LABEL_INSTANCE], namespace)
+            _refresh_status(client(), config, body["metadata"]["labels"][names.LABEL_INSTANCE], namespace)
 
     if config.resync_seconds > 0:
         @kopf.timer(*CR, registry=registry, interval=config.resync_seconds, initial_delay=config.resync_seconds)
         def resync_status(name: str | None, namespace: str | None, **_: Any) -> None:
             if name and namespace:
-                refresh(name, namespace)
+                _refresh_status(client(), config, name, namespace)

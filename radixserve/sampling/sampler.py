@@ -44,9 +44,11 @@ class SamplingBatchInfo:
     generators: list[torch.Generator | None]
     need_logprobs: bool
     top_logprobs_num: int
+    rows: torch.Tensor | None  # the logits rows to sample (None: all; a chunked prefill's row is not)
 
     @classmethod
-    def from_reqs(cls, reqs: Sequence[SamplingReq], device: torch.device) -> SamplingBatchInfo:
+    def from_reqs(cls, reqs: Sequence[SamplingReq], device: torch.device,
+                  rows: list[int] | None = None) -> SamplingBatchInfo:
         ps = [r.sampling_params for r in reqs]
 
         def col(values: list[float], neutral: float) -> torch.Tensor | None:
@@ -71,13 +73,14 @@ class SamplingBatchInfo:
             generators=[r.generator for r in reqs],
             need_logprobs=any(r.return_logprob for r in reqs),
             top_logprobs_num=max((r.top_logprobs_num for r in reqs if r.return_logprob), default=0),
+            rows=None if rows is None else to_device(rows, device),
         )
 
 
 @dataclass
 class SampleOutput:
-    next_token_ids: list[int]
-    logprobs: list[float] | None
+    next_token_ids: torch.Tensor  # [bs] int64 on the logits' device
+    logprobs: list[float] | None  # on the host, when a request asked for them
     top_logprobs: list[list[tuple[int, float]]] | None
 
 
@@ -148,9 +151,7 @@ def _exponential_noise(shape: tuple[int, int], generators: list[torch.Generator 
     return noise
 
 
-@torch.inference_mode()
-def sample_ids(logits: torch.Tensor, info: SamplingBatchInfo) -> torch.Tensor:
-    """The sampled ids, [bs] int64 on the logits' device (no host round trip)."""
+def _sample_ids(logits: torch.Tensor, info: SamplingBatchInfo) -> torch.Tensor:
     logits = apply_penalties(logits, info)
     logits = _mask_min_tokens(logits, info.reqs)
     greedy_ids = logits.argmax(dim=-1)
@@ -158,22 +159,23 @@ def sample_ids(logits: torch.Tensor, info: SamplingBatchInfo) -> torch.Tensor:
         return greedy_ids
     probs = torch.softmax(logits / info.temperatures, dim=-1)
     probs = _filter_probs(probs, info)
-    noise = _exponential_noise(tuple(probs.shape), info.generators, probs.device)  # type: ignore[arg-type]
+    noise = _exponential_noise((probs.shape[0], probs.shape[1]), info.generators, probs.device)
     sampled = (probs / noise).argmax(dim=-1)
     return torch.where(info.greedy, greedy_ids, sampled)
 
 
 @torch.inference_mode()
 def sample(logits: torch.Tensor, info: SamplingBatchInfo) -> SampleOutput:
-    """logits: [bs, vocab] float32 of each request's last position."""
-    raw = logits
-    next_ids = sample_ids(logits, info)
+    """logits: [bs, vocab] float32 of each request's last position. The ids stay on the device;
+    only logprobs, when asked for, come to the host here."""
+    if info.rows is not None:
+        logits = logits[info.rows]
+    next_ids = _sample_ids(logits, info)
     logprobs = top = None
     if info.need_logprobs:
-        lp = torch.log_softmax(raw, dim=-1)
-        chosen = lp.gather(1, next_ids[:, None]).squeeze(1)
-        logprobs = chosen.tolist()
+        lp = torch.log_softmax(logits, dim=-1)
+        logprobs = lp.gather(1, next_ids[:, None]).squeeze(1).tolist()
         if info.top_logprobs_num > 0:
             vals, idx = lp.topk(info.top_logprobs_num, dim=-1)
             top = [list(zip(i, v, strict=True)) for i, v in zip(idx.tolist(), vals.tolist(), strict=True)]
-    return SampleOutput(next_ids.tolist(), logprobs, top)
+    return SampleOutput(next_ids, logprobs, top)

@@ -1,19 +1,25 @@
-"""SamplingParams: one request's decoding settings, validated with errors that name the field."""
+"""SamplingParams: one request's decoding settings, validated with errors that name the field.
+
+A msgspec struct: it travels inside TokenizedGenerateReqInput as it is, built and checked once
+at the edge (RequestBuilder) and read by the scheduler and the sampler.
+"""
 
 from __future__ import annotations
 
-from dataclasses import dataclass, field, fields
 from typing import Any
 
+import msgspec
 
-class SamplingParamsError(ValueError):
+from radixserve.errors import InvalidRequestError
+
+
+class SamplingParamsError(InvalidRequestError):
     def __init__(self, field_name: str, message: str) -> None:
-        super().__init__(f"invalid sampling parameter {field_name!r}: {message}")
+        super().__init__(f"invalid sampling parameter {field_name!r}: {message}", param=field_name)
         self.field_name = field_name
 
 
-@dataclass
-class SamplingParams:
+class SamplingParams(msgspec.Struct):
     max_new_tokens: int = 128
     temperature: float = 1.0
     top_p: float = 1.0
@@ -22,11 +28,10 @@ class SamplingParams:
     repetition_penalty: float = 1.0
     frequency_penalty: float = 0.0
     presence_penalty: float = 0.0
-    stop: list[str] = field(default_factory=list)
-    stop_token_ids: list[int] = field(default_factory=list)
+    stop: list[str] = []
+    stop_token_ids: list[int] = []
     ignore_eos: bool = False
     skip_special_tokens: bool = True
-    spaces_between_special_tokens: bool = True
     seed: int | None = None
     n: int = 1
     min_new_tokens: int = 0
@@ -34,7 +39,7 @@ class SamplingParams:
     @classmethod
     def from_dict(cls, d: dict[str, Any] | None) -> SamplingParams:
         d = dict(d or {})
-        known = {f.name for f in fields(cls)}
+        known = set(cls.__struct_fields__)
         unknown = sorted(set(d) - known)
         if unknown:
             raise SamplingParamsError(unknown[0], f"unknown parameter; known: {sorted(known)}")

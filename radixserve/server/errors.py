@@ -9,6 +9,8 @@ from fastapi.exceptions import RequestValidationError
 from fastapi.responses import JSONResponse
 from starlette.exceptions import HTTPException as StarletteHTTPException
 
+from radixserve.errors import EngineError, InvalidRequestError, QueueFullError, UnavailableError
+
 # status -> OpenAI error type
 ERROR_TYPES = {
     400: "invalid_request_error",
@@ -43,6 +45,15 @@ class APIError(Exception):
         return JSONResponse(self.body(), status_code=self.status_code, headers=headers)
 
 
+# Engine errors -> HTTP status.
+ENGINE_STATUS: dict[type[EngineError], int] = {InvalidRequestError: 400, QueueFullError: 429, UnavailableError: 503}
+
+
+def api_error(e: EngineError) -> APIError:
+    status = next((code for cls, code in ENGINE_STATUS.items() if isinstance(e, cls)), 500)
+    return APIError(status, e.message, param=e.param, code=e.code)
+
+
 def _validation_param(loc: tuple[Any, ...]) -> str | None:
     parts = [str(p) for p in loc if p != "body"]
     return ".".join(parts) or None
@@ -52,6 +63,10 @@ def install_error_handlers(app: FastAPI) -> None:
     @app.exception_handler(APIError)
     async def _api_error(_: Request, exc: APIError) -> JSONResponse:
         return exc.response()
+
+    @app.exception_handler(EngineError)
+    async def _engine_error(_: Request, exc: EngineError) -> JSONResponse:
+        return api_error(exc).response()
 
     @app.exception_handler(RequestValidationError)
     async def _validation(_: Request, exc: RequestValidationError) -> JSONResponse:

@@ -16,10 +16,11 @@ from prometheus_client import CONTENT_TYPE_LATEST
 from starlette.types import ASGIApp, Receive, Scope, Send
 
 from radixserve import __version__
-from radixserve.managers.tokenizer_manager import GenerateRequest, TokenizerManager
+from radixserve.managers.tokenizer_manager import TokenizerManager
+from radixserve.metrics import render_metrics
+from radixserve.sampling.sampling_params import SamplingParams
 from radixserve.server import openai_serving
 from radixserve.server.errors import APIError, install_error_handlers
-from radixserve.server.metrics import render_metrics
 from radixserve.server.openai_serving import ChoiceState, collect
 from radixserve.server.protocol import (
     AbortRequestBody,
@@ -121,10 +122,15 @@ def build_app(tm: TokenizerManager, api_key: str | None, state: ServerState | No
             raise APIError(401, "invalid or missing API key; send 'Authorization: Bearer <key>'",
                            code="invalid_api_key")
 
-    api = APIRouter(dependencies=[Depends(require_key)], responses=ERRORS)
-    open_routes = APIRouter()
+    app.include_router(_openai_routes(tm, Depends(require_key)))
+    app.include_router(_native_routes(tm, state, Depends(require_key)))
+    app.include_router(_open_routes(tm, state))
+    return app
 
-    # ---- OpenAI-compatible ----------------------------------------------------------------
+
+def _openai_routes(tm: TokenizerManager, auth: Any) -> APIRouter:
+    api = APIRouter(dependencies=[auth], responses=ERRORS)
+
     @api.post("/v1/chat/completions", response_model=ChatCompletionResponse,
               responses=_stream_doc(ChatCompletionChunk), tags=["openai"])
     async def chat_completions(req: ChatCompletionRequest, request: Request) -> Response:
@@ -150,7 +156,13 @@ def build_app(tm: TokenizerManager, api_key: str | None, state: ServerState | No
         openai_serving.check_model(tm, model)
         return model_card()
 
-    # ---- native ---------------------------------------------------------------------------
+    return api
+
+
+def _native_routes(tm: TokenizerManager, state: ServerState, auth: Any) -> APIRouter:
+    """SGLang's native generation route and the control routes."""
+    api = APIRouter(dependencies=[auth], responses=ERRORS)
+
     @api.post("/generate", response_model=GenerateResponse | list[GenerateResponse],
               responses=_stream_doc(GenerateResponse), tags=["native"])
     async def generate(body: GenerateRequestBody, request: Request) -> Response:
@@ -182,14 +194,20 @@ def build_app(tm: TokenizerManager, api_key: str | None, state: ServerState | No
     async def health_generate() -> HealthResponse:
         """Healthy only if the model really generates a token within 30 s."""
         _check_health(tm, state)
-        gr = GenerateRequest(input_ids=[0], sampling_params={"max_new_tokens": 1, "temperature": 0.0})
+        gr = tm.builder.build([0], SamplingParams(max_new_tokens=1, temperature=0.0))
         try:
-            await asyncio.wait_for(collect(tm.generate(gr, tm.validate(gr)), 1), HEALTH_GENERATE_TIMEOUT_S)
+            await asyncio.wait_for(collect(tm.generate(gr), 1), HEALTH_GENERATE_TIMEOUT_S)
         except TimeoutError as e:
             raise APIError(503, "no token generated within 30 s", code="unhealthy") from e
         return HealthResponse(status="ok")
 
-    # ---- open routes (probes and scrapers carry no key) -------------------------------------
+    return api
+
+
+def _open_routes(tm: TokenizerManager, state: ServerState) -> APIRouter:
+    """Probes and scrapers carry no key."""
+    open_routes = APIRouter()
+
     @open_routes.get("/health", response_model=HealthResponse, tags=["health"],
                      responses={503: {"model": ErrorResponse, "description": "Not ready, shutting down or unhealthy."}})
     async def health() -> HealthResponse:
@@ -201,11 +219,10 @@ def build_app(tm: TokenizerManager, api_key: str | None, state: ServerState | No
                      responses={200: {"content": {CONTENT_TYPE_LATEST: {}}, "description": "Prometheus text format."}})
     async def metrics() -> Response:
         """Prometheus metrics of all server processes."""
-        return Response(render_metrics(), media_type=CONTENT_TYPE_LATEST)
+        return Response(render_metrics(tm.metrics.registry), media_type=CONTENT_TYPE_LATEST)
 
-    app.include_router(api)
-    app.include_router(open_routes)
-    return app
+    return open_routes
+
 
 def _check_health(tm: TokenizerManager, state: ServerState) -> None:
     if not state.healthy:
@@ -218,21 +235,22 @@ async def _native_generate(tm: TokenizerManager, body: GenerateRequestBody, requ
         raise APIError(400, "give exactly one of 'text' and 'input_ids'", param="text")
     batch: list[tuple[list[int], str | None]]
     if isinstance(body.text, str):
-        batch = [(tm.tokenize(body.text), body.text)]
+        batch = [(tm.builder.tokenize(body.text), body.text)]
     elif isinstance(body.text, list):
-        batch = [(tm.tokenize(t), t) for t in body.text]
+        batch = [(tm.builder.tokenize(t), t) for t in body.text]
     elif body.input_ids and isinstance(body.input_ids[0], list):
-        batch = [([int(t) for t in ids], None) for ids in body.input_ids]  # type: ignore[union-attr]
+        batch = [([int(t) for t in ids], None) for ids in body.input_ids]
     else:
         batch = [([int(t) for t in body.input_ids or []], None)]  # type: ignore[arg-type]
     if not batch:
         raise APIError(400, "the batch is empty", param="text")
     single = isinstance(body.text, str) or (body.input_ids is not None and not (
         body.input_ids and isinstance(body.input_ids[0], list)))
-    grs = [GenerateRequest(input_ids=ids, sampling_params=dict(body.sampling_params), stream=body.stream,
-                           return_logprob=body.return_logprob, top_logprobs_num=body.top_logprobs_num,
-                           rid=body.rid if len(batch) == 1 else None, input_text=text) for ids, text in batch]
-    params = [tm.validate(gr) for gr in grs]
+    params = tm.builder.sampling_params(body.sampling_params)
+    grs = [tm.builder.build(ids, params, rid=body.rid if len(batch) == 1 else None, stream=body.stream,
+                            return_logprob=body.return_logprob, top_logprobs_num=body.top_logprobs_num,
+                            input_text=text, prompt_param="text" if text is not None else "input_ids")
+           for ids, text in batch]
     started = time.monotonic()
 
     def meta(s: ChoiceState, rid: str, want_lp: bool) -> GenerateMetaInfo:
@@ -247,12 +265,12 @@ async def _native_generate(tm: TokenizerManager, body: GenerateRequestBody, requ
     if body.stream:
         if len(grs) != 1:
             raise APIError(400, "streaming supports one prompt per request", param="text", code="unsupported")
-        gr, p = grs[0], params[0]
-        first, rest = await first_and_rest(request, tm.generate(gr, p))
-        rid = gr.rid or "stream"
+        gr = grs[0]
+        first, rest = await first_and_rest(request, tm.generate(gr))
+        rid = gr.rid
 
         async def events() -> AsyncIterator[str]:
-            states = [ChoiceState() for _ in range(p.n)]
+            states = [ChoiceState() for _ in range(len(gr.reqs))]
             async for c in chained(first, rest):
                 s = states[c.index]
                 s.add(c)
@@ -262,11 +280,10 @@ async def _native_generate(tm: TokenizerManager, body: GenerateRequestBody, requ
         return sse_response(sse_stream(events(), rest))
 
     async def run_all() -> list[list[ChoiceState]]:
-        return list(await asyncio.gather(*(collect(tm.generate(gr, p), p.n)
-                                           for gr, p in zip(grs, params, strict=True))))
+        return list(await asyncio.gather(*(collect(tm.generate(gr), len(gr.reqs)) for gr in grs)))
 
     groups = await until_disconnect(request, run_all())
     outs = [GenerateResponse(text=s.text, output_ids=s.token_ids, index=i,
-                             meta_info=meta(s, gr.rid or f"{k}", body.return_logprob)).model_dump()
-            for k, (g, gr) in enumerate(zip(groups, grs, strict=True)) for i, s in enumerate(g)]
+                             meta_info=meta(s, gr.rid, body.return_logprob)).model_dump()
+            for g, gr in zip(groups, grs, strict=True) for i, s in enumerate(g)]
     return JSONResponse(outs[0] if single and len(outs) == 1 else outs)

@@ -14,24 +14,22 @@ from __future__ import annotations
 
 import argparse
 import logging
-import multiprocessing as mp
 import os
 import shutil
 import sys
 import tempfile
-import threading
 from collections.abc import Sequence
-from multiprocessing.connection import Connection, wait
 from multiprocessing.process import BaseProcess
 from typing import Any
 
+# Only modules that do not import prometheus_client: the env var must be set before it is imported.
+from radixserve.managers.ipc import PortArgs
+from radixserve.managers.processes import MULTIPROC_ENV, ServerProcesses
 from radixserve.server_args import ServerArgs, ServerArgsError
 from radixserve.utils.log import configure_logging
 
 logger = logging.getLogger("radixserve.server")
 
-MULTIPROC_ENV = "PROMETHEUS_MULTIPROC_DIR"
-CHILD_STOP_TIMEOUT_S = 5.0
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -53,90 +51,6 @@ def public_args(server_args: ServerArgs) -> dict[str, Any]:
     return d
 
 
-class ServerProcesses:
-    """The scheduler and detokenizer children, their start-up handshake and their watchdog."""
-
-    def __init__(self, server_args: ServerArgs, port_args: Any) -> None:
-        self.server_args = server_args
-        self.port_args = port_args
-        self.ctx = mp.get_context("spawn")
-        self.procs: list[BaseProcess] = []
-        self.stopping = False
-
-    def start(self, with_detokenizer: bool = True) -> dict[str, Any]:
-        """Start one scheduler process per rank, tp x pp of them (and the detokenizer); return world
-        rank 0's model info."""
-        from radixserve.managers.detokenizer_process import run_detokenizer_process
-        from radixserve.managers.scheduler_process import rank_name, run_scheduler_process
-
-        sa = self.server_args
-        world = sa.tensor_parallel_size * sa.pipeline_parallel_size
-        leader = rank_name(sa, 0)
-        targets: list[tuple[str, Any, tuple[Any, ...]]] = [
-            (rank_name(sa, rank), run_scheduler_process, (rank,)) for rank in range(world)]
-        if with_detokenizer:
-            targets.append(("detokenizer", run_detokenizer_process, ()))
-        pipes: list[tuple[str, Connection, BaseProcess]] = []
-        for name, target, extra in targets:
-            reader, writer = self.ctx.Pipe(duplex=False)
-            proc: BaseProcess = self.ctx.Process(target=target, args=(self.server_args, self.port_args, writer, *extra),
-                                                 name=f"radixserve-{name}", daemon=True)
-            proc.start()
-            writer.close()
-            self.procs.append(proc)
-            pipes.append((name, reader, proc))
-            logger.info("started the %s process (pid %s)", name, proc.pid)
-        info: dict[str, Any] = {"scheduler_pids": [p.pid for _, _, p in pipes if "scheduler" in p.name]}
-        pending = {reader: (name, proc) for name, reader, proc in pipes}
-        # Wait on every child at once: a rank that fails makes its peers block in a collective,
-        # so waiting on them one by one could hang.
-        while pending:
-            sentinels = {proc.sentinel: reader for reader, (_, proc) in pending.items()}
-            for ready in wait([*pending, *sentinels]):
-                reader = sentinels[ready] if isinstance(ready, int) else ready  # type: ignore[assignment]
-                if reader not in pending:
-                    continue
-                name, proc = pending.pop(reader)
-                msg = self._read_ready(name, reader, proc)
-                if msg.get("status") != "ready":
-                    raise RuntimeError(f"{name} failed to start: {msg.get('message')}")
-                logger.info("%s ready", name)
-                if name in (leader, "detokenizer"):
-                    info.update({k: v for k, v in msg.items() if k != "status"})
-        return info
-
-    @staticmethod
-    def _read_ready(name: str, reader: Connection, proc: BaseProcess) -> dict[str, Any]:
-        if reader.poll():
-            try:
-                msg: dict[str, Any] = reader.recv()
-                return msg
-            except EOFError:
-                pass
-        proc.join(5)
-        return {"status": "error", "message": f"the {name} process exited (code {proc.exitcode})"}
-
-    def watch(self, on_death: Any) -> None:
-        def loop() -> None:
-            sentinels = {p.sentinel: p for p in self.procs}
-            ready = wait(list(sentinels))
-            if self.stopping:
-                return
-            dead = sentinels[ready[0]]  # type: ignore[index]
-            on_death(dead)
-
-        threading.Thread(target=loop, name="child-watchdog", daemon=True).start()
-
-    def stop(self) -> None:
-        # Children ignore SIGTERM (see init_child_process) and keep no state worth flushing.
-        self.stopping = True
-        for p in self.procs:
-            if p.is_alive():
-                p.kill()
-        for p in self.procs:
-            p.join(CHILD_STOP_TIMEOUT_S)
-
-
 def main(argv: Sequence[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
     try:
@@ -148,8 +62,6 @@ def main(argv: Sequence[str] | None = None) -> int:
     # Before anything imports prometheus_client: every process records into this directory.
     metrics_dir = tempfile.mkdtemp(prefix="radixserve-metrics-")
     os.environ[MULTIPROC_ENV] = metrics_dir
-    from radixserve.managers.ipc import PortArgs
-
     port_args = PortArgs.new()
     procs = ServerProcesses(server_args, port_args)
     try:
@@ -163,7 +75,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         shutil.rmtree(metrics_dir, ignore_errors=True)
 
 
-def _serve(server_args: ServerArgs, port_args: Any, procs: ServerProcesses) -> int:
+def _serve(server_args: ServerArgs, port_args: PortArgs, procs: ServerProcesses) -> int:
     import uvicorn
 
     from radixserve.managers.tokenizer_manager import TokenizerManager

@@ -13,8 +13,8 @@ from fastapi import Request
 from fastapi.responses import JSONResponse, Response
 
 from radixserve.managers.io_struct import FinishReason
-from radixserve.managers.tokenizer_manager import ChoiceChunk, GenerateRequest, TokenizerManager
-from radixserve.sampling.sampling_params import SamplingParams
+from radixserve.managers.request_builder import GenerateRequest
+from radixserve.managers.tokenizer_manager import ChoiceChunk, TokenizerManager
 from radixserve.server.errors import APIError
 from radixserve.server.protocol import (
     ChatCompletionChoice,
@@ -149,7 +149,7 @@ def completion_logprobs(tt: TokenText, ids: list[int], lps: list[float], tops: l
 
 
 # ---- chat ----------------------------------------------------------------------------------
-def chat_request(tm: TokenizerManager, req: ChatCompletionRequest) -> tuple[GenerateRequest, bool]:
+def chat_request(tm: TokenizerManager, req: ChatCompletionRequest) -> GenerateRequest:
     check_model(tm, req.model)
     if req.tools:
         raise APIError(400, "tools are not supported", param="tools", code="unsupported")
@@ -167,26 +167,26 @@ def chat_request(tm: TokenizerManager, req: ChatCompletionRequest) -> tuple[Gene
                                code="unsupported")
             content = "".join(p.text or "" for p in content)
         messages.append({"role": "system" if m.role == "developer" else m.role, "content": content or ""})
-    _, ids = tm.apply_chat_template(messages, **(req.chat_template_kwargs or {}))
+    _, ids = tm.builder.apply_chat_template(messages, **(req.chat_template_kwargs or {}))
     explicit = req.max_completion_tokens if req.max_completion_tokens is not None else req.max_tokens
     max_new = explicit if explicit is not None else max(1, tm.context_len - len(ids))
-    gr = GenerateRequest(input_ids=ids, sampling_params=sampling_dict(req, max_new), stream=req.stream,
-                         return_logprob=req.logprobs, top_logprobs_num=req.top_logprobs or 0, rid=req.rid)
-    return gr, explicit is not None
+    params = tm.builder.sampling_params(sampling_dict(req, max_new))
+    return tm.builder.build(ids, params, rid=req.rid, stream=req.stream, return_logprob=req.logprobs,
+                            top_logprobs_num=req.top_logprobs or 0, prompt_param="messages",
+                            max_tokens_param=None if explicit is None else "max_tokens")
 
 
 async def create_chat_completion(tm: TokenizerManager, req: ChatCompletionRequest, request: Request) -> Response:
-    gr, explicit = chat_request(tm, req)
-    params = tm.validate(gr, explicit_max_tokens=explicit)
-    gen = tm.generate(gr, params)
+    gr = chat_request(tm, req)
+    gen = tm.generate(gr)
     if req.stream:
         return await _stream_chat(tm, req, gen, request)
-    states = await until_disconnect(request, collect(gen, params.n))
+    states = await until_disconnect(request, collect(gen, len(gr.reqs)))
     tt = TokenText(tm)
     choices = [ChatCompletionChoice(
         index=i, message=ChatMessageOut(content=s.text), finish_reason=finish_reason(s.reason),
         matched_stop=s.reason.matched if s.reason else None,
-        logprobs=chat_logprobs(tt, s.token_ids, s.logprobs, s.top_logprobs, gr.top_logprobs_num)
+        logprobs=chat_logprobs(tt, s.token_ids, s.logprobs, s.top_logprobs, req.top_logprobs or 0)
         if req.logprobs else None) for i, s in enumerate(states)]
     resp = ChatCompletionResponse(model=tm.model_name, choices=choices, usage=usage_of([states]))
     return JSONResponse(resp.model_dump())
@@ -234,58 +234,54 @@ def completion_requests(tm: TokenizerManager, req: CompletionRequest) -> list[tu
                        param="echo", code="unsupported")
     p = req.prompt
     prompts: list[tuple[list[int], str]]
+    tokenize = tm.builder.tokenize
     if isinstance(p, str):
-        prompts = [(tm.tokenize(p), p)]
+        prompts = [(tokenize(p), p)]
     elif p and all(isinstance(x, int) for x in p):
         ids = [int(x) for x in p]  # type: ignore[arg-type]
         prompts = [(ids, tm.tokenizer.decode(ids))]
     elif p and all(isinstance(x, str) for x in p):
-        prompts = [(tm.tokenize(str(x)), str(x)) for x in p]
+        prompts = [(tokenize(str(x)), str(x)) for x in p]
     elif p and all(isinstance(x, list) for x in p):
         prompts = [([int(t) for t in x], tm.tokenizer.decode(x)) for x in p]  # type: ignore[union-attr]
     else:
         raise APIError(400, "prompt must be a non-empty string, list of strings, token ids or list of token-id lists",
                        param="prompt", code="invalid_value")
-    max_new = req.max_tokens if req.max_tokens is not None else 16
-    out = []
-    for ids, text in prompts:
-        gr = GenerateRequest(input_ids=ids, sampling_params=sampling_dict(req, max_new), stream=req.stream,
-                             return_logprob=req.logprobs is not None, top_logprobs_num=req.logprobs or 0,
-                             rid=req.rid if len(prompts) == 1 else None, input_text=text)
-        out.append((gr, text))
-    return out
+    params = tm.builder.sampling_params(sampling_dict(req, req.max_tokens if req.max_tokens is not None else 16))
+    return [(tm.builder.build(ids, params, rid=req.rid if len(prompts) == 1 else None, stream=req.stream,
+                              return_logprob=req.logprobs is not None, top_logprobs_num=req.logprobs or 0,
+                              input_text=text, max_tokens_param=None if req.max_tokens is None else "max_tokens"),
+             text) for ids, text in prompts]
 
 
 async def create_completion(tm: TokenizerManager, req: CompletionRequest, request: Request) -> Response:
     grs = completion_requests(tm, req)
-    params = [tm.validate(gr, explicit_max_tokens=req.max_tokens is not None) for gr, _ in grs]
     if req.stream:
         if len(grs) != 1:
             raise APIError(400, "streaming supports one prompt per request", param="prompt", code="unsupported")
-        return await _stream_completion(tm, req, grs[0][0], grs[0][1], params[0], request)
+        return await _stream_completion(tm, req, grs[0][0], grs[0][1], request)
 
     async def run_all() -> list[list[ChoiceState]]:
-        return list(await asyncio.gather(*(collect(tm.generate(gr, p), p.n)
-                                           for (gr, _), p in zip(grs, params, strict=True))))
+        return list(await asyncio.gather(*(collect(tm.generate(gr), len(gr.reqs)) for gr, _ in grs)))
 
     groups = await until_disconnect(request, run_all())
     tt = TokenText(tm)
     choices: list[CompletionChoice] = []
-    for g, (gr, prompt_text) in zip(groups, grs, strict=True):
+    for g, (_, prompt_text) in zip(groups, grs, strict=True):
         for s in g:
             prefix = prompt_text if req.echo else ""
             choices.append(CompletionChoice(
                 index=len(choices), text=prefix + s.text, finish_reason=finish_reason(s.reason),
                 matched_stop=s.reason.matched if s.reason else None,
-                logprobs=completion_logprobs(tt, s.token_ids, s.logprobs, s.top_logprobs, gr.top_logprobs_num, 0)
+                logprobs=completion_logprobs(tt, s.token_ids, s.logprobs, s.top_logprobs, req.logprobs or 0, 0)
                 if req.logprobs is not None else None))
     return JSONResponse(CompletionResponse(model=tm.model_name, choices=choices, usage=usage_of(groups)).model_dump())
 
 
 async def _stream_completion(tm: TokenizerManager, req: CompletionRequest, gr: GenerateRequest, prompt_text: str,
-                             params: SamplingParams, request: Request) -> Response:
-    first, rest = await first_and_rest(request, tm.generate(gr, params))
-    n = params.n
+                             request: Request) -> Response:
+    first, rest = await first_and_rest(request, tm.generate(gr))
+    n = len(gr.reqs)
     rid, created = f"cmpl-{uuid.uuid4().hex}", int(time.time())
     include_usage = bool(req.stream_options and req.stream_options.include_usage)
     tt = TokenText(tm)
@@ -304,7 +300,7 @@ async def _stream_completion(tm: TokenizerManager, req: CompletionRequest, gr: G
             if c.text or c.finish_reason is not None or (req.logprobs is not None and c.token_ids):
                 lp = None
                 if req.logprobs is not None:
-                    lp = completion_logprobs(tt, c.token_ids, c.logprobs, c.top_logprobs, gr.top_logprobs_num,
+                    lp = completion_logprobs(tt, c.token_ids, c.logprobs, c.top_logprobs, req.logprobs,
                                              offsets[c.index])
                     offsets[c.index] += sum(len(t) for t in lp.tokens)
                 yield chunk([CompletionChoice(index=c.index, text=c.text, finish_reason=finish_reason(

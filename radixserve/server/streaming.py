@@ -12,7 +12,8 @@ from fastapi import Request
 from fastapi.responses import StreamingResponse
 from pydantic import BaseModel
 
-from radixserve.server.errors import APIError
+from radixserve.errors import EngineError
+from radixserve.server.errors import APIError, api_error
 
 T = TypeVar("T")
 
@@ -36,7 +37,7 @@ async def until_disconnect(request: Request, aw: Awaitable[T]) -> T:
     task: asyncio.Future[T] = asyncio.ensure_future(aw)
     watcher: asyncio.Future[Any] = asyncio.ensure_future(_wait_disconnect(request))
     try:
-        done, _ = await asyncio.wait({task, watcher}, return_when=asyncio.FIRST_COMPLETED)  # type: ignore[type-var]
+        done, _ = await asyncio.wait({task, watcher}, return_when=asyncio.FIRST_COMPLETED)
     except asyncio.CancelledError:
         task.cancel()
         raise
@@ -82,13 +83,15 @@ async def chained(first: T, rest: AsyncGenerator[T, None]) -> AsyncIterator[T]:
 
 
 async def sse_stream(events: AsyncIterator[str], rest: AsyncGenerator[Any, None]) -> AsyncIterator[str]:
-    """`events`, then `data: [DONE]`. An APIError mid-stream becomes an error event; `rest` (the
+    """`events`, then `data: [DONE]`. An error mid-stream becomes an error event; `rest` (the
     generation) is closed however the stream ends, which aborts its requests on a disconnect."""
     try:
         async for event in events:
             yield event
     except APIError as e:
         yield error_event(e)
+    except EngineError as e:
+        yield error_event(api_error(e))
     finally:
         await rest.aclose()
     yield SSE_DONE

@@ -49,7 +49,7 @@ def test_pp2_with_tp2_and_seeded_sampling(tiny_models: dict[str, Path]) -> None:
     with Engine(model_path=path, max_total_tokens=2048, log_level="warning", tp_size=2, pp_size=2) as four:
         _assert_same(_outputs(four, PROMPTS, True), ref, 1e-4)
         sampled = four.generate(input_ids=PROMPTS, sampling_params=params)
-    assert [o["output_ids"] for o in sampled] == [o["output_ids"] for o in ref_sampled]  # type: ignore[index]
+    assert [o["output_ids"] for o in sampled] == [o["output_ids"] for o in ref_sampled]
 
 
 @pytest.mark.slow
@@ -57,6 +57,9 @@ def test_pp2_equals_pp1_on_the_embedded_model(smol_engine: Any) -> None:
     tok = smol_engine.tokenizer
     prompts = [list(tok(p).input_ids) for p in ("The capital of France is", "def add(a, b):")]
     prompts.append(smol_engine.apply_chat_template([{"role": "user", "content": "List three prime numbers."}]))
+    # Start from an empty cache, as the PP engine does: prefixes cached by earlier tests change
+    # logprobs in the last digits (another prefill split), which is not what this test compares.
+    assert smol_engine.scheduler.flush_cache()
     ref_single, ref_batch = _outputs(smol_engine, prompts, False), _outputs(smol_engine, prompts, True)
     with Engine(pp_size=2, log_level="warning") as two:
         _assert_same(_outputs(two, prompts, False), ref_single, 1e-5)
@@ -69,7 +72,7 @@ def test_http_server_with_pp2_and_a_dead_stage(tiny_models: dict[str, Path], tmp
     body = {"prompt": "hello world", "max_tokens": 10, "temperature": 0, "ignore_eos": True}
     with Engine(model_path=path, max_total_tokens=2048, log_level="warning") as one:
         ref = one.generate("hello world", sampling_params={"max_new_tokens": 10, "temperature": 0,
-                                                           "ignore_eos": True})["text"]  # type: ignore[index]
+                                                           "ignore_eos": True})["text"]
     two = ServerProcess(["--model-path", path, "--pp", "2"], tmp_path / "pp2.log").wait_ready()
     try:
         r = httpx.post(f"{two.url}/v1/completions", json=body, timeout=60)

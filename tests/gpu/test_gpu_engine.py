@@ -33,7 +33,7 @@ def test_float32_greedy_identical_to_transformers(tiny_models: dict[str, Path], 
                                                                    "ignore_eos": True})
     for ids, out in zip(PROMPTS, outs, strict=True):
         expected, _ = _hf(tiny_models[name], ids, steps, torch.float32)
-        assert out["output_ids"] == expected  # type: ignore[index]
+        assert out["output_ids"] == expected
 
 
 def test_bfloat16_divergence_is_a_near_tie(tiny_models: dict[str, Path]) -> None:
@@ -45,7 +45,7 @@ def test_bfloat16_divergence_is_a_near_tie(tiny_models: dict[str, Path]) -> None
         outs = engine.generate(input_ids=PROMPTS, sampling_params={"max_new_tokens": steps, "temperature": 0,
                                                                    "ignore_eos": True})
     for ids, out in zip(PROMPTS, outs, strict=True):
-        ours = out["output_ids"]  # type: ignore[index]
+        ours = out["output_ids"]
         theirs, logits = _hf(model_dir, ids, steps, torch.bfloat16)
         first = next((i for i, (a, b) in enumerate(zip(ours, theirs, strict=True)) if a != b), None)
         if first is None:

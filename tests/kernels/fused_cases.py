@@ -4,9 +4,13 @@ from __future__ import annotations
 
 import torch
 
+from radixserve.attention.torch_backend import TorchAttnBackend
 from radixserve.layers.activation import silu_and_mul as silu_and_mul_ref
 from radixserve.layers.layernorm import RMSNorm
+from radixserve.layers.radix_attention import RadixAttention
 from radixserve.layers.rotary_embedding import RotaryEmbedding
+from radixserve.mem_cache.memory_pool import ReqToTokenPool, TokenToKVPool
+from radixserve.model_executor.forward_batch import ForwardBatch, ForwardMode
 
 # Max |fused - torch| relative to max |torch|: the kernels round like the torch ops, so only
 # last-bit differences (fused multiply-adds, exp) remain.
@@ -72,3 +76,28 @@ def check_fused_ops(device: str, dtype: torch.dtype, gen: torch.Generator) -> No
     for rows, inter in ((1, 14336), (9, 1536)):
         x = torch.randn(rows, 2 * inter, generator=gen).to(dtype)
         _close(silu_and_mul(x.to(device)).cpu(), silu_and_mul_ref(x), dtype, "silu_and_mul")
+    check_backend_rotate_and_store(device, dtype, gen)
+
+
+def check_backend_rotate_and_store(device: str, dtype: torch.dtype, gen: torch.Generator) -> None:
+    """The Triton backend's fused rotary + KV store leaves q and the pool as the base (torch) path does."""
+    from radixserve.attention.triton_backend import TritonAttnBackend
+
+    tokens, heads, kv_heads, dim = 5, 6, 2, 64
+    rope = RotaryEmbedding(dim, 256, 10000.0).to(device)
+    positions = torch.randint(0, 256, (tokens,), generator=gen).to(device)
+    qkv = torch.randn(tokens, (heads + 2 * kv_heads) * dim, generator=gen).to(dtype)
+    loc = (torch.randperm(15, generator=gen)[:tokens] + 1).to(device)
+    layer = RadixAttention(0, heads, kv_heads, dim, dim**-0.5)
+    results = []
+    for backend in (TritonAttnBackend(heads, kv_heads, dim, torch.device(device), 64), TorchAttnBackend()):
+        pool = TokenToKVPool(16, dtype, 1, kv_heads, dim, device)
+        z = torch.zeros(1, dtype=torch.int64, device=device)
+        fb = ForwardBatch(ForwardMode.EXTEND, 1, z, positions, z, z + tokens, loc, [tokens], [0], [tokens],
+                          ReqToTokenPool(1, 64, device), pool, backend)
+        q, k, v = qkv.to(device).clone().split([heads * dim, kv_heads * dim, kv_heads * dim], dim=-1)
+        q = backend.rotate_and_store(q.reshape(tokens, heads, dim), k.reshape(tokens, kv_heads, dim),
+                                     v.reshape(tokens, kv_heads, dim), positions, rope, layer, fb)
+        results.append((q, *(buf[loc] for buf in pool.get_kv_buffer(0))))  # other slots hold garbage
+    for what, fused, ref in zip(("q", "k pool", "v pool"), *results, strict=True):
+        _close(fused.cpu(), ref.cpu(), dtype, f"backend rotate_and_store {what}")

@@ -10,7 +10,7 @@ import torch
 
 pytest.importorskip("triton")
 
-from radixserve.kernels.triton_backend import TritonAttnBackend
+from radixserve.attention.triton_backend import TritonAttnBackend
 from radixserve.mem_cache.memory_pool import ReqToTokenPool, TokenToKVPool
 from radixserve.model_executor.forward_batch import ForwardBatch, ForwardMode
 

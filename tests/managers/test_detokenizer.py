@@ -1,4 +1,7 @@
-"""Incremental detokenization: deltas add up to the full text, never half a character or a stop string."""
+"""Incremental detokenization: deltas add up to the full text, never half a character or a stop string.
+
+The detokenizer gets each request's DecodeSettings once, with its first output; the same
+IncrementalDecoder finds stop strings for the scheduler."""
 
 from __future__ import annotations
 
@@ -8,9 +11,10 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from radixserve.managers.detokenizer_manager import DetokenizerManager, held_stop_prefix
-from radixserve.managers.io_struct import BatchTokenIDOut, FinishReason
+from radixserve.managers.detokenizer_manager import DetokenizerManager
+from radixserve.managers.io_struct import BatchTokenIDOut, DecodeSettings, FinishReason
 from radixserve.model_loader.tokenizer import load_tokenizer
+from radixserve.utils.detokenize import IncrementalDecoder, held_stop_prefix
 from tests.conftest import tokenizer_source
 
 TEXT = "héllo 😀 wörld 日本語, done. The end STOP after"
@@ -21,11 +25,11 @@ def tokenizer() -> Any:
     return load_tokenizer(tokenizer_source())
 
 
-def out(rid: str, ids: list[int], reason: FinishReason | None = None, stops: list[str] | None = None,
-        skip: bool = True) -> BatchTokenIDOut:
+def out(rid: str, ids: list[int], reason: FinishReason | None = None,
+        settings: DecodeSettings | None = None) -> BatchTokenIDOut:
     return BatchTokenIDOut(rids=[rid], new_token_ids=[ids], finished_reasons=[reason], prompt_tokens=[1],
-                           completion_tokens=[len(ids)], cached_tokens=[0], skip_special_tokens=[skip],
-                           stop_strs=[stops or []])
+                           completion_tokens=[len(ids)], cached_tokens=[0], new_token_logprobs=[[]],
+                           new_top_logprobs=[[]], new_reqs=[settings] if settings else [])
 
 
 def stream(manager: DetokenizerManager, ids: list[int], steps: list[int], reason: FinishReason,
@@ -36,7 +40,8 @@ def stream(manager: DetokenizerManager, ids: list[int], steps: list[int], reason
         piece = ids[i : i + n]
         i += n
         last = k == len(steps) - 1 or i >= len(ids)
-        deltas.append(manager.handle(out("r", piece, reason if last else None, stops, skip)).new_texts[0])
+        settings = DecodeSettings("r", stops or [], skip) if k == 0 else None  # sent once
+        deltas.append(manager.handle(out("r", piece, reason if last else None, settings)).new_texts[0])
         if last:
             break
     return deltas
@@ -48,7 +53,7 @@ def test_one_token_at_a_time_equals_full_decode_without_broken_characters(tokeni
     deltas = stream(m, ids, [1] * len(ids), FinishReason("length"))
     assert "".join(deltas) == tokenizer.decode(ids)
     assert all("\ufffd" not in d for d in deltas)  # the emoji and CJK bytes span several tokens
-    assert "r" not in m.status  # state is dropped at the end
+    assert "r" not in m.decoders  # state is dropped at the end
 
 
 @settings(max_examples=40, deadline=None)
@@ -101,11 +106,13 @@ def test_requests_are_independent(tokenizer: Any) -> None:
             rids=rids, new_token_ids=[(a if r == "a" else b)[k : k + 1] for r in rids],
             finished_reasons=[FinishReason("length") if k == len(a if r == "a" else b) - 1 else None for r in rids],
             prompt_tokens=[1] * len(rids), completion_tokens=[k + 1] * len(rids), cached_tokens=[0] * len(rids),
-            skip_special_tokens=[True] * len(rids), stop_strs=[[] for _ in rids])
+            new_token_logprobs=[[] for _ in rids], new_top_logprobs=[[] for _ in rids],
+            new_reqs=[DecodeSettings(r, ["четыре"] if r == "b" else []) for r in rids] if k == 0 else [])
         for r, t in zip(rids, m.handle(batch).new_texts, strict=True):
             texts[r] += t
+    # b's stop string came with its first output only, and still holds back and cuts its text.
     assert texts == {"a": "one two", "b": "три четыре"}
-    assert m.status == {}
+    assert m.decoders == {}
 
 
 @pytest.mark.parametrize(("text", "stops", "held"), [
@@ -114,3 +121,17 @@ def test_requests_are_independent(tokenizer: Any) -> None:
 ])
 def test_held_stop_prefix(text: str, stops: list[str], held: int) -> None:
     assert held_stop_prefix(text, stops) == held
+
+
+def test_find_stop_reports_the_earliest_stop_once(tokenizer: Any) -> None:
+    """The scheduler's use: feed one token at a time, ask after each whether a stop string ended."""
+    ids = tokenizer("one two STOP three never", add_special_tokens=False).input_ids
+    dec = IncrementalDecoder(tokenizer, ["never", "STOP"])
+    found = []
+    for t in ids:
+        dec.append([t])
+        found.append(dec.find_stop())
+    first = next(i for i, f in enumerate(found) if f is not None)
+    assert found[first] == "STOP" and "STOP" in tokenizer.decode(ids[: first + 1])
+    assert "STOP" not in tokenizer.decode(ids[:first])
+    assert found[first + 1 :].count("STOP") == 0 and found[-1] == "never"

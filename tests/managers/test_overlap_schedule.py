@@ -10,6 +10,7 @@ import pytest
 
 from radixserve import Engine
 from radixserve.managers.io_struct import AbortReq, TokenizedGenerateReqInput
+from radixserve.sampling.sampling_params import SamplingParams
 
 PROMPTS = [[100 + (i * 7 + j) % 900 for j in range(n)] for i, n in enumerate([3, 17, 40, 1, 64, 9, 33, 120])]
 
@@ -30,7 +31,7 @@ def _run(path: str, overlap: str, prompts: list[list[int]], params: list[dict[st
         outs = []
         for _ in range(2):  # the second round also runs on cached prefixes
             got = e.generate(input_ids=prompts, sampling_params=params)
-            outs += [(o["output_ids"], o["meta_info"]["finish_reason"]["type"]) for o in got]  # type: ignore[index]
+            outs += [(o["output_ids"], o["meta_info"]["finish_reason"]["type"]) for o in got]
         e.scheduler.check_memory()
         return outs, e.scheduler.stats
 
@@ -56,7 +57,7 @@ def test_overlap_under_a_tiny_pool_with_retractions(tiny_models: dict[str, Path]
 
 def test_requests_that_cannot_overlap_run_the_plain_way(tiny_models: dict[str, Path]) -> None:
     """Penalties and min_new_tokens need every token on the host before the next step."""
-    params = [{"max_new_tokens": 10, "temperature": 0, "ignore_eos": True}] * 4
+    params: list[dict[str, Any]] = [{"max_new_tokens": 10, "temperature": 0, "ignore_eos": True}] * 4
     params = [*params[:2], {**params[2], "repetition_penalty": 1.3}, {**params[3], "min_new_tokens": 8,
                                                                         "ignore_eos": False}]
     plain, _ = _run(str(tiny_models["llama"]), "off", PROMPTS[:4], params, max_total_tokens=4096)
@@ -72,8 +73,8 @@ def test_abort_while_a_step_is_in_flight(tiny_models: dict[str, Path]) -> None:
         s = e.scheduler
         s.flush_cache()
         for i, p in enumerate(PROMPTS[:3]):
-            s.add_request(TokenizedGenerateReqInput(rid=f"r{i}", input_ids=p, sampling_params={
-                "max_new_tokens": 30, "temperature": 0, "ignore_eos": True}))
+            s.add_request(TokenizedGenerateReqInput(rid=f"r{i}", input_ids=p, sampling_params=SamplingParams(
+                max_new_tokens=30, temperature=0, ignore_eos=True)))
         outputs: dict[str, list[int]] = {}
         reasons: dict[str, str] = {}
         steps = 0
@@ -89,6 +90,6 @@ def test_abort_while_a_step_is_in_flight(tiny_models: dict[str, Path]) -> None:
                     if reason is not None:
                         reasons[rid] = reason.type
         assert reasons == {"r0": "length", "r1": "abort", "r2": "length"}
-        assert outputs["r0"] == ref[0]["output_ids"] and outputs["r2"] == ref[2]["output_ids"]  # type: ignore[index]
-        assert outputs["r1"] == ref[1]["output_ids"][: len(outputs["r1"])]  # type: ignore[index]
+        assert outputs["r0"] == ref[0]["output_ids"] and outputs["r2"] == ref[2]["output_ids"]
+        assert outputs["r1"] == ref[1]["output_ids"][: len(outputs["r1"])]
         s.check_memory()

@@ -10,6 +10,7 @@ import pytest
 
 from radixserve import Engine
 from radixserve.managers.io_struct import TokenizedGenerateReqInput
+from radixserve.sampling.sampling_params import SamplingParams
 
 GREEDY = {"max_new_tokens": 12, "temperature": 0, "ignore_eos": True}
 PROMPTS = [[100 + (i * 7 + j) % 900 for j in range(n)] for i, n in enumerate([3, 17, 40, 1, 64, 9, 33, 120])]
@@ -26,8 +27,12 @@ def reference(engine: Engine) -> list[list[int]]:
     outs = []
     for p in PROMPTS:
         engine.scheduler.flush_cache()
-        outs.append(engine.generate(input_ids=p, sampling_params=GREEDY)["output_ids"])  # type: ignore[index]
+        outs.append(engine.generate(input_ids=p, sampling_params=GREEDY)["output_ids"])
     return outs
+
+
+def _req(rid: str, ids: list[int], params: dict[str, Any]) -> TokenizedGenerateReqInput:
+    return TokenizedGenerateReqInput(rid=rid, input_ids=ids, sampling_params=SamplingParams.from_dict(params))
 
 
 def _ids(outs: Any) -> list[list[int]]:
@@ -55,7 +60,7 @@ def test_disable_radix_cache_matches_and_reports_no_hits(tiny_models: dict[str, 
         for _ in range(2):
             outs = e.generate(input_ids=PROMPTS, sampling_params=GREEDY)
             assert _ids(outs) == reference
-            assert all(o["meta_info"]["cached_tokens"] == 0 for o in outs)  # type: ignore[index]
+            assert all(o["meta_info"]["cached_tokens"] == 0 for o in outs)
         e.scheduler.check_memory()
         assert e.scheduler.token_to_kv_pool.available_size() == e.scheduler.token_to_kv_pool.size
 
@@ -66,7 +71,7 @@ def test_cache_hits_on_repeat_and_fcfs_policy(tiny_models: dict[str, Path], refe
         e.generate(input_ids=PROMPTS, sampling_params=GREEDY)
         outs = e.generate(input_ids=PROMPTS, sampling_params=GREEDY)
         assert _ids(outs) == reference
-        assert [o["meta_info"]["cached_tokens"] for o in outs] == [len(p) - 1 for p in PROMPTS]  # type: ignore[index]
+        assert [o["meta_info"]["cached_tokens"] for o in outs] == [len(p) - 1 for p in PROMPTS]
 
 
 def test_lpm_admits_longest_cached_prefix_first(engine: Engine) -> None:
@@ -75,10 +80,9 @@ def test_lpm_admits_longest_cached_prefix_first(engine: Engine) -> None:
     shared = list(range(200, 260))
     engine.generate(input_ids=[*shared, 1], sampling_params={"max_new_tokens": 1})
     for rid, ids in [("cold", list(range(600, 660))), ("warm", [*shared, 2])]:
-        sched.add_request(TokenizedGenerateReqInput(rid=rid, input_ids=ids, sampling_params={"max_new_tokens": 2}))
-    batch = sched._get_new_batch_prefill()
-    assert batch is not None and batch.reqs[0].rid == "warm"  # arrived second, admitted first
-    sched._run_batch(batch)
+        sched.add_request(_req(rid, ids, {"max_new_tokens": 2}))
+    sched.step()  # one prefill of both, in admission order; both run on
+    assert [r.rid for r in sched.running_batch.reqs] == ["warm", "cold"]  # arrived second, admitted first
     while sched.has_work():
         sched.step()
 
@@ -88,8 +92,8 @@ def test_max_running_requests_is_respected(tiny_models: dict[str, Path], referen
                 log_level="warning") as e:
         sched = e.scheduler
         for i, p in enumerate(PROMPTS):
-            sched.add_request(TokenizedGenerateReqInput(rid=str(i), input_ids=p, sampling_params=GREEDY))
-        peak, outs = 0, {}
+            sched.add_request(_req(str(i), p, GREEDY))
+        peak, outs = 0, dict[str, list[int]]()
         while sched.has_work():
             out = sched.step()
             peak = max(peak, len(sched.running_batch.reqs))
@@ -103,10 +107,9 @@ def test_abort_running_and_waiting(engine: Engine) -> None:
     sched = engine.scheduler
     sched.flush_cache()
     for rid in ("a", "b"):
-        sched.add_request(TokenizedGenerateReqInput(rid=rid, input_ids=PROMPTS[4],
-                                                    sampling_params={"max_new_tokens": 50, "ignore_eos": True}))
+        sched.add_request(_req(rid, PROMPTS[4], {"max_new_tokens": 50, "ignore_eos": True}))
     sched.step()  # both prefilled, now running
-    sched.add_request(TokenizedGenerateReqInput(rid="c", input_ids=PROMPTS[2], sampling_params=GREEDY))
+    sched.add_request(_req("c", PROMPTS[2], GREEDY))
     sched.abort_request("a")
     sched.abort_request("c")
     reasons = {}
@@ -132,7 +135,7 @@ def test_stop_token_ids_min_new_tokens_and_stop_strings(engine: Engine, referenc
         **GREEDY, "stop_token_ids": [stop_at], "min_new_tokens": first + 2})
     assert len(later["output_ids"]) > first + 1
     # A stop string taken from the greedy text ends generation and is cut from the text.
-    full = engine.decoder.decode(ref, True)
+    full = engine.tokenizer.decode(ref, skip_special_tokens=True)
     stop = full[len(full) // 2 : len(full) // 2 + 3]
     if stop.strip():
         cut: Any = engine.generate(input_ids=PROMPTS[5], sampling_params={**GREEDY, "stop": stop})
@@ -175,8 +178,8 @@ def test_admission_counts_locked_prefixes_as_unevictable(tiny_models: dict[str, 
         e.generate(input_ids=[a, b], sampling_params=one)
         assert e.scheduler.tree_cache.evictable_size() >= 200
         outs = e.generate(input_ids=[a + list(range(500, 560)), b + list(range(600, 660))], sampling_params=one)
-        assert [o["meta_info"]["completion_tokens"] for o in outs] == [1, 1]  # type: ignore[index]
-        assert max(o["meta_info"]["cached_tokens"] for o in outs) >= 100  # type: ignore[index]
+        assert [o["meta_info"]["completion_tokens"] for o in outs] == [1, 1]
+        assert max(o["meta_info"]["cached_tokens"] for o in outs) >= 100
         e.scheduler.check_memory()
 
 

@@ -2,20 +2,28 @@
 
 from __future__ import annotations
 
+from typing import Any
+
 import torch
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
+from radixserve.mem_cache.base_prefix_cache import BasePrefixCache
+from radixserve.mem_cache.chunk_cache import ChunkCache
 from radixserve.mem_cache.memory_pool import ReqToTokenPool, TokenToKVPool
-from radixserve.mem_cache.radix_cache import ChunkCache, RadixCache
+from radixserve.mem_cache.radix_cache import RadixCache, TreeNode
 
 
-def make_cache(size: int = 64, cls: type[RadixCache] = RadixCache) -> RadixCache:
+def pools(size: int = 64) -> tuple[ReqToTokenPool, TokenToKVPool]:
     kv = TokenToKVPool(size, torch.float32, num_layers=1, num_kv_heads=1, head_dim=2, device="cpu")
-    return cls(ReqToTokenPool(4, 32, "cpu"), kv)
+    return ReqToTokenPool(4, 32, "cpu"), kv
 
 
-def put(cache: RadixCache, key: list[int]) -> torch.Tensor:
+def make_cache(size: int = 64) -> RadixCache:
+    return RadixCache(*pools(size))
+
+
+def put(cache: BasePrefixCache, key: list[int]) -> torch.Tensor:
     """Insert key the way a request does: reuse the cached prefix, compute the rest, free duplicates."""
     prefix, _ = cache.match_prefix(key)
     new = cache.token_to_kv_pool.alloc(len(key) - prefix.numel())
@@ -67,7 +75,7 @@ def test_eviction_frees_parents_that_become_leaves() -> None:
 
 
 def test_chunk_cache_shares_nothing() -> None:
-    cache = make_cache(cls=ChunkCache)
+    cache = ChunkCache(*pools())
     value = cache.token_to_kv_pool.alloc(3)
     assert value is not None
     assert cache.insert([1, 2, 3], value) == 0
@@ -89,56 +97,66 @@ ops = st.lists(
 )
 
 
-@settings(max_examples=150, deadline=None)
-@given(ops)
-def test_against_naive_reference(operations: list[tuple[str, object]]) -> None:
-    size = 40
-    cache = make_cache(size)
-    ref: dict[tuple[int, ...], int] = {}  # every cached token prefix -> its slot
-    locks: list[tuple[object, tuple[int, ...]]] = []  # (node, locked key)
+class Reference:
+    """A RadixCache next to a naive model of it: every cached token prefix -> its slot."""
 
-    def ref_match(key: list[int]) -> list[int]:
+    def __init__(self, size: int) -> None:
+        self.cache = make_cache(size)
+        self.ref: dict[tuple[int, ...], int] = {}
+        self.locks: list[tuple[TreeNode, tuple[int, ...]]] = []  # (node, locked key)
+
+    def match(self, key: list[int]) -> list[int]:
         out = []
         for i in range(len(key)):
-            slot = ref.get(tuple(key[: i + 1]))
+            slot = self.ref.get(tuple(key[: i + 1]))
             if slot is None:
                 break
             out.append(slot)
         return out
 
+    def op_insert(self, key: list[int]) -> None:
+        pool = self.cache.token_to_kv_pool
+        need = len(key) - self.cache.match_prefix(key)[0].numel()
+        if pool.available_size() < need:
+            self.cache.evict(need - pool.available_size())
+        if pool.available_size() < need:
+            return
+        value = put(self.cache, key)
+        for i in range(len(key)):
+            self.ref.setdefault(tuple(key[: i + 1]), int(value[i]))
+
+    def op_lock(self, key: list[int]) -> None:
+        idx, node = self.cache.match_prefix(key)
+        if idx.numel():
+            self.cache.inc_lock_ref(node)
+            self.locks.append((node, tuple(key[: idx.numel()])))
+
+    def op_unlock(self, i: int) -> None:
+        if self.locks:
+            self.cache.dec_lock_ref(self.locks.pop(i % len(self.locks))[0])
+
+    def op_evict(self, n: int) -> None:
+        freed = self.cache.evict(n)
+        free = set(self.cache.token_to_kv_pool.free_slots().tolist())
+        before = len(self.ref)
+        self.ref = {k: v for k, v in self.ref.items() if v not in free}
+        assert before - len(self.ref) == freed
+
+    def op_match(self, key: list[int]) -> None:
+        assert self.cache.match_prefix(key)[0].tolist() == self.match(key)
+
+    def check(self) -> None:
+        self.cache.check_integrity()
+        assert self.cache.total_size() == len(self.ref)
+        assert all(tuple(k[:-1]) in self.ref for k in self.ref if len(k) > 1), "reference lost prefix-closure"
+        for _, locked_key in self.locks:
+            assert len(self.match(list(locked_key))) == len(locked_key), "a locked prefix was evicted"
+
+
+@settings(max_examples=150, deadline=None)
+@given(ops)
+def test_against_naive_reference(operations: list[tuple[str, Any]]) -> None:
+    model = Reference(40)
     for op, arg in operations:
-        if op == "insert":
-            key = list(arg)  # type: ignore[call-overload]
-            prefix, _ = cache.match_prefix(key)
-            need = len(key) - prefix.numel()
-            if cache.token_to_kv_pool.available_size() < need:
-                cache.evict(need - cache.token_to_kv_pool.available_size())
-            if cache.token_to_kv_pool.available_size() < need:
-                continue
-            value = put(cache, key)
-            for i in range(len(key)):
-                ref.setdefault(tuple(key[: i + 1]), int(value[i]))
-        elif op == "lock":
-            key = list(arg)  # type: ignore[call-overload]
-            idx, node = cache.match_prefix(key)
-            if idx.numel():
-                cache.inc_lock_ref(node)
-                locks.append((node, tuple(key[: idx.numel()])))
-        elif op == "unlock" and locks:
-            node, _ = locks.pop(int(arg) % len(locks))  # type: ignore[call-overload]
-            cache.dec_lock_ref(node)  # type: ignore[arg-type]
-        elif op == "evict":
-            freed = cache.evict(int(arg))  # type: ignore[call-overload]
-            free = set(cache.token_to_kv_pool.free_slots().tolist())
-            before = len(ref)
-            ref = {k: v for k, v in ref.items() if v not in free}
-            assert before - len(ref) == freed
-        elif op == "match":
-            key = list(arg)  # type: ignore[call-overload]
-            assert cache.match_prefix(key)[0].tolist() == ref_match(key)
-        # invariants after every operation
-        cache.check_integrity()
-        assert cache.total_size() == len(ref)
-        assert all(tuple(k[:-1]) in ref for k in ref if len(k) > 1), "reference lost prefix-closure"
-        for _, locked_key in locks:
-            assert len(ref_match(list(locked_key))) == len(locked_key), "a locked prefix was evicted"
+        getattr(model, f"op_{op}")(arg)
+        model.check()  # invariants after every operation

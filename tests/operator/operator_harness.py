@@ -50,7 +50,7 @@ def _now() -> str:
     return datetime.datetime.now(datetime.UTC).strftime("%Y-%m-%dT%H:%M:%SZ")
 
 
-class ApiServer(kmock.KubernetesEmulator):  # type: ignore[misc]
+class ApiServer(kmock.KubernetesEmulator):
     async def _handle(self, request: kmock.Request) -> aiohttp.web.StreamResponse:
         if request.resource is not None and isinstance(request.data, dict):
             if request.action == kmock.action.CREATE:
@@ -95,6 +95,12 @@ class ApiServer(kmock.KubernetesEmulator):  # type: ignore[misc]
             raw = self._objects[key].raw
             await self._buses[resource].put({"type": "ADDED", "object": raw})
         return aiohttp.web.json_response(raw, status=201)
+
+
+def _present(obj: dict[str, Any] | None, what: str) -> dict[str, Any]:
+    if obj is None:
+        raise KeyError(f"no {what}")
+    return obj
 
 
 @dataclass
@@ -181,6 +187,16 @@ class Harness:
             if cond["type"] == kind:
                 return dict(cond)
         return None
+
+    # The same, for objects that must be there: KeyError when absent (`wait_for` polls on).
+    def existing(self, resource: kmock.resource, name: str) -> dict[str, Any]:
+        return _present(self.live(resource, name), f"{resource} {name}")
+
+    def existing_cr(self, name: str) -> dict[str, Any]:
+        return _present(self.cr(name), f"InferenceServer {name}")
+
+    def existing_condition(self, name: str, kind: str) -> dict[str, Any]:
+        return _present(self.condition(name, kind), f"condition {kind} of {name}")
 
     async def wait_for(self, what: str, predicate: Callable[[], Any], timeout: float = 10.0) -> Any:
         """Poll until `predicate()` is truthy; fail with `what` after `timeout` seconds."""

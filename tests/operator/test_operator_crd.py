@@ -30,7 +30,8 @@ EXAMPLES = sorted(EXAMPLES_DIR.glob("*.yaml"))
 
 
 def spec_schema() -> dict[str, Any]:
-    return crd_schema()["properties"]["spec"]
+    schema: dict[str, Any] = crd_schema()["properties"]["spec"]
+    return schema
 
 
 def test_crd_is_valid_for_kubernetes_in_strict_mode() -> None:
@@ -132,7 +133,8 @@ def _crd_defaults(schema: dict[str, Any], model: type[BaseModel], path: str = "s
     for key, sub in schema.get("properties", {}).items():
         info = by_alias[key]
         if "default" in sub:
-            adapter: TypeAdapter[Any] = TypeAdapter(info.annotation)  # type: ignore[arg-type]
+            assert info.annotation is not None, f"{path}.{key} has no annotation"
+            adapter: TypeAdapter[Any] = TypeAdapter(info.annotation)
             yield f"{path}.{key}", adapter.validate_python(sub["default"]), \
                 info.get_default(call_default_factory=True)
         nested = _model_of(info.annotation)

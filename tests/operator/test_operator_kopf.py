@@ -94,7 +94,7 @@ async def test_create_produces_exactly_the_expected_objects(harness: Harness) ->
     assert container["image"] == TEST_DEFAULTS.image
     assert container["args"][4:6] == ["--model-path", "/mnt/models/llama-3-8b"]
     await harness.wait_for_event("llm", "Created")
-    status = harness.cr("llm")["status"]  # type: ignore[index]
+    status = harness.existing_cr("llm")["status"]
     assert status["url"] == "http://llm.default.svc"
     assert status["model"] == "llama-3-8b"
     assert harness.handler_errors == []
@@ -124,7 +124,7 @@ async def test_replicas_image_and_tp_changes_roll_out_in_place(harness: Harness)
     assert args[args.index("--tp") + 1] == "2" and args[args.index("--device") + 1] == "cuda"
     await harness.wait_for_event("llm", "Updated")
     await harness.settle()
-    assert harness.cr("llm")["status"]["observedGeneration"] == harness.cr("llm")["metadata"]["generation"]  # type: ignore[index]
+    assert harness.existing_cr("llm")["status"]["observedGeneration"] == harness.existing_cr("llm")["metadata"]["generation"]
 
 
 async def test_scale_subresource_scales_the_server_deployment(harness: Harness) -> None:
@@ -133,7 +133,7 @@ async def test_scale_subresource_scales_the_server_deployment(harness: Harness) 
     # on the object; the real mapping is the CRD's specReplicasPath, tested there.)
     await harness.request("PATCH", f"/apis/{names.API_VERSION}/namespaces/{NAMESPACE}/{names.PLURAL}/llm/scale",
                           {"spec": {"replicas": 4}})
-    await harness.wait_for("4 replicas", lambda: harness.live(DEPLOYMENTS, "llm-server")["spec"]["replicas"] == 4)  # type: ignore[index]
+    await harness.wait_for("4 replicas", lambda: harness.existing(DEPLOYMENTS, "llm-server")["spec"]["replicas"] == 4)
 
 
 async def test_status_follows_the_owned_deployments(harness: Harness) -> None:
@@ -142,17 +142,17 @@ async def test_status_follows_the_owned_deployments(harness: Harness) -> None:
     assert ready is not None and (ready["status"], ready["reason"]) == ("False", "ReplicasNotReady")
 
     await harness.set_deployment_status("llm-server", {"replicas": 2, "updatedReplicas": 2, "readyReplicas": 1})
-    await harness.wait_for("1/2 ready", lambda: harness.cr("llm")["status"]["readyReplicas"] == 1)  # type: ignore[index]
-    assert harness.condition("llm", "Ready")["reason"] == "ReplicasNotReady"  # type: ignore[index]
+    await harness.wait_for("1/2 ready", lambda: harness.existing_cr("llm")["status"]["readyReplicas"] == 1)
+    assert harness.existing_condition("llm", "Ready")["reason"] == "ReplicasNotReady"
 
     await harness.set_deployment_status("llm-server", {"replicas": 2, "updatedReplicas": 2, "readyReplicas": 2})
     await harness.wait_for("router not ready",
-                           lambda: harness.condition("llm", "Ready")["reason"] == "RouterNotReady")  # type: ignore[index]
+                           lambda: harness.existing_condition("llm", "Ready")["reason"] == "RouterNotReady")
     await harness.set_deployment_status("llm-router", {"replicas": 1, "updatedReplicas": 1, "readyReplicas": 1})
-    await harness.wait_for("Ready=True", lambda: harness.condition("llm", "Ready")["status"] == "True")  # type: ignore[index]
-    status = harness.cr("llm")["status"]  # type: ignore[index]
+    await harness.wait_for("Ready=True", lambda: harness.existing_condition("llm", "Ready")["status"] == "True")
+    status = harness.existing_cr("llm")["status"]
     assert status["readyReplicas"] == 2 and status["routerReadyReplicas"] == 1
-    assert harness.condition("llm", "Progressing")["status"] == "False"  # type: ignore[index]
+    assert harness.existing_condition("llm", "Progressing")["status"] == "False"
     await harness.wait_for_event("llm", "Ready")
 
     await harness.set_deployment_status("llm-server", {"replicas": 2, "updatedReplicas": 1, "readyReplicas": 2,
@@ -160,8 +160,8 @@ async def test_status_follows_the_owned_deployments(harness: Harness) -> None:
                                                            "type": "Progressing", "status": "False",
                                                            "reason": "ProgressDeadlineExceeded",
                                                            "message": "ReplicaSet has timed out progressing."}]})
-    await harness.wait_for("Degraded=True", lambda: harness.condition("llm", "Degraded")["status"] == "True")  # type: ignore[index]
-    assert "ProgressDeadlineExceeded" in harness.condition("llm", "Degraded")["message"]  # type: ignore[index]
+    await harness.wait_for("Degraded=True", lambda: harness.existing_condition("llm", "Degraded")["status"] == "True")
+    assert "ProgressDeadlineExceeded" in harness.existing_condition("llm", "Degraded")["message"]
     assert harness.handler_errors == []
 
 
@@ -180,7 +180,7 @@ async def test_invalid_spec_sets_the_condition_and_creates_nothing(
     ready = await harness.wait_for(f"Ready=False/{reason}", lambda: (
         c if (c := harness.condition("llm", "Ready")) and c["reason"] == reason else None))
     assert ready["status"] == "False" and field in ready["message"]
-    assert harness.condition("llm", "Degraded")["status"] == "True"  # type: ignore[index]
+    assert harness.existing_condition("llm", "Degraded")["status"] == "True"
     await harness.settle()
     assert harness.owned_objects() == {}
     warning = await harness.wait_for_event("llm", reason, "Warning")
@@ -189,12 +189,12 @@ async def test_invalid_spec_sets_the_condition_and_creates_nothing(
 
 async def test_missing_pvc_is_retried_until_it_exists(harness: Harness) -> None:
     await harness.create("llm", {"model": {"pvc": {"claimName": "late"}}, "resources": {"gpus": 0}})
-    await harness.wait_for("PVCNotFound", lambda: harness.condition("llm", "Ready")["reason"] == "PVCNotFound")  # type: ignore[index]
+    await harness.wait_for("PVCNotFound", lambda: harness.existing_condition("llm", "Ready")["reason"] == "PVCNotFound")
     assert harness.owned_objects() == {}
     await make_pvc(harness, "late")
     await harness.wait_for("the objects, once the PVC exists", lambda: harness.live(SERVICES, "llm"))
     await harness.wait_for("the condition to clear",
-                           lambda: harness.condition("llm", "Ready")["reason"] == "ReplicasNotReady")  # type: ignore[index]
+                           lambda: harness.existing_condition("llm", "Ready")["reason"] == "ReplicasNotReady")
 
 
 async def test_api_key_secret_is_injected_from_the_environment(harness: Harness) -> None:
@@ -211,7 +211,7 @@ async def test_invalid_update_keeps_the_running_workload_untouched(harness: Harn
     writes = harness.versions(DEPLOYMENTS, "llm-server")
     await harness.patch_spec("llm", {"tensorParallelSize": 2, "resources": {"gpus": 1}})
     await harness.wait_for("InsufficientGPUs",
-                           lambda: harness.condition("llm", "Ready")["reason"] == "InsufficientGPUs")  # type: ignore[index]
+                           lambda: harness.existing_condition("llm", "Ready")["reason"] == "InsufficientGPUs")
     await harness.settle()
     assert harness.versions(DEPLOYMENTS, "llm-server") == writes
 
@@ -229,7 +229,7 @@ async def test_disabling_the_router_removes_it_and_points_the_service_at_the_rep
 
 async def test_deleting_the_resource_leaves_cleanup_to_owner_references(harness: Harness) -> None:
     cr = await create_and_wait(harness, CPU_SPEC)
-    assert not harness.cr("llm")["metadata"].get("finalizers")  # type: ignore[index]  # nothing blocks deletion
+    assert not harness.existing_cr("llm")["metadata"].get("finalizers")  # nothing blocks deletion
     await harness.delete(f"/apis/{names.API_VERSION}/namespaces/{NAMESPACE}/{names.PLURAL}/llm")
     await harness.wait_for("the resource to be gone", lambda: harness.cr("llm") is None)
     versions = {key: harness.versions(OWNED[key[0]], key[1]) for key in harness.owned_objects()}

@@ -14,10 +14,10 @@ import socket
 import subprocess
 import sys
 import time
-from collections.abc import AsyncIterator, Awaitable, Callable
+from collections.abc import AsyncIterator, Callable
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import Any, Protocol
 
 import aiohttp
 import pytest
@@ -29,9 +29,22 @@ if str(REPO_ROOT) not in sys.path:  # benchmarks/ is imported by its tests
 
 from radixserve.router.app import RunningRouter, start_router, stop_router  # noqa: E402
 from radixserve.router.config import RouterConfig  # noqa: E402
-from radixserve.router.fake_worker import FakeWorker, FakeWorkerConfig, start_fake_worker  # noqa: E402
+from radixserve.testing.fake_worker import FakeWorker, FakeWorkerConfig, start_fake_worker  # noqa: E402
 
 Command = Callable[[int], list[str]]
+
+
+# What the fixtures below yield, for the tests' annotations.
+class StartWorkerProcesses(Protocol):
+    async def __call__(self, n: int, command: Command, timeout: float = 20.0) -> list[WorkerProcess]: ...
+
+
+class MakeFakeWorkers(Protocol):
+    async def __call__(self, n: int, **config: Any) -> list[InProcessWorker]: ...
+
+
+class MakeRouter(Protocol):
+    async def __call__(self, wait_healthy: bool = True, **config: Any) -> RunningRouter: ...
 
 
 def free_port(host: str = "127.0.0.1") -> int:
@@ -57,7 +70,7 @@ async def wait_until(predicate: Callable[[], Any], timeout: float = 10.0, interv
 
 
 def fake_worker_command(*extra: str) -> Command:
-    return lambda port: [sys.executable, "-m", "radixserve.router.fake_worker", "--port", str(port), *extra]
+    return lambda port: [sys.executable, "-m", "radixserve.testing.fake_worker", "--port", str(port), *extra]
 
 
 @dataclass
@@ -113,8 +126,7 @@ async def http() -> AsyncIterator[aiohttp.ClientSession]:
 
 
 @pytest.fixture
-async def worker_processes(http: aiohttp.ClientSession) -> AsyncIterator[
-        Callable[[int, Command], Awaitable[list[WorkerProcess]]]]:
+async def worker_processes(http: aiohttp.ClientSession) -> AsyncIterator[StartWorkerProcesses]:
     """`await worker_processes(n, command)`: n processes on free ports, healthy; stopped at teardown."""
     started: list[WorkerProcess] = []
 
@@ -143,14 +155,14 @@ class InProcessWorker:
 
 
 @pytest.fixture
-async def fake_workers() -> AsyncIterator[Callable[..., Awaitable[list[InProcessWorker]]]]:
+async def fake_workers() -> AsyncIterator[MakeFakeWorkers]:
     """`await fake_workers(n, **FakeWorkerConfig fields)`: workers in this event loop."""
     made: list[InProcessWorker] = []
 
-    async def make(n: int, **kwargs: Any) -> list[InProcessWorker]:
+    async def make(n: int, **config: Any) -> list[InProcessWorker]:
         out = []
         for _ in range(n):
-            worker, runner, port = await start_fake_worker(FakeWorkerConfig(**kwargs))
+            worker, runner, port = await start_fake_worker(FakeWorkerConfig(**config))
             out.append(InProcessWorker(worker, runner, port))
         made.extend(out)
         return out
@@ -161,15 +173,15 @@ async def fake_workers() -> AsyncIterator[Callable[..., Awaitable[list[InProcess
 
 
 @pytest.fixture
-async def make_router(http: aiohttp.ClientSession) -> AsyncIterator[Callable[..., Awaitable[RunningRouter]]]:
+async def make_router(http: aiohttp.ClientSession) -> AsyncIterator[MakeRouter]:
     """`await make_router(worker_urls=[...], **RouterConfig fields)`: started, workers healthy."""
     routers: list[RunningRouter] = []
 
-    async def make(wait_healthy: bool = True, **kwargs: Any) -> RunningRouter:
-        kwargs.setdefault("health_check_interval_s", 0.2)
-        kwargs.setdefault("health_check_timeout_s", 1.0)
-        kwargs.setdefault("seed", 0)
-        running = await start_router(RouterConfig(host="127.0.0.1", port=0, **kwargs))
+    async def make(wait_healthy: bool = True, **config: Any) -> RunningRouter:
+        config.setdefault("health_check_interval_s", 0.2)
+        config.setdefault("health_check_timeout_s", 1.0)
+        config.setdefault("seed", 0)
+        running = await start_router(RouterConfig(host="127.0.0.1", port=0, **config))
         routers.append(running)
         if wait_healthy and running.router.config.worker_urls:
             n = len(running.router.config.worker_urls)

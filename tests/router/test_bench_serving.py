@@ -2,17 +2,19 @@
 
 from __future__ import annotations
 
+import dataclasses
 import json
 from pathlib import Path
-from typing import Any
 
 import pytest
 
 from benchmarks import bench_serving
 from benchmarks.bench_serving import BenchConfig, make_prompts, run_benchmark
 
-SHARED = dict(dataset="shared-prefix", num_groups=4, prompts_per_group=8, system_prompt_len=120, question_len=8,
-              output_len=6, max_concurrency=4, disable_tqdm=True)
+from .conftest import MakeFakeWorkers, MakeRouter
+
+SHARED = BenchConfig(base_url="http://unused", dataset="shared-prefix", num_groups=4, prompts_per_group=8,
+                     system_prompt_len=120, question_len=8, output_len=6, max_concurrency=4, disable_tqdm=True)
 
 
 def test_help_explains_every_flag() -> None:
@@ -25,18 +27,20 @@ def test_help_explains_every_flag() -> None:
 
 
 def test_shared_prefix_workload_shape() -> None:
-    prompts = make_prompts(BenchConfig(base_url="http://unused", **SHARED))
+    prompts = make_prompts(SHARED)
     assert len(prompts) == 32
     systems = {p.system for p in prompts}
     assert len(systems) == 4
     assert all(len((p.system or "").split()) == 120 + 3 for p in prompts)  # "System prompt N." + 120 words
-    assert [p.group for p in prompts[:8]] != sorted(p.group for p in prompts[:8])  # groups interleave
+    groups = [p.group for p in prompts[:8] if p.group is not None]
+    assert len(groups) == 8 and groups != sorted(groups)  # groups interleave
 
 
-async def test_streaming_shared_prefix_through_router(fake_workers: Any, make_router: Any, tmp_path: Path) -> None:
+async def test_streaming_shared_prefix_through_router(fake_workers: MakeFakeWorkers, make_router: MakeRouter,
+                                                      tmp_path: Path) -> None:
     ws = await fake_workers(3, token_delay=0.002)
     running = await make_router(worker_urls=[w.url for w in ws])
-    result = await run_benchmark(BenchConfig(base_url=running.url, **SHARED), command="test")
+    result = await run_benchmark(dataclasses.replace(SHARED, base_url=running.url), command="test")
     assert (result["completed"], result["failed"]) == (32, 0), result["errors"]
     assert result["completion_tokens_total"] == 32 * 6
     assert result["prompt_tokens_total"] == sum(w.worker.stats.prompt_tokens for w in ws)
@@ -49,14 +53,14 @@ async def test_streaming_shared_prefix_through_router(fake_workers: Any, make_ro
     assert saved["command"] == "test" and saved["machine"]["cpu_count"] and saved["config"]["num_groups"] == 4
 
 
-async def test_cache_aware_reuses_more_prefix_than_round_robin_on_fake_workers(fake_workers: Any,
-                                                                                make_router: Any) -> None:
+async def test_cache_aware_reuses_more_prefix_than_round_robin_on_fake_workers(fake_workers: MakeFakeWorkers,
+                                                                                make_router: MakeRouter) -> None:
     """Router-level check with prefix-caching fake workers; the real-replica version needs the server."""
     cached = {}
     for policy in ("cache_aware", "round_robin"):
         ws = await fake_workers(3)
         running = await make_router(worker_urls=[w.url for w in ws], policy=policy)
-        result = await run_benchmark(BenchConfig(base_url=running.url, **SHARED))
+        result = await run_benchmark(dataclasses.replace(SHARED, base_url=running.url))
         assert result["failed"] == 0
         cached[policy] = result["cached_tokens_total"]
         # The workers' own counters agree with what the benchmark read from `usage`.
@@ -64,7 +68,7 @@ async def test_cache_aware_reuses_more_prefix_than_round_robin_on_fake_workers(f
     assert cached["cache_aware"] > cached["round_robin"]
 
 
-async def test_non_streaming_poisson_completions_direct(fake_workers: Any) -> None:
+async def test_non_streaming_poisson_completions_direct(fake_workers: MakeFakeWorkers) -> None:
     (w,) = await fake_workers(1)
     cfg = BenchConfig(base_url=w.url, endpoint="/v1/completions", dataset="random", num_prompts=20,
                       random_input_len=16, output_len=4, request_rate=400.0, stream=False, disable_tqdm=True)

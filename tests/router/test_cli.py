@@ -7,11 +7,12 @@ import os
 import signal
 import sys
 
+import aiohttp
 import pytest
 
 from radixserve.router.cli import build_parser, config_from_args, main
 
-from .conftest import REPO_ROOT
+from .conftest import REPO_ROOT, MakeFakeWorkers
 
 OPERATOR_FLAGS = ["--host", "--port", "--kube-selector", "--kube-namespace", "--kube-port", "--policy",
                   "--cache-threshold", "--balance-abs-threshold", "--balance-rel-threshold", "--max-tree-size",
@@ -62,7 +63,8 @@ def test_bad_flags_are_rejected() -> None:
         main(["--worker-urls", "ftp://x"])
 
 
-async def test_router_process_serves_and_stops_on_sigterm(fake_workers, http) -> None:
+async def test_router_process_serves_and_stops_on_sigterm(fake_workers: MakeFakeWorkers,
+                                                          http: aiohttp.ClientSession) -> None:
     (w,) = await fake_workers(1)
     env = {**os.environ, "PYTHONPATH": str(REPO_ROOT)}
     proc = await asyncio.create_subprocess_exec(

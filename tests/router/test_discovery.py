@@ -10,12 +10,14 @@ from __future__ import annotations
 from collections import Counter
 from typing import Any
 
+import aiohttp
+
 from radixserve.router.config import KubeDiscoveryConfig
 from radixserve.router.discovery import EndpointSliceDiscovery, LabelSelector, ready_urls
 from radixserve.router.proxy import WORKER_HEADER
 from radixserve.router.workers import WorkerRegistry, WorkerSource
 
-from .conftest import free_port, wait_until
+from .conftest import MakeRouter, free_port, wait_until
 
 NS = "serving"
 BASE = f"/apis/discovery.k8s.io/v1/namespaces/{NS}/endpointslices"
@@ -109,9 +111,10 @@ async def test_endpoints_that_appear_turn_unready_and_disappear(kmock: Any) -> N
     assert discovery._thread is not None and not discovery._thread.is_alive()
 
 
-async def test_router_routes_to_discovered_replicas(kmock: Any, make_router: Any, http: Any) -> None:
+async def test_router_routes_to_discovered_replicas(kmock: Any, make_router: MakeRouter,
+                                                    http: aiohttp.ClientSession) -> None:
     """Discovery wired into the router: replicas on 127.0.0.1/.2 with the same port, as pods would be."""
-    from radixserve.router.fake_worker import FakeWorkerConfig, start_fake_worker
+    from radixserve.testing.fake_worker import FakeWorkerConfig, start_fake_worker
 
     kmock.resources.load_bundled()
     port = free_port()

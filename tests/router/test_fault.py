@@ -11,7 +11,7 @@ import aiohttp
 from radixserve.router.proxy import WORKER_HEADER
 from radixserve.router.workers import WorkerState
 
-from .conftest import fake_worker_command, wait_until
+from .conftest import MakeRouter, StartWorkerProcesses, fake_worker_command, wait_until
 
 
 @dataclass
@@ -45,7 +45,9 @@ async def stream_request(session: aiohttp.ClientSession, url: str, i: int) -> Ou
     return out
 
 
-async def test_killing_a_replica_loses_no_unstarted_request(worker_processes, make_router, http) -> None:
+async def test_killing_a_replica_loses_no_unstarted_request(worker_processes: StartWorkerProcesses,
+                                                            make_router: MakeRouter,
+                                                            http: aiohttp.ClientSession) -> None:
     procs = await worker_processes(3, fake_worker_command("--token-delay", "0.02"))
     running = await make_router(worker_urls=[p.url for p in procs], policy="round_robin",
                                 health_check_interval_s=0.2, health_failure_threshold=2, health_success_threshold=2)

@@ -9,11 +9,11 @@ from collections import Counter, defaultdict
 
 import aiohttp
 
-from radixserve.router.fake_worker import WORKER_ID_HEADER
 from radixserve.router.proxy import WORKER_HEADER
 from radixserve.router.workers import WorkerState
+from radixserve.testing.fake_worker import WORKER_ID_HEADER
 
-from .conftest import free_port, wait_until
+from .conftest import MakeFakeWorkers, MakeRouter, free_port, wait_until
 
 
 def assert_openai_error(payload: dict[str, object], code: int) -> None:
@@ -23,7 +23,8 @@ def assert_openai_error(payload: dict[str, object], code: int) -> None:
     assert err["code"] == code and isinstance(err["message"], str) and err["message"]
 
 
-async def test_non_streaming_completion_and_models(fake_workers, make_router, http) -> None:
+async def test_non_streaming_completion_and_models(fake_workers: MakeFakeWorkers, make_router: MakeRouter,
+                                                   http: aiohttp.ClientSession) -> None:
     ws = await fake_workers(2)
     running = await make_router(worker_urls=[w.url for w in ws])
     async with http.post(running.url + "/v1/completions", json={"prompt": "one two", "max_tokens": 3}) as r:
@@ -39,7 +40,8 @@ async def test_non_streaming_completion_and_models(fake_workers, make_router, ht
         assert r.status == 200 and (await r.json())["text"] == " w0 w1"
 
 
-async def test_streaming_is_relayed_chunk_by_chunk(fake_workers, make_router, http) -> None:
+async def test_streaming_is_relayed_chunk_by_chunk(fake_workers: MakeFakeWorkers, make_router: MakeRouter,
+                                                   http: aiohttp.ClientSession) -> None:
     (w,) = await fake_workers(1, token_delay=0.15)
     running = await make_router(worker_urls=[w.url])
     body = {"messages": [{"role": "user", "content": "hi"}], "max_tokens": 5, "stream": True}
@@ -61,7 +63,9 @@ async def test_streaming_is_relayed_chunk_by_chunk(fake_workers, make_router, ht
     assert "".join(json.loads(e)["choices"][0]["delta"].get("content", "") for e in events[:-1]) == " w0 w1 w2 w3 w4"
 
 
-async def test_cache_aware_keeps_each_prefix_on_one_worker(fake_workers, make_router, http) -> None:
+async def test_cache_aware_keeps_each_prefix_on_one_worker(fake_workers: MakeFakeWorkers,
+                                                           make_router: MakeRouter,
+                                                           http: aiohttp.ClientSession) -> None:
     ws = await fake_workers(3)
     running = await make_router(worker_urls=[w.url for w in ws], policy="cache_aware")
     served: dict[int, set[str]] = defaultdict(set)
@@ -78,7 +82,8 @@ async def test_cache_aware_keeps_each_prefix_on_one_worker(fake_workers, make_ro
     assert decisions["cache_hit"] == 15 and decisions["cache_miss"] == 3
 
 
-async def test_no_healthy_worker_gives_503_and_health_reflects_it(make_router, http) -> None:
+async def test_no_healthy_worker_gives_503_and_health_reflects_it(make_router: MakeRouter,
+                                                                  http: aiohttp.ClientSession) -> None:
     running = await make_router()
     async with http.post(running.url + "/v1/completions", json={"prompt": "x"}) as r:
         assert r.status == 503
@@ -89,7 +94,8 @@ async def test_no_healthy_worker_gives_503_and_health_reflects_it(make_router, h
         assert r.status == 200
 
 
-async def test_api_key_is_required_and_passed_to_workers(fake_workers, make_router, http) -> None:
+async def test_api_key_is_required_and_passed_to_workers(fake_workers: MakeFakeWorkers,
+                                                         make_router: MakeRouter, http: aiohttp.ClientSession) -> None:
     (w,) = await fake_workers(1, api_key="s3cret")
     running = await make_router(worker_urls=[w.url], api_key="s3cret")
     url = running.url + "/v1/completions"
@@ -107,7 +113,8 @@ async def test_api_key_is_required_and_passed_to_workers(fake_workers, make_rout
             assert r.status == 200, open_path
 
 
-async def test_bad_requests_get_openai_errors(fake_workers, make_router, http) -> None:
+async def test_bad_requests_get_openai_errors(fake_workers: MakeFakeWorkers, make_router: MakeRouter,
+                                              http: aiohttp.ClientSession) -> None:
     (w,) = await fake_workers(1)
     running = await make_router(worker_urls=[w.url], max_payload_bytes=2000)
     cases = [
@@ -125,7 +132,8 @@ async def test_bad_requests_get_openai_errors(fake_workers, make_router, http) -
     assert w.worker.stats.requests == 0  # none of them reached the worker
 
 
-async def test_add_and_remove_workers_at_run_time(fake_workers, make_router, http) -> None:
+async def test_add_and_remove_workers_at_run_time(fake_workers: MakeFakeWorkers, make_router: MakeRouter,
+                                                  http: aiohttp.ClientSession) -> None:
     ws = await fake_workers(2)
     running = await make_router()
     for w in ws:
@@ -153,14 +161,15 @@ async def test_add_and_remove_workers_at_run_time(fake_workers, make_router, htt
             assert r.headers[WORKER_HEADER] != served
 
 
-async def test_health_checks_eject_and_readmit(fake_workers, make_router, http) -> None:
+async def test_health_checks_eject_and_readmit(fake_workers: MakeFakeWorkers, make_router: MakeRouter,
+                                               http: aiohttp.ClientSession) -> None:
     ws = await fake_workers(2)
     running = await make_router(worker_urls=[w.url for w in ws], policy="round_robin")
     ws[0].worker.healthy = False
     sick = running.router.workers.get(ws[0].url)
     assert sick is not None
     await wait_until(lambda: sick.state is WorkerState.UNHEALTHY, 5, what="ejection")
-    served = Counter()
+    served: Counter[str] = Counter()
     for _ in range(6):
         async with http.post(running.url + "/v1/completions", json={"prompt": "p", "max_tokens": 1}) as r:
             served[r.headers[WORKER_HEADER]] += 1
@@ -173,7 +182,9 @@ async def test_health_checks_eject_and_readmit(fake_workers, make_router, http) 
     assert served[ws[0].url] == 2
 
 
-async def test_connection_failure_is_retried_on_another_worker(fake_workers, make_router, http) -> None:
+async def test_connection_failure_is_retried_on_another_worker(fake_workers: MakeFakeWorkers,
+                                                               make_router: MakeRouter,
+                                                               http: aiohttp.ClientSession) -> None:
     (good,) = await fake_workers(1)
     dead_url = f"http://127.0.0.1:{free_port()}"  # nothing listens there
     running = await make_router(worker_urls=[dead_url, good.url], policy="round_robin", wait_healthy=False,
@@ -193,7 +204,8 @@ async def test_connection_failure_is_retried_on_another_worker(fake_workers, mak
     assert dead.state is WorkerState.UNHEALTHY and dead.outstanding == 0
 
 
-async def test_client_disconnect_reaches_the_worker(fake_workers, make_router, http) -> None:
+async def test_client_disconnect_reaches_the_worker(fake_workers: MakeFakeWorkers, make_router: MakeRouter,
+                                                    http: aiohttp.ClientSession) -> None:
     (w,) = await fake_workers(1, token_delay=0.1)
     running = await make_router(worker_urls=[w.url])
     body = {"prompt": "long one", "max_tokens": 200, "stream": True}
@@ -215,7 +227,8 @@ async def test_client_disconnect_reaches_the_worker(fake_workers, make_router, h
     assert w.worker.stats.active == 0
 
 
-async def test_metrics_expose_workers_trees_and_decisions(fake_workers, make_router, http) -> None:
+async def test_metrics_expose_workers_trees_and_decisions(fake_workers: MakeFakeWorkers,
+                                                          make_router: MakeRouter, http: aiohttp.ClientSession) -> None:
     ws = await fake_workers(2)
     running = await make_router(worker_urls=[w.url for w in ws])
     for _ in range(3):

@@ -4,13 +4,14 @@ from __future__ import annotations
 
 import dataclasses
 
+import aiohttp
 import pytest
 
 from benchmarks.bench_router_cache import replica_command, run_policy
 from benchmarks.bench_serving import BenchConfig, run_benchmark
 from radixserve.router.workers import WorkerState
 
-from .conftest import wait_until
+from .conftest import MakeRouter, StartWorkerProcesses, wait_until
 
 pytestmark = pytest.mark.slow
 
@@ -21,7 +22,9 @@ WORKLOAD = BenchConfig(base_url="", dataset="shared-prefix", num_groups=7, promp
                        disable_tqdm=True)
 
 
-async def test_cache_aware_reuses_more_prefix_than_round_robin(worker_processes, make_router, http) -> None:
+async def test_cache_aware_reuses_more_prefix_than_round_robin(worker_processes: StartWorkerProcesses,
+                                                               make_router: MakeRouter,
+                                                               http: aiohttp.ClientSession) -> None:
     procs = await worker_processes(3, lambda port: replica_command(port, 1536), timeout=300)
     urls = [p.url for p in procs]
     rr = await run_policy(urls, "round_robin", dataclasses.replace(WORKLOAD))

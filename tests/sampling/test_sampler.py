@@ -23,7 +23,7 @@ class FakeReq:
 
 
 def run(logits: torch.Tensor, *reqs: FakeReq) -> list[int]:
-    return sample(logits, SamplingBatchInfo.from_reqs(list(reqs), logits.device)).next_token_ids
+    return sample(logits, SamplingBatchInfo.from_reqs(list(reqs), logits.device)).next_token_ids.tolist()
 
 
 LOGITS = torch.tensor([[2.0, 1.5, 1.0, 0.5, -1.0, -3.0]])
@@ -98,7 +98,7 @@ def test_logprobs_are_of_the_raw_distribution() -> None:
     out = sample(LOGITS, SamplingBatchInfo.from_reqs([req], LOGITS.device))
     lp = torch.log_softmax(LOGITS[0], -1)
     assert out.logprobs is not None and out.top_logprobs is not None
-    assert out.logprobs[0] == pytest.approx(lp[out.next_token_ids[0]].item())
+    assert out.logprobs[0] == pytest.approx(lp[int(out.next_token_ids[0])].item())
     assert [t for t, _ in out.top_logprobs[0]] == [0, 1, 2]
     assert out.top_logprobs[0][0][1] == pytest.approx(lp[0].item())
 

@@ -3,7 +3,8 @@
 The server runs prometheus-client in multiprocess mode: `launch` points PROMETHEUS_MULTIPROC_DIR
 at a fresh directory before any process imports prometheus_client, the TokenizerManager (main
 process) records request-level counters and latency histograms, the scheduler process records
-its gauges, and `/metrics` merges both with a MultiProcessCollector.
+its gauges, and `/metrics` merges both with a MultiProcessCollector. Metrics register on a
+registry per instance, never the global one, so two servers or engines can share a process.
 """
 
 from __future__ import annotations
@@ -13,7 +14,7 @@ import os
 from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram, generate_latest
 from prometheus_client import multiprocess as prom_multiprocess
 
-MULTIPROC_ENV = "PROMETHEUS_MULTIPROC_DIR"
+from radixserve.managers.processes import MULTIPROC_ENV
 
 # Buckets as SGLang's (seconds), covering CPU-speed decoding too.
 TTFT_BUCKETS = (0.001, 0.005, 0.01, 0.02, 0.04, 0.06, 0.08, 0.1, 0.25, 0.5, 0.75, 1.0, 2.5, 5.0, 7.5, 10.0,
@@ -27,22 +28,25 @@ E2E_BUCKETS = (0.1, 0.25, 0.5, 1.0, 2.0, 5.0, 10.0, 15.0, 20.0, 30.0, 40.0, 50.0
 class TokenizerMetrics:
     """Request-level metrics of the main process."""
 
-    def __init__(self, model_name: str) -> None:
-        labels = ["model_name"]
-        self.prompt_tokens = Counter("radixserve:prompt_tokens", "Prompt tokens processed.", labels).labels(model_name)
+    def __init__(self, model_name: str, registry: CollectorRegistry | None = None) -> None:
+        self.registry = registry if registry is not None else CollectorRegistry()
+        labels, reg = ["model_name"], self.registry
+        self.prompt_tokens = Counter("radixserve:prompt_tokens", "Prompt tokens processed.", labels,
+                                     registry=reg).labels(model_name)
         self.generation_tokens = Counter(
-            "radixserve:generation_tokens", "Generated tokens.", labels).labels(model_name)
+            "radixserve:generation_tokens", "Generated tokens.", labels, registry=reg).labels(model_name)
         self.cached_tokens = Counter(
-            "radixserve:cached_tokens", "Prompt tokens served from the radix cache.", labels).labels(model_name)
+            "radixserve:cached_tokens", "Prompt tokens served from the radix cache.", labels,
+            registry=reg).labels(model_name)
         self.requests = Counter("radixserve:num_requests", "Finished requests by finish reason.",
-                                ["model_name", "finished_reason"])
+                                ["model_name", "finished_reason"], registry=reg)
         self.model_name = model_name
         self.ttft = Histogram("radixserve:time_to_first_token_seconds", "Time to first token.", labels,
-                              buckets=TTFT_BUCKETS).labels(model_name)
+                              buckets=TTFT_BUCKETS, registry=reg).labels(model_name)
         self.itl = Histogram("radixserve:inter_token_latency_seconds", "Time between streamed tokens.", labels,
-                             buckets=ITL_BUCKETS).labels(model_name)
+                             buckets=ITL_BUCKETS, registry=reg).labels(model_name)
         self.e2e = Histogram("radixserve:e2e_request_latency_seconds", "End-to-end request latency.", labels,
-                             buckets=E2E_BUCKETS).labels(model_name)
+                             buckets=E2E_BUCKETS, registry=reg).labels(model_name)
 
     def finished(self, reason: str, prompt_tokens: int, completion_tokens: int, cached_tokens: int,
                  e2e_s: float) -> None:
@@ -56,9 +60,12 @@ class TokenizerMetrics:
 class SchedulerMetrics:
     """Gauges of the scheduler process (the latest value of the live process is reported)."""
 
-    def __init__(self, model_name: str) -> None:
+    def __init__(self, model_name: str, registry: CollectorRegistry | None = None) -> None:
+        self.registry = registry if registry is not None else CollectorRegistry()
+
         def gauge(name: str, doc: str) -> Gauge:
-            return Gauge(name, doc, ["model_name"], multiprocess_mode="livemostrecent").labels(model_name)
+            return Gauge(name, doc, ["model_name"], multiprocess_mode="livemostrecent",
+                         registry=self.registry).labels(model_name)
 
         self.num_running_reqs = gauge("radixserve:num_running_reqs", "Requests being decoded or prefilled.")
         self.num_queue_reqs = gauge("radixserve:num_queue_reqs", "Requests waiting to be scheduled.")
@@ -80,10 +87,10 @@ class SchedulerMetrics:
         self.max_total_num_tokens.set(load["kv_total_tokens"])
 
 
-def render_metrics() -> bytes:
-    """The exposition text: every process's metrics in multiprocess mode, else this process's."""
+def render_metrics(registry: CollectorRegistry) -> bytes:
+    """The exposition text: every process's metrics in multiprocess mode, else `registry`'s."""
     if os.environ.get(MULTIPROC_ENV):
-        registry = CollectorRegistry()
-        prom_multiprocess.MultiProcessCollector(registry)  # type: ignore[no-untyped-call]
-        return generate_latest(registry)
-    return generate_latest()
+        merged = CollectorRegistry()
+        prom_multiprocess.MultiProcessCollector(merged)
+        return generate_latest(merged)
+    return generate_latest(registry)

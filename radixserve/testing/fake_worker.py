@@ -1,4 +1,4 @@
-"""A small OpenAI-compatible fake worker: the router's test and benchmark target.
+"""A small OpenAI-compatible fake worker (testing tooling): the router's test and benchmark target.
 
 It speaks the same HTTP surface as a `radixserve serve` replica (`/health`, `/generate`,
 `/v1/completions`, `/v1/chat/completions` with SSE, `/v1/models`, `/metrics`,
@@ -7,7 +7,7 @@ token-level prefix trie so that `usage.prompt_tokens_details.cached_tokens` beha
 prefix cache (the router's cache-aware routing can be observed without a GPU), and counts
 client disconnects so that tests can check the router propagates them.
 
-Run it as a process: `python -m radixserve.router.fake_worker --port 0`; it prints
+Run it as a process: `python -m radixserve.testing.fake_worker --port 0`; it prints
 `READY <port>` on stdout once it listens (port 0 picks a free port).
 """
 
@@ -276,7 +276,7 @@ async def start_fake_worker(config: FakeWorkerConfig) -> tuple[FakeWorker, web.A
 
 
 def build_parser() -> argparse.ArgumentParser:
-    p = argparse.ArgumentParser(prog="python -m radixserve.router.fake_worker",
+    p = argparse.ArgumentParser(prog="python -m radixserve.testing.fake_worker",
                                 description="OpenAI-compatible fake worker for router tests and benchmarks.")
     p.add_argument("--host", default="127.0.0.1", help="address to listen on (default 127.0.0.1)")
     p.add_argument("--port", type=int, default=0, help="port; 0 picks a free one (default 0)")

@@ -7,10 +7,12 @@ from typing import TYPE_CHECKING
 import torch
 
 from radixserve.attention.base import AttentionBackend
+from radixserve.kernels.fused_ops import rotary_inplace
 from radixserve.kernels.triton_attention import decode_attention, decode_num_splits, extend_attention
 
 if TYPE_CHECKING:
     from radixserve.layers.radix_attention import RadixAttention
+    from radixserve.layers.rotary_embedding import RotaryEmbedding
     from radixserve.model_executor.forward_batch import ForwardBatch
 
 MAX_SPLITS = 16
@@ -66,6 +68,18 @@ class TritonAttnBackend(AttentionBackend):
                 self.device, non_blocking=True)
             self._extend_start = (torch.cumsum(lens, 0) - lens).to(self.device, non_blocking=True)
             self._max_extend = max(fb.extend_seq_lens_cpu)
+
+    def rotate_and_store(self, q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, positions: torch.Tensor,
+                         rotary: RotaryEmbedding, layer: RadixAttention, fb: ForwardBatch) -> torch.Tensor:
+        """One kernel rotates q and k in place and writes k, v into the pool: per layer, two launches
+        and the rotary's temporaries fewer than the base path. It needs unit-stride head dims."""
+        k_buf, v_buf = fb.token_to_kv_pool.get_kv_buffer(layer.layer_id)
+        if not (q.stride(-1) == k.stride(-1) == v.stride(-1) == 1 and k_buf.is_contiguous()
+                and v_buf.is_contiguous()):
+            return super().rotate_and_store(q, k, v, positions, rotary, layer, fb)
+        rotary_inplace(q, k, positions, rotary.cos_cache, rotary.sin_cache,
+                       store=(v, k_buf, v_buf, fb.out_cache_loc))
+        return q
 
     def forward_extend(self, q: torch.Tensor, layer: RadixAttention, fb: ForwardBatch) -> torch.Tensor:
         k_buf, v_buf = fb.token_to_kv_pool.get_kv_buffer(layer.layer_id)
