@@ -16,11 +16,13 @@ import torch
 import triton
 from tqdm.auto import tqdm
 
-sys.path.insert(0, str(Path(__file__).resolve().parent))
-from _common import machine_info, write_results
+REPO_ROOT = Path(__file__).resolve().parent.parent
+if str(REPO_ROOT) not in sys.path:  # run as `python benchmarks/bench_kernels.py` from any directory
+    sys.path.insert(0, str(REPO_ROOT))
 
-from radixserve.kernels.fused_ops import add_rmsnorm, rotary_inplace, silu_and_mul
-from radixserve.kernels.triton_attention import decode_attention, decode_num_splits
+from benchmarks._common import machine_info, write_results  # noqa: E402
+from radixserve.kernels.fused_ops import add_rmsnorm, rotary_inplace, silu_and_mul  # noqa: E402
+from radixserve.kernels.triton_attention import decode_attention, decode_num_splits  # noqa: E402
 
 
 def bench(fn: Any) -> float:
@@ -87,8 +89,9 @@ def main(argv: list[str] | None = None) -> int:
               "machine": machine_info(("torch", "triton")), "kernels": rows}
     path = write_results("bench_kernels_cuda", result, args.output)
     print(f"copy roofline {roof / 1e9:.0f} GB/s")
-    for r in rows:
-        print(f"{r['kernel']:<55} {r['us']:>9.1f} us {r['gb_s']:>7.0f} GB/s {r['fraction_of_copy_roofline']:>6.1%}")
+    for row in rows:
+        print(f"{row['kernel']:<55} {row['us']:>9.1f} us {row['gb_s']:>7.0f} GB/s "
+              f"{row['fraction_of_copy_roofline']:>6.1%}")
     print(f"wrote {path}")
     return 0
 

@@ -13,7 +13,12 @@ from tqdm.auto import tqdm
 from radixserve.entrypoints.drivers import InProcessDriver, ProcessDriver, SchedulerDriver
 from radixserve.errors import InvalidRequestError, refusal
 from radixserve.managers.detokenizer_manager import DetokenizerManager
-from radixserve.managers.io_struct import BatchStrOut, FinishReason, TokenizedGenerateReqInput
+from radixserve.managers.io_struct import (
+    BatchStrOut,
+    BatchTokenIDOut,
+    FinishReason,
+    TokenizedGenerateReqInput,
+)
 from radixserve.managers.request_builder import RequestBuilder
 from radixserve.managers.scheduler_process import build_scheduler
 from radixserve.model_loader.source import resolve_model_source
@@ -51,7 +56,7 @@ class _Pending:
     ids: list[int] = field(default_factory=list)
     logprobs: list[float] = field(default_factory=list)
     top: list[list[tuple[int, float]]] = field(default_factory=list)
-    final: BatchStrOut | None = None  # the output that finished it
+    final: BatchTokenIDOut | None = None  # the output that finished it
     index: int = 0  # its row in `final`
 
 
@@ -200,13 +205,13 @@ class Engine:
         return pending
 
     @staticmethod
-    def _absorb(out: BatchStrOut, pending: dict[str, _Pending]) -> int:
-        done = 0
+    def _absorb(batch: BatchStrOut, pending: dict[str, _Pending]) -> int:
+        done, out = 0, batch.tokens
         for i, rid in enumerate(out.rids):
             st = pending.get(rid)
             if st is None:
                 continue
-            st.text.append(out.new_texts[i])
+            st.text.append(batch.new_texts[i])
             st.ids.extend(out.new_token_ids[i])
             st.logprobs.extend(out.new_token_logprobs[i])
             st.top.extend(out.new_top_logprobs[i])

@@ -29,8 +29,5 @@ class DetokenizerManager:
             texts.append(dec.take(final, cut_at_stop=reason is not None and isinstance(reason.matched, str)))
             if final:
                 del self.decoders[rid]
-        return BatchStrOut(
-            rids=out.rids, new_texts=texts, new_token_ids=out.new_token_ids,
-            finished_reasons=out.finished_reasons, prompt_tokens=out.prompt_tokens,
-            completion_tokens=out.completion_tokens, cached_tokens=out.cached_tokens,
-            new_token_logprobs=out.new_token_logprobs, new_top_logprobs=out.new_top_logprobs)
+        out.new_reqs = []  # settings stay here
+        return BatchStrOut(out, texts)

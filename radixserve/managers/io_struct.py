@@ -83,15 +83,10 @@ class BatchTokenIDOut(msgspec.Struct, tag=True):
 
 # ---- Detokenizer -> TokenizerManager -----------------------------------------------------
 class BatchStrOut(msgspec.Struct, tag=True):
-    rids: list[str]
+    """The scheduler's output with each request's new text (row i of `new_texts` is `tokens.rids[i]`)."""
+
+    tokens: BatchTokenIDOut
     new_texts: list[str]
-    new_token_ids: list[list[int]]
-    finished_reasons: list[FinishReason | None]
-    prompt_tokens: list[int]
-    completion_tokens: list[int]
-    cached_tokens: list[int]
-    new_token_logprobs: list[list[float]]
-    new_top_logprobs: list[list[list[tuple[int, float]]]]
 
 
 SchedulerInput = TokenizedGenerateReqInput | AbortReq | FlushCacheReq | GetLoadReq

@@ -43,14 +43,14 @@ class PortArgs:
 
 
 def bind_pull(ctx: zmq.Context[Any], addr: str) -> zmq.Socket[Any]:
-    sock = ctx.socket(zmq.PULL)
+    sock: zmq.Socket[Any] = ctx.socket(zmq.PULL)
     sock.setsockopt(zmq.RCVHWM, 0)
     sock.bind(addr)
     return sock
 
 
 def connect_push(ctx: zmq.Context[Any], addr: str) -> zmq.Socket[Any]:
-    sock = ctx.socket(zmq.PUSH)
+    sock: zmq.Socket[Any] = ctx.socket(zmq.PUSH)
     sock.setsockopt(zmq.LINGER, 0)
     # No high-water mark: a burst of requests while the scheduler runs a long batch must queue,
     # not fail (ZMQ's default of 1000 messages would make sends fail under load).

@@ -247,14 +247,13 @@ class Scheduler:
             self.tree_cache.cache_finished_req(req)
         req.finished_reason = reason
         self._rids.pop(req.rid, None)
-        self.stats.num_finished += 1
         self._outputs.append(req)
 
     def _collect_outputs(self) -> BatchTokenIDOut | None:
         if not self._outputs:
             return None
         reqs, self._outputs = self._outputs, []
-        return pack_outputs(reqs, self.stats)
+        return pack_outputs(reqs)
 
     # ---- overlap schedule --------------------------------------------------------------------
     def _overlap_safe(self, r: Req) -> bool:

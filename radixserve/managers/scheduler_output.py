@@ -10,11 +10,7 @@ from radixserve.managers.schedule_batch import Req
 
 @dataclass
 class SchedulerStats:
-    num_prompt_tokens: int = 0
-    num_generation_tokens: int = 0
-    num_cached_tokens: int = 0
     num_retractions: int = 0
-    num_finished: int = 0
     num_overlap_steps: int = 0  # decode steps launched before the previous one was read back
 
 
@@ -37,7 +33,7 @@ def check_finished(req: Req, context_len: int) -> FinishReason | None:
     return None
 
 
-def pack_outputs(reqs: list[Req], stats: SchedulerStats) -> BatchTokenIDOut:
+def pack_outputs(reqs: list[Req]) -> BatchTokenIDOut:
     """Each request's tokens since its previous report; a request's first report carries its
     DecodeSettings."""
     out = BatchTokenIDOut(
@@ -52,11 +48,7 @@ def pack_outputs(reqs: list[Req], stats: SchedulerStats) -> BatchTokenIDOut:
         new_reqs=[DecodeSettings(r.rid, r.sampling_params.stop, r.sampling_params.skip_special_tokens)
                   for r in reqs if not r.reported],
     )
-    for r, new in zip(reqs, out.new_token_ids, strict=True):
-        stats.num_generation_tokens += len(new)
-        if r.send_offset == 0 and (new or r.finished):
-            stats.num_prompt_tokens += len(r.origin_input_ids)
-            stats.num_cached_tokens += r.cached_tokens
+    for r in reqs:
         r.send_offset = len(r.output_ids)
         r.reported = True
     return out

@@ -178,8 +178,8 @@ class TokenizerManager:
                         fut.set_result(msg)
                         break
 
-    def _handle_batch(self, out: BatchStrOut) -> None:
-        now = time.monotonic()
+    def _handle_batch(self, batch: BatchStrOut) -> None:
+        now, out = time.monotonic(), batch.tokens
         for i, rid in enumerate(out.rids):
             st = self.states.get(rid)
             if st is None:
@@ -187,7 +187,7 @@ class TokenizerManager:
             ids = out.new_token_ids[i]
             reason = out.finished_reasons[i]
             chunk = ChoiceChunk(
-                index=st.index, text=out.new_texts[i], token_ids=ids, finish_reason=reason,
+                index=st.index, text=batch.new_texts[i], token_ids=ids, finish_reason=reason,
                 prompt_tokens=out.prompt_tokens[i], completion_tokens=out.completion_tokens[i],
                 cached_tokens=out.cached_tokens[i], logprobs=out.new_token_logprobs[i],
                 top_logprobs=[[(int(t), float(lp)) for t, lp in row] for row in out.new_top_logprobs[i]])

@@ -15,6 +15,7 @@ from fastapi.responses import JSONResponse, Response
 from radixserve.managers.io_struct import FinishReason
 from radixserve.managers.request_builder import GenerateRequest
 from radixserve.managers.tokenizer_manager import ChoiceChunk, TokenizerManager
+from radixserve.server import streaming
 from radixserve.server.errors import APIError
 from radixserve.server.protocol import (
     ChatCompletionChoice,
@@ -35,14 +36,6 @@ from radixserve.server.protocol import (
     TokenLogprob,
     TopLogprob,
     UsageInfo,
-)
-from radixserve.server.streaming import (
-    chained,
-    first_and_rest,
-    sse,
-    sse_response,
-    sse_stream,
-    until_disconnect,
 )
 
 
@@ -181,7 +174,7 @@ async def create_chat_completion(tm: TokenizerManager, req: ChatCompletionReques
     gen = tm.generate(gr)
     if req.stream:
         return await _stream_chat(tm, req, gen, request)
-    states = await until_disconnect(request, collect(gen, len(gr.reqs)))
+    states = await streaming.until_disconnect(request, collect(gen, len(gr.reqs)))
     tt = TokenText(tm)
     choices = [ChatCompletionChoice(
         index=i, message=ChatMessageOut(content=s.text), finish_reason=finish_reason(s.reason),
@@ -194,19 +187,19 @@ async def create_chat_completion(tm: TokenizerManager, req: ChatCompletionReques
 
 async def _stream_chat(tm: TokenizerManager, req: ChatCompletionRequest, gen: AsyncGenerator[ChoiceChunk, None],
                        request: Request) -> Response:
-    first, rest = await first_and_rest(request, gen)
+    first, rest = await streaming.first_and_rest(request, gen)
     rid, created, n = f"chatcmpl-{uuid.uuid4().hex}", int(time.time()), req.n
     include_usage = bool(req.stream_options and req.stream_options.include_usage)
     tt = TokenText(tm)
 
     def chunk(choices: list[ChatCompletionStreamChoice], usage: UsageInfo | None = None) -> str:
-        return sse(ChatCompletionChunk(id=rid, created=created, model=tm.model_name, choices=choices, usage=usage))
+        return streaming.sse(ChatCompletionChunk(id=rid, created=created, model=tm.model_name, choices=choices, usage=usage))
 
     async def events() -> AsyncIterator[str]:
         states = [ChoiceState() for _ in range(n)]
         for i in range(n):
             yield chunk([ChatCompletionStreamChoice(index=i, delta=DeltaMessage(role="assistant", content=""))])
-        async for c in chained(first, rest):
+        async for c in streaming.chained(first, rest):
             states[c.index].add(c)
             if c.text or c.finish_reason is not None or (req.logprobs and c.token_ids):
                 yield chunk([ChatCompletionStreamChoice(
@@ -219,7 +212,7 @@ async def _stream_chat(tm: TokenizerManager, req: ChatCompletionRequest, gen: As
             yield chunk([], usage_of([states]))
 
     gr_top = req.top_logprobs or 0
-    return sse_response(sse_stream(events(), rest))
+    return streaming.sse_response(streaming.sse_stream(events(), rest))
 
 
 # ---- completions ---------------------------------------------------------------------------
@@ -264,7 +257,7 @@ async def create_completion(tm: TokenizerManager, req: CompletionRequest, reques
     async def run_all() -> list[list[ChoiceState]]:
         return list(await asyncio.gather(*(collect(tm.generate(gr), len(gr.reqs)) for gr, _ in grs)))
 
-    groups = await until_disconnect(request, run_all())
+    groups = await streaming.until_disconnect(request, run_all())
     tt = TokenText(tm)
     choices: list[CompletionChoice] = []
     for g, (_, prompt_text) in zip(groups, grs, strict=True):
@@ -280,14 +273,14 @@ async def create_completion(tm: TokenizerManager, req: CompletionRequest, reques
 
 async def _stream_completion(tm: TokenizerManager, req: CompletionRequest, gr: GenerateRequest, prompt_text: str,
                              request: Request) -> Response:
-    first, rest = await first_and_rest(request, tm.generate(gr))
+    first, rest = await streaming.first_and_rest(request, tm.generate(gr))
     n = len(gr.reqs)
     rid, created = f"cmpl-{uuid.uuid4().hex}", int(time.time())
     include_usage = bool(req.stream_options and req.stream_options.include_usage)
     tt = TokenText(tm)
 
     def chunk(choices: list[CompletionChoice], usage: UsageInfo | None = None) -> str:
-        return sse(CompletionChunk(id=rid, created=created, model=tm.model_name, choices=choices, usage=usage))
+        return streaming.sse(CompletionChunk(id=rid, created=created, model=tm.model_name, choices=choices, usage=usage))
 
     async def events() -> AsyncIterator[str]:
         states = [ChoiceState() for _ in range(n)]
@@ -295,7 +288,7 @@ async def _stream_completion(tm: TokenizerManager, req: CompletionRequest, gr: G
         if req.echo:
             for i in range(n):
                 yield chunk([CompletionChoice(index=i, text=prompt_text)])
-        async for c in chained(first, rest):
+        async for c in streaming.chained(first, rest):
             states[c.index].add(c)
             if c.text or c.finish_reason is not None or (req.logprobs is not None and c.token_ids):
                 lp = None
@@ -309,4 +302,4 @@ async def _stream_completion(tm: TokenizerManager, req: CompletionRequest, gr: G
         if include_usage:
             yield chunk([], usage_of([states]))
 
-    return sse_response(sse_stream(events(), rest))
+    return streaming.sse_response(streaming.sse_stream(events(), rest))

@@ -17,7 +17,12 @@ PROMPTS = [[1, 500, 600, 700, 800, 900], [2, 42], [1000 + i for i in range(300)]
 def _hf(model_dir: Path, ids: list[int], steps: int, dtype: torch.dtype) -> tuple[list[int], list[torch.Tensor]]:
     from transformers import AutoModelForCausalLM
 
-    model = AutoModelForCausalLM.from_pretrained(str(model_dir), dtype=dtype).cuda().eval()
+    model = AutoModelForCausalLM.from_pretrained(str(model_dir), dtype=dtype)
+    # transformers decorates PreTrainedModel.cuda with functools.wraps, whose _Wrapped type mypy does not
+    # bind to an instance; seen as an nn.Module the same method (PreTrainedModel.cuda) runs, moving it in place.
+    as_module: torch.nn.Module = model
+    as_module.cuda()
+    model.eval()
     out = model.generate(torch.tensor([ids], device="cuda"), max_new_tokens=steps, do_sample=False,
                          output_logits=True, return_dict_in_generate=True, eos_token_id=None, pad_token_id=0)
     return out.sequences[0, len(ids):].tolist(), [lg[0].float() for lg in out.logits]

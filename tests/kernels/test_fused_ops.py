@@ -3,14 +3,11 @@
 from __future__ import annotations
 
 import os
-import sys
-from pathlib import Path
 
 import pytest
 import torch
 
-sys.path.insert(0, str(Path(__file__).parent))
-from fused_cases import check_fused_ops
+from tests.kernels.fused_cases import check_fused_ops
 
 
 @pytest.mark.gpu
@@ -31,7 +28,7 @@ print("interpreter ok")
 
 def test_fused_ops_in_triton_cpu_interpreter() -> None:
     pytest.importorskip("triton", reason="triton is a dev dependency; install with pip install -e .[dev]")
-    from interpreter_compat import run_in_interpreter
+    from tests.kernels.interpreter_compat import run_in_interpreter
 
     seed = str(int.from_bytes(os.urandom(2), "little"))
     assert "interpreter ok" in run_in_interpreter(INTERPRETER_RUN, seed)

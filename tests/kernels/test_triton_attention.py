@@ -3,14 +3,11 @@
 from __future__ import annotations
 
 import os
-import sys
-from pathlib import Path
 
 import pytest
 import torch
 
-sys.path.insert(0, str(Path(__file__).parent))
-from kernel_cases import make_case, reference, rel_err, run_triton
+from tests.kernels.kernel_cases import make_case, reference, rel_err, run_triton
 
 # ||out - ref|| / ||ref|| bounds per input dtype (METHOD.md: bf16 operands land between 1e-3 and 1e-2).
 BOUNDS = {torch.float32: 1e-5, torch.float16: 2e-3, torch.bfloat16: 1e-2}
@@ -56,7 +53,7 @@ print("interpreter ok")
 def test_kernel_logic_in_triton_cpu_interpreter() -> None:
     """The same kernels, run by Triton's CPU interpreter in float32: CI coverage of their indexing."""
     pytest.importorskip("triton", reason="triton is a dev dependency; install with pip install -e .[dev]")
-    from interpreter_compat import run_in_interpreter
+    from tests.kernels.interpreter_compat import run_in_interpreter
 
     seed = str(int.from_bytes(os.urandom(2), "little"))
     assert "interpreter ok" in run_in_interpreter(INTERPRETER_RUN, seed)

@@ -8,16 +8,25 @@ import contextlib
 import json
 import threading
 import time
+from typing import TypedDict
 
 import httpx
 import openai
 import pytest
+from openai.types.chat import ChatCompletionMessageParam
 
 from tests.server.server_harness import ServerProcess
 
 pytestmark = pytest.mark.slow
 
-GREEDY = {"temperature": 0.0}
+
+class SamplingArgs(TypedDict):
+    """Keyword arguments splatted into the openai client's `create(...)` calls."""
+
+    temperature: float
+
+
+GREEDY: SamplingArgs = {"temperature": 0.0}
 
 
 def client(server: ServerProcess) -> openai.OpenAI:
@@ -49,7 +58,7 @@ def test_chat_plain(smol_server: ServerProcess) -> None:
 
 def test_chat_stream_matches_plain_and_reports_usage(smol_server: ServerProcess) -> None:
     c = client(smol_server)
-    msgs = [{"role": "user", "content": "Name three colours."}]
+    msgs: list[ChatCompletionMessageParam] = [{"role": "user", "content": "Name three colours."}]
     plain = c.chat.completions.create(model=model_name(smol_server), messages=msgs, max_tokens=20, **GREEDY)
     chunks = list(c.chat.completions.create(model=model_name(smol_server), messages=msgs, max_tokens=20,
                                             stream=True, stream_options={"include_usage": True}, **GREEDY))
@@ -58,10 +67,10 @@ def test_chat_stream_matches_plain_and_reports_usage(smol_server: ServerProcess)
     assert text == plain.choices[0].message.content
     assert [ch.choices[0].finish_reason for ch in chunks if ch.choices][-1] == plain.choices[0].finish_reason
     assert chunks[-1].choices == [] and chunks[-1].usage is not None
-    assert chunks[-1].usage.completion_tokens == plain.usage.completion_tokens  # type: ignore[union-attr]
+    assert plain.usage is not None and chunks[-1].usage.completion_tokens == plain.usage.completion_tokens
     # The same prompt again: its prefix comes from the radix cache.
     details = chunks[-1].usage.prompt_tokens_details
-    assert details is not None and details.cached_tokens > 0
+    assert details is not None and details.cached_tokens is not None and details.cached_tokens > 0
 
 
 def test_stream_ends_with_done(smol_server: ServerProcess) -> None:
@@ -80,7 +89,8 @@ def test_completions_n_and_logprobs(smol_server: ServerProcess) -> None:
                              logprobs=3, **GREEDY)
     lp = r.choices[0].logprobs
     assert lp is not None and lp.tokens is not None and lp.token_logprobs is not None and lp.top_logprobs is not None
-    assert "".join(lp.tokens) == r.choices[0].text and len(lp.tokens) == r.usage.completion_tokens  # type: ignore[union-attr]
+    assert r.usage is not None
+    assert "".join(lp.tokens) == r.choices[0].text and len(lp.tokens) == r.usage.completion_tokens
     for tok, val, top in zip(lp.tokens, lp.token_logprobs, lp.top_logprobs, strict=True):
         assert val <= 0 and len(top) == 3 and max(top.values()) == pytest.approx(val, abs=1e-4)  # greedy: best
         assert tok in top
@@ -99,12 +109,14 @@ def test_chat_n_and_logprobs(smol_server: ServerProcess) -> None:
         model=model_name(smol_server), messages=[{"role": "user", "content": "Say something."}], max_tokens=6, n=2,
         logprobs=True, top_logprobs=2, temperature=0.9, seed=1)
     assert len(r.choices) == 2
+    logprob_tokens = 0
     for ch in r.choices:
         assert ch.logprobs is not None and ch.logprobs.content
         assert all(len(t.top_logprobs) == 2 and t.logprob <= 0 for t in ch.logprobs.content)
         assert "".join(t.token for t in ch.logprobs.content) == ch.message.content
+        logprob_tokens += len(ch.logprobs.content)
     assert r.usage is not None
-    assert r.usage.completion_tokens == sum(len(ch.logprobs.content) for ch in r.choices)  # type: ignore[union-attr, arg-type]
+    assert r.usage.completion_tokens == logprob_tokens
 
 
 def test_stop_string_is_not_returned(smol_server: ServerProcess) -> None:
@@ -161,7 +173,7 @@ def _error(r: httpx.Response, status: int) -> dict[str, object]:
 
 def test_errors_are_openai_shaped_and_the_server_keeps_serving(smol_server: ServerProcess) -> None:
     url, h = f"{smol_server.url}/v1/chat/completions", {**smol_server.headers, "content-type": "application/json"}
-    msgs = [{"role": "user", "content": "x"}]
+    msgs: list[ChatCompletionMessageParam] = [{"role": "user", "content": "x"}]
     assert _error(httpx.post(url, content=b"{bad json", headers=h), 400)["code"] == "invalid_json"
     assert _error(httpx.post(url, json={"model": "gpt-9", "messages": msgs}, headers=h), 404)["param"] == "model"
     assert _error(httpx.post(url, json={"messages": msgs, "temperature": 7}, headers=h), 400)["param"] == "temperature"
@@ -180,10 +192,10 @@ def test_errors_are_openai_shaped_and_the_server_keeps_serving(smol_server: Serv
     _error(httpx.post(f"{smol_server.url}/generate", json={"text": "x", "sampling_params": {"top_k": 0}},
                       headers=h), 400)
     with pytest.raises(openai.BadRequestError):
-        client(smol_server).chat.completions.create(model=model_name(smol_server), messages=msgs,  # type: ignore[arg-type]
+        client(smol_server).chat.completions.create(model=model_name(smol_server), messages=msgs,
                                                     max_tokens=4, presence_penalty=3)
     # Still serving.
-    r = client(smol_server).chat.completions.create(model=model_name(smol_server), messages=msgs,  # type: ignore[arg-type]
+    r = client(smol_server).chat.completions.create(model=model_name(smol_server), messages=msgs,
                                                     max_tokens=2)
     assert r.usage is not None and r.usage.completion_tokens >= 1
 
