@@ -12,20 +12,21 @@ import httpx
 import pytest
 
 from radixserve import Engine
+from radixserve.entrypoints.engine import GenerateOutput
 from tests.server.server_harness import ServerProcess
 
-GREEDY = {"max_new_tokens": 12, "temperature": 0, "ignore_eos": True}
+GREEDY: dict[str, Any] = {"max_new_tokens": 12, "temperature": 0, "ignore_eos": True}
 PROMPTS = [[100 + (i * 7 + j) % 900 for j in range(n)] for i, n in enumerate([3, 17, 40, 1, 64, 9])]
 
 
-def _outputs(engine: Engine, prompts: list[list[int]], batched: bool) -> list[dict[str, Any]]:
-    kw: dict[str, Any] = {"sampling_params": GREEDY, "return_logprob": True, "top_logprobs_num": 5}
+def _outputs(engine: Engine, prompts: list[list[int]], batched: bool) -> list[GenerateOutput]:
     if batched:
-        return engine.generate(input_ids=prompts, **kw)  # type: ignore[return-value]
-    return [engine.generate(input_ids=p, **kw) for p in prompts]  # type: ignore[misc]
+        return engine.generate(input_ids=prompts, sampling_params=GREEDY, return_logprob=True, top_logprobs_num=5)
+    return [engine.generate(input_ids=p, sampling_params=GREEDY, return_logprob=True, top_logprobs_num=5)
+            for p in prompts]
 
 
-def _assert_same(a: list[dict[str, Any]], b: list[dict[str, Any]], atol: float) -> None:
+def _assert_same(a: list[GenerateOutput], b: list[GenerateOutput], atol: float) -> None:
     for x, y in zip(a, b, strict=True):
         assert x["output_ids"] == y["output_ids"]
         for (lx, _), (ly, _) in zip(x["meta_info"]["output_token_logprobs"], y["meta_info"]["output_token_logprobs"],
