@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 from collections.abc import Iterator
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
@@ -11,6 +11,7 @@ import torch
 
 from radixserve.configs.model_config import NAMED_SHAPES, ModelConfig, UnsupportedModelError
 from radixserve.model_loader.default_model import DEFAULT_MODEL_NAME, ModelNotFoundError, default_model_path
+from radixserve.model_loader.generation_config import gguf_generation_defaults, hf_generation_defaults
 from radixserve.model_loader.gguf_loader import gguf_model_config, iter_gguf_weights, open_gguf
 from radixserve.model_loader.hf_loader import hf_model_config, iter_safetensors_weights, safetensors_files
 
@@ -28,6 +29,8 @@ class ModelSource:
     config: ModelConfig
     tokenizer_source: Path
     _gguf_reader: Any = None
+    # Sampling defaults for fields a request leaves unset (generation_config.py).
+    generation_defaults: dict[str, float | int] = field(default_factory=dict)
 
     def iter_weights(self) -> Iterator[tuple[str, torch.Tensor]]:
         if self.kind == "gguf":
@@ -73,8 +76,9 @@ def resolve_model_source(
     tok = Path(tokenizer_path).expanduser() if tokenizer_path else path
     if kind == "gguf":
         reader = open_gguf(path)
-        return ModelSource(kind, path, name, gguf_model_config(reader, path), tok, reader)
-    return ModelSource(kind, path, name, hf_model_config(path), tok)
+        return ModelSource(kind, path, name, gguf_model_config(reader, path), tok, reader,
+                           gguf_generation_defaults(reader, embedded=not model_path))
+    return ModelSource(kind, path, name, hf_model_config(path), tok, generation_defaults=hf_generation_defaults(path))
 
 
 def _resolve_dummy(model_path: str | None, tokenizer_path: str | None) -> ModelSource:
