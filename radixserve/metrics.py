@@ -10,6 +10,8 @@ registry per instance, never the global one, so two servers or engines can share
 from __future__ import annotations
 
 import os
+from contextvars import ContextVar
+from dataclasses import dataclass
 
 from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram, generate_latest
 from prometheus_client import multiprocess as prom_multiprocess
@@ -23,6 +25,23 @@ ITL_BUCKETS = (0.002, 0.005, 0.01, 0.015, 0.02, 0.025, 0.03, 0.04, 0.05, 0.075, 
                0.75, 1.0, 2.0, 5.0)
 E2E_BUCKETS = (0.1, 0.25, 0.5, 1.0, 2.0, 5.0, 10.0, 15.0, 20.0, 30.0, 40.0, 50.0, 60.0, 90.0, 120.0, 180.0,
                300.0, 600.0)
+
+
+@dataclass
+class RequestRecord:
+    """What one HTTP request produced, for its access-log line (server/access_log.py): the
+    middleware sets it in `CURRENT_REQUEST`; the TokenizerManager fills it as outputs arrive
+    (summed over the request's prompts and choices; a prompt counts once, not once per choice)."""
+
+    request_id: str = ""
+    started: float = 0.0  # time.monotonic() at arrival
+    first_token_at: float | None = None
+    prompt_tokens: int = 0
+    cached_tokens: int = 0
+    completion_tokens: int = 0
+
+
+CURRENT_REQUEST: ContextVar[RequestRecord | None] = ContextVar("radixserve_current_request", default=None)
 
 
 class TokenizerMetrics:
@@ -47,6 +66,19 @@ class TokenizerMetrics:
                              buckets=ITL_BUCKETS, registry=reg).labels(model_name)
         self.e2e = Histogram("radixserve:e2e_request_latency_seconds", "End-to-end request latency.", labels,
                              buckets=E2E_BUCKETS, registry=reg).labels(model_name)
+        self.aborted = Counter(
+            "radixserve:num_aborted_requests",
+            "Requests (each of n choices) that ended before finishing, by reason: client_disconnected, "
+            "abort_request, timeout, error, or the scheduler's refusal code (queue_full, ...).",
+            ["model_name", "reason"], registry=reg)
+        self.errors = Counter("radixserve:num_request_errors", "HTTP requests answered with an error, by status code.",
+                              ["model_name", "code"], registry=reg)
+
+    def abort(self, reason: str) -> None:
+        self.aborted.labels(self.model_name, reason).inc()
+
+    def error(self, status: int) -> None:
+        self.errors.labels(self.model_name, str(status)).inc()
 
     def finished(self, reason: str, prompt_tokens: int, completion_tokens: int, cached_tokens: int,
                  e2e_s: float) -> None:

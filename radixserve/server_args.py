@@ -13,6 +13,7 @@ from dataclasses import dataclass, field
 from typing import Any
 
 SCHEDULE_POLICIES = ("lpm", "fcfs")
+SAMPLING_DEFAULTS = ("model", "openai")
 LOAD_FORMATS = ("auto", "gguf", "safetensors", "dummy")
 DTYPES = ("auto", "float32", "bfloat16", "float16")
 DEVICES = ("auto", "cpu", "cuda")
@@ -33,6 +34,11 @@ def _help(text: str, **extra: Any) -> dict[str, Any]:
     return {"help": text, **extra}
 
 
+def _server_help(text: str, **extra: Any) -> dict[str, Any]:
+    """Help of a flag that only the HTTP server uses (`radixserve generate` does not list it)."""
+    return _help(text, server_only=True, **extra)
+
+
 @dataclass
 class ServerArgs:
     # Model
@@ -41,7 +47,7 @@ class ServerArgs:
         "--load-format dummy, a named shape (e.g. llama-3-8b). Empty: the embedded SmolLM2-135M-Instruct."))
     tokenizer_path: str | None = field(default=None, metadata=_help(
         "Directory or GGUF file to take the tokenizer from (default: the model's)."))
-    served_model_name: str | None = field(default=None, metadata=_help(
+    served_model_name: str | None = field(default=None, metadata=_server_help(
         "Model name reported by /v1/models and expected in requests (default: derived from the model path)."))
     load_format: str = field(default="auto", metadata=_help(
         "How to load weights: auto (by path), gguf, safetensors, or dummy (random weights of the model's shape).",
@@ -53,9 +59,9 @@ class ServerArgs:
     device: str = field(default="auto", metadata=_help(
         "Device to run on: auto picks cuda when available.", choices=DEVICES))
     # HTTP
-    host: str = field(default="127.0.0.1", metadata=_help("Address the HTTP server binds."))
-    port: int = field(default=30000, metadata=_help("Port the HTTP server binds."))
-    api_key: str | None = field(default=None, metadata=_help(
+    host: str = field(default="127.0.0.1", metadata=_server_help("Address the HTTP server binds."))
+    port: int = field(default=30000, metadata=_server_help("Port the HTTP server binds."))
+    api_key: str | None = field(default=None, metadata=_server_help(
         f"Require 'Authorization: Bearer KEY' on API routes (default: the {API_KEY_ENV} environment variable)."))
     # Parallelism
     tensor_parallel_size: int = field(default=1, metadata=_help(
@@ -72,8 +78,10 @@ class ServerArgs:
         "CPU: bytes for the KV pool in GiB (default: min(2 GiB, 20%% of available memory))."))
     max_running_requests: int | None = field(default=None, metadata=_help(
         "Most requests decoded together (default: derived from the KV pool size)."))
-    max_queued_requests: int | None = field(default=None, metadata=_help(
-        "Most requests waiting; more are refused with HTTP 429 (default: unlimited)."))
+    max_queued_requests: int | None = field(default=None, metadata=_server_help(
+        "Most requests waiting beyond the free running slots (max_running_requests minus those running); "
+        "more are refused with HTTP 429 and Retry-After (default: max(2 x max_running_requests, "
+        "KV pool tokens / 256), see docs/server.md)."))
     # Scheduling
     schedule_policy: str = field(default="lpm", metadata=_help(
         "Waiting-queue order: lpm (longest cached prefix first) or fcfs.", choices=SCHEDULE_POLICIES))
@@ -96,12 +104,24 @@ class ServerArgs:
         "Largest decode batch captured as a CUDA graph; larger batches run eagerly."))
     random_seed: int | None = field(default=None, metadata=_help(
         "Seed for sampling of requests that carry no seed of their own."))
-    stream_interval: int = field(default=1, metadata=_help(
+    sampling_defaults: str = field(default="model", metadata=_help(
+        "Sampling settings for fields a request leaves unset: model = the model's generation config "
+        "(generation_config.json, GGUF sampling metadata; the embedded model: temperature 0.2, top_p 0.9), "
+        "openai = OpenAI's (temperature 1, top_p 1).", choices=SAMPLING_DEFAULTS))
+    stream_interval: int = field(default=1, metadata=_server_help(
         "Send streamed output every N tokens."))
     # Operation
     log_level: str = field(default="info", metadata=_help("Log level: debug, info, warning, error."))
-    graceful_shutdown_timeout: float = field(default=30.0, metadata=_help(
+    log_requests: bool = field(default=False, metadata=_server_help(
+        "Also log each request's body and response (truncated) with its access-log line."))
+    stats_log_interval: float = field(default=10.0, metadata=_server_help(
+        "Seconds between the scheduler's 'Prefill batch.' / 'Decode batch.' log lines while it works "
+        "(0 turns them off)."))
+    graceful_shutdown_timeout: float = field(default=30.0, metadata=_server_help(
         "On SIGTERM, seconds to let in-flight requests finish before exiting."))
+    request_timeout: float | None = field(default=None, metadata=_server_help(
+        "Seconds a request may take in all (queueing included); past it the request is aborted and answers "
+        "504, or an error event if streaming (default: no limit)."))
 
     def __post_init__(self) -> None:
         if self.api_key is None:
@@ -118,6 +138,8 @@ class ServerArgs:
         check(self.device in DEVICES, "device", f"{self.device!r} is not one of {DEVICES}")
         check(self.overlap_schedule in OVERLAP_MODES, "overlap_schedule",
               f"{self.overlap_schedule!r} is not one of {OVERLAP_MODES}")
+        check(self.sampling_defaults in SAMPLING_DEFAULTS, "sampling_defaults",
+              f"{self.sampling_defaults!r} is not one of {SAMPLING_DEFAULTS}")
         check(self.schedule_policy in SCHEDULE_POLICIES, "schedule_policy",
               f"{self.schedule_policy!r} is not one of {SCHEDULE_POLICIES}")
         check(self.attention_backend in ATTENTION_BACKENDS, "attention_backend",
@@ -138,15 +160,21 @@ class ServerArgs:
         check(self.max_prefill_tokens >= 1, "max_prefill_tokens", "must be >= 1")
         check(self.stream_interval >= 1, "stream_interval", "must be >= 1")
         check(self.cuda_graph_max_bs >= 1, "cuda_graph_max_bs", "must be >= 1")
+        check(self.request_timeout is None or self.request_timeout > 0, "request_timeout", "must be > 0")
         check(self.graceful_shutdown_timeout >= 0, "graceful_shutdown_timeout", "must be >= 0")
+        check(self.stats_log_interval >= 0, "stats_log_interval", "must be >= 0")
         check(self.log_level.lower() in ("debug", "info", "warning", "error", "critical"),
               "log_level", f"{self.log_level!r} is not a log level")
 
     # ---- CLI -------------------------------------------------------------------------------
     @staticmethod
-    def add_cli_args(parser: argparse.ArgumentParser) -> None:
+    def add_cli_args(parser: argparse.ArgumentParser, offline: bool = False) -> None:
+        """One flag per field; `offline` leaves out the flags only the HTTP server uses. Defaults
+        are shown once, and not at all when None (the help text says what None means)."""
         for f in dataclasses.fields(ServerArgs):
             meta = dict(f.metadata)
+            if meta.pop("server_only", False) and offline:
+                continue
             flags = meta.pop("flags", ("--" + f.name.replace("_", "-"),))
             kwargs: dict[str, Any] = {"dest": f.name, "default": f.default, **meta}
             if f.type in ("bool", bool):
@@ -155,7 +183,7 @@ class ServerArgs:
                 kwargs["type"] = _field_type(f)
                 kwargs["metavar"] = f.name.upper() if "choices" not in kwargs else None
             if kwargs.get("help") and f.default is not None and f.type not in ("bool", bool):
-                kwargs["help"] += " [default: %(default)s]"
+                kwargs["help"] += " (default: %(default)s)"
             parser.add_argument(*flags, **kwargs)
 
     @classmethod

@@ -91,7 +91,8 @@ class Engine:
             remote = ProcessDriver(self.server_args)
             self.driver = remote
             context_len, vocab_size = remote.info["context_length"], remote.info["vocab_size"]
-        self.builder = RequestBuilder(self.tokenizer, self.model_name, context_len, vocab_size)
+        defaults = source.generation_defaults if self.server_args.sampling_defaults == "model" else {}
+        self.builder = RequestBuilder(self.tokenizer, self.model_name, context_len, vocab_size, defaults)
         self.detokenizer = DetokenizerManager(self.tokenizer)
 
     # ---- API ---------------------------------------------------------------------------------

@@ -23,7 +23,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     parser.add_argument("--max-new-tokens", type=int, default=64, help="Tokens to generate.")
     parser.add_argument("--temperature", type=float, default=0.0, help="0 means greedy.")
     parser.add_argument("--json", action="store_true", help="Print the full result as JSON.")
-    ServerArgs.add_cli_args(parser)
+    ServerArgs.add_cli_args(parser, offline=True)
     args = parser.parse_args(argv)
     configure_logging(args.log_level)
     from radixserve.entrypoints.engine import Engine

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import contextlib
 import logging
 import os
 import sys
@@ -26,6 +27,10 @@ logger = logging.getLogger(__name__)
 
 
 def run_detokenizer_process(server_args: ServerArgs, port_args: PortArgs, ready: Connection) -> None:
+    with contextlib.suppress(ImportError):  # `radixserve::detokenizer` in ps and top
+        import setproctitle
+
+        setproctitle.setproctitle("radixserve::detokenizer")
     configure_logging(server_args.log_level, "detokenizer")
     init_child_process()
     try:

@@ -22,6 +22,9 @@ logger = logging.getLogger(__name__)
 # Every process records its metrics into this directory (prometheus-client multiprocess mode).
 MULTIPROC_ENV = "PROMETHEUS_MULTIPROC_DIR"
 CHILD_STOP_TIMEOUT_S = 5.0
+# Set by `radixserve serve`: the schedulers apply the default --max-queued-requests (the offline
+# Engine, which never answers 429, queues without limit unless told otherwise).
+SERVER_ADMISSION_ENV = "RADIXSERVE_SERVER_ADMISSION"
 
 
 class ServerProcesses:

@@ -17,9 +17,22 @@ import msgspec
 from radixserve.errors import InvalidRequestError
 from radixserve.managers.io_struct import TokenizedGenerateReqInput
 from radixserve.managers.schedule_batch import check_prompt
-from radixserve.sampling.sampling_params import SamplingParams
+from radixserve.sampling.sampling_params import MAX_SEED, SamplingParams
 
 MAX_TOP_LOGPROBS = 20
+
+
+def check_text(text: object, param: str) -> str:
+    """A prompt text the tokenizer can take: a str that is valid UTF-8 (JSON allows lone surrogates)."""
+    if not isinstance(text, str):
+        raise InvalidRequestError(f"invalid value for {param!r}: must be a string, got {type(text).__name__}",
+                                  param=param)
+    try:
+        text.encode("utf-8")
+    except UnicodeEncodeError:
+        raise InvalidRequestError(f"invalid value for {param!r}: not valid Unicode text (a lone surrogate)",
+                                  param=param) from None
+    return text
 
 
 @dataclass
@@ -31,13 +44,17 @@ class GenerateRequest:
 
 
 class RequestBuilder:
-    def __init__(self, tokenizer: Any, model_name: str, context_len: int, vocab_size: int) -> None:
+    def __init__(self, tokenizer: Any, model_name: str, context_len: int, vocab_size: int,
+                 sampling_defaults: dict[str, float | int] | None = None) -> None:
         self.tokenizer = tokenizer
         self.model_name = model_name
         self.context_len = context_len
         self.vocab_size = vocab_size
+        # The model's own defaults (model_loader/generation_config.py) for fields a request leaves unset.
+        self.sampling_defaults = dict(sampling_defaults or {})
 
-    def tokenize(self, text: str, add_special_tokens: bool = True) -> list[int]:
+    def tokenize(self, text: str, add_special_tokens: bool = True, param: str = "prompt") -> list[int]:
+        check_text(text, param)
         return list(self.tokenizer(text, add_special_tokens=add_special_tokens).input_ids)
 
     def apply_chat_template(self, messages: list[dict[str, Any]], **template_kwargs: Any) -> tuple[str, list[int]]:
@@ -49,20 +66,27 @@ class RequestBuilder:
                                                            **template_kwargs)
         except Exception as e:  # jinja errors from the template ("roles must alternate", ...)
             raise InvalidRequestError(f"the chat template rejected the messages: {e}", param="messages") from e
-        return text, self.tokenize(text, add_special_tokens=False)
+        return text, self.tokenize(text, add_special_tokens=False, param="messages")
 
-    @staticmethod
-    def sampling_params(d: dict[str, Any] | None) -> SamplingParams:
-        return SamplingParams.from_dict(d)
+    def sampling_params(self, d: dict[str, Any] | None) -> SamplingParams:
+        if self.sampling_defaults and (d is None or isinstance(d, dict)):
+            d = {**self.sampling_defaults, **{k: v for k, v in (d or {}).items() if v is not None}}
+        params = SamplingParams.from_dict(d)
+        params.check_vocab(self.vocab_size)
+        return params
 
     def build(self, input_ids: list[int], params: SamplingParams, *, rid: str | None = None, stream: bool = False,
               return_logprob: bool = False, top_logprobs_num: int = 0, input_text: str | None = None,
               prompt_param: str = "prompt", max_tokens_param: str | None = None) -> GenerateRequest:
         """Validate one prompt and fan it out. `max_tokens_param`: the caller set max_new_tokens
         itself (under that name), so prompt + max_new_tokens over the context is an error, not a clamp."""
-        if not 0 <= top_logprobs_num <= MAX_TOP_LOGPROBS:
+        if not (isinstance(top_logprobs_num, int) and 0 <= top_logprobs_num <= MAX_TOP_LOGPROBS):
             raise InvalidRequestError(f"top_logprobs must be in [0, {MAX_TOP_LOGPROBS}]", param="top_logprobs")
+        if not all(isinstance(t, int) and not isinstance(t, bool) for t in input_ids):
+            raise InvalidRequestError("input_ids must be integers", prompt_param, "invalid_token_id")
         check_prompt(input_ids, self.context_len, self.vocab_size, prompt_param)
+        params.validate()
+        params.check_vocab(self.vocab_size)
         total = len(input_ids) + params.max_new_tokens
         if max_tokens_param is not None and total > self.context_len:
             raise InvalidRequestError(
@@ -74,5 +98,6 @@ class RequestBuilder:
         return GenerateRequest(rid, [TokenizedGenerateReqInput(
             rid=sub, input_ids=input_ids, input_text=input_text, stream=stream, return_logprob=return_logprob,
             top_logprobs_num=top_logprobs_num,
-            sampling_params=msgspec.structs.replace(params, n=1, seed=None if params.seed is None else params.seed + i))
+            sampling_params=msgspec.structs.replace(params, n=1, seed=None if params.seed is None
+                                                    else (params.seed + i) % (MAX_SEED + 1)))
             for i, sub in enumerate(subs)])

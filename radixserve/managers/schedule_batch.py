@@ -216,5 +216,5 @@ def check_prompt(input_ids: list[int], context_len: int, vocab_size: int, param:
                                   "(at least one token must be left for the output)", param,
                                   "context_length_exceeded")
     if min(input_ids) < 0 or max(input_ids) >= vocab_size:
-        raise InvalidRequestError(f"input_ids must be in [0, {vocab_size}); got a token id out of range", param,
+        raise InvalidRequestError(f"token id out of range: the prompt's token ids must be in [0, {vocab_size})", param,
                                   "invalid_token_id")

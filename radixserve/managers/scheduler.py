@@ -18,6 +18,7 @@ penalties, logprobs) processes the step in flight before scheduling.
 from __future__ import annotations
 
 import logging
+import os
 from dataclasses import dataclass
 from typing import Any
 
@@ -37,17 +38,24 @@ from radixserve.managers.io_struct import (
     TokenizedGenerateReqInput,
 )
 from radixserve.managers.prefill import PrefillManager
+from radixserve.managers.processes import SERVER_ADMISSION_ENV
 from radixserve.managers.schedule_batch import Req, ScheduleBatch, check_prompt
 from radixserve.managers.scheduler_output import SchedulerStats, check_finished, pack_outputs
 from radixserve.mem_cache import make_prefix_cache
 from radixserve.model_executor.forward_batch import ForwardMode
 from radixserve.model_executor.model_runner import ModelRunner, NextTokens
+from radixserve.sampling.sampling_params import SamplingParams
 from radixserve.server_args import ServerArgs
 from radixserve.utils.detokenize import IncrementalDecoder
 
 logger = logging.getLogger(__name__)
 
 ABORTED = FinishReason("abort", message="aborted by request")
+
+
+def default_max_queued(max_running_requests: int, max_total_tokens: int) -> int:
+    """The default --max-queued-requests (docs/server.md, "Admission")."""
+    return max(2 * max_running_requests, max_total_tokens // 256)
 
 
 @dataclass
@@ -75,6 +83,13 @@ class Scheduler:
         self.decode = DecodeManager(self.req_to_token_pool, self.token_to_kv_pool, self.tree_cache, device)
         self.context_len = model_runner.sizes.context_len
         self.max_running_requests = model_runner.sizes.max_running_requests
+        # Admission: requests may wait beyond the free running slots up to this many; more are
+        # refused (429). The server's default: refill the running batch twice, or one request per
+        # 256 KV tokens; the offline Engine queues without limit unless told.
+        self.max_queued_requests: int | None = server_args.max_queued_requests
+        if self.max_queued_requests is None and os.environ.get(SERVER_ADMISSION_ENV):
+            self.max_queued_requests = default_max_queued(self.max_running_requests,
+                                                          model_runner.sizes.max_total_tokens)
         self.vocab_size = model_runner.config.vocab_size
         self.eos_token_ids = frozenset(model_runner.config.eos_token_ids) | eos_token_ids
         self.stats = SchedulerStats()
@@ -97,7 +112,13 @@ class Scheduler:
     def handle(self, msg: SchedulerInput) -> FlushCacheReqOutput | GetLoadReqOutput | None:
         """Apply one input; control messages return the reply for the TokenizerManager."""
         if isinstance(msg, TokenizedGenerateReqInput):
-            self.add_request(msg)
+            try:
+                self.add_request(msg)
+            except Exception as e:  # a request the checks missed fails alone, never the process
+                logger.exception("refused request %r: admitting it failed", msg.rid)
+                self._report_unqueued(Req(msg.rid, [], SamplingParams(max_new_tokens=0)), FinishReason(
+                    "abort", message=f"the request could not be admitted: {type(e).__name__}: {e}",
+                    error="invalid_request"))
         elif isinstance(msg, AbortReq):
             self.abort_request(msg.rid)
         elif isinstance(msg, FlushCacheReq):
@@ -111,6 +132,11 @@ class Scheduler:
         req = Req(recv.rid, list(recv.input_ids), params, recv.stream, recv.return_logprob,
                   recv.top_logprobs_num, self.eos_token_ids)
         refusal = self._refusal(req)
+        if refusal is None:
+            try:
+                params.check_vocab(self.vocab_size)  # stop_token_ids index the logits
+            except InvalidRequestError as e:
+                refusal = FinishReason("abort", message=e.message, error=e.code)
         if refusal is not None:
             self._report_unqueued(req, refusal)
             return
@@ -134,14 +160,19 @@ class Scheduler:
             req.sampling_params.validate()
         except InvalidRequestError as e:
             return FinishReason("abort", message=e.message, error=e.code)
-        cap = self.server_args.max_queued_requests
-        if cap is not None and len(self.waiting_queue) >= cap:
-            return FinishReason("abort", message=f"the queue is full ({cap} waiting requests); retry later",
-                                error="queue_full")
+        cap = self.max_queued_requests
+        if cap is not None and len(self.waiting_queue) - self.free_running_slots() >= cap:
+            return FinishReason("abort", message=f"the queue is full ({cap} requests wait beyond what the engine "
+                                "can run now); retry later", error="queue_full")
         if req.rid in self._rids:
             return FinishReason("abort", message=f"request id {req.rid!r} is already in use",
                                 error="duplicate_request_id")
         return None
+
+    def free_running_slots(self) -> int:
+        """Requests the running batch could still take (max_running_requests minus those running)."""
+        running = len(self.running_batch.reqs) + (1 if self.prefill.chunked_req else 0)
+        return max(0, self.max_running_requests - running)
 
     def _report_unqueued(self, req: Req, reason: FinishReason) -> None:
         req.finished_reason = reason
@@ -208,6 +239,15 @@ class Scheduler:
 
     def _launch(self, batch: ScheduleBatch) -> LaunchedStep:
         tokens = self.model_runner.forward(batch)
+        st = self.stats
+        if batch.forward_mode.is_extend():
+            st.num_prefill_batches += 1
+            st.num_prefill_seqs += len(batch.reqs)
+            st.num_prefill_tokens += sum(batch.extend_lens_cpu)
+            st.num_prefill_cached_tokens += sum(batch.prefix_lens_cpu)
+        else:
+            st.num_decode_steps += 1
+            st.num_decode_tokens += len(batch.reqs)
         if batch.chunked_req is not None:
             self.tree_cache.cache_unfinished_req(batch.chunked_req)  # later chunks attend to it as a prefix
         return LaunchedStep(batch.forward_mode, batch.sampled_reqs, tokens)
@@ -238,7 +278,11 @@ class Scheduler:
             # Under overlap, kv_len already counts the in-flight step's slot, which holds this
             # request's last token: every token has KV, and the tree takes all of it.
             self._finish(r, reason)
-        elif r.stream and len(r.output_ids) - r.send_offset >= self.server_args.stream_interval:
+        elif len(r.output_ids) == 1 or (
+                r.stream and len(r.output_ids) - r.send_offset >= self.server_args.stream_interval):
+            # The first token is reported at once, for a non-streaming request too: the front end
+            # measures the time to first token on it (a non-streaming caller gets the rest with
+            # the finish).
             self._outputs.append(r)
 
     def _finish(self, req: Req, reason: FinishReason) -> None:

@@ -10,8 +10,16 @@ from radixserve.managers.schedule_batch import Req
 
 @dataclass
 class SchedulerStats:
+    """Counters since start (warm-up excluded); the scheduler process logs their increments."""
+
     num_retractions: int = 0
     num_overlap_steps: int = 0  # decode steps launched before the previous one was read back
+    num_prefill_batches: int = 0
+    num_prefill_seqs: int = 0  # requests (or prompt chunks) in prefill batches
+    num_prefill_tokens: int = 0  # prompt tokens computed (not served from the cache)
+    num_prefill_cached_tokens: int = 0  # prompt tokens served from the cache or earlier chunks
+    num_decode_steps: int = 0
+    num_decode_tokens: int = 0  # tokens decoded (one per running request per step)
 
 
 def check_finished(req: Req, context_len: int) -> FinishReason | None:

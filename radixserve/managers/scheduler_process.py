@@ -14,6 +14,7 @@ broadcast to the others, so all ranks agree on every batch without exchanging sc
 
 from __future__ import annotations
 
+import dataclasses
 import logging
 import os
 import sys
@@ -23,6 +24,7 @@ from dataclasses import dataclass
 from multiprocessing.connection import Connection
 from typing import Any
 
+import msgspec
 import zmq
 
 from radixserve.distributed.parallel_state import ONE_PROCESS, DistGroups, ParallelGroup
@@ -49,6 +51,15 @@ logger = logging.getLogger(__name__)
 IDLE_POLL_MS = 500
 METRICS_INTERVAL_S = 0.5
 WARMUP_TOKENS = 4
+
+
+def set_process_title(name: str) -> None:
+    """Name this process `radixserve::<name>` in ps and top (cmdline and comm)."""
+    try:
+        import setproctitle
+    except ImportError:  # an optional nicety: never fail a start-up for it
+        return
+    setproctitle.setproctitle(f"radixserve::{name}")
 
 
 def build_scheduler(server_args: ServerArgs, source: ModelSource, tokenizer: Any,
@@ -86,6 +97,8 @@ def model_info(scheduler: Scheduler, model_name: str) -> dict[str, Any]:
         "attention_impl": type(runner.attn_backend).__name__,
         "architecture": runner.config.architecture,
         "scheduler_pid": os.getpid(),
+        "sampling_defaults": (runner.source.generation_defaults
+                              if runner.server_args.sampling_defaults == "model" else {}),
     }
 
 
@@ -101,6 +114,7 @@ def run_scheduler_process(server_args: ServerArgs, port_args: PortArgs, ready: C
                           world_rank: int = 0) -> None:
     """Process entry point of one rank. Reports {"status": "ready", ...} or {"status": "error", ...}."""
     world_size = server_args.tensor_parallel_size * server_args.pipeline_parallel_size
+    set_process_title(rank_name(server_args, world_rank))
     configure_logging(server_args.log_level, rank_name(server_args, world_rank))
     init_child_process()
     try:
@@ -161,8 +175,46 @@ class SchedulerIO:
         self.poller.register(self.recv, zmq.POLLIN)
 
 
+class StatsLogger:
+    """SGLang's periodic scheduler lines, from the increments of `SchedulerStats` since the last
+    lines: `Prefill batch. ...` if prompts were prefilled, `Decode batch. ...` if tokens were
+    decoded; nothing while idle."""
+
+    def __init__(self, scheduler: Scheduler, interval_s: float) -> None:
+        self.scheduler = scheduler
+        self.interval_s = interval_s
+        self.last = dataclasses.replace(scheduler.stats)
+        self.last_at = time.monotonic()
+
+    def maybe_log(self, now: float) -> None:
+        if self.interval_s <= 0 or now - self.last_at < self.interval_s:
+            return
+        cur, prev = self.scheduler.stats, self.last
+        if cur == prev:
+            self.last_at = now
+            return
+        load = self.scheduler.get_load()
+        usage = load["kv_used_tokens"] / max(1.0, load["kv_total_tokens"])
+        running, queued = int(load["num_running_reqs"]), int(load["num_waiting_reqs"])
+        if cur.num_prefill_batches != prev.num_prefill_batches:
+            logger.info("Prefill batch. #new-seq: %d, #new-token: %d, #cached-token: %d, token usage: %.2f, "
+                        "#running-req: %d, #queue-req: %d, #prefill-batch: %d",
+                        cur.num_prefill_seqs - prev.num_prefill_seqs,
+                        cur.num_prefill_tokens - prev.num_prefill_tokens,
+                        cur.num_prefill_cached_tokens - prev.num_prefill_cached_tokens, usage, running, queued,
+                        cur.num_prefill_batches - prev.num_prefill_batches)
+        if cur.num_decode_steps != prev.num_decode_steps:
+            tokens = cur.num_decode_tokens - prev.num_decode_tokens
+            logger.info("Decode batch. #running-req: %d, #token: %d, token usage: %.2f, gen throughput (token/s): "
+                        "%.2f, #queue-req: %d, #decode-step: %d, #retracted-req: %d", running,
+                        int(load["kv_used_tokens"]), usage, tokens / max(1e-9, now - self.last_at), queued,
+                        cur.num_decode_steps - prev.num_decode_steps, cur.num_retractions - prev.num_retractions)
+        self.last, self.last_at = dataclasses.replace(cur), now
+
+
 def event_loop(scheduler: Scheduler, world: ParallelGroup, io: SchedulerIO | None, metrics: Any) -> None:
     last_metrics = 0.0
+    stats_log = StatsLogger(scheduler, scheduler.server_args.stats_log_interval) if io is not None else None
     while True:
         raw: list[bytes] | None = None
         if io is not None:
@@ -172,7 +224,12 @@ def event_loop(scheduler: Scheduler, world: ParallelGroup, io: SchedulerIO | Non
         # Other ranks wait here for rank 0's inputs; an idle rank 0 still broadcasts (empty)
         # every IDLE_POLL_MS, so no collective waits long enough to time out.
         for data in world.broadcast_bytes(raw):
-            reply = scheduler.handle(SCHEDULER_INPUT_DECODER.decode(data))
+            try:
+                msg = SCHEDULER_INPUT_DECODER.decode(data)
+            except msgspec.MsgspecError as e:  # DecodeError, ValidationError: drop it, keep serving
+                logger.error("dropped an undecodable scheduler input (%d bytes): %s", len(data), e)
+                continue
+            reply = scheduler.handle(msg)
             if reply is not None and io is not None:
                 io.to_tokenizer.send(ENCODER.encode(reply))
         out = scheduler.step()
@@ -184,3 +241,5 @@ def event_loop(scheduler: Scheduler, world: ParallelGroup, io: SchedulerIO | Non
         if metrics is not None and now - last_metrics >= METRICS_INTERVAL_S:
             metrics.update(scheduler.get_load())
             last_metrics = now
+        if stats_log is not None:
+            stats_log.maybe_log(now)

@@ -10,16 +10,19 @@ slots return to the pool. Errors are radixserve.errors; the server maps them to 
 from __future__ import annotations
 
 import asyncio
+import contextvars
+import functools
 import logging
 import time
-from collections.abc import AsyncGenerator
+from collections.abc import AsyncGenerator, Callable
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
-from typing import Any
+from typing import Any, TypeVar
 
 import zmq
 import zmq.asyncio
 
-from radixserve.errors import InvalidRequestError, UnavailableError, refusal
+from radixserve.errors import EngineError, InvalidRequestError, UnavailableError, refusal
 from radixserve.managers.io_struct import (
     AbortReq,
     BatchStrOut,
@@ -31,12 +34,24 @@ from radixserve.managers.io_struct import (
 )
 from radixserve.managers.ipc import ENCODER, TOKENIZER_INPUT_DECODER, PortArgs
 from radixserve.managers.request_builder import GenerateRequest, RequestBuilder
-from radixserve.metrics import TokenizerMetrics
+from radixserve.metrics import CURRENT_REQUEST, RequestRecord, TokenizerMetrics
 from radixserve.server_args import ServerArgs
 
 logger = logging.getLogger(__name__)
 
 CONTROL_TIMEOUT_S = 30.0
+# A prompt whose text is longer than context_length * this many characters cannot fit the context
+# whatever the tokenizer (real tokens average 3-5 characters; long runs of whitespace or repeated
+# characters make some tokens longer, hence the generous bound): refused before tokenizing.
+MAX_CHARS_PER_TOKEN = 64
+
+T = TypeVar("T")
+
+
+class RequestTimeoutError(EngineError):
+    """The request ran past --request-timeout; the server answers 504 (or an error event)."""
+
+    code = "request_timeout"
 
 
 @dataclass
@@ -57,10 +72,12 @@ class ChoiceChunk:
 @dataclass
 class ReqState:
     index: int
-    queue: asyncio.Queue[ChoiceChunk]
+    queue: asyncio.Queue[ChoiceChunk | EngineError]
     created: float = field(default_factory=time.monotonic)
     last_token_at: float | None = None
     finished: bool = False
+    # The HTTP request's access-log record, taken from the context generate() runs in.
+    record: RequestRecord | None = field(default_factory=lambda: CURRENT_REQUEST.get())
 
 
 class TokenizerManager:
@@ -79,24 +96,63 @@ class TokenizerManager:
         self.recv_sock = self.ctx.socket(zmq.PULL)
         self.recv_sock.setsockopt(zmq.RCVHWM, 0)
         self.recv_sock.bind(port_args.tokenizer_input)
-        self.builder = RequestBuilder(tokenizer, self.model_name, self.context_len, self.vocab_size)
+        self.builder = RequestBuilder(tokenizer, self.model_name, self.context_len, self.vocab_size,
+                                      info.get("sampling_defaults"))
         self.states: dict[str, ReqState] = {}
         self.groups: dict[str, list[str]] = {}  # API request id -> its scheduler request ids
         self.metrics = TokenizerMetrics(self.model_name)
         self.draining = False
         self._control: dict[type, list[asyncio.Future[Any]]] = {FlushCacheReqOutput: [], GetLoadReqOutput: []}
         self._loop_task: asyncio.Task[None] | None = None
+        self.loop: asyncio.AbstractEventLoop | None = None
+        self.failed: UnavailableError | None = None  # set when a child process died
+        self.request_timeout: float | None = getattr(server_args, "request_timeout", None)
+        # Tokenizing and chat templating run here, off the event loop. One thread: a Hugging Face
+        # fast tokenizer is not safe to call from several threads at once ("Already borrowed").
+        self._executor = ThreadPoolExecutor(max_workers=1, thread_name_prefix="tokenize")
 
     # ---- lifecycle ---------------------------------------------------------------------------
     def start(self) -> None:
         """Start receiving outputs; call from inside the server's event loop."""
         if self._loop_task is None:
-            self._loop_task = asyncio.get_running_loop().create_task(self._handle_loop())
+            self.loop = asyncio.get_running_loop()
+            self._loop_task = self.loop.create_task(self._handle_loop())
 
     async def close(self) -> None:
         if self._loop_task is not None:
             self._loop_task.cancel()
+        self._executor.shutdown(wait=False, cancel_futures=True)
         self.ctx.destroy(linger=0)
+
+    @property
+    def max_prompt_chars(self) -> int:
+        return self.context_len * MAX_CHARS_PER_TOKEN
+
+    def check_prompt_chars(self, chars: int, param: str) -> None:
+        """Refuse, cheaply and before tokenizing, a prompt text that cannot fit the context."""
+        if chars > self.max_prompt_chars:
+            raise InvalidRequestError(
+                f"this model's maximum context length is {self.context_len} tokens; the prompt has {chars} "
+                f"characters, far more than that many tokens can hold", param=param, code="context_length_exceeded")
+
+    async def run_blocking(self, fn: Callable[..., T], *args: Any, **kwargs: Any) -> T:
+        """Run `fn` (tokenizing, templating: CPU work) on the tokenizer thread, not the event loop."""
+        call = functools.partial(contextvars.copy_context().run, fn, *args, **kwargs)
+        return await asyncio.get_running_loop().run_in_executor(self._executor, call)
+
+    def fail_all(self, error: UnavailableError) -> None:
+        """End every request in flight with `error` and refuse new ones (a child process died).
+        Call on the event loop (from another thread: `loop.call_soon_threadsafe`)."""
+        self.failed = error
+        for st in self.states.values():
+            if not st.finished:
+                st.finished = True  # nothing to abort: the scheduler is gone
+                st.queue.put_nowait(UnavailableError(error.message, code=error.code))
+        for waiters in self._control.values():
+            while waiters:
+                fut = waiters.pop(0)
+                if not fut.done():
+                    fut.set_exception(UnavailableError(error.message, code=error.code))
 
     @property
     def num_inflight(self) -> int:
@@ -105,31 +161,52 @@ class TokenizerManager:
     # ---- generation --------------------------------------------------------------------------
     async def generate(self, req: GenerateRequest) -> AsyncGenerator[ChoiceChunk, None]:
         """Chunks of all n choices, interleaved, until every choice has finished."""
+        if self.failed is not None:
+            raise UnavailableError(self.failed.message, code=self.failed.code)
         if self.draining:
             raise UnavailableError("the server is shutting down", code="shutting_down")
         if req.rid in self.groups:
             raise InvalidRequestError(f"request id {req.rid!r} is already in use", param="rid")
-        queue: asyncio.Queue[ChoiceChunk] = asyncio.Queue()
+        queue: asyncio.Queue[ChoiceChunk | EngineError] = asyncio.Queue()
         self.groups[req.rid] = [sub.rid for sub in req.reqs]
         for i, sub in enumerate(req.reqs):
             self.states[sub.rid] = ReqState(i, queue)
             self.send_to_scheduler.send(ENCODER.encode(sub), flags=zmq.NOBLOCK)
         left = len(req.reqs)
+        deadline = None if self.request_timeout is None else time.monotonic() + self.request_timeout
+        cause = "client_disconnected"  # why unfinished choices are aborted: GeneratorExit, CancelledError
         try:
             while left:
-                chunk = await queue.get()
+                chunk = await self._next_chunk(queue, deadline)
                 if chunk.finish_reason is not None:
                     left -= 1
                     reason = chunk.finish_reason
                     if reason.error is not None and chunk.completion_tokens == 0:
                         raise refusal(reason.error, reason.message or "request refused")
                 yield chunk
+        except Exception as e:
+            cause = "timeout" if isinstance(e, RequestTimeoutError) else "error"
+            raise
         finally:
             for sub in req.reqs:
                 st = self.states.pop(sub.rid, None)
                 if st is not None and not st.finished:
                     self._send_abort(sub.rid)
+                    self.metrics.abort(cause)
             self.groups.pop(req.rid, None)
+
+    async def _next_chunk(self, queue: asyncio.Queue[ChoiceChunk | EngineError], deadline: float | None) -> ChoiceChunk:
+        if deadline is None:
+            item = await queue.get()
+        else:
+            try:
+                item = await asyncio.wait_for(queue.get(), max(0.0, deadline - time.monotonic()))
+            except TimeoutError:
+                raise RequestTimeoutError(f"the request took longer than the server's request timeout "
+                                          f"({self.request_timeout:g} s) and was aborted") from None
+        if isinstance(item, EngineError):
+            raise item
+        return item
 
     def abort_request(self, rid: str) -> bool:
         """Abort an API request (all its choices) or one scheduler request id; False if unknown."""
@@ -144,6 +221,8 @@ class TokenizerManager:
     # ---- control -----------------------------------------------------------------------------
     async def _control_call(self, msg: object, reply_type: type) -> Any:
         fut: asyncio.Future[Any] = asyncio.get_running_loop().create_future()
+        if self.failed is not None:
+            raise UnavailableError(self.failed.message, code=self.failed.code)
         self._control[reply_type].append(fut)
         self.send_to_scheduler.send(ENCODER.encode(msg), flags=zmq.NOBLOCK)
         try:
@@ -191,9 +270,12 @@ class TokenizerManager:
                 prompt_tokens=out.prompt_tokens[i], completion_tokens=out.completion_tokens[i],
                 cached_tokens=out.cached_tokens[i], logprobs=out.new_token_logprobs[i],
                 top_logprobs=[[(int(t), float(lp)) for t, lp in row] for row in out.new_top_logprobs[i]])
+            rec = st.record
             if ids:
                 if st.last_token_at is None:
                     self.metrics.ttft.observe(now - st.created)
+                    if rec is not None and rec.first_token_at is None:
+                        rec.first_token_at = now
                     gaps = len(ids) - 1
                 else:
                     gaps = len(ids)
@@ -206,4 +288,11 @@ class TokenizerManager:
                 st.finished = True
                 self.metrics.finished(reason.type, out.prompt_tokens[i], out.completion_tokens[i],
                                       out.cached_tokens[i], now - st.created)
+                if reason.type == "abort":  # POST /abort_request, or refused (queue_full, ...)
+                    self.metrics.abort(reason.error or "abort_request")
+                if rec is not None:
+                    rec.completion_tokens += out.completion_tokens[i]
+                    if st.index == 0:
+                        rec.prompt_tokens += out.prompt_tokens[i]
+                        rec.cached_tokens += out.cached_tokens[i]
             st.queue.put_nowait(chunk)

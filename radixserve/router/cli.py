@@ -19,6 +19,23 @@ from radixserve.router.workers import normalize_url
 
 _DEFAULTS = RouterConfig()
 _CACHE = CacheAwareConfig()
+# Not the server's 30000, so a router and a server started with defaults on one machine do not
+# collide (30080 is also the kind cluster's host port of the router, see deploy/kind/cluster.yaml).
+ROUTER_PORT = 30080
+WORKER_PORT = 30000  # `radixserve serve`'s default
+
+
+class _HelpFormatter(argparse.HelpFormatter):
+    """Shows a flag's default once: not when its help already says it, and not when it is unset
+    (None, False, empty), where "(default: None)" would say nothing."""
+
+    def _get_help_string(self, action: argparse.Action) -> str | None:
+        text = action.help or ""
+        default = action.default
+        if ("default" in text or default in (None, False, [], "") or default is argparse.SUPPRESS
+                or not action.option_strings):
+            return text
+        return text + " (default: %(default)s)"
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -30,11 +47,11 @@ def build_parser() -> argparse.ArgumentParser:
             "with --kube-selector/--kube-namespace; both may be combined, and workers can be "
             "added or removed at run time through POST /add_worker and /remove_worker."
         ),
-        formatter_class=argparse.ArgumentDefaultsHelpFormatter,
+        formatter_class=_HelpFormatter,
     )
     net = p.add_argument_group("listening")
     net.add_argument("--host", default=_DEFAULTS.host, help="address to listen on (0.0.0.0 in a pod)")
-    net.add_argument("--port", type=int, default=_DEFAULTS.port, help="port to listen on (0 picks a free port)")
+    net.add_argument("--port", type=int, default=ROUTER_PORT, help="port to listen on (0 picks a free port)")
 
     workers = p.add_argument_group("workers")
     workers.add_argument("--worker-urls", nargs="+", default=[], metavar="URL",
@@ -43,7 +60,7 @@ def build_parser() -> argparse.ArgumentParser:
                          help="label selector of the replicas' EndpointSlices (k=v,k2=v2); enables discovery")
     workers.add_argument("--kube-namespace", metavar="NS", default=None,
                          help="namespace to watch (default: the pod's own namespace, else 'default')")
-    workers.add_argument("--kube-port", type=int, default=30000,
+    workers.add_argument("--kube-port", type=int, default=WORKER_PORT,
                          help="port of the workers on each discovered endpoint address")
     workers.add_argument("--kube-api-server", metavar="URL", default=None,
                          help="Kubernetes API URL (default: in-cluster config, else ~/.kube/config)")

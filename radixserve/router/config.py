@@ -24,7 +24,7 @@ class KubeDiscoveryConfig:
 @dataclass
 class RouterConfig:
     host: str = "127.0.0.1"
-    port: int = 30000
+    port: int = 30080  # the server's default is 30000: both can run on one machine
     worker_urls: list[str] = field(default_factory=list)
     kube: KubeDiscoveryConfig | None = None
     policy: str = "cache_aware"

@@ -6,11 +6,33 @@ at the edge (RequestBuilder) and read by the scheduler and the sampler.
 
 from __future__ import annotations
 
+import math
 from typing import Any
 
 import msgspec
 
 from radixserve.errors import InvalidRequestError
+
+# Bounds the engine honours; server/protocol.py documents the same ones in /openapi.json.
+MAX_INT32 = 2**31 - 1
+MAX_TOKENS = MAX_INT32  # max_new_tokens, min_new_tokens (clamped to the context later)
+MAX_TOP_K = MAX_INT32
+MAX_TOKEN_ID = MAX_INT32
+MAX_SEED = 2**63 - 1  # torch.Generator.manual_seed takes int64 (n > 1: seed + i wraps within it)
+MAX_N = 128
+MAX_STOP_STRINGS = 16
+MAX_STOP_STRING_CHARS = 256
+MAX_STOP_TOKEN_IDS = 1024
+MAX_REPETITION_PENALTY = 1e4
+
+
+def _is_utf8(s: str) -> bool:
+    """False for a str with lone surrogates (JSON allows "\\ud800"), which cannot be sent on."""
+    try:
+        s.encode("utf-8")
+    except UnicodeEncodeError:
+        return False
+    return True
 
 
 class SamplingParamsError(InvalidRequestError):
@@ -38,6 +60,8 @@ class SamplingParams(msgspec.Struct):
 
     @classmethod
     def from_dict(cls, d: dict[str, Any] | None) -> SamplingParams:
+        if d is not None and not isinstance(d, dict):
+            raise SamplingParamsError("sampling_params", f"must be an object, got {type(d).__name__}")
         d = dict(d or {})
         known = set(cls.__struct_fields__)
         unknown = sorted(set(d) - known)
@@ -54,37 +78,58 @@ class SamplingParams(msgspec.Struct):
         return params
 
     def validate(self) -> None:
+        """Types and bounds the engine can honour (ints within what msgspec and torch carry, finite
+        floats, bounded lists and strings). The offline Engine and /generate's dict reach here
+        without pydantic, so this is the engine's own check, not a copy of the server's."""
         def check(ok: bool, name: str, message: str) -> None:
             if not ok:
                 raise SamplingParamsError(name, message)
 
-        def is_num(x: object) -> bool:
-            return isinstance(x, int | float) and not isinstance(x, bool)
+        def is_num(x: object) -> bool:  # finite, and small enough for a float32 tensor
+            if isinstance(x, bool):
+                return False
+            return (isinstance(x, int) and abs(x) <= MAX_SEED) or (isinstance(x, float) and math.isfinite(x))
 
         def is_int(x: object) -> bool:
             return isinstance(x, int) and not isinstance(x, bool)
 
-        check(is_int(self.max_new_tokens) and self.max_new_tokens >= 0, "max_new_tokens",
-              f"must be an integer >= 0, got {self.max_new_tokens!r}")
+        def in_range(x: object, lo: float, hi: float) -> bool:
+            return is_int(x) and lo <= x <= hi  # type: ignore[operator]
+
+        check(in_range(self.max_new_tokens, 0, MAX_TOKENS), "max_new_tokens",
+              f"must be an integer in [0, {MAX_TOKENS}], got {self.max_new_tokens!r}")
         check(is_num(self.temperature) and self.temperature >= 0, "temperature",
-              f"must be >= 0, got {self.temperature!r}")
+              f"must be a finite number >= 0, got {self.temperature!r}")
         check(is_num(self.top_p) and 0 < self.top_p <= 1, "top_p", f"must be in (0, 1], got {self.top_p!r}")
-        check(is_int(self.top_k) and (self.top_k == -1 or self.top_k >= 1), "top_k",
-              f"must be -1 (no limit) or >= 1, got {self.top_k!r}")
+        check(is_int(self.top_k) and (self.top_k == -1 or 1 <= self.top_k <= MAX_TOP_K), "top_k",
+              f"must be -1 (no limit) or an integer in [1, {MAX_TOP_K}], got {self.top_k!r}")
         check(is_num(self.min_p) and 0 <= self.min_p <= 1, "min_p", f"must be in [0, 1], got {self.min_p!r}")
-        check(is_num(self.repetition_penalty) and self.repetition_penalty > 0, "repetition_penalty",
-              f"must be > 0, got {self.repetition_penalty!r}")
+        check(is_num(self.repetition_penalty) and 0 < self.repetition_penalty <= MAX_REPETITION_PENALTY,
+              "repetition_penalty", f"must be in (0, {MAX_REPETITION_PENALTY}], got {self.repetition_penalty!r}")
         check(is_num(self.frequency_penalty) and -2 <= self.frequency_penalty <= 2, "frequency_penalty",
               f"must be in [-2, 2], got {self.frequency_penalty!r}")
         check(is_num(self.presence_penalty) and -2 <= self.presence_penalty <= 2, "presence_penalty",
               f"must be in [-2, 2], got {self.presence_penalty!r}")
-        check(isinstance(self.stop, list) and all(isinstance(s, str) and s for s in self.stop), "stop",
-              "must be a non-empty string or a list of non-empty strings")
-        check(isinstance(self.stop_token_ids, list) and all(is_int(t) and t >= 0 for t in self.stop_token_ids),
-              "stop_token_ids", "must be a list of token ids >= 0")
-        check(self.seed is None or is_int(self.seed), "seed", f"must be an integer, got {self.seed!r}")
-        check(is_int(self.n) and 1 <= self.n <= 128, "n", f"must be an integer in [1, 128], got {self.n!r}")
-        check(is_int(self.min_new_tokens) and self.min_new_tokens >= 0, "min_new_tokens", "must be >= 0")
+        check(isinstance(self.stop, list) and len(self.stop) <= MAX_STOP_STRINGS
+              and all(isinstance(s, str) and 0 < len(s) <= MAX_STOP_STRING_CHARS and _is_utf8(s) for s in self.stop),
+              "stop", f"must be a non-empty string or a list of at most {MAX_STOP_STRINGS} non-empty strings of at "
+              f"most {MAX_STOP_STRING_CHARS} characters (valid UTF-8)")
+        check(isinstance(self.stop_token_ids, list) and len(self.stop_token_ids) <= MAX_STOP_TOKEN_IDS
+              and all(in_range(t, 0, MAX_TOKEN_ID) for t in self.stop_token_ids), "stop_token_ids",
+              f"must be a list of at most {MAX_STOP_TOKEN_IDS} token ids >= 0")
+        check(isinstance(self.ignore_eos, bool), "ignore_eos", f"must be a boolean, got {self.ignore_eos!r}")
+        check(isinstance(self.skip_special_tokens, bool), "skip_special_tokens",
+              f"must be a boolean, got {self.skip_special_tokens!r}")
+        check(self.seed is None or in_range(self.seed, 0, MAX_SEED), "seed",
+              f"must be an integer in [0, {MAX_SEED}], got {self.seed!r}")
+        check(in_range(self.n, 1, MAX_N), "n", f"must be an integer in [1, {MAX_N}], got {self.n!r}")
+        check(in_range(self.min_new_tokens, 0, MAX_TOKENS), "min_new_tokens",
+              f"must be an integer in [0, {MAX_TOKENS}], got {self.min_new_tokens!r}")
+
+    def check_vocab(self, vocab_size: int) -> None:
+        """Token ids the model has (stop_token_ids index the logits)."""
+        if any(t >= vocab_size for t in self.stop_token_ids):
+            raise SamplingParamsError("stop_token_ids", f"token ids must be in [0, {vocab_size})")
 
     @property
     def is_greedy(self) -> bool:

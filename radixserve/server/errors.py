@@ -54,8 +54,13 @@ def api_error(e: EngineError) -> APIError:
     return APIError(status, e.message, param=e.param, code=e.code)
 
 
+# Union-member tags pydantic puts in an error's location ("prompt.list[int].0"): not fields.
+_TYPE_TAGS = {"str", "int", "float", "bool", "dict", "list", "none"}
+
+
 def _validation_param(loc: tuple[Any, ...]) -> str | None:
-    parts = [str(p) for p in loc if p != "body"]
+    parts = [str(p) for p in loc if p != "body" and not (isinstance(p, str) and (
+        p in _TYPE_TAGS or any(c in p for c in "[]-(),")))]
     return ".".join(parts) or None
 
 
@@ -84,8 +89,14 @@ def install_error_handlers(app: FastAPI) -> None:
 
     @app.exception_handler(StarletteHTTPException)
     async def _http(_: Request, exc: StarletteHTTPException) -> JSONResponse:
-        code = {404: "not_found", 405: "method_not_allowed"}.get(exc.status_code)
-        return APIError(exc.status_code, str(exc.detail), code=code).response()
+        code = {400: "invalid_request", 404: "not_found", 405: "method_not_allowed"}.get(exc.status_code)
+        message = str(exc.detail)
+        if exc.status_code == 400 and message == "There was an error parsing the body":
+            # FastAPI's answer to a body json.loads cannot read: invalid UTF-8, nesting too deep.
+            code, message = "invalid_json", "the request body is not valid JSON (invalid UTF-8 or nested too deeply)"
+        resp = APIError(exc.status_code, message, code=code).response()
+        resp.headers.update(exc.headers or {})  # 405 carries Allow
+        return resp
 
     @app.exception_handler(Exception)
     async def _unexpected(_: Request, exc: Exception) -> JSONResponse:

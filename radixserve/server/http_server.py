@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import dataclasses
+import hmac
 import time
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
@@ -13,14 +14,17 @@ from fastapi import APIRouter, Depends, FastAPI, Request
 from fastapi.responses import JSONResponse, Response
 from fastapi.security import HTTPAuthorizationCredentials, HTTPBearer
 from prometheus_client import CONTENT_TYPE_LATEST
-from starlette.types import ASGIApp, Receive, Scope, Send
+from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
 from radixserve import __version__
-from radixserve.managers.tokenizer_manager import TokenizerManager
+from radixserve.errors import QueueFullError
+from radixserve.managers.request_builder import GenerateRequest
+from radixserve.managers.tokenizer_manager import RequestTimeoutError, TokenizerManager
 from radixserve.metrics import render_metrics
 from radixserve.sampling.sampling_params import SamplingParams
 from radixserve.server import openai_serving
-from radixserve.server.errors import APIError, install_error_handlers
+from radixserve.server.access_log import AccessLog
+from radixserve.server.errors import APIError, api_error, install_error_handlers
 from radixserve.server.openai_serving import ChoiceState, collect
 from radixserve.server.protocol import (
     AbortRequestBody,
@@ -46,6 +50,7 @@ from radixserve.server.streaming import (
     sse,
     sse_response,
     sse_stream,
+    timeout_error,
     until_disconnect,
 )
 
@@ -66,27 +71,59 @@ ERRORS: dict[int | str, dict[str, Any]] = {
 }
 
 def _stream_doc(model: type) -> dict[int | str, dict[str, Any]]:
+    from radixserve.server.protocol import stream_event_schema
+
+    # "model" puts `model` into the components, so the event-stream $ref resolves.
     return {200: {"description": f"JSON, or with `stream: true` server-sent events `data: <{model.__name__}>` "
-                  "ending with `data: [DONE]`.",
+                  "ending with `data: [DONE]`.", "model": stream_event_schema(model),
                   "content": {"text/event-stream": {"schema": {"$ref": f"#/components/schemas/{model.__name__}"}}}},
             **ERRORS}
 
 class BodySizeLimit:
-    """413 before reading a body whose Content-Length is over the limit."""
+    """413 for a request body over the limit: at once when Content-Length says so, otherwise as soon
+    as the bytes actually received (chunked transfer encoding, or a lying Content-Length) pass it.
+    The body is read here in full and handed on to the app unchanged."""
 
     def __init__(self, app: ASGIApp, limit: int = MAX_BODY_BYTES) -> None:
         self.app = app
         self.limit = limit
 
+    def _too_large(self, size: int | None) -> Response:
+        said = f"is {size} bytes" if size is not None else "is longer"
+        return APIError(413, f"the request body {said}; the limit is {self.limit} bytes",
+                        code="request_too_large").response()
+
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
-        if scope["type"] == "http":
-            for name, value in scope.get("headers", []):
-                if name == b"content-length" and value.isdigit() and int(value) > self.limit:
-                    resp = APIError(413, f"the request body is {int(value)} bytes; the limit is {self.limit}",
-                                    code="request_too_large").response()
-                    await resp(scope, receive, send)
-                    return
-        await self.app(scope, receive, send)
+        if scope["type"] != "http":
+            await self.app(scope, receive, send)
+            return
+        for name, value in scope.get("headers", []):
+            if name == b"content-length" and value.isdigit() and int(value) > self.limit:
+                await self._too_large(int(value))(scope, receive, send)
+                return
+        messages: list[Message] = []
+        size = 0
+        while True:
+            message = await receive()
+            messages.append(message)
+            if message["type"] != "http.request":
+                break  # the client left: the app sees the disconnect
+            size += len(message.get("body", b""))
+            if size > self.limit:
+                messages.clear()
+                await self._too_large(None)(scope, receive, send)
+                return
+            if not message.get("more_body", False):
+                break
+
+        async def replay() -> Message:
+            return messages.pop(0) if messages else await receive()
+
+        await self.app(scope, replay, send)
+
+
+RETRY_AFTER_S = 1  # the Retry-After of a 429: running requests finish and free slots continually
+
 
 @dataclasses.dataclass
 class ServerState:
@@ -109,7 +146,19 @@ def build_app(tm: TokenizerManager, api_key: str | None, state: ServerState | No
                   description="OpenAI-compatible LLM server (radix-cache prefix reuse, continuous batching).")
     app.add_middleware(BodySizeLimit)
     install_error_handlers(app)
+    # Added last, so outermost: every response (413s included) gets an id and an access-log line.
+    app.add_middleware(AccessLog, metrics=tm.metrics, log_requests=bool(state.server_args.get("log_requests")))
     app.state.server = state
+
+    @app.exception_handler(QueueFullError)
+    async def _queue_full(_: Request, exc: QueueFullError) -> Response:
+        resp = api_error(exc).response()
+        resp.headers["Retry-After"] = str(RETRY_AFTER_S)
+        return resp
+
+    @app.exception_handler(RequestTimeoutError)
+    async def _timed_out(_: Request, exc: RequestTimeoutError) -> Response:
+        return timeout_error(exc).response()
 
     @app.exception_handler(ClientDisconnected)
     async def _gone(_: Request, __: ClientDisconnected) -> Response:
@@ -118,7 +167,9 @@ def build_app(tm: TokenizerManager, api_key: str | None, state: ServerState | No
     bearer = HTTPBearer(auto_error=False, description="Needed when the server runs with --api-key.")
 
     async def require_key(creds: HTTPAuthorizationCredentials | None = Depends(bearer)) -> None:
-        if api_key is not None and (creds is None or creds.credentials != api_key):
+        # Constant-time comparison: the time to refuse says nothing about how much of the key matched.
+        if api_key is not None and (creds is None or not hmac.compare_digest(
+                creds.credentials.encode(), api_key.encode())):
             raise APIError(401, "invalid or missing API key; send 'Authorization: Bearer <key>'",
                            code="invalid_api_key")
 
@@ -231,26 +282,43 @@ def _check_health(tm: TokenizerManager, state: ServerState) -> None:
         raise APIError(503, "the server is shutting down", code="shutting_down")
 
 async def _native_generate(tm: TokenizerManager, body: GenerateRequestBody, request: Request) -> Response:
+    batch = await _native_prompts(tm, body)
+    single = isinstance(body.text, str) or (body.input_ids is not None and not (
+        body.input_ids and isinstance(body.input_ids[0], list)))
+    params = tm.builder.sampling_params(body.sampling_params)
+    grs = await tm.run_blocking(lambda: [
+        tm.builder.build(ids, params, rid=body.rid if len(batch) == 1 else None, stream=body.stream,
+                         return_logprob=body.return_logprob, top_logprobs_num=body.top_logprobs_num,
+                         input_text=text, prompt_param="text" if text is not None else "input_ids")
+        for ids, text in batch])
+    return await _native_respond(tm, body, request, grs, single)
+
+
+async def _native_prompts(tm: TokenizerManager, body: GenerateRequestBody) -> list[tuple[list[int], str | None]]:
+    """The prompts as token ids (tokenized off the event loop) with their text, if any."""
     if (body.text is None) == (body.input_ids is None):
-        raise APIError(400, "give exactly one of 'text' and 'input_ids'", param="text")
+        raise APIError(400, "give exactly one of 'text' and 'input_ids'", param="text", code="invalid_value")
     batch: list[tuple[list[int], str | None]]
     if isinstance(body.text, str):
-        batch = [(tm.builder.tokenize(body.text), body.text)]
+        tm.check_prompt_chars(len(body.text), "text")
+        batch = [(await tm.run_blocking(tm.builder.tokenize, body.text), body.text)]
     elif isinstance(body.text, list):
-        batch = [(tm.builder.tokenize(t), t) for t in body.text]
+        texts = body.text
+        for t in texts:
+            tm.check_prompt_chars(len(t), "text")
+        token_ids = await tm.run_blocking(lambda: [tm.builder.tokenize(t) for t in texts])
+        batch = [(ids, t) for ids, t in zip(token_ids, texts, strict=True)]
     elif body.input_ids and isinstance(body.input_ids[0], list):
         batch = [([int(t) for t in ids], None) for ids in body.input_ids]
     else:
         batch = [([int(t) for t in body.input_ids or []], None)]  # type: ignore[arg-type]
     if not batch:
         raise APIError(400, "the batch is empty", param="text")
-    single = isinstance(body.text, str) or (body.input_ids is not None and not (
-        body.input_ids and isinstance(body.input_ids[0], list)))
-    params = tm.builder.sampling_params(body.sampling_params)
-    grs = [tm.builder.build(ids, params, rid=body.rid if len(batch) == 1 else None, stream=body.stream,
-                            return_logprob=body.return_logprob, top_logprobs_num=body.top_logprobs_num,
-                            input_text=text, prompt_param="text" if text is not None else "input_ids")
-           for ids, text in batch]
+    return batch
+
+
+async def _native_respond(tm: TokenizerManager, body: GenerateRequestBody, request: Request,
+                          grs: list[GenerateRequest], single: bool) -> Response:
     started = time.monotonic()
 
     def meta(s: ChoiceState, rid: str, want_lp: bool) -> GenerateMetaInfo:

@@ -4,9 +4,10 @@ Stages (each logged): parse arguments; load the tokenizer (TokenizerManager side
 scheduler process (load the model, build the pools and the RadixCache, warm up) and the
 detokenizer process; wait until both report ready; serve HTTP with uvicorn.
 
-A watchdog thread waits on the children's sentinels: if one dies, /health turns 503 and the
-server exits with status 1 at once, so Kubernetes restarts the pod instead of a hung replica
-taking traffic. SIGTERM (or Ctrl-C) makes uvicorn stop accepting connections and wait up to
+A watchdog thread waits on the children's sentinels: if one dies, /health turns 503, every
+request in flight ends with a 503 (an error event then [DONE] if streaming), and after at most
+DEATH_FLUSH_TIMEOUT_S for those to reach their clients the server exits with status 1, so
+Kubernetes restarts the pod instead of a hung replica taking traffic. SIGTERM (or Ctrl-C) makes uvicorn stop accepting connections and wait up to
 --graceful-shutdown-timeout for in-flight requests; new requests meanwhile get 503.
 """
 
@@ -18,18 +19,20 @@ import os
 import shutil
 import sys
 import tempfile
+import time
 from collections.abc import Sequence
 from multiprocessing.process import BaseProcess
 from typing import Any
 
 # Only modules that do not import prometheus_client: the env var must be set before it is imported.
 from radixserve.managers.ipc import PortArgs
-from radixserve.managers.processes import MULTIPROC_ENV, ServerProcesses
+from radixserve.managers.processes import MULTIPROC_ENV, SERVER_ADMISSION_ENV, ServerProcesses
 from radixserve.server_args import ServerArgs, ServerArgsError
 from radixserve.utils.log import configure_logging
 
 logger = logging.getLogger("radixserve.server")
-
+# After a child dies: how long the requests in flight get to send their error to their clients.
+DEATH_FLUSH_TIMEOUT_S = 2.0
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -38,7 +41,6 @@ def build_parser() -> argparse.ArgumentParser:
         description="Serve a model over an OpenAI-compatible HTTP API (/v1/chat/completions, /v1/completions, "
                     "/generate, /health, /metrics, ...). With no --model-path it serves the embedded "
                     "SmolLM2-135M-Instruct on http://127.0.0.1:30000.",
-        formatter_class=argparse.ArgumentDefaultsHelpFormatter,
     )
     ServerArgs.add_cli_args(parser)
     return parser
@@ -62,6 +64,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     # Before anything imports prometheus_client: every process records into this directory.
     metrics_dir = tempfile.mkdtemp(prefix="radixserve-metrics-")
     os.environ[MULTIPROC_ENV] = metrics_dir
+    os.environ[SERVER_ADMISSION_ENV] = "1"  # the schedulers apply the default queue limit
     port_args = PortArgs.new()
     procs = ServerProcesses(server_args, port_args)
     try:
@@ -100,6 +103,7 @@ def _serve(server_args: ServerArgs, port_args: PortArgs, procs: ServerProcesses)
     def on_death(proc: BaseProcess) -> None:
         state.healthy = False
         logger.error("the %s process died (exit code %s); shutting the server down", proc.name, proc.exitcode)
+        _fail_inflight(tm, f"the {proc.name} process died; the server is restarting")
         procs.stop()
         logging.shutdown()
         os._exit(1)
@@ -128,6 +132,26 @@ def _serve(server_args: ServerArgs, port_args: PortArgs, procs: ServerProcesses)
         raise RuntimeError(f"the HTTP server could not start on {server_args.host}:{server_args.port}")
     logger.info("server stopped")
     return 0
+
+
+def _fail_inflight(tm: Any, message: str) -> None:
+    """From the watchdog thread: end every request in flight with a 503 (an error event when
+    streaming) and give the responses up to DEATH_FLUSH_TIMEOUT_S to reach their clients."""
+    from radixserve.errors import UnavailableError
+
+    loop = tm.loop
+    if loop is None or loop.is_closed():
+        return
+    error = UnavailableError(message, code="process_died")
+    try:
+        loop.call_soon_threadsafe(tm.fail_all, error)
+    except RuntimeError:  # the loop closed meanwhile
+        return
+    deadline = time.monotonic() + DEATH_FLUSH_TIMEOUT_S
+    while tm.num_inflight and time.monotonic() < deadline:
+        time.sleep(0.02)
+    # The handlers have their error; let the last bytes leave the sockets.
+    time.sleep(min(0.2, max(0.0, deadline - time.monotonic())))
 
 
 if __name__ == "__main__":

@@ -160,6 +160,7 @@ def chat_request(tm: TokenizerManager, req: ChatCompletionRequest) -> GenerateRe
                                code="unsupported")
             content = "".join(p.text or "" for p in content)
         messages.append({"role": "system" if m.role == "developer" else m.role, "content": content or ""})
+    tm.check_prompt_chars(sum(len(m["content"]) for m in messages), "messages")
     _, ids = tm.builder.apply_chat_template(messages, **(req.chat_template_kwargs or {}))
     explicit = req.max_completion_tokens if req.max_completion_tokens is not None else req.max_tokens
     max_new = explicit if explicit is not None else max(1, tm.context_len - len(ids))
@@ -170,7 +171,7 @@ def chat_request(tm: TokenizerManager, req: ChatCompletionRequest) -> GenerateRe
 
 
 async def create_chat_completion(tm: TokenizerManager, req: ChatCompletionRequest, request: Request) -> Response:
-    gr = chat_request(tm, req)
+    gr = await tm.run_blocking(chat_request, tm, req)  # templating and tokenizing: off the event loop
     gen = tm.generate(gr)
     if req.stream:
         return await _stream_chat(tm, req, gen, request)
@@ -247,8 +248,17 @@ def completion_requests(tm: TokenizerManager, req: CompletionRequest) -> list[tu
              text) for ids, text in prompts]
 
 
+def _check_prompt_chars(tm: TokenizerManager, prompt: Any) -> None:
+    """Refuse a prompt text that cannot fit the context before any tokenizing (cheap)."""
+    texts = [prompt] if isinstance(prompt, str) else [p for p in prompt if isinstance(p, str)] \
+        if isinstance(prompt, list) else []
+    for t in texts:
+        tm.check_prompt_chars(len(t), "prompt")
+
+
 async def create_completion(tm: TokenizerManager, req: CompletionRequest, request: Request) -> Response:
-    grs = completion_requests(tm, req)
+    _check_prompt_chars(tm, req.prompt)
+    grs = await tm.run_blocking(completion_requests, tm, req)  # tokenizing: off the event loop
     if req.stream:
         if len(grs) != 1:
             raise APIError(400, "streaming supports one prompt per request", param="prompt", code="unsupported")

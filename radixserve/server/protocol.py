@@ -8,9 +8,79 @@ from __future__ import annotations
 
 import time
 import uuid
-from typing import Any, Literal
+from typing import Annotated, Any, Literal
 
-from pydantic import BaseModel, ConfigDict, Field
+from pydantic import (
+    AfterValidator,
+    BaseModel,
+    ConfigDict,
+    Discriminator,
+    Field,
+    GetCoreSchemaHandler,
+    GetJsonSchemaHandler,
+    Tag,
+    create_model,
+)
+from pydantic.json_schema import JsonSchemaValue
+from pydantic_core import CoreSchema, core_schema
+
+from radixserve.sampling.sampling_params import (
+    MAX_N,
+    MAX_REPETITION_PENALTY,
+    MAX_SEED,
+    MAX_STOP_STRING_CHARS,
+    MAX_STOP_STRINGS,
+    MAX_STOP_TOKEN_IDS,
+    MAX_TOKEN_ID,
+    MAX_TOKENS,
+    MAX_TOP_K,
+)
+
+# Bounds of the edge (the engine's own are in sampling_params.py and RequestBuilder).
+MAX_BATCH = 1024  # prompts in one completions or /generate request
+MAX_ID_CHARS = 256  # rid, model, user
+
+
+def _utf8(s: str) -> str:
+    """JSON may carry lone surrogates ("\\ud800"); they cannot be tokenized or sent on."""
+    try:
+        s.encode("utf-8")
+    except UnicodeEncodeError:
+        raise ValueError("must be valid Unicode text (no lone surrogates)") from None
+    return s
+
+
+# Strings that reach the tokenizer, the scheduler or a reply are valid UTF-8.
+Text = Annotated[str, AfterValidator(_utf8)]
+NonEmptyText = Annotated[str, Field(min_length=1), AfterValidator(_utf8)]
+Name = Annotated[str, Field(max_length=MAX_ID_CHARS), AfterValidator(_utf8)]
+StopString = Annotated[str, Field(min_length=1, max_length=MAX_STOP_STRING_CHARS), AfterValidator(_utf8)]
+TokenId = Annotated[int, Field(ge=0, le=MAX_TOKEN_ID)]
+TokenIds = Annotated[list[TokenId], Field(min_length=1)]
+
+
+def _shape(v: Any) -> str | None:
+    """The union member a value is meant as (by its JSON shape), so that a bad value gets that
+    member's error (`prompt.0: >= 0`) instead of one per member. Tags with brackets are left out
+    of the error's `param` (server/errors.py)."""
+    if isinstance(v, str):
+        return "str"
+    if isinstance(v, list):
+        first = v[0] if v else None
+        if isinstance(first, str):
+            return "list[str]"
+        if isinstance(first, list):
+            return "list[list]"
+        if isinstance(first, dict):
+            return "list[dict]"
+        return "list[int]"
+    if isinstance(v, dict):
+        return "dict"
+    return None
+
+
+def _one_of(what: str) -> Discriminator:
+    return Discriminator(_shape, custom_error_type="invalid_type", custom_error_message=f"must be {what}")
 
 
 def _now() -> int:
@@ -19,7 +89,27 @@ def _now() -> int:
 
 class _Request(BaseModel):
     # Unknown fields are ignored, as vLLM and SGLang do, so newer clients keep working.
-    model_config = ConfigDict(extra="ignore")
+    model_config = ConfigDict(extra="ignore", allow_inf_nan=False)
+
+
+def stream_event_schema(model: type[BaseModel]) -> Any:
+    """A type for a streamed route's `responses={200: {"model": ...}}`: its schema only adds
+    `x-stream-event: {"$ref": <model>}` (an OpenAPI extension) beside the JSON answer's, which
+    puts `model` and what it uses into /openapi.json's components, so the event-stream content's
+    `$ref` to it resolves."""
+    holder = create_model(f"{model.__name__}Events", event=(model, ...))
+
+    class StreamEvent:
+        @classmethod
+        def __get_pydantic_core_schema__(cls, source: Any, handler: GetCoreSchemaHandler) -> CoreSchema:
+            return core_schema.any_schema()
+
+        @classmethod
+        def __get_pydantic_json_schema__(cls, schema: CoreSchema, handler: GetJsonSchemaHandler) -> JsonSchemaValue:
+            inline = handler.resolve_ref_schema(handler(holder.__pydantic_core_schema__))
+            return {"x-stream-event": inline["properties"]["event"]}
+
+    return StreamEvent
 
 
 # ---- errors --------------------------------------------------------------------------------
@@ -53,44 +143,55 @@ class UsageInfo(BaseModel):
 class SamplingFields(_Request):
     """Sampling fields common to chat and completions (OpenAI's, plus vLLM/SGLang extensions)."""
 
-    model: str | None = Field(None, description="Served model name (see /v1/models); empty means that model.")
+    model: Name | None = Field(None, description="Served model name (see /v1/models); empty means that model.")
     temperature: float | None = Field(None, ge=0, le=2, description="0 is greedy. Default 1.")
     top_p: float | None = Field(None, gt=0, le=1)
-    top_k: int | None = Field(None, description="Extension: sample from the k most likely tokens (-1: all).")
+    top_k: int | None = Field(None, ge=-1, le=MAX_TOP_K, description="Extension: sample from the k most likely "
+                              "tokens (-1: all; 0 is invalid).")
     min_p: float | None = Field(None, ge=0, le=1, description="Extension: drop tokens below min_p * max prob.")
-    n: int = Field(1, ge=1, le=128, description="Choices to generate for this prompt.")
+    n: int = Field(1, ge=1, le=MAX_N, description="Choices to generate for this prompt.")
     stream: bool = False
     stream_options: StreamOptions | None = None
-    stop: str | list[str] | None = Field(None, description="Up to 16 strings that end generation (not returned).")
-    seed: int | None = Field(None, description="Makes sampling reproducible for the same request.")
+    stop: Annotated[Annotated[StopString, Tag("str")]
+                    | Annotated[list[StopString], Field(max_length=MAX_STOP_STRINGS), Tag("list[str]")],
+                    _one_of("a string or a list of strings")] | None = Field(
+        None, description=f"Up to {MAX_STOP_STRINGS} strings of 1 to {MAX_STOP_STRING_CHARS} characters that end "
+        "generation (not returned).")
+    seed: int | None = Field(None, ge=0, le=MAX_SEED, description="Makes sampling reproducible for the same "
+                             "request; 0 to 2**63 - 1 (the document's maximum is that, rounded to a float).")
     frequency_penalty: float | None = Field(None, ge=-2, le=2)
     presence_penalty: float | None = Field(None, ge=-2, le=2)
-    repetition_penalty: float | None = Field(None, gt=0, description="Extension: HF-style repetition penalty.")
-    stop_token_ids: list[int] | None = Field(None, description="Extension: token ids that end generation.")
+    repetition_penalty: float | None = Field(None, gt=0, le=MAX_REPETITION_PENALTY,
+                                             description="Extension: HF-style repetition penalty.")
+    stop_token_ids: list[TokenId] | None = Field(None, max_length=MAX_STOP_TOKEN_IDS, description="Extension: "
+                                                 "token ids (within the vocabulary) that end generation.")
     ignore_eos: bool = Field(False, description="Extension: keep generating past EOS.")
-    min_tokens: int = Field(0, ge=0, description="Extension: generate at least this many tokens.")
+    min_tokens: int = Field(0, ge=0, le=MAX_TOKENS, description="Extension: generate at least this many tokens.")
     skip_special_tokens: bool = Field(True, description="Extension: leave special tokens out of the text.")
     logit_bias: dict[str, float] | None = Field(None, description="Not supported; must be empty.")
-    user: str | None = None
-    rid: str | None = Field(None, description="Extension: request id, for /abort_request.")
+    user: Name | None = None
+    rid: Name | None = Field(None, description="Extension: request id, for /abort_request.")
 
 
 # ---- chat ----------------------------------------------------------------------------------
 class ContentPart(_Request):
     type: str
-    text: str | None = None
+    text: Text | None = None
 
 
 class ChatMessage(_Request):
     role: Literal["system", "developer", "user", "assistant", "tool"]
-    content: str | list[ContentPart] | None = None
-    name: str | None = None
+    content: Annotated[Annotated[Text, Tag("str")] | Annotated[list[ContentPart], Tag("list[dict]")],
+                       _one_of("a string or a list of content parts")] | None = None
+    name: Name | None = None
 
 
 class ChatCompletionRequest(SamplingFields):
     messages: list[ChatMessage] = Field(..., min_length=1)
-    max_tokens: int | None = Field(None, ge=1, description="Deprecated by OpenAI; same as max_completion_tokens.")
-    max_completion_tokens: int | None = Field(None, ge=1, description="Most tokens to generate (default: as many "
+    max_tokens: int | None = Field(None, ge=1, le=MAX_TOKENS, description="Deprecated by OpenAI; same as "
+                                   "max_completion_tokens.")
+    max_completion_tokens: int | None = Field(None, ge=1, le=MAX_TOKENS, description="Most tokens to generate "
+                                              "(within the context; default: as many "
                                               "as fit in the context).")
     logprobs: bool = Field(False, description="Return the log probability of each output token.")
     top_logprobs: int | None = Field(None, ge=0, le=20, description="Most likely alternatives per token (needs "
@@ -164,14 +265,21 @@ class ChatCompletionChunk(BaseModel):
 
 # ---- completions ---------------------------------------------------------------------------
 class CompletionRequest(SamplingFields):
-    prompt: str | list[str] | list[int] | list[list[int]] = Field(
-        ..., description="Text, a list of texts, token ids, or a list of token-id lists.")
-    max_tokens: int | None = Field(16, ge=0, description="Most tokens to generate (OpenAI's default is 16).")
+    prompt: Annotated[
+        Annotated[NonEmptyText, Tag("str")]
+        | Annotated[list[NonEmptyText], Field(min_length=1, max_length=MAX_BATCH), Tag("list[str]")]
+        | Annotated[TokenIds, Tag("list[int]")]
+        | Annotated[list[TokenIds], Field(min_length=1, max_length=MAX_BATCH), Tag("list[list]")],
+        _one_of("a non-empty string, a list of strings, token ids, or a list of token-id lists")] = Field(
+        ..., description=f"Text, a list of texts, token ids, or a list of token-id lists (non-empty; at most "
+        f"{MAX_BATCH} prompts).")
+    max_tokens: int | None = Field(16, ge=0, le=MAX_TOKENS, description="Most tokens to generate (OpenAI's default "
+                                   "is 16).")
     logprobs: int | None = Field(None, ge=0, le=20, description="Return this many most likely alternatives per "
                                  "token (0: only the chosen token's logprob).")
     echo: bool = Field(False, description="Prepend the prompt to the completion text.")
-    best_of: int | None = Field(None, ge=1, description="Only best_of == n is supported.")
-    suffix: str | None = Field(None, description="Not supported; must be empty.")
+    best_of: int | None = Field(None, ge=1, le=MAX_N, description="Only best_of == n is supported.")
+    suffix: Text | None = Field(None, description="Not supported; must be empty.")
 
 
 class CompletionLogprobs(BaseModel):
@@ -226,8 +334,19 @@ class ModelList(BaseModel):
 
 # ---- native --------------------------------------------------------------------------------
 class GenerateRequestBody(_Request):
-    text: str | list[str] | None = Field(None, description="Prompt text, or a batch of prompts.")
-    input_ids: list[int] | list[list[int]] | None = Field(None, description="Prompt token ids, or a batch.")
+    # Exactly one of text and input_ids (a 400 otherwise).
+    model_config = ConfigDict(json_schema_extra={"oneOf": [{"required": ["text"]}, {"required": ["input_ids"]}]})
+
+    text: Annotated[
+        Annotated[NonEmptyText, Tag("str")]
+        | Annotated[list[NonEmptyText], Field(min_length=1, max_length=MAX_BATCH), Tag("list[str]")],
+        _one_of("a non-empty string or a list of them")] | None = Field(
+        None, description="Prompt text, or a batch of prompts. Give exactly one of `text` and `input_ids`.")
+    input_ids: Annotated[
+        Annotated[TokenIds, Tag("list[int]")]
+        | Annotated[list[TokenIds], Field(min_length=1, max_length=MAX_BATCH), Tag("list[list]")],
+        _one_of("a list of token ids or a list of such lists")] | None = Field(
+        None, description="Prompt token ids, or a batch.")
     sampling_params: dict[str, Any] = Field(
         default_factory=dict, description="max_new_tokens, temperature, top_p, top_k, min_p, repetition_penalty, "
         "frequency_penalty, presence_penalty, stop, stop_token_ids, ignore_eos, skip_special_tokens, seed, n, "
@@ -235,7 +354,7 @@ class GenerateRequestBody(_Request):
     stream: bool = Field(False, description="Server-sent events, each with the text so far.")
     return_logprob: bool = False
     top_logprobs_num: int = Field(0, ge=0, le=20)
-    rid: str | None = Field(None, description="Request id, for /abort_request.")
+    rid: Name | None = Field(None, description="Request id, for /abort_request.")
 
 
 class GenerateMetaInfo(BaseModel):
@@ -257,7 +376,7 @@ class GenerateResponse(BaseModel):
 
 
 class AbortRequestBody(_Request):
-    rid: str
+    rid: Name
 
 
 class SuccessResponse(BaseModel):

@@ -13,6 +13,7 @@ from fastapi.responses import StreamingResponse
 from pydantic import BaseModel
 
 from radixserve.errors import EngineError
+from radixserve.managers.tokenizer_manager import RequestTimeoutError
 from radixserve.server.errors import APIError, api_error
 
 T = TypeVar("T")
@@ -76,6 +77,14 @@ def error_event(e: APIError) -> str:
     return sse(e.body())
 
 
+def timeout_error(e: RequestTimeoutError) -> APIError:
+    return APIError(504, e.message, code=e.code, error_type="timeout_error")
+
+
+def engine_api_error(e: EngineError) -> APIError:
+    return timeout_error(e) if isinstance(e, RequestTimeoutError) else api_error(e)
+
+
 async def chained(first: T, rest: AsyncGenerator[T, None]) -> AsyncIterator[T]:
     yield first
     async for item in rest:
@@ -90,8 +99,8 @@ async def sse_stream(events: AsyncIterator[str], rest: AsyncGenerator[Any, None]
             yield event
     except APIError as e:
         yield error_event(e)
-    except EngineError as e:
-        yield error_event(api_error(e))
+    except EngineError as e:  # a timeout (504), a child process that died (503), a refused choice
+        yield error_event(engine_api_error(e))
     finally:
         await rest.aclose()
     yield SSE_DONE

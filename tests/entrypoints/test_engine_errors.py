@@ -11,7 +11,10 @@ from typing import Any
 import pytest
 
 from radixserve import Engine
+from radixserve.errors import InvalidRequestError
+from radixserve.managers.io_struct import TokenizedGenerateReqInput
 from radixserve.model_loader.default_model import default_model_path
+from radixserve.sampling.sampling_params import SamplingParams
 from radixserve.server_args import ServerArgs, ServerArgsError
 
 OK = {"max_new_tokens": 3, "temperature": 0}
@@ -93,3 +96,86 @@ def test_directory_without_weights(tmp_path: Path) -> None:
 def test_server_args_name_the_field(kwargs: dict[str, Any], field: str) -> None:
     with pytest.raises(ServerArgsError, match=repr(field)):
         ServerArgs(**kwargs)
+
+
+# Hostile sampling settings: each is an InvalidRequestError naming the field, raised before the
+# request reaches the scheduler (whose process a bad int or float used to take down).
+HOSTILE_PARAMS: list[tuple[dict[str, Any], str]] = [
+    *[({"top_k": v}, "top_k") for v in (0, -2, 2**31, 2**63, 2**64 - 1, 2**70, 1.5, True, "5")],
+    *[({"seed": v}, "seed") for v in (-1, 2**63, 2**64, 2**70, 0.5, "1")],
+    *[({"max_new_tokens": v}, "max_new_tokens") for v in (2**31, 2**63, 2**70, -(2**63) - 1)],
+    *[({"min_new_tokens": v}, "min_new_tokens") for v in (-1, 2**63, 2**70)],
+    *[({"n": v}, "n") for v in (2**31, 2**63, -1)],
+    *[({f: v}, f) for f in ("temperature", "top_p", "min_p", "repetition_penalty", "frequency_penalty",
+                            "presence_penalty") for v in (float("nan"), float("inf"), float("-inf"), 10**400)],
+    ({"stop": ["x"] * 100_000}, "stop"), ({"stop": ["x" * 10_000]}, "stop"), ({"stop": [3]}, "stop"),
+    ({"stop": "a\ud800"}, "stop"), ({"stop": [[["deep"]]]}, "stop"),
+    ({"stop_token_ids": [2**64]}, "stop_token_ids"), ({"stop_token_ids": [-1]}, "stop_token_ids"),
+    ({"stop_token_ids": [10**6]}, "stop_token_ids"), ({"stop_token_ids": list(range(100_000))}, "stop_token_ids"),
+    ({"ignore_eos": "yes"}, "ignore_eos"), ({"skip_special_tokens": 1}, "skip_special_tokens"),
+]
+
+
+@pytest.mark.parametrize("bad,field", HOSTILE_PARAMS, ids=[f"{f}-{i}" for i, (_, f) in enumerate(HOSTILE_PARAMS)])
+def test_hostile_sampling_params_raise_and_engine_keeps_serving(engine: Engine, bad: dict[str, Any],
+                                                                field: str) -> None:
+    with pytest.raises(InvalidRequestError) as info:
+        engine.generate(input_ids=[5, 6], sampling_params={**OK, **bad})
+    assert info.value.param == field
+    out: Any = engine.generate(input_ids=[5, 6, 7], sampling_params=OK)
+    assert len(out["output_ids"]) == 3
+
+
+@pytest.mark.parametrize("kwargs,field", [
+    ({"prompt": "a\ud800b"}, "prompt"), ({"input_ids": [2**64]}, "prompt"), ({"input_ids": [-5]}, "prompt"),
+    ({"input_ids": [5], "sampling_params": "temperature=0"}, "sampling_params"),
+    ({"input_ids": [5], "top_logprobs_num": 10**20}, "top_logprobs"),
+])
+def test_hostile_prompts_raise(engine: Engine, kwargs: dict[str, Any], field: str) -> None:
+    with pytest.raises(InvalidRequestError) as info:
+        engine.generate(**kwargs)
+    assert info.value.param == field
+
+
+def test_boundary_values_are_served(engine: Engine) -> None:
+    out: Any = engine.generate(input_ids=[[5, 6], [5, 6]], sampling_params=[
+        {**OK, "seed": 2**63 - 1, "top_k": 2**31 - 1, "temperature": 1.0},
+        {**OK, "seed": 0, "top_k": -1, "stop_token_ids": [engine.builder.vocab_size - 1]}])
+    assert [len(o["output_ids"]) for o in out] == [3, 3]
+    # n > 1 fans seed + i out; the last seed wraps within int64 instead of overflowing.
+    outs: Any = engine.generate(input_ids=[[5, 6]], sampling_params={**OK, "temperature": 1.0, "n": 3,
+                                                                      "seed": 2**63 - 1})
+    assert len(outs) == 3
+
+
+def _run_until_reported(engine: Engine, rid: str) -> Any:
+    for _ in range(20):
+        out = engine.scheduler.step()
+        if out is not None and rid in out.rids:
+            return out.finished_reasons[out.rids.index(rid)]
+    raise AssertionError(f"{rid} was never reported")
+
+
+def test_scheduler_refuses_a_request_it_cannot_admit_and_keeps_serving(engine: Engine) -> None:
+    """What the edge missed fails that request (an abort with error=invalid_request), not the scheduler."""
+    sched = engine.scheduler
+    bad = TokenizedGenerateReqInput(rid="hostile-top-k", input_ids=[5, 6],
+                                    sampling_params=SamplingParams(max_new_tokens=3, top_k=2**70))
+    sched.handle(bad)
+    reason = _run_until_reported(engine, "hostile-top-k")
+    assert reason.type == "abort" and reason.error == "invalid_value" and "top_k" in reason.message
+    # An input the checks do not expect at all (a token id that is not an int) raises inside
+    # admission: refused alone.
+    weird = TokenizedGenerateReqInput(rid="hostile-ids", input_ids=["x"],  # type: ignore[list-item]
+                                      sampling_params=SamplingParams(max_new_tokens=3))
+    sched.handle(weird)
+    reason = _run_until_reported(engine, "hostile-ids")
+    assert reason.type == "abort" and reason.error == "invalid_request"
+    bad_stop = TokenizedGenerateReqInput(rid="hostile-stop-id", input_ids=[5, 6], sampling_params=SamplingParams(
+        max_new_tokens=3, stop_token_ids=[10**6]))
+    sched.handle(bad_stop)
+    reason = _run_until_reported(engine, "hostile-stop-id")
+    assert reason.type == "abort" and "stop_token_ids" in reason.message
+    out: Any = engine.generate(input_ids=[5, 6, 7], sampling_params=OK)
+    assert len(out["output_ids"]) == 3
+    sched.check_memory()

@@ -60,3 +60,16 @@ def test_sources_carry_their_defaults(tiny_models: dict[str, Path]) -> None:
     assert resolve_model_source(None).generation_defaults == {"temperature": 0.2, "top_p": 0.9}
     assert resolve_model_source(str(tiny_models["llama"])).generation_defaults == {}
     assert resolve_model_source("llama-3-8b", load_format="dummy").generation_defaults == {}
+
+
+def test_request_builder_fills_only_unset_fields() -> None:
+    from radixserve.managers.request_builder import RequestBuilder
+
+    builder = RequestBuilder(tokenizer=None, model_name="m", context_len=64, vocab_size=100,
+                             sampling_defaults={"temperature": 0.2, "top_p": 0.9})
+    p = builder.sampling_params({"max_new_tokens": 4})
+    assert (p.temperature, p.top_p, p.max_new_tokens) == (0.2, 0.9, 4)
+    p = builder.sampling_params({"temperature": 0.0, "top_p": None})  # None counts as unset
+    assert (p.temperature, p.top_p) == (0.0, 0.9)
+    plain = RequestBuilder(tokenizer=None, model_name="m", context_len=64, vocab_size=100)
+    assert (plain.sampling_params(None).temperature, plain.sampling_params(None).top_p) == (1.0, 1.0)

@@ -52,6 +52,7 @@ def test_operator_flags_map_to_config(monkeypatch: pytest.MonkeyPatch) -> None:
     assert (defaults.cache.cache_threshold, defaults.cache.balance_abs_threshold,
             defaults.cache.balance_rel_threshold, defaults.cache.max_tree_size) == (0.3, 64, 1.5, 2**26)
     assert defaults.kube is None
+    assert defaults.port == 30080  # not the server's 30000: both run on one machine with their defaults
 
 
 def test_bad_flags_are_rejected() -> None:

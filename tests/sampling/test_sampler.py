@@ -112,3 +112,24 @@ def test_logprobs_are_of_the_raw_distribution() -> None:
 def test_invalid_parameters_name_the_field(bad: dict[str, object], field_name: str) -> None:
     with pytest.raises(SamplingParamsError, match=repr(field_name)):
         SamplingParams.from_dict(bad)
+
+
+@pytest.mark.parametrize("bad,field_name", [
+    ({"temperature": float("nan")}, "temperature"), ({"top_p": float("inf")}, "top_p"),
+    ({"min_p": float("nan")}, "min_p"), ({"repetition_penalty": float("inf")}, "repetition_penalty"),
+    ({"frequency_penalty": float("-inf")}, "frequency_penalty"), ({"temperature": 10**400}, "temperature"),
+    ({"top_k": 2**31}, "top_k"), ({"top_k": 2**63}, "top_k"), ({"seed": 2**63}, "seed"), ({"seed": -1}, "seed"),
+    ({"max_new_tokens": 2**63}, "max_new_tokens"), ({"stop_token_ids": [2**64]}, "stop_token_ids"),
+    ({"stop": ["x"] * 17}, "stop"), ({"stop": ["x" * 257]}, "stop"), ({"ignore_eos": "no"}, "ignore_eos"),
+])
+def test_validate_rejects_what_the_engine_cannot_honour(bad: dict[str, object], field_name: str) -> None:
+    """The struct itself (the offline Engine's path, no pydantic in front) is checked, not only from_dict."""
+    with pytest.raises(SamplingParamsError, match=repr(field_name)):
+        SamplingParams(**bad).validate()  # type: ignore[arg-type]
+
+
+def test_largest_top_k_and_seed_sample() -> None:
+    req = FakeReq(p(temperature=1.0, top_k=2**31 - 1, seed=2**63 - 1),
+                  generator=torch.Generator().manual_seed(2**63 - 1))
+    out = sample(LOGITS, SamplingBatchInfo.from_reqs([req], LOGITS.device))
+    assert 0 <= int(out.next_token_ids[0]) < LOGITS.shape[1]
