@@ -73,10 +73,17 @@ ERRORS: dict[int | str, dict[str, Any]] = {
 def _stream_doc(model: type) -> dict[int | str, dict[str, Any]]:
     from radixserve.server.protocol import stream_event_schema
 
-    # "model" puts `model` into the components, so the event-stream $ref resolves.
+    # "model" puts `model` into the components, so the event-stream $ref resolves. An event is a
+    # chunk, or an error that ended the stream after it began (then `data: [DONE]` follows).
+    # The schema describes one event (OpenAPI 3.2's itemSchema shape): its `data` is JSON text.
+    events = [{"$ref": f"#/components/schemas/{model.__name__}"}, {"$ref": "#/components/schemas/ErrorResponse"}]
+    event = {"type": "object", "required": ["data"], "properties": {"data": {"anyOf": [
+        {"type": "string", "contentMediaType": "application/json", "contentSchema": {"anyOf": events}},
+        {"const": "[DONE]"}]}}}
     return {200: {"description": f"JSON, or with `stream: true` server-sent events `data: <{model.__name__}>` "
-                  "ending with `data: [DONE]`.", "model": stream_event_schema(model),
-                  "content": {"text/event-stream": {"schema": {"$ref": f"#/components/schemas/{model.__name__}"}}}},
+                  "(or `data: <ErrorResponse>` if the stream fails after it began) ending with `data: [DONE]`.",
+                  "model": stream_event_schema(model),
+                  "content": {"text/event-stream": {"schema": {"type": "array", "items": event}, "itemSchema": event}}},
             **ERRORS}
 
 class BodySizeLimit:
@@ -173,14 +180,16 @@ def build_app(tm: TokenizerManager, api_key: str | None, state: ServerState | No
             raise APIError(401, "invalid or missing API key; send 'Authorization: Bearer <key>'",
                            code="invalid_api_key")
 
-    app.include_router(_openai_routes(tm, Depends(require_key)))
-    app.include_router(_native_routes(tm, state, Depends(require_key)))
+    # Without a key the routes carry no auth dependency, so /openapi.json documents none.
+    auth = [Depends(require_key)] if api_key is not None else []
+    app.include_router(_openai_routes(tm, auth))
+    app.include_router(_native_routes(tm, state, auth))
     app.include_router(_open_routes(tm, state))
     return app
 
 
-def _openai_routes(tm: TokenizerManager, auth: Any) -> APIRouter:
-    api = APIRouter(dependencies=[auth], responses=ERRORS)
+def _openai_routes(tm: TokenizerManager, auth: list[Any]) -> APIRouter:
+    api = APIRouter(dependencies=auth, responses=ERRORS)
 
     @api.post("/v1/chat/completions", response_model=ChatCompletionResponse,
               responses=_stream_doc(ChatCompletionChunk), tags=["openai"])
@@ -210,9 +219,9 @@ def _openai_routes(tm: TokenizerManager, auth: Any) -> APIRouter:
     return api
 
 
-def _native_routes(tm: TokenizerManager, state: ServerState, auth: Any) -> APIRouter:
+def _native_routes(tm: TokenizerManager, state: ServerState, auth: list[Any]) -> APIRouter:
     """SGLang's native generation route and the control routes."""
-    api = APIRouter(dependencies=[auth], responses=ERRORS)
+    api = APIRouter(dependencies=auth, responses=ERRORS)
 
     @api.post("/generate", response_model=GenerateResponse | list[GenerateResponse],
               responses=_stream_doc(GenerateResponse), tags=["native"])

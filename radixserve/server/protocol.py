@@ -89,7 +89,9 @@ def _now() -> int:
 
 class _Request(BaseModel):
     # Unknown fields are ignored, as vLLM and SGLang do, so newer clients keep working.
-    model_config = ConfigDict(extra="ignore", allow_inf_nan=False)
+    # Strict types: `false` is not a number and `0` not a boolean (pydantic's lax mode would
+    # coerce them, and the API would accept bodies its own schema says are invalid).
+    model_config = ConfigDict(extra="ignore", allow_inf_nan=False, strict=True)
 
 
 def stream_event_schema(model: type[BaseModel]) -> Any:
@@ -125,7 +127,7 @@ class ErrorResponse(BaseModel):
 
 
 # ---- shared --------------------------------------------------------------------------------
-class StreamOptions(BaseModel):
+class StreamOptions(_Request):
     include_usage: bool = Field(False, description="Send a last chunk with `usage` (and empty `choices`).")
 
 
@@ -146,8 +148,8 @@ class SamplingFields(_Request):
     model: Name | None = Field(None, description="Served model name (see /v1/models); empty means that model.")
     temperature: float | None = Field(None, ge=0, le=2, description="0 is greedy. Default 1.")
     top_p: float | None = Field(None, gt=0, le=1)
-    top_k: int | None = Field(None, ge=-1, le=MAX_TOP_K, description="Extension: sample from the k most likely "
-                              "tokens (-1: all; 0 is invalid).")
+    top_k: int | None = Field(None, ge=-1, le=MAX_TOP_K, json_schema_extra={"not": {"const": 0}},
+                              description="Extension: sample from the k most likely tokens (-1: all; 0 is invalid).")
     min_p: float | None = Field(None, ge=0, le=1, description="Extension: drop tokens below min_p * max prob.")
     n: int = Field(1, ge=1, le=MAX_N, description="Choices to generate for this prompt.")
     stream: bool = False
@@ -175,7 +177,7 @@ class SamplingFields(_Request):
 
 # ---- chat ----------------------------------------------------------------------------------
 class ContentPart(_Request):
-    type: str
+    type: Literal["text"] = Field(description="Only text parts are served.")
     text: Text | None = None
 
 
@@ -279,7 +281,7 @@ class CompletionRequest(SamplingFields):
                                  "token (0: only the chosen token's logprob).")
     echo: bool = Field(False, description="Prepend the prompt to the completion text.")
     best_of: int | None = Field(None, ge=1, le=MAX_N, description="Only best_of == n is supported.")
-    suffix: Text | None = Field(None, description="Not supported; must be empty.")
+    suffix: Text | None = Field(None, json_schema_extra={"maxLength": 0}, description="Not supported; must be empty.")
 
 
 class CompletionLogprobs(BaseModel):
@@ -333,9 +335,37 @@ class ModelList(BaseModel):
 
 
 # ---- native --------------------------------------------------------------------------------
+# /generate's sampling_params as JSON schema: the bounds of SamplingParams.validate, which checks them.
+_INT = {"type": "integer"}
+NATIVE_SAMPLING_SCHEMA: dict[str, Any] = {
+    "max_new_tokens": {**_INT, "minimum": 0, "maximum": MAX_TOKENS},
+    "min_new_tokens": {**_INT, "minimum": 0, "maximum": MAX_TOKENS},
+    "temperature": {"type": "number", "minimum": 0},
+    "top_p": {"type": "number", "exclusiveMinimum": 0, "maximum": 1},
+    "top_k": {**_INT, "minimum": -1, "maximum": MAX_TOP_K, "not": {"const": 0}},
+    "min_p": {"type": "number", "minimum": 0, "maximum": 1},
+    "repetition_penalty": {"type": "number", "exclusiveMinimum": 0, "maximum": MAX_REPETITION_PENALTY},
+    "frequency_penalty": {"type": "number", "minimum": -2, "maximum": 2},
+    "presence_penalty": {"type": "number", "minimum": -2, "maximum": 2},
+    "stop": {"anyOf": [{"type": "string", "minLength": 1, "maxLength": MAX_STOP_STRING_CHARS},
+                       {"type": "array", "maxItems": MAX_STOP_STRINGS,
+                        "items": {"type": "string", "minLength": 1, "maxLength": MAX_STOP_STRING_CHARS}},
+                       {"type": "null"}]},
+    "stop_token_ids": {"anyOf": [{"type": "array", "maxItems": MAX_STOP_TOKEN_IDS,
+                                  "items": {**_INT, "minimum": 0, "maximum": MAX_TOKEN_ID}}, {"type": "null"}]},
+    "ignore_eos": {"type": "boolean"},
+    "skip_special_tokens": {"type": "boolean"},
+    "seed": {"anyOf": [{**_INT, "minimum": 0, "maximum": MAX_SEED}, {"type": "null"}]},
+    "n": {**_INT, "minimum": 1, "maximum": MAX_N},
+}
+# null means "unset" for every one of them
+NATIVE_SAMPLING_SCHEMA = {k: {"anyOf": [v, {"type": "null"}]} for k, v in NATIVE_SAMPLING_SCHEMA.items()}
+
+
 class GenerateRequestBody(_Request):
     # Exactly one of text and input_ids (a 400 otherwise).
-    model_config = ConfigDict(json_schema_extra={"oneOf": [{"required": ["text"]}, {"required": ["input_ids"]}]})
+    model_config = ConfigDict(json_schema_extra={"oneOf": [
+        {"required": [name], "properties": {name: {"not": {"type": "null"}}}} for name in ("text", "input_ids")]})
 
     text: Annotated[
         Annotated[NonEmptyText, Tag("str")]
@@ -348,9 +378,8 @@ class GenerateRequestBody(_Request):
         _one_of("a list of token ids or a list of such lists")] | None = Field(
         None, description="Prompt token ids, or a batch.")
     sampling_params: dict[str, Any] = Field(
-        default_factory=dict, description="max_new_tokens, temperature, top_p, top_k, min_p, repetition_penalty, "
-        "frequency_penalty, presence_penalty, stop, stop_token_ids, ignore_eos, skip_special_tokens, seed, n, "
-        "min_new_tokens.")
+        default_factory=dict, json_schema_extra={"additionalProperties": False, "properties": NATIVE_SAMPLING_SCHEMA},
+        description="SGLang's sampling parameters (unknown names are refused).")
     stream: bool = Field(False, description="Server-sent events, each with the text so far.")
     return_logprob: bool = False
     top_logprobs_num: int = Field(0, ge=0, le=20)

@@ -157,7 +157,8 @@ def test_openapi_describes_every_route(smol_server: ServerProcess) -> None:
     assert chat["requestBody"]["content"]["application/json"]["schema"]["$ref"].endswith("ChatCompletionRequest")
     ok = chat["responses"]["200"]["content"]
     assert ok["application/json"]["schema"]["$ref"].endswith("ChatCompletionResponse")
-    assert ok["text/event-stream"]["schema"]["$ref"].endswith("ChatCompletionChunk")
+    event_data = ok["text/event-stream"]["itemSchema"]["properties"]["data"]["anyOf"][0]
+    assert event_data["contentSchema"]["anyOf"][0]["$ref"].endswith("ChatCompletionChunk")
     assert chat["responses"]["429"]["content"]["application/json"]["schema"]["$ref"].endswith("ErrorResponse")
     schemas = doc["components"]["schemas"]
     assert "max_completion_tokens" in schemas["ChatCompletionRequest"]["properties"]

@@ -47,7 +47,12 @@ def test_streamed_routes_document_their_events(doc: dict[str, Any]) -> None:
     for path, event in (("/v1/chat/completions", "ChatCompletionChunk"), ("/v1/completions", "CompletionChunk"),
                         ("/generate", "GenerateResponse")):
         content = doc["paths"][path]["post"]["responses"]["200"]["content"]
-        assert content["text/event-stream"]["schema"]["$ref"] == f"#/components/schemas/{event}"
+        # One event (itemSchema): its data is a chunk, or an error that ends the stream, as JSON; or [DONE].
+        data = content["text/event-stream"]["itemSchema"]["properties"]["data"]["anyOf"]
+        assert data[0]["contentSchema"]["anyOf"] == [{"$ref": f"#/components/schemas/{event}"},
+                                                     {"$ref": "#/components/schemas/ErrorResponse"}]
+        assert data[1] == {"const": "[DONE]"}
+        assert content["text/event-stream"]["schema"]["items"] == content["text/event-stream"]["itemSchema"]
         assert event in schemas
     assert "choices" in schemas["ChatCompletionChunk"]["properties"]
 
@@ -55,7 +60,9 @@ def test_streamed_routes_document_their_events(doc: dict[str, Any]) -> None:
 def test_request_schemas_say_what_is_accepted(doc: dict[str, Any]) -> None:
     schemas = doc["components"]["schemas"]
     generate = schemas["GenerateRequestBody"]
-    assert generate["oneOf"] == [{"required": ["text"]}, {"required": ["input_ids"]}]  # `{}` is not valid
+    # `{}` and `{"text": null}` are not valid: exactly one of the two, and not null
+    assert generate["oneOf"] == [{"required": [k], "properties": {k: {"not": {"type": "null"}}}}
+                                 for k in ("text", "input_ids")]
     prompt = str(schemas["CompletionRequest"]["properties"]["prompt"])
     assert "'minLength': 1" in prompt and "'minItems': 1" in prompt  # "" and [] are not valid
     chat = schemas["ChatCompletionRequest"]["properties"]
