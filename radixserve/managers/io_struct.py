@@ -51,6 +51,10 @@ class GetLoadReq(msgspec.Struct, tag=True):
     pass
 
 
+class CheckMemoryReq(msgspec.Struct, tag=True):
+    """Verify the KV slot accounting (Scheduler.check_memory): O(pool size), on demand only."""
+
+
 # ---- Scheduler -> TokenizerManager (control replies) ---------------------------------------
 class FlushCacheReqOutput(msgspec.Struct, tag=True):
     success: bool
@@ -58,6 +62,12 @@ class FlushCacheReqOutput(msgspec.Struct, tag=True):
 
 class GetLoadReqOutput(msgspec.Struct, tag=True):
     load: dict[str, float]
+
+
+class CheckMemoryReqOutput(msgspec.Struct, tag=True):
+    ok: bool
+    message: str
+    pool_slots: int
 
 
 # ---- Scheduler -> Detokenizer (and the Engine) -------------------------------------------
@@ -89,5 +99,5 @@ class BatchStrOut(msgspec.Struct, tag=True):
     new_texts: list[str]
 
 
-SchedulerInput = TokenizedGenerateReqInput | AbortReq | FlushCacheReq | GetLoadReq
-TokenizerManagerInput = BatchStrOut | FlushCacheReqOutput | GetLoadReqOutput
+SchedulerInput = TokenizedGenerateReqInput | AbortReq | FlushCacheReq | GetLoadReq | CheckMemoryReq
+TokenizerManagerInput = BatchStrOut | FlushCacheReqOutput | GetLoadReqOutput | CheckMemoryReqOutput

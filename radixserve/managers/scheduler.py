@@ -29,6 +29,8 @@ from radixserve.managers.decode import DecodeManager
 from radixserve.managers.io_struct import (
     AbortReq,
     BatchTokenIDOut,
+    CheckMemoryReq,
+    CheckMemoryReqOutput,
     FinishReason,
     FlushCacheReq,
     FlushCacheReqOutput,
@@ -109,7 +111,7 @@ class Scheduler:
         return self.decode.running_batch
 
     # ---- inputs ------------------------------------------------------------------------------
-    def handle(self, msg: SchedulerInput) -> FlushCacheReqOutput | GetLoadReqOutput | None:
+    def handle(self, msg: SchedulerInput) -> FlushCacheReqOutput | GetLoadReqOutput | CheckMemoryReqOutput | None:
         """Apply one input; control messages return the reply for the TokenizerManager."""
         if isinstance(msg, TokenizedGenerateReqInput):
             try:
@@ -125,6 +127,8 @@ class Scheduler:
             return FlushCacheReqOutput(self.flush_cache())
         elif isinstance(msg, GetLoadReq):
             return GetLoadReqOutput(self.get_load())
+        elif isinstance(msg, CheckMemoryReq):
+            return self.check_memory_report()
         return None
 
     def add_request(self, recv: TokenizedGenerateReqInput) -> None:
@@ -363,3 +367,14 @@ class Scheduler:
 
     def check_memory(self) -> None:
         self.tree_cache.check_integrity(self.held_slots())
+
+    def check_memory_report(self) -> CheckMemoryReqOutput:
+        """check_memory for a remote caller: a broken invariant is reported, not raised."""
+        self._drain_inflight()  # slots of a step in flight are exact only once it is processed
+        try:
+            self.check_memory()
+        except AssertionError as e:
+            logger.error("KV integrity check failed: %s", e)
+            return CheckMemoryReqOutput(False, f"KV integrity check failed: {e}", self.token_to_kv_pool.size)
+        return CheckMemoryReqOutput(True, "every KV slot is free, cached or held by one request, exactly once",
+                                    self.token_to_kv_pool.size)

@@ -26,6 +26,8 @@ from radixserve.errors import EngineError, InvalidRequestError, UnavailableError
 from radixserve.managers.io_struct import (
     AbortReq,
     BatchStrOut,
+    CheckMemoryReq,
+    CheckMemoryReqOutput,
     FinishReason,
     FlushCacheReq,
     FlushCacheReqOutput,
@@ -102,7 +104,8 @@ class TokenizerManager:
         self.groups: dict[str, list[str]] = {}  # API request id -> its scheduler request ids
         self.metrics = TokenizerMetrics(self.model_name)
         self.draining = False
-        self._control: dict[type, list[asyncio.Future[Any]]] = {FlushCacheReqOutput: [], GetLoadReqOutput: []}
+        self._control: dict[type, list[asyncio.Future[Any]]] = {
+            FlushCacheReqOutput: [], GetLoadReqOutput: [], CheckMemoryReqOutput: []}
         self._loop_task: asyncio.Task[None] | None = None
         self.loop: asyncio.AbstractEventLoop | None = None
         self.failed: UnavailableError | None = None  # set when a child process died
@@ -237,6 +240,10 @@ class TokenizerManager:
     async def get_load(self) -> dict[str, float]:
         out: GetLoadReqOutput = await self._control_call(GetLoadReq(), GetLoadReqOutput)
         return out.load
+
+    async def check_memory(self) -> CheckMemoryReqOutput:
+        out: CheckMemoryReqOutput = await self._control_call(CheckMemoryReq(), CheckMemoryReqOutput)
+        return out
 
     # ---- outputs -----------------------------------------------------------------------------
     async def _handle_loop(self) -> None:

@@ -244,6 +244,15 @@ def _native_routes(tm: TokenizerManager, state: ServerState, auth: list[Any]) ->
             raise APIError(409, "cache not flushed: requests are running", code="requests_running")
         return SuccessResponse(success=True, message="cache flushed")
 
+    @api.get("/check_kv_integrity", response_model=SuccessResponse, tags=["control"])
+    async def check_kv_integrity() -> SuccessResponse:
+        """Verify that every KV slot is free, cached in the radix tree, or held by exactly one running
+        request (O(pool size): a diagnostic, not a probe). 500 if the accounting is broken."""
+        out = await tm.check_memory()
+        if not out.ok:
+            raise APIError(500, out.message, code="kv_integrity")
+        return SuccessResponse(success=True, message=f"{out.message} ({out.pool_slots} slots)")
+
     @api.get("/get_server_info", tags=["control"])
     async def get_server_info() -> dict[str, Any]:
         """Server arguments (API key hidden), model facts, load and version."""

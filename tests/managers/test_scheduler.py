@@ -189,3 +189,15 @@ def test_chunked_request_waits_for_kv_room(tiny_models: dict[str, Path], referen
         outs = e.generate(input_ids=PROMPTS, sampling_params=GREEDY)
         assert _ids(outs) == reference
         e.scheduler.check_memory()
+
+
+def test_integrity_report_catches_a_slot_counted_twice(tiny_models: dict[str, Path]) -> None:
+    """What GET /check_kv_integrity reports: ok on a sound pool, the broken invariant otherwise."""
+    with Engine(model_path=str(tiny_models["llama"]), max_total_tokens=256, log_level="warning") as e:
+        e.generate(input_ids=PROMPTS[1], sampling_params=GREEDY)
+        sound = e.scheduler.check_memory_report()
+        assert sound.ok and sound.pool_slots == 256
+        cached = e.scheduler.tree_cache.cached_slots()[0][:1]
+        e.scheduler.token_to_kv_pool.free(cached.clone())  # a slot the tree owns is now also free
+        broken = e.scheduler.check_memory_report()
+        assert not broken.ok and "257 counted, pool has 256" in broken.message
