@@ -63,7 +63,10 @@ def test_pp2_equals_pp1_on_the_embedded_model(smol_engine: Any) -> None:
     ref_single, ref_batch = _outputs(smol_engine, prompts, False), _outputs(smol_engine, prompts, True)
     with Engine(pp_size=2, log_level="warning") as two:
         _assert_same(_outputs(two, prompts, False), ref_single, 1e-5)
-        _assert_same(_outputs(two, prompts, True), ref_batch, 1e-5)
+        # A batch reaches the stage processes over ZMQ: which requests share the first prefill
+        # depends on arrival, and another batch shape moves fp32 logprobs of this 30-layer model
+        # by up to ~1.3e-5 (seen in CI). Token ids must still match exactly.
+        _assert_same(_outputs(two, prompts, True), ref_batch, 5e-5)
 
 
 @pytest.mark.slow
