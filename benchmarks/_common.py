@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import importlib
 import json
 import os
 import platform
@@ -25,6 +26,14 @@ def _cpu_model() -> str:
     return platform.processor() or "unknown"
 
 
+def _module_version(name: str) -> str | None:
+    try:
+        version = getattr(importlib.import_module(name.replace("-", "_")), "__version__", None)
+    except Exception:  # any import failure means: no version to report
+        return None
+    return str(version) if version is not None else None
+
+
 def machine_info(packages: tuple[str, ...] = ()) -> dict[str, Any]:
     """CPU, memory, OS, Python, git commit and the versions of `packages` (None if absent)."""
     versions: dict[str, str | None] = {}
@@ -32,20 +41,43 @@ def machine_info(packages: tuple[str, ...] = ()) -> dict[str, Any]:
         try:
             versions[name] = metadata.version(name)
         except metadata.PackageNotFoundError:
-            versions[name] = None
-    try:
-        commit = subprocess.run(["git", "rev-parse", "HEAD"], capture_output=True, text=True,
-                                cwd=Path(__file__).parent, timeout=5).stdout.strip() or None
-    except (OSError, subprocess.SubprocessError):
-        commit = None
+            # Importable but not installed (a device run puts the tree on PYTHONPATH): its __version__.
+            versions[name] = _module_version(name)
+    commit, dirty = git_state()
     mem_gb = None
     if hasattr(os, "sysconf") and "SC_PHYS_PAGES" in os.sysconf_names:
         mem_gb = round(os.sysconf("SC_PHYS_PAGES") * os.sysconf("SC_PAGE_SIZE") / 2**30, 1)
     return {
         "cpu": _cpu_model(), "cpu_count": os.cpu_count(), "memory_gb": mem_gb,
         "platform": platform.platform(), "python": sys.version.split()[0],
-        "git_commit": commit, "versions": versions,
+        "git_commit": commit, "git_dirty": dirty, "versions": versions,
     }
+
+
+# Where a device run finds the commit when its copy of the tree has no .git: write it there first
+# (`git rev-parse HEAD > .gpu_assets/git_commit`; .gpu_assets travels with the run) or set the
+# environment variable.
+GIT_COMMIT_FILE = Path(__file__).resolve().parent.parent / ".gpu_assets" / "git_commit"
+GIT_COMMIT_ENV = "RADIXSERVE_GIT_COMMIT"
+
+
+def git_state() -> tuple[str | None, bool | None]:
+    """(commit, whether the tree has uncommitted changes): from git, else from the env/file above
+    (dirty then unknown: None)."""
+    cwd = Path(__file__).parent
+    try:
+        commit = subprocess.run(["git", "rev-parse", "HEAD"], capture_output=True, text=True,
+                                cwd=cwd, timeout=5).stdout.strip() or None
+        status = subprocess.run(["git", "status", "--porcelain", "--untracked-files=no"], capture_output=True,
+                                text=True, cwd=cwd, timeout=10)
+        dirty = bool(status.stdout.strip()) if commit and status.returncode == 0 else None
+    except (OSError, subprocess.SubprocessError):
+        commit, dirty = None, None
+    if commit is None:
+        commit = os.environ.get(GIT_COMMIT_ENV) or None
+        if commit is None and GIT_COMMIT_FILE.is_file():
+            commit = GIT_COMMIT_FILE.read_text().strip() or None
+    return commit, dirty
 
 
 def write_results(prefix: str, result: dict[str, Any], path: str | Path | None = None) -> Path:

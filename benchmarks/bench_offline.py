@@ -1,18 +1,32 @@
 """Offline throughput of radixserve's Engine against Hugging Face transformers' `generate`, same run.
 
 Workloads (each printed and written to JSON under benchmarks/results/):
-  batch1       prompts one at a time: decode speed at batch 1
+  batch1       --batch1-prompts prompts one at a time: decode speed at batch 1
   batchN       --batch-size prompts of equal length at once (no padding, so HF runs its best case)
   chat         --chat-prompts chat questions, natural EOS (at most --chat-max-tokens), --batch-size at a
                time: HF runs static left-padded batches, the Engine continuous batching capped at the same size
-  shared       --groups system prompts x --per-group questions, radix cache on vs off
   throughput   --throughput-requests prompts of --throughput-input tokens, --throughput-output each, all at
                once; HF runs --hf-throughput-requests of them in batches of --hf-batch (its best case)
+  sharegpt     --sharegpt-requests requests with ShareGPT-like input/output lengths (benchmarks/workloads.py),
+               all at once, each generating its own length (no HF run: static batches would pad them)
+  prefill8k    one prompt of --prefill-len tokens (cut to the context length minus one), 1 output token:
+               prefill-bound, measured against the matmul roofline
+  shared       --groups system prompts x --per-group questions, radix cache on vs off
 Greedy outputs of the Engine are compared with HF's for the batch workloads.
+
+Honesty (issue 16): every workload but `shared` and `chat` sends pairwise distinct random-id prompts
+(benchmarks/workloads.py); each records the prompt and cached tokens the Engine reports, and a
+workload that is not about sharing fails (exit code 2, results still written with `guard_error`)
+when more than 1 % of its prompt tokens came from the radix cache. `chat` shares its chat template
+on purpose, like real chat traffic, and `shared` shares system prompts: their hit rates are recorded.
+Each workload also records its roofline bound (benchmarks/roofline.py: prefill FLOPs over the
+measured matmul rate plus decode bytes over the measured copy rate, per GPU with --tp-size) and
+achieved_fraction = bound_s / engine_s.
 
 Examples:
   python benchmarks/bench_offline.py                       # embedded SmolLM2-135M on CPU
-  python benchmarks/bench_offline.py --device cuda --model-path llama-3-8b --load-format dummy --skip-hf
+  python benchmarks/bench_offline.py --device cuda --model-path llama-3-8b --load-format dummy --skip-hf \\
+      --workloads throughput,sharegpt,prefill8k --tp-size 2
 """
 
 from __future__ import annotations
@@ -32,27 +46,23 @@ REPO_ROOT = Path(__file__).resolve().parent.parent
 if str(REPO_ROOT) not in sys.path:  # run as `python benchmarks/bench_offline.py`
     sys.path.insert(0, str(REPO_ROOT))
 
+from benchmarks import roofline as rl  # noqa: E402
 from benchmarks._common import machine_info, write_results  # noqa: E402
-from radixserve import Engine  # noqa: E402
-
-TEXT = (
-    "Rivers shape the land they cross. Over thousands of years, water carves valleys, carries sediment "
-    "to the sea and builds deltas where it slows. Civilizations grew along rivers because they offered "
-    "water for crops, fish for food and routes for trade. The Nile, the Tigris and Euphrates, the Indus "
-    "and the Yellow River all cradled early cities. Today rivers still power turbines, cool factories "
-    "and carry barges, while engineers balance these uses against floods, droughts and the health of "
-    "the ecosystems that depend on clean, flowing water. "
+from benchmarks.workloads import (  # noqa: E402
+    CachedTokensError,
+    Request,
+    check_cached,
+    random_prompts,
+    shared_prefix_prompts,
+    sharegpt_requests,
 )
+from radixserve import Engine  # noqa: E402
+from radixserve.configs.model_config import ModelConfig  # noqa: E402
 
-
-def make_prompts(tokenizer: Any, n: int, length: int, vocab: int) -> list[list[int]]:
-    base = list(tokenizer(TEXT * 8).input_ids)
-    out = []
-    for i in range(n):
-        start = (i * 37) % max(1, len(base) - length)
-        ids = (base * (1 + length // len(base)))[start : start + length]
-        out.append([t % vocab for t in ids])
-    return out
+# Random ids stay above the lowest ids, where tokenizers keep control and byte tokens.
+VOCAB_LO = 100
+# One seed offset per workload, so that no two workloads draw the same prompts.
+SEEDS = {"warmup": 1000, "batch1": 1, "batchN": 2, "throughput": 3, "sharegpt": 4, "prefill8k": 5, "shared": 6}
 
 
 def sync(device: str) -> None:
@@ -60,18 +70,84 @@ def sync(device: str) -> None:
         torch.cuda.synchronize()
 
 
-def run_engine(engine: Engine, prompts: list[list[int]], out_len: int, one_by_one: bool) -> tuple[float, list[list[int]]]:
-    params = {"max_new_tokens": out_len, "temperature": 0, "ignore_eos": True}
-    engine.scheduler.flush_cache()
-    sync(engine.model_runner.device.type)
+# --- the Engine, with one rank in process or TP ranks in their own processes ---
+
+def flush_cache(engine: Engine) -> None:
+    """Empty the radix cache, so each workload starts cold: in process, or over the control socket."""
+    if hasattr(engine, "scheduler"):
+        ok = engine.scheduler.flush_cache()
+    else:
+        from radixserve.managers.io_struct import FlushCacheReq, FlushCacheReqOutput
+        from radixserve.managers.ipc import ENCODER, TOKENIZER_INPUT_DECODER
+
+        driver: Any = engine.driver  # ProcessDriver: rank 0 answers control messages on `control`
+        driver.send.send(ENCODER.encode(FlushCacheReq()))
+        reply = TOKENIZER_INPUT_DECODER.decode(driver.control.recv())
+        ok = isinstance(reply, FlushCacheReqOutput) and reply.success
+    if not ok:  # a cold cache is what the guard's numbers assume
+        raise RuntimeError("flush_cache failed: requests still running?")
+
+
+def engine_info(engine: Engine) -> dict[str, Any]:
+    """Device, dtype, pool and batch limits: from the in-process runner, or the ranks' ready message."""
+    if hasattr(engine, "model_runner"):
+        runner = engine.model_runner
+        return {"device": runner.device.type, "dtype": str(runner.dtype).removeprefix("torch."),
+                "attention_backend": type(runner.attn_backend).__name__,
+                "kv_pool_tokens": runner.sizes.max_total_tokens,
+                "max_running_requests": runner.sizes.max_running_requests,
+                "overlap_schedule": engine.scheduler.overlap}
+    info: dict[str, Any] = engine.driver.info  # type: ignore[attr-defined]
+    return {"device": str(info["device"]).split(":")[0], "dtype": info["dtype"],
+            "attention_backend": info["attention_impl"], "kv_pool_tokens": info["max_total_num_tokens"],
+            "max_running_requests": info["max_running_requests"], "overlap_schedule": None}
+
+
+def model_config(engine: Engine) -> ModelConfig:
+    if hasattr(engine, "model_runner"):
+        cfg: ModelConfig = engine.model_runner.config
+        return cfg
+    from radixserve.model_loader.source import resolve_model_source
+
+    sa = engine.server_args
+    return resolve_model_source(sa.model_path, sa.load_format, sa.tokenizer_path).config
+
+
+@dataclass
+class Run:
+    """One timed Engine run: seconds, output ids and the Engine's token accounting per request."""
+
+    seconds: float
+    outputs: list[list[int]]
+    prompt_tokens: list[int]
+    cached_tokens: list[int]
+
+    @property
+    def output_tokens(self) -> int:
+        return sum(len(o) for o in self.outputs)
+
+
+def run_engine(engine: Engine, device: str, prompts: list[list[int]], out_lens: int | list[int],
+               one_by_one: bool, desc: str = "", natural_eos: bool = False) -> Run:
+    """Generate greedily from a cold cache; fixed lengths (EOS ignored) unless `natural_eos`."""
+    lens = out_lens if isinstance(out_lens, list) else [out_lens] * len(prompts)
+    params = [{"max_new_tokens": n, "temperature": 0, "ignore_eos": not natural_eos} for n in lens]
+    flush_cache(engine)
+    sync(device)
     t = time.perf_counter()
     if one_by_one:
-        outs = [engine.generate(input_ids=p, sampling_params=params)["output_ids"] for p in prompts]
+        outs = [engine.generate(input_ids=p, sampling_params=sp)
+                for p, sp in tqdm(list(zip(prompts, params, strict=True)), desc=desc, leave=False,
+                                  disable=not desc)]
     else:
-        outs = [o["output_ids"] for o in engine.generate(input_ids=prompts, sampling_params=params)]
-    sync(engine.model_runner.device.type)
-    return time.perf_counter() - t, outs
+        outs = engine.generate(input_ids=prompts, sampling_params=params, show_progress=bool(desc))
+    sync(device)
+    seconds = time.perf_counter() - t
+    return Run(seconds, [o["output_ids"] for o in outs], [o["meta_info"]["prompt_tokens"] for o in outs],
+               [o["meta_info"]["cached_tokens"] for o in outs])
 
+
+# --- the transformers baseline ---
 
 def load_hf(args: argparse.Namespace, device: str) -> Any:
     from transformers import AutoModelForCausalLM
@@ -97,11 +173,12 @@ def load_hf(args: argparse.Namespace, device: str) -> Any:
     return model.to(device).eval()
 
 
-def run_hf(model: Any, prompts: list[list[int]], out_len: int, batch: int, device: str) -> tuple[float, list[list[int]]]:
+def run_hf(model: Any, prompts: list[list[int]], out_len: int, batch: int, device: str,
+           desc: str = "") -> tuple[float, list[list[int]]]:
     outs: list[list[int]] = []
     sync(device)
     t = time.perf_counter()
-    for i in range(0, len(prompts), batch):
+    for i in tqdm(range(0, len(prompts), batch), desc=desc, leave=False, disable=not desc):
         chunk = torch.tensor(prompts[i : i + batch], device=device)
         with torch.no_grad():
             seq = model.generate(chunk, attention_mask=torch.ones_like(chunk), max_new_tokens=out_len,
@@ -127,19 +204,6 @@ def chat_prompts(engine: Engine, n: int) -> list[list[int]]:
             for i in range(n)]
 
 
-def run_engine_chat(engine: Engine, prompts: list[list[int]], max_tokens: int,
-                    running: int) -> tuple[float, list[list[int]]]:
-    engine.scheduler.flush_cache()
-    engine.scheduler.max_running_requests, saved = running, engine.scheduler.max_running_requests
-    try:
-        t = time.perf_counter()
-        outs = engine.generate(input_ids=prompts, sampling_params={"max_new_tokens": max_tokens, "temperature": 0})
-        sync(engine.model_runner.device.type)
-        return time.perf_counter() - t, [o["output_ids"] for o in outs]
-    finally:
-        engine.scheduler.max_running_requests = saved
-
-
 def run_hf_chat(model: Any, prompts: list[list[int]], max_tokens: int, batch: int, eos: int,
                 device: str) -> tuple[float, list[list[int]]]:
     """Static batches, left-padded as HF documents for decoder-only generation; outputs cut after EOS."""
@@ -159,34 +223,6 @@ def run_hf_chat(model: Any, prompts: list[list[int]], max_tokens: int, batch: in
     return time.perf_counter() - t, outs
 
 
-def copy_bandwidth(nbytes: int = 1 << 31) -> float:
-    """Device-to-device copy rate, bytes read plus written per second (the memory roofline)."""
-    src = torch.empty(nbytes // 2, dtype=torch.uint8, device="cuda")
-    dst = torch.empty_like(src)
-    for _ in range(3):
-        dst.copy_(src)
-    torch.cuda.synchronize()
-    start, end = torch.cuda.Event(enable_timing=True), torch.cuda.Event(enable_timing=True)
-    start.record()
-    for _ in range(10):
-        dst.copy_(src)
-    end.record()
-    torch.cuda.synchronize()
-    return float(2 * src.numel() * 10 / (start.elapsed_time(end) / 1e3))
-
-
-def roofline(engine: Engine, args: argparse.Namespace, bandwidth: float) -> dict[str, Any]:
-    """Batch-1 decode bound: every step reads all weights once plus the KV written so far."""
-    runner = engine.model_runner
-    weight_bytes = sum(p.numel() * p.element_size() for p in runner.model.parameters())
-    cfg = runner.config
-    kv_per_token = 2 * cfg.num_hidden_layers * cfg.num_key_value_heads * cfg.head_dim * runner.dtype.itemsize
-    mean_ctx = args.input_len + args.output_len / 2
-    step_bytes = weight_bytes + kv_per_token * mean_ctx
-    return {"weight_bytes": weight_bytes, "kv_bytes_per_step": int(kv_per_token * mean_ctx),
-            "roofline_tok_s": round(bandwidth / step_bytes, 1)}
-
-
 def agreement(ours: list[list[int]], theirs: list[list[int]]) -> dict[str, Any]:
     same = sum(a == b for a, b in zip(ours, theirs, strict=True))
     firsts = [next((i for i, (x, y) in enumerate(zip(a, b, strict=False)) if x != y), None)
@@ -201,8 +237,11 @@ def build_parser() -> argparse.ArgumentParser:
     ap.add_argument("--tokenizer-path", default=None, help="Tokenizer directory or GGUF (default: the model's).")
     ap.add_argument("--device", default="auto", help="auto | cpu | cuda")
     ap.add_argument("--dtype", default="auto", help="Engine dtype: auto | float32 | bfloat16 | float16")
+    ap.add_argument("--tp-size", type=int, default=1,
+                    help="Tensor-parallel ranks of the Engine (one GPU each); the roofline is per GPU.")
     ap.add_argument("--hf-dtype", default="float32", help="dtype for the HF baseline")
-    ap.add_argument("--input-len", type=int, default=128, help="Prompt tokens per request.")
+    ap.add_argument("--seed", type=int, default=0, help="Seed of the random prompts (each workload adds its own offset).")
+    ap.add_argument("--input-len", type=int, default=128, help="Prompt tokens per request (batch1, batchN).")
     ap.add_argument("--output-len", type=int, default=64, help="Generated tokens per request (EOS ignored).")
     ap.add_argument("--batch1-prompts", type=int, default=4, help="Prompts for the batch-1 workload.")
     ap.add_argument("--batch-size", type=int, default=16, help="Batch size of the batched workload.")
@@ -218,8 +257,12 @@ def build_parser() -> argparse.ArgumentParser:
     ap.add_argument("--throughput-output", type=int, default=256, help="Throughput workload: output tokens.")
     ap.add_argument("--hf-throughput-requests", type=int, default=64, help="Throughput workload: requests HF runs.")
     ap.add_argument("--hf-batch", type=int, default=64, help="Throughput workload: HF batch size.")
+    ap.add_argument("--sharegpt-requests", type=int, default=1000, help="ShareGPT-like workload: requests.")
+    ap.add_argument("--prefill-len", type=int, default=8192,
+                    help="prefill8k workload: prompt tokens (at most the context length minus the 1 output token).")
     ap.add_argument("--skip-hf", action="store_true", help="Do not run the transformers baseline.")
-    ap.add_argument("--workloads", default="batch1,batchN,chat,shared", help="Comma-separated subset to run.")
+    ap.add_argument("--workloads", default="batch1,batchN,chat,shared",
+                    help="Comma-separated subset of: " + ",".join(WORKLOAD_NAMES))
     ap.add_argument("--max-total-tokens", type=int, default=None, help="KV pool size for the Engine.")
     ap.add_argument("--attention-backend", default="auto", help="Engine attention backend: auto | torch | triton")
     ap.add_argument("--mem-fraction-static", type=float, default=None,
@@ -233,168 +276,281 @@ def build_parser() -> argparse.ArgumentParser:
 
 @dataclass
 class Bench:
-    """One run: the engine, the HF baseline (or None) and the results being filled in."""
+    """One run: the engine, the HF baseline (or None), the roofline inputs and the results being filled in."""
 
     args: argparse.Namespace
     engine: Engine
     hf: Any
     device: str
-    vocab: int
+    vocab_hi: int
     warm: list[list[int]]
     engine_kwargs: dict[str, Any]
     results: dict[str, Any]
+    cost: rl.ModelCost
+    rates: rl.DeviceRates
+    max_running: int
+    guard_errors: list[str]
 
-    def record(self, name: str, n_req: int, out_len: int, ours: tuple[float, list[list[int]]],
-               theirs: tuple[float, list[list[int]]] | None) -> None:
-        tokens = n_req * out_len
-        entry: dict[str, Any] = {"requests": n_req, "output_tokens": tokens, "engine_s": round(ours[0], 3),
-                                 "engine_tok_s": round(tokens / ours[0], 2)}
+    def prompts(self, name: str, n: int, length: int) -> list[list[int]]:
+        return random_prompts(n, length, VOCAB_LO, self.vocab_hi, self.args.seed + SEEDS[name])
+
+    def account(self, name: str, entry: dict[str, Any], run: Run, max_batch: int, shared: bool) -> None:
+        """Add prompt/cached tokens, the roofline bound and achieved fraction; apply the cached guard.
+
+        The bound takes each request's real shape: prompt and cached tokens from the Engine's
+        meta_info, output tokens as generated (natural EOS included).
+        """
+        prompt, cached = sum(run.prompt_tokens), sum(run.cached_tokens)
+        entry.update({"prompt_tokens": prompt, "cached_tokens": cached,
+                      "cached_fraction": round(cached / prompt, 6) if prompt else 0.0, "shared_on_purpose": shared})
+        shapes = [rl.ReqShape(p, len(o), c) for p, o, c in
+                  zip(run.prompt_tokens, run.outputs, run.cached_tokens, strict=True)]
+        bound = rl.workload_bound(self.cost, self.rates, shapes, max_batch, self.args.tp_size)
+        entry["roofline"] = bound.to_json(run.seconds)
+        entry["bound_s"] = entry["roofline"]["bound_s"]
+        entry["achieved_fraction"] = entry["roofline"]["achieved_fraction"]
+        try:
+            check_cached(name, prompt, cached, shared)
+        except CachedTokensError as e:
+            entry["guard_error"] = str(e)
+            self.guard_errors.append(str(e))
+
+    def record(self, name: str, n_req: int, out_len: int, ours: Run,
+               theirs: tuple[float, list[list[int]]] | None, max_batch: int) -> dict[str, Any]:
+        tokens = ours.output_tokens
+        entry: dict[str, Any] = {"requests": n_req, "output_len": out_len, "output_tokens": tokens,
+                                 "engine_s": round(ours.seconds, 3), "engine_tok_s": round(tokens / ours.seconds, 2)}
         if theirs is not None:
-            entry.update({"hf_s": round(theirs[0], 3), "hf_tok_s": round(tokens / theirs[0], 2),
-                          "speedup_vs_hf": round(theirs[0] / ours[0], 3)})
+            entry.update({"hf_s": round(theirs[0], 3), "hf_tok_s": round(n_req * out_len / theirs[0], 2),
+                          "speedup_vs_hf": round(theirs[0] / ours.seconds, 3)})
             if self.args.load_format != "dummy":  # dummy weights differ between the two models
-                entry["greedy_agreement"] = agreement(ours[1], theirs[1])
+                entry["greedy_agreement"] = agreement(ours.outputs, theirs[1])
+        self.account(name, entry, ours, max_batch, shared=False)
         self.results["workloads"][name] = entry
         print(name, entry, flush=True)
+        return entry
 
 
 def batch1(b: Bench) -> None:
     args, engine, hf = b.args, b.engine, b.hf
-    prompts = make_prompts(engine.tokenizer, args.batch1_prompts, args.input_len, b.vocab)
-    ours = run_engine(engine, prompts, args.output_len, one_by_one=True)
+    prompts = b.prompts("batch1", args.batch1_prompts, args.input_len)
+    ours = run_engine(engine, b.device, prompts, args.output_len, one_by_one=True, desc="batch1")
     theirs = run_hf(hf, prompts, args.output_len, 1, b.device) if hf is not None else None
-    b.record("batch1", len(prompts), args.output_len, ours, theirs)
-    if b.device == "cuda":
-        b.results["workloads"]["batch1"]["roofline"] = roofline(engine, args,
-                                                                b.results["copy_bandwidth_gb_s"] * 1e9)
+    entry = b.record("batch1", len(prompts), args.output_len, ours, theirs, max_batch=1)
+    # Steady batch-1 decode at the mean context, the figure docs/gpu.md compares decode steps with.
+    entry["decode_roofline_tok_s"] = round(rl.decode_roofline_tok_s(
+        b.cost, b.rates, args.input_len + args.output_len // 2, 1, args.tp_size), 1)
 
 
 def batch_n(b: Bench) -> None:
     args, engine, hf = b.args, b.engine, b.hf
-    prompts = make_prompts(engine.tokenizer, args.batch_size, args.input_len, b.vocab)
-    ours = run_engine(engine, prompts, args.output_len, one_by_one=False)
+    prompts = b.prompts("batchN", args.batch_size, args.input_len)
+    ours = run_engine(engine, b.device, prompts, args.output_len, one_by_one=False)
     theirs = run_hf(hf, prompts, args.output_len, args.batch_size, b.device) if hf is not None else None
-    b.record(f"batch{args.batch_size}", len(prompts), args.output_len, ours, theirs)
+    b.record(f"batch{args.batch_size}", len(prompts), args.output_len, ours, theirs, max_batch=args.batch_size)
+
+
+def run_engine_chat(b: Bench, prompts: list[list[int]], max_tokens: int, running: int) -> Run:
+    """Natural EOS, at most `running` requests at once (in process only: the cap is the scheduler's)."""
+    engine = b.engine
+    if not hasattr(engine, "scheduler"):
+        raise SystemExit("the chat workload caps the running batch in process: run it with --tp-size 1")
+    engine.scheduler.max_running_requests, saved = running, engine.scheduler.max_running_requests
+    try:
+        return run_engine(engine, b.device, prompts, max_tokens, one_by_one=False, natural_eos=True)
+    finally:
+        engine.scheduler.max_running_requests = saved
 
 
 def chat(b: Bench) -> None:
     args, engine, hf = b.args, b.engine, b.hf
     prompts = chat_prompts(engine, args.chat_prompts)
-    ours = run_engine_chat(engine, prompts, args.chat_max_tokens, args.batch_size)
+    ours = run_engine_chat(b, prompts, args.chat_max_tokens, args.batch_size)
     eos = engine.tokenizer.eos_token_id
     theirs = run_hf_chat(hf, prompts, args.chat_max_tokens, args.batch_size, eos, b.device) if hf else None
-    n_ours = sum(len(o) for o in ours[1])
+    n_ours = ours.output_tokens
     entry: dict[str, Any] = {"requests": len(prompts), "batch": args.batch_size,
-                             "engine_output_tokens": n_ours, "engine_s": round(ours[0], 3),
-                             "engine_tok_s": round(n_ours / ours[0], 2)}
+                             "engine_output_tokens": n_ours, "engine_s": round(ours.seconds, 3),
+                             "engine_tok_s": round(n_ours / ours.seconds, 2)}
     if theirs is not None:
         n_hf = sum(len(o) for o in theirs[1])
         entry.update({"hf_output_tokens": n_hf, "hf_s": round(theirs[0], 3), "hf_tok_s": round(n_hf / theirs[0], 2),
-                      "speedup_vs_hf": round((n_ours / ours[0]) / (n_hf / theirs[0]), 3)})
+                      "speedup_vs_hf": round((n_ours / ours.seconds) / (n_hf / theirs[0]), 3)})
         if args.load_format != "dummy":
-            entry["greedy_agreement"] = agreement(ours[1], theirs[1])
+            entry["greedy_agreement"] = agreement(ours.outputs, theirs[1])
+    # Every prompt starts with the same chat-template header: that prefix is shared on purpose.
+    b.account("chat", entry, ours, args.batch_size, shared=True)
     b.results["workloads"][f"chat_batch{args.batch_size}"] = entry
     print("chat", entry, flush=True)
 
 
 def throughput(b: Bench) -> None:
     args, engine, hf = b.args, b.engine, b.hf
-    prompts = make_prompts(engine.tokenizer, args.throughput_requests, args.throughput_input, b.vocab)
-    ours = run_engine(engine, prompts, args.throughput_output, one_by_one=False)
-    n_ours = len(prompts) * args.throughput_output
+    prompts = b.prompts("throughput", args.throughput_requests, args.throughput_input)
+    ours = run_engine(engine, b.device, prompts, args.throughput_output, one_by_one=False, desc="throughput")
+    n_ours = ours.output_tokens
     entry: dict[str, Any] = {
         "requests": len(prompts), "input_len": args.throughput_input, "output_len": args.throughput_output,
-        "engine_s": round(ours[0], 3), "engine_tok_s": round(n_ours / ours[0], 2),
-        "engine_total_tok_s": round(len(prompts) * (args.throughput_input + args.throughput_output) / ours[0], 2)}
+        "engine_s": round(ours.seconds, 3), "engine_tok_s": round(n_ours / ours.seconds, 2),
+        "engine_total_tok_s": round((sum(ours.prompt_tokens) + n_ours) / ours.seconds, 2)}
+    b.account("throughput", entry, ours, b.max_running, shared=False)
     b.results["workloads"]["throughput"] = entry
     print("throughput (engine)", entry, flush=True)
     if hf is not None:
         sub_prompts = prompts[: args.hf_throughput_requests]
-        theirs = run_hf(hf, sub_prompts, args.throughput_output, args.hf_batch, b.device)
+        theirs = run_hf(hf, sub_prompts, args.throughput_output, args.hf_batch, b.device, desc="throughput (HF)")
         n_hf = len(sub_prompts) * args.throughput_output
         entry.update({"hf_requests": len(sub_prompts), "hf_batch": args.hf_batch, "hf_s": round(theirs[0], 3),
                       "hf_tok_s": round(n_hf / theirs[0], 2),
-                      "speedup_vs_hf": round((n_ours / ours[0]) / (n_hf / theirs[0]), 3)})
+                      "speedup_vs_hf": round((n_ours / ours.seconds) / (n_hf / theirs[0]), 3)})
     print("throughput", entry, flush=True)
+
+
+def sharegpt(b: Bench) -> None:
+    args, engine = b.args, b.engine
+    # Requests must fit the context: inputs up to 1024 and outputs up to 1024 unless it is shorter.
+    half = max(4, (engine.builder.context_len - 1) // 2)
+    reqs: list[Request] = sharegpt_requests(args.sharegpt_requests, VOCAB_LO, b.vocab_hi,
+                                            args.seed + SEEDS["sharegpt"], min(1024, half), min(1024, half))
+    ours = run_engine(engine, b.device, [r.prompt for r in reqs], [r.output_len for r in reqs],
+                      one_by_one=False, desc="sharegpt")
+    n_ours = ours.output_tokens
+    entry: dict[str, Any] = {
+        "requests": len(reqs), "mean_input_len": round(sum(len(r.prompt) for r in reqs) / len(reqs), 1),
+        "mean_output_len": round(sum(r.output_len for r in reqs) / len(reqs), 1),
+        "engine_s": round(ours.seconds, 3), "output_tokens": n_ours, "engine_tok_s": round(n_ours / ours.seconds, 2),
+        "engine_total_tok_s": round((sum(ours.prompt_tokens) + n_ours) / ours.seconds, 2),
+        "request_throughput": round(len(reqs) / ours.seconds, 3)}
+    b.account("sharegpt", entry, ours, b.max_running, shared=False)
+    b.results["workloads"]["sharegpt"] = entry
+    print("sharegpt", entry, flush=True)
+
+
+def prefill8k(b: Bench) -> None:
+    args, engine = b.args, b.engine
+    length = min(args.prefill_len, engine.builder.context_len - 1)  # prompt + 1 output within the context
+    prompts = b.prompts("prefill8k", 1, length)
+    ours = run_engine(engine, b.device, prompts, 1, one_by_one=False)
+    entry: dict[str, Any] = {"requests": 1, "input_len": length, "output_len": 1,
+                             "engine_s": round(ours.seconds, 4),
+                             "prefill_tok_s": round(length / ours.seconds, 1)}
+    b.account("prefill8k", entry, ours, 1, shared=False)
+    b.results["workloads"]["prefill8k"] = entry
+    print("prefill8k", entry, flush=True)
 
 
 def shared(b: Bench) -> None:
     args, engine = b.args, b.engine
-    systems = make_prompts(engine.tokenizer, args.groups, args.prefix_len, b.vocab)
-    questions = make_prompts(engine.tokenizer, args.groups * args.per_group, args.question_len + 7, b.vocab)
-    prompts = [systems[i % args.groups] + questions[i][7:] for i in range(args.groups * args.per_group)]
-    on = run_engine(engine, prompts, args.shared_output_len, one_by_one=False)
+    prompts = shared_prefix_prompts(args.groups, args.per_group, args.prefix_len, args.question_len, VOCAB_LO,
+                                    b.vocab_hi, args.seed + SEEDS["shared"])
+    on = run_engine(engine, b.device, prompts, args.shared_output_len, one_by_one=False)
     b.hf = None  # free the baseline's memory for the second engine
     gc.collect()
     off_engine = Engine(model_path=args.model_path, disable_radix_cache=True, **b.engine_kwargs)
-    run_engine(off_engine, b.warm, 4, one_by_one=False)
-    off = run_engine(off_engine, prompts, args.shared_output_len, one_by_one=False)
+    try:
+        run_engine(off_engine, b.device, b.warm, 4, one_by_one=False)
+        off = run_engine(off_engine, b.device, prompts, args.shared_output_len, one_by_one=False)
+    finally:
+        off_engine.shutdown()
     tokens = len(prompts) * args.shared_output_len
-    entry = {
+    entry: dict[str, Any] = {
         "requests": len(prompts), "prefix_len": args.prefix_len, "groups": args.groups,
-        "cache_on_s": round(on[0], 3), "cache_off_s": round(off[0], 3),
-        "cache_on_tok_s": round(tokens / on[0], 2), "cache_off_tok_s": round(tokens / off[0], 2),
-        "speedup_from_cache": round(off[0] / on[0], 3),
-        "outputs_identical": sum(a == b for a, b in zip(on[1], off[1], strict=True)),
-        "cache_hit_rate": round(engine.scheduler.tree_cache.stats.hit_rate, 4),
+        "cache_on_s": round(on.seconds, 3), "cache_off_s": round(off.seconds, 3),
+        "cache_on_tok_s": round(tokens / on.seconds, 2), "cache_off_tok_s": round(tokens / off.seconds, 2),
+        "speedup_from_cache": round(off.seconds / on.seconds, 3),
+        "outputs_identical": sum(x == y for x, y in zip(on.outputs, off.outputs, strict=True)),
     }
+    # Sharing is the point with the cache on; with it off nothing may come from a cache.
+    b.account("shared_prefix", entry, on, b.max_running, shared=True)
+    off_entry: dict[str, Any] = {}
+    b.account("shared_prefix_cache_off", off_entry, off, b.max_running, shared=False)
+    entry["cache_hit_rate"] = entry["cached_fraction"]
+    entry["cache_off"] = off_entry
     b.results["workloads"]["shared_prefix"] = entry
     print("shared_prefix", entry, flush=True)
 
 
-WORKLOADS = {"batch1": batch1, "batchN": batch_n, "chat": chat, "throughput": throughput, "shared": shared}
+WORKLOADS = {"batch1": batch1, "batchN": batch_n, "chat": chat, "throughput": throughput, "sharegpt": sharegpt,
+             "prefill8k": prefill8k, "shared": shared}
+WORKLOAD_NAMES = tuple(WORKLOADS)
+
+
+def _dtype_of(name: str) -> torch.dtype:
+    return {"float32": torch.float32, "bfloat16": torch.bfloat16, "float16": torch.float16}[name]
 
 
 def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
-    workloads = set(args.workloads.split(","))
+    workloads = args.workloads.split(",")
+    unknown = sorted(set(workloads) - set(WORKLOADS))
+    if unknown:
+        raise SystemExit(f"unknown workloads {unknown}; choose from {', '.join(WORKLOAD_NAMES)}")
 
     engine_kwargs: dict[str, Any] = {"load_format": args.load_format, "device": args.device, "dtype": args.dtype,
                                      "log_level": "warning", "max_total_tokens": args.max_total_tokens,
                                      "attention_backend": args.attention_backend,
-                                     "tokenizer_path": args.tokenizer_path}
+                                     "tokenizer_path": args.tokenizer_path, "tp_size": args.tp_size}
     for name in ("mem_fraction_static", "cuda_graph_max_bs", "max_running_requests", "overlap_schedule"):
         if getattr(args, name) is not None:
             engine_kwargs[name] = getattr(args, name)
-    # Measured before the Engine takes its share of GPU memory for the KV pool.
-    copy_gb_s = None
-    if args.device == "cuda":
-        copy_gb_s = round(copy_bandwidth() / 1e9, 1)
-        torch.cuda.empty_cache()
+    # The rates are measured before the Engine takes its share of GPU memory for the KV pool, in
+    # the dtype the Engine will run (its `auto`: bfloat16 on CUDA, float32 on the CPU).
+    want_cuda = args.device == "cuda" or (args.device == "auto" and torch.cuda.is_available())
+    rate_dtype = _dtype_of(args.dtype) if args.dtype != "auto" else (torch.bfloat16 if want_cuda else torch.float32)
+    rates = rl.measure_rates("cuda" if want_cuda else "cpu", rate_dtype)
+    print("rates", rates.to_json(), flush=True)
     engine = Engine(model_path=args.model_path, **engine_kwargs)
-    device = engine.model_runner.device.type
-    vocab = min(engine.model_runner.config.vocab_size, len(engine.tokenizer))
+    info = engine_info(engine)
+    device = info["device"]
+    if (device == "cuda") != want_cuda:
+        raise SystemExit(f"the Engine runs on {device}, the rates were measured on the other device")
+    cfg = model_config(engine)
+    dtype_bytes = _dtype_of(info["dtype"]).itemsize
+    cost = rl.ModelCost.from_config(cfg, dtype_bytes)
+    # Random ids stay in the base vocabulary: added/special tokens sit above it.
+    vocab_hi = min(cfg.vocab_size, getattr(engine.tokenizer, "vocab_size", None) or len(engine.tokenizer))
+    machine = machine_info(("torch", "transformers", "triton", "radixserve"))
     results: dict[str, Any] = {
         "benchmark": "bench_offline", "command": " ".join([sys.executable, *sys.argv]),
         "model": engine.model_name, "device": device,
-        "device_name": torch.cuda.get_device_name() if device == "cuda" else machine_info()["cpu"],
-        "engine_dtype": str(engine.model_runner.dtype), "hf_dtype": args.hf_dtype,
-        "machine": machine_info(("torch", "transformers", "triton", "radixserve")),
-        "torch_threads": torch.get_num_threads(), "workloads": {},
-        "attention_backend": type(engine.model_runner.attn_backend).__name__,
-        "kv_pool_tokens": engine.model_runner.sizes.max_total_tokens,
-        "max_running_requests": engine.model_runner.sizes.max_running_requests,
-        "overlap_schedule": engine.scheduler.overlap,
+        "device_name": torch.cuda.get_device_name() if device == "cuda" else machine["cpu"],
+        "gpu_count": torch.cuda.device_count() if device == "cuda" else 0,
+        "tp_size": args.tp_size, "engine_dtype": info["dtype"], "hf_dtype": args.hf_dtype,
+        "versions": machine["versions"], "git_commit": machine["git_commit"], "machine": machine,
+        "torch_threads": torch.get_num_threads(), "prompts": "distinct random ids (benchmarks/workloads.py)",
+        **{k: v for k, v in info.items() if k not in ("device", "dtype")},
+        **rates.to_json(),
+        # Name the figures docs/gpu.md and run_gpu_checks.sh read (copy rate in GB/s) kept as before.
+        "copy_bandwidth_gb_s": rates.to_json()["copy_gb_s"],
+        "roofline_model": {"weight_bytes": cost.weight_bytes, "kv_bytes_per_token": cost.kv_bytes_per_token,
+                           "layer_matmul_params": cost.layer_matmul_params, "lm_head_params": cost.lm_head_params,
+                           "definition": "benchmarks/roofline.py; per GPU with tp_size ranks, communication excluded"},
+        "workloads": {},
     }
-    if device == "cuda":
-        results["copy_bandwidth_gb_s"] = copy_gb_s if copy_gb_s is not None else round(copy_bandwidth() / 1e9, 1)
+    if hasattr(engine, "model_runner"):  # the count the bound uses, against the tensors actually loaded
+        results["roofline_model"]["loaded_parameter_bytes"] = sum(
+            p.numel() * p.element_size() for p in engine.model_runner.model.parameters())
     hf = None if args.skip_hf else load_hf(args, device)
-    bar = tqdm(total=len(workloads), desc="workloads")
-    # warm up both (first calls allocate and dispatch slowly)
-    warm = make_prompts(engine.tokenizer, 2, 16, vocab)
-    run_engine(engine, warm, 4, one_by_one=False)
+    # warm up both (first calls allocate and dispatch slowly); these prompts are no workload's
+    warm = random_prompts(2, 16, VOCAB_LO, vocab_hi, args.seed + SEEDS["warmup"])
+    run_engine(engine, device, warm, 4, one_by_one=False)
     if hf is not None:
         run_hf(hf, warm, 4, 2, device)
-    bench = Bench(args, engine, hf, device, vocab, warm, engine_kwargs, results)
+    bench = Bench(args, engine, hf, device, vocab_hi, warm, engine_kwargs, results, cost, rates,
+                  int(info["max_running_requests"]), [])
     del hf  # the shared workload drops the baseline: hold no other reference to it
-    for name, run in WORKLOADS.items():
-        if name in workloads:
-            run(bench)
-            bar.update()
-
-    bar.close()
-    path = write_results(f"bench_offline_{device}", results, args.output or None)
-    print(f"wrote {path}")
+    try:
+        for name in tqdm(workloads, desc="workloads"):
+            WORKLOADS[name](bench)
+    finally:
+        if bench.guard_errors:
+            results["guard_error"] = bench.guard_errors
+        path = write_results(f"bench_offline_{device}", results, args.output or None)
+        print(f"wrote {path}")
+        engine.shutdown()
+    if bench.guard_errors:
+        print("\n".join(["cached-token guard failed:", *bench.guard_errors]), file=sys.stderr)
+        return 2
     return 0
 
 

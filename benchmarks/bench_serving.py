@@ -1,19 +1,31 @@
 """Load generator for any OpenAI-compatible endpoint (a radixserve replica, the router, others).
 
 Workloads:
-  random         --num-prompts N prompts of --random-input-len words
+  random         --num-prompts N prompts of --random-input-len words, pairwise distinct in their
+                 first 32 words (benchmarks/workloads.py), each asking for --output-len tokens
+  sharegpt       --num-prompts N prompts with ShareGPT-like input and output lengths
+                 (benchmarks/workloads.py: log-normal, means matched to a published ShareGPT run);
+                 input lengths in words, each request's max_tokens its own output length
   shared-prefix  --num-groups G system prompts of --system-prompt-len words, each followed by
                  --prompts-per-group questions of --question-len words (requests of all groups
                  interleaved): the workload where prefix caching and cache-aware routing pay off
-Lengths are in words of a synthetic vocabulary, close to one token each for common tokenizers.
+Lengths are in words of a synthetic vocabulary (a word is one to a few tokens), or, with
+--token-ids (random and sharegpt, /v1/completions only), exact: prompts are sent as token ids drawn
+from [--vocab-lo, --vocab-hi), pairwise distinct in their first 32 ids.
 
 Arrivals: Poisson at --request-rate requests/s (default inf: all at once), optionally capped at
---max-concurrency requests in flight. Streaming (SSE) by default.
+--max-concurrency requests in flight. Streaming (SSE) by default. --request-rates 4,8,16,inf runs
+the workload once per rate in one invocation (each run with its own prompts, seed + 1000 * its
+index, so a later run cannot hit the prefixes an earlier one cached) and writes one JSON with a
+list of runs.
 
 Reports request and token throughput; TTFT, inter-token latency (ITL) and end-to-end latency
 percentiles; and prompt-cache reuse from `usage.prompt_tokens_details.cached_tokens` when the
-server returns it. Writes JSON (with the command line, versions and machine) to
-benchmarks/results/serving_<time>.json or --output.
+server returns it. Cached-token guard (issue 16): on `random` and `sharegpt`, which are not about
+sharing, more than 1 % of the prompt tokens served from the cache fails the run (exit code 2,
+`cache_guard` in the JSON). Send them to /v1/completions: through /v1/chat/completions every prompt
+starts with the same chat-template header, which the cache then serves. Writes JSON (with the
+command line, versions and machine) to benchmarks/results/serving_<time>.json or --output.
 
 As a module: `await run_benchmark(BenchConfig(...))` or `run(argv)` returns the result dict.
 """
@@ -22,6 +34,7 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import dataclasses
 import json
 import math
 import random
@@ -39,8 +52,19 @@ if str(REPO_ROOT) not in sys.path:  # run as `python benchmarks/bench_serving.py
     sys.path.insert(0, str(REPO_ROOT))
 
 from benchmarks._common import machine_info, write_results  # noqa: E402
+from benchmarks.workloads import (  # noqa: E402
+    CachedTokensError,
+    check_cached,
+    distinct_random_ids,
+    random_prompts,
+    sharegpt_lengths,
+    sharegpt_requests,
+)
 
 ENDPOINTS = ("/v1/chat/completions", "/v1/completions")
+DATASETS = ("shared-prefix", "random", "sharegpt")
+SHARED_DATASETS = frozenset({"shared-prefix"})  # about sharing: the cached-token guard does not apply
+RUN_SEED_STRIDE = 1000  # run i of --request-rates uses seed + RUN_SEED_STRIDE * i
 
 
 @dataclass
@@ -52,6 +76,9 @@ class BenchConfig:
     dataset: str = "shared-prefix"
     num_prompts: int = 200
     random_input_len: int = 256
+    token_ids: bool = False  # random/sharegpt: send token-id prompts of exact lengths (/v1/completions)
+    vocab_lo: int = 100
+    vocab_hi: int = 32000  # below every common tokenizer's vocabulary size
     num_groups: int = 8
     prompts_per_group: int = 16
     system_prompt_len: int = 1024
@@ -72,6 +99,8 @@ class Prompt:
     system: str | None
     user: str
     group: int | None = None
+    output_len: int | None = None  # max_tokens of this request; None: the config's output_len
+    ids: list[int] | None = None  # token-id prompt (--token-ids): sent instead of the text
 
 
 @dataclass
@@ -103,11 +132,30 @@ def _words(rng: random.Random, vocab: list[str], n: int) -> str:
     return " ".join(rng.choices(vocab, k=n))
 
 
+def _distinct_texts(rng: random.Random, vocab: list[str], lengths: list[int]) -> list[str]:
+    """Random word sequences of these lengths, pairwise distinct in their first min(32, len) words."""
+    return [" ".join(vocab[i] for i in ids) for ids in distinct_random_ids(lengths, 0, len(vocab), rng)]
+
+
 def make_prompts(cfg: BenchConfig) -> list[Prompt]:
     rng = random.Random(cfg.seed)
     vocab = _vocabulary()
+    if cfg.token_ids:
+        if cfg.dataset == "random":
+            ids = random_prompts(cfg.num_prompts, cfg.random_input_len, cfg.vocab_lo, cfg.vocab_hi, cfg.seed)
+            return [Prompt(None, "", ids=p) for p in ids]
+        if cfg.dataset == "sharegpt":
+            return [Prompt(None, "", output_len=r.output_len, ids=r.prompt)
+                    for r in sharegpt_requests(cfg.num_prompts, cfg.vocab_lo, cfg.vocab_hi, cfg.seed)]
+        raise ValueError("token_ids: only the random and sharegpt datasets")
     if cfg.dataset == "random":
-        return [Prompt(None, _words(rng, vocab, cfg.random_input_len)) for _ in range(cfg.num_prompts)]
+        return [Prompt(None, t) for t in _distinct_texts(rng, vocab, [cfg.random_input_len] * cfg.num_prompts)]
+    if cfg.dataset == "sharegpt":
+        lengths = sharegpt_lengths(cfg.num_prompts, cfg.seed)
+        # Its own word stream: with the `random` dataset's stream a sharegpt run of the same seed
+        # would start every prompt with the words of a random run's prompt, cached on that server.
+        texts = _distinct_texts(random.Random(f"sharegpt:{cfg.seed}"), vocab, [i for i, _ in lengths])
+        return [Prompt(None, t, output_len=o) for t, (_, o) in zip(texts, lengths, strict=True)]
     if cfg.dataset != "shared-prefix":
         raise ValueError(f"unknown dataset {cfg.dataset!r}")
     systems = [f"System prompt {g}. " + _words(rng, vocab, cfg.system_prompt_len) for g in range(cfg.num_groups)]
@@ -118,10 +166,13 @@ def make_prompts(cfg: BenchConfig) -> list[Prompt]:
 
 
 def _request_body(cfg: BenchConfig, model: str, prompt: Prompt) -> dict[str, Any]:
-    body: dict[str, Any] = {"model": model, "max_tokens": cfg.output_len, "temperature": 0.0, "stream": cfg.stream}
+    max_tokens = prompt.output_len if prompt.output_len is not None else cfg.output_len
+    body: dict[str, Any] = {"model": model, "max_tokens": max_tokens, "temperature": 0.0, "stream": cfg.stream}
     if cfg.endpoint == "/v1/chat/completions":
         messages = [{"role": "system", "content": prompt.system}] if prompt.system else []
         body["messages"] = [*messages, {"role": "user", "content": prompt.user}]
+    elif prompt.ids is not None:
+        body["prompt"] = prompt.ids
     else:
         body["prompt"] = f"{prompt.system}\n{prompt.user}" if prompt.system else prompt.user
     if cfg.stream:
@@ -234,6 +285,24 @@ def _percentiles(values: Sequence[float], scale: float = 1000.0) -> dict[str, fl
             "max": round(ordered[-1] * scale, 3)}
 
 
+SERVER_INFO_KEYS = ("model_name", "device", "device_name", "device_count", "dtype", "attention_impl",
+                    "tensor_parallel_size", "chunked_prefill_size", "enable_mixed_chunk", "max_total_num_tokens",
+                    "max_running_requests", "version")
+
+
+async def _server_info(session: aiohttp.ClientSession, base_url: str) -> dict[str, Any] | None:
+    """What the server runs on (device, parallelism, scheduling flags), when it is a radixserve
+    server; other OpenAI-compatible endpoints give None."""
+    try:
+        async with session.get(base_url + "/get_server_info") as resp:
+            if resp.status != 200:
+                return None
+            data = await resp.json(content_type=None)
+    except (aiohttp.ClientError, ValueError):
+        return None
+    return {k: data[k] for k in SERVER_INFO_KEYS if isinstance(data, dict) and k in data}
+
+
 async def _resolve_model(session: aiohttp.ClientSession, base_url: str) -> str:
     async with session.get(base_url + "/v1/models") as resp:
         resp.raise_for_status()
@@ -267,13 +336,40 @@ def summarize(cfg: BenchConfig, results: list[RequestResult], duration_s: float)
         "tpot_ms": _percentiles(tpot),
         "e2e_latency_ms": _percentiles([r.latency_s for r in ok]),
         "errors": [r.error for r in results if not r.ok][:10],
+        "cache_guard": cache_guard(cfg, prompt_tokens, cached),
     }
+
+
+def cache_guard(cfg: BenchConfig, prompt_tokens: int, cached: int | None) -> dict[str, Any]:
+    """The cached-token guard's verdict: `passed` False when a non-shared dataset had > 1 % cached,
+    None when the server reported no cached tokens (nothing to check)."""
+    shared = cfg.dataset in SHARED_DATASETS
+    verdict: dict[str, Any] = {"dataset": cfg.dataset, "shared": shared, "passed": None, "error": None}
+    if cached is None:
+        verdict["error"] = "the server reported no cached_tokens: not checked"
+        return verdict
+    try:
+        verdict["cached_fraction"] = round(check_cached(cfg.dataset, prompt_tokens, cached, shared), 6)
+        verdict["passed"] = True
+    except CachedTokensError as e:
+        verdict["passed"], verdict["error"] = False, str(e)
+        if cfg.endpoint == "/v1/chat/completions":
+            verdict["error"] += "; with /v1/chat/completions the chat template's header is shared: use /v1/completions"
+    return verdict
+
+
+def guard_failed(result: dict[str, Any]) -> bool:
+    """True when the result (one run, or several under "runs") failed the cached-token guard."""
+    runs = result.get("runs") or [result]
+    return any((r.get("cache_guard") or {}).get("passed") is False for r in runs)
 
 
 async def run_benchmark(cfg: BenchConfig, command: str | None = None) -> dict[str, Any]:
     """Run the workload against `cfg.base_url` and return the result dict (does not write it)."""
     if cfg.endpoint not in ENDPOINTS:
         raise ValueError(f"endpoint must be one of {ENDPOINTS}")
+    if cfg.token_ids and cfg.endpoint != "/v1/completions":
+        raise ValueError("token-id prompts need the /v1/completions endpoint")
     base_url = cfg.base_url.rstrip("/")
     prompts = make_prompts(cfg)
     headers = {"Authorization": f"Bearer {cfg.api_key}"} if cfg.api_key else {}
@@ -282,8 +378,10 @@ async def run_benchmark(cfg: BenchConfig, command: str | None = None) -> dict[st
     rng = random.Random(cfg.seed + 1)
     async with aiohttp.ClientSession(connector=connector, timeout=timeout, headers=headers) as session:
         model = cfg.model or await _resolve_model(session, base_url)
+        server = await _server_info(session, base_url)
         bodies = [_request_body(cfg, model, p) for p in prompts]
-        est_tokens = [len(((p.system or "") + " " + p.user).split()) for p in prompts]
+        est_tokens = [len(p.ids) if p.ids is not None else len(((p.system or "") + " " + p.user).split())
+                      for p in prompts]
         semaphore = asyncio.Semaphore(cfg.max_concurrency) if cfg.max_concurrency else None
         bar = None
         if not cfg.disable_tqdm:
@@ -312,7 +410,7 @@ async def run_benchmark(cfg: BenchConfig, command: str | None = None) -> dict[st
         duration = time.perf_counter() - start
         if bar is not None:
             bar.close()
-    out = {"benchmark": "serving", "command": command, "config": _config_dict(cfg), "model": model,
+    out = {"benchmark": "serving", "command": command, "config": _config_dict(cfg), "model": model, "server": server,
            "machine": machine_info(("radixserve", "aiohttp", "sglang-router"))}
     out.update(summarize(cfg, list(results), duration))
     return out
@@ -332,17 +430,26 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--endpoint", choices=ENDPOINTS, default="/v1/chat/completions", help="API to call")
     p.add_argument("--model", default=None, help="model name to send (default: first of GET /v1/models)")
     p.add_argument("--api-key", default=None, help="sent as `Authorization: Bearer KEY`")
-    p.add_argument("--dataset", choices=("shared-prefix", "random"), default="shared-prefix",
-                   help="workload: shared system prompts, or independent random prompts")
-    p.add_argument("--num-prompts", type=int, default=200, help="random: number of requests")
+    p.add_argument("--dataset", choices=DATASETS, default="shared-prefix",
+                   help="workload: shared system prompts, independent random prompts, or random prompts "
+                        "with ShareGPT-like input/output lengths")
+    p.add_argument("--num-prompts", type=int, default=200, help="random, sharegpt: number of requests")
     p.add_argument("--random-input-len", type=int, default=256, help="random: prompt length in words")
+    p.add_argument("--token-ids", action="store_true",
+                   help="random, sharegpt: send prompts as token ids of exact length (needs /v1/completions)")
+    p.add_argument("--vocab-lo", type=int, default=100, help="--token-ids: smallest token id")
+    p.add_argument("--vocab-hi", type=int, default=32000, help="--token-ids: token ids stay below this")
     p.add_argument("--num-groups", type=int, default=8, help="shared-prefix: distinct system prompts")
     p.add_argument("--prompts-per-group", type=int, default=16, help="shared-prefix: questions per system prompt")
     p.add_argument("--system-prompt-len", type=int, default=1024, help="shared-prefix: system prompt words")
     p.add_argument("--question-len", type=int, default=64, help="shared-prefix: question words")
-    p.add_argument("--output-len", type=int, default=64, help="max_tokens of every request")
+    p.add_argument("--output-len", type=int, default=64,
+                   help="max_tokens of every request (sharegpt: each request has its own)")
     p.add_argument("--request-rate", type=float, default=math.inf,
                    help="Poisson arrival rate in requests/s (inf: send all at once)")
+    p.add_argument("--request-rates", type=parse_rates, default=None,
+                   help="comma-separated rates (e.g. 4,8,16,inf): one run per rate, one JSON with a list of "
+                        "runs; overrides --request-rate")
     p.add_argument("--max-concurrency", type=int, default=None, help="cap on requests in flight (default none)")
     p.add_argument("--disable-stream", action="store_true", help="non-streaming requests (TTFT = latency)")
     p.add_argument("--ignore-eos", action="store_true", help="send ignore_eos=true so outputs have full length")
@@ -359,6 +466,7 @@ def config_from_args(args: argparse.Namespace) -> BenchConfig:
     return BenchConfig(
         base_url=args.base_url, endpoint=args.endpoint, model=args.model, api_key=args.api_key,
         dataset=args.dataset, num_prompts=args.num_prompts, random_input_len=args.random_input_len,
+        token_ids=args.token_ids, vocab_lo=args.vocab_lo, vocab_hi=args.vocab_hi,
         num_groups=args.num_groups, prompts_per_group=args.prompts_per_group,
         system_prompt_len=args.system_prompt_len, question_len=args.question_len, output_len=args.output_len,
         request_rate=args.request_rate, max_concurrency=args.max_concurrency, stream=not args.disable_stream,
@@ -367,17 +475,49 @@ def config_from_args(args: argparse.Namespace) -> BenchConfig:
     )
 
 
+def parse_rates(text: str) -> list[float]:
+    """'4,8,16,inf' -> [4.0, 8.0, 16.0, inf]; every rate positive."""
+    rates = [float(x) for x in text.split(",") if x.strip()]
+    if not rates or any(not r > 0 for r in rates):
+        raise argparse.ArgumentTypeError(f"need positive comma-separated rates (inf allowed), got {text!r}")
+    return rates
+
+
+async def run_rates(cfg: BenchConfig, rates: Sequence[float], command: str | None = None) -> dict[str, Any]:
+    """One run per request rate, in order; run i uses seed + RUN_SEED_STRIDE * i (fresh prompts)."""
+    runs = []
+    for i, rate in enumerate(rates):
+        run_cfg = dataclasses.replace(cfg, request_rate=rate, seed=cfg.seed + RUN_SEED_STRIDE * i)
+        runs.append(await run_benchmark(run_cfg, command))
+        print(f"rate {rate}: {runs[-1]['request_throughput']} req/s, "
+              f"{runs[-1]['output_token_throughput']} out tok/s", flush=True)
+    return {"benchmark": "serving", "command": command, "request_rates": [None if r == math.inf else r for r in rates],
+            "machine": runs[0]["machine"] if runs else machine_info(("radixserve",)),
+            "runs": runs, "failed": sum(r["failed"] for r in runs)}
+
+
 def run(argv: Sequence[str] | None = None) -> dict[str, Any]:
     """Parse `argv`, run, write the JSON unless --no-save; returns the result dict."""
     args = build_parser().parse_args(argv)
     command = " ".join(["benchmarks/bench_serving.py", *(sys.argv[1:] if argv is None else argv)])
-    result = asyncio.run(run_benchmark(config_from_args(args), command))
+    cfg = config_from_args(args)
+    if args.request_rates:
+        result = asyncio.run(run_rates(cfg, args.request_rates, command))
+    else:
+        result = asyncio.run(run_benchmark(cfg, command))
     if not args.no_save:
         result["output_file"] = str(write_results("serving", result, args.output))
     return result
 
 
 def _print_summary(r: dict[str, Any]) -> None:
+    if "runs" in r:
+        for one in r["runs"]:
+            print(f"--- request rate {one['config']['request_rate'] or 'inf'}")
+            _print_summary(one)
+        if r.get("output_file"):
+            print(f"wrote {r['output_file']}")
+        return
     print(f"completed {r['completed']}, failed {r['failed']} in {r['duration_s']} s")
     print(f"requests/s {r['request_throughput']}, output tokens/s {r['output_token_throughput']}, "
           f"total tokens/s {r['total_token_throughput']}")
@@ -387,6 +527,8 @@ def _print_summary(r: dict[str, Any]) -> None:
     if r["cached_tokens_total"] is not None:
         print(f"cached prompt tokens {r['cached_tokens_total']} of {r['prompt_tokens_total']} "
               f"({r['cache_hit_rate']})")
+    if r["cache_guard"]["passed"] is False:
+        print(f"cached-token guard FAILED: {r['cache_guard']['error']}", file=sys.stderr)
     if r.get("output_file"):
         print(f"wrote {r['output_file']}")
 
@@ -394,6 +536,8 @@ def _print_summary(r: dict[str, Any]) -> None:
 def main(argv: Sequence[str] | None = None) -> int:
     result = run(argv)
     _print_summary(result)
+    if guard_failed(result):
+        return 2
     return 0 if result["failed"] == 0 else 1
 
 

@@ -32,6 +32,7 @@ if str(REPO_ROOT) not in sys.path:
     sys.path.insert(0, str(REPO_ROOT))
 
 from benchmarks._common import machine_info, write_results  # noqa: E402
+from benchmarks.workloads import check_cached, random_prompts  # noqa: E402
 
 COMM_ITERS = 50
 
@@ -78,23 +79,35 @@ def comm_cost(size: int, batch: int, hidden: int, vocab: int, layers: int) -> di
     return {k: round(v, 4) if isinstance(v, float) else v for k, v in result.items()}
 
 
-def run_engine(tp: int, args: argparse.Namespace, pp: int = 1) -> dict[str, Any]:
-    import random
-
+def run_engine(tp: int, args: argparse.Namespace, pp: int = 1, **extra: Any) -> dict[str, Any]:
     from radixserve import Engine
+    from radixserve.utils.profiler import DIR_ENV
 
-    rng = random.Random(0)
-    prompts = [[rng.randrange(100, 5000) for _ in range(args.input_len)] for _ in range(args.batch)]
+    if os.environ.get(DIR_ENV):  # one profile folder per configuration
+        os.environ[DIR_ENV] = str(Path(os.environ[DIR_ENV]).parent / f"tp{tp}_pp{pp}{'_nccl' if extra else ''}")
+    prompts = random_prompts(args.batch, args.input_len, 100, 5000, seed=0)
     params = {"max_new_tokens": args.output_len, "temperature": 0, "ignore_eos": True}
     with Engine(model_path=args.shape, load_format="dummy", tp_size=tp, pp_size=pp, max_total_tokens=args.max_total_tokens,
-                log_level="warning", tokenizer_path=args.tokenizer_path) as engine:
-        engine.generate(input_ids=prompts[:1], sampling_params={**params, "max_new_tokens": 2})  # warm-up
+                log_level="warning", tokenizer_path=args.tokenizer_path, **extra) as engine:
+        # Warm-up on ids outside the prompts' range: nothing of it can be a cached prefix later.
+        warm = random_prompts(1, args.input_len, 5000, 6000, seed=1)
+        engine.generate(input_ids=warm, sampling_params={**params, "max_new_tokens": 2})
         t = time.perf_counter()
         outs = engine.generate(input_ids=prompts, sampling_params=params)
         elapsed = time.perf_counter() - t
     tokens = sum(len(o["output_ids"]) for o in outs)
-    return {"tp": tp, "pp": pp, "seconds": round(elapsed, 3), "output_tokens": tokens,
+    prompt_tokens = sum(o["meta_info"]["prompt_tokens"] for o in outs)
+    cached = sum(o["meta_info"]["cached_tokens"] for o in outs)
+    check_cached(f"tp{tp}_pp{pp}", prompt_tokens, cached, shared=False)  # distinct prompts: no cache help
+    return {"tp": tp, "pp": pp, **extra, "prompt_tokens": prompt_tokens, "cached_tokens": cached,
+            "seconds": round(elapsed, 3), "output_tokens": tokens,
             "output_tokens_per_s": round(tokens / elapsed, 2)}
+
+
+def _device_name() -> str:
+    import torch
+
+    return torch.cuda.get_device_name(0) if torch.cuda.is_available() else "cpu"
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -107,6 +120,9 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--input-len", type=int, default=64, help="prompt length in tokens")
     p.add_argument("--output-len", type=int, default=32, help="tokens generated per prompt")
     p.add_argument("--max-total-tokens", type=int, default=4096, help="KV pool size")
+    p.add_argument("--nccl-too", action="store_true",
+                   help="also run TP=N with --disable-custom-all-reduce (every all-reduce through NCCL)")
+    p.add_argument("--skip-comm", action="store_true", help="skip the gloo collective timing")
     p.add_argument("--output", default=None, help="JSON path (default benchmarks/results/tp_<time>.json)")
     args = p.parse_args(argv)
     from radixserve.configs.model_config import NAMED_SHAPES, ModelConfig
@@ -115,10 +131,15 @@ def main(argv: list[str] | None = None) -> int:
     runs = [run_engine(1, args), run_engine(args.tp, args)]
     if args.pp > 1:
         runs.append(run_engine(1, args, pp=args.pp))
-    comm = comm_cost(args.tp, args.batch, cfg.hidden_size, cfg.vocab_size, cfg.num_hidden_layers)
+    if args.nccl_too:
+        runs.append(run_engine(args.tp, args, disable_custom_all_reduce=True))
+        print(f"TP={args.tp} all-reduce through NCCL only: {runs[-1]['output_tokens_per_s']} tok/s")
+    comm = comm_cost(args.tp, args.batch, cfg.hidden_size, cfg.vocab_size, cfg.num_hidden_layers) \
+        if not args.skip_comm else {"per_decode_step_ms": float("nan")}
     step_ms = 1e3 * runs[1]["seconds"] / args.output_len
     result = {"benchmark": "tensor_parallel", "command": " ".join(["bench_tp.py", *(argv or sys.argv[1:])]),
-              "config": vars(args), "machine": machine_info(("radixserve", "torch")), "runs": runs,
+              "config": vars(args), "machine": machine_info(("radixserve", "torch", "triton")),
+              "device": _device_name(), "runs": runs,
               "throughput_tp_over_tp1": round(runs[1]["output_tokens_per_s"] / runs[0]["output_tokens_per_s"], 3),
               **({"throughput_pp_over_pp1": round(runs[2]["output_tokens_per_s"] / runs[0]["output_tokens_per_s"], 3)}
                  if args.pp > 1 else {}),

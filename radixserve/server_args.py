@@ -19,6 +19,7 @@ DTYPES = ("auto", "float32", "bfloat16", "float16")
 DEVICES = ("auto", "cpu", "cuda")
 ATTENTION_BACKENDS = ("auto", "torch", "triton")
 OVERLAP_MODES = ("auto", "on", "off")
+GRAMMAR_BACKENDS = ("xgrammar", "llguidance", "none")
 API_KEY_ENV = "RADIXSERVE_API_KEY"
 
 
@@ -96,6 +97,13 @@ class ServerArgs:
         choices=ATTENTION_BACKENDS))
     disable_cuda_graph: bool = field(default=False, metadata=_help(
         "Do not capture CUDA graphs for decode (CUDA only)."))
+    enable_mixed_chunk: bool = field(default=False, metadata=_help(
+        "Run the running requests' decode step inside each prefill batch (SGLang's mixed chunked "
+        "prefill): decodes advance while prompts prefill, so a token waits at most one prefill chunk; "
+        "pair it with a smaller --chunked-prefill-size to bound inter-token latency."))
+    disable_custom_all_reduce: bool = field(default=False, metadata=_help(
+        "Tensor parallelism on CUDA: send every all-reduce through NCCL instead of the peer-memory "
+        "one-shot/two-shot kernels used for small messages."))
     overlap_schedule: str = field(default="auto", metadata=_help(
         "Launch the next decode step before reading back the current one's tokens, so scheduling "
         "runs while the GPU works (SGLang's overlap scheduler): auto = on for CUDA, off on CPU.",
@@ -108,6 +116,14 @@ class ServerArgs:
         "Sampling settings for fields a request leaves unset: model = the model's generation config "
         "(generation_config.json, GGUF sampling metadata; the embedded model: temperature 0.2, top_p 0.9), "
         "openai = OpenAI's (temperature 1, top_p 1).", choices=SAMPLING_DEFAULTS))
+    grammar_backend: str = field(default="xgrammar", metadata=_help(
+        "Grammar-constrained decoding (json_schema, regex, ebnf sampling parameters; response_format): "
+        "xgrammar, llguidance, or none (such requests are refused).", choices=GRAMMAR_BACKENDS))
+    tool_call_parser: str | None = field(default=None, metadata=_server_help(
+        "How tool calls are read from the output with tool_choice auto: llama3, hermes (qwen, qwen25), mistral, "
+        "pythonic (default: detected from the chat template; none detected: the output stays content)."))
+    reasoning_parser: str | None = field(default=None, metadata=_server_help(
+        "Split the model's reasoning into reasoning_content: deepseek-r1 or qwen3 (default: no split)."))
     stream_interval: int = field(default=1, metadata=_server_help(
         "Send streamed output every N tokens."))
     # Operation
@@ -140,6 +156,10 @@ class ServerArgs:
               f"{self.overlap_schedule!r} is not one of {OVERLAP_MODES}")
         check(self.sampling_defaults in SAMPLING_DEFAULTS, "sampling_defaults",
               f"{self.sampling_defaults!r} is not one of {SAMPLING_DEFAULTS}")
+        check(self.grammar_backend in GRAMMAR_BACKENDS, "grammar_backend",
+              f"{self.grammar_backend!r} is not one of {GRAMMAR_BACKENDS}")
+        _check_parser(self.tool_call_parser, "tool_call_parser")
+        _check_parser(self.reasoning_parser, "reasoning_parser")
         check(self.schedule_policy in SCHEDULE_POLICIES, "schedule_policy",
               f"{self.schedule_policy!r} is not one of {SCHEDULE_POLICIES}")
         check(self.attention_backend in ATTENTION_BACKENDS, "attention_backend",
@@ -193,6 +213,19 @@ class ServerArgs:
 
     def replace(self, **changes: Any) -> ServerArgs:
         return dataclasses.replace(self, **changes)
+
+
+def _check_parser(name: str | None, field_name: str) -> None:
+    """--tool-call-parser / --reasoning-parser: a name radixserve/parsers knows."""
+    if name is None:
+        return
+    from radixserve.parsers.reasoning import get_reasoning_parser
+    from radixserve.parsers.tool_calls import get_tool_call_parser
+
+    try:
+        (get_tool_call_parser if field_name == "tool_call_parser" else get_reasoning_parser)(name)
+    except ValueError as e:
+        raise ServerArgsError(field_name, str(e)) from None
 
 
 def _field_type(f: dataclasses.Field[Any]) -> type:

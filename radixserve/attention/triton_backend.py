@@ -62,12 +62,20 @@ class TritonAttnBackend(AttentionBackend):
                                                  self.num_sms, MAX_SPLITS)
             self._ensure_mid(bs)
         else:
-            lens = torch.tensor(fb.extend_seq_lens_cpu, dtype=torch.int64)
+            # Mixed batches: the prompts' rows go to the extend kernel, the running requests'
+            # one-token rows to the decode kernel, which reads each KV head once for all the query
+            # heads of its group (the extend kernel reads it once per query head).
+            n_ext = fb.batch_size - fb.num_decode_rows
+            lens = torch.tensor(fb.extend_seq_lens_cpu[:n_ext], dtype=torch.int64)
             self._extend_lens = lens.to(self.device, non_blocking=True)
-            self._prefix_lens = torch.tensor(fb.extend_prefix_lens_cpu, dtype=torch.int64).to(
+            self._prefix_lens = torch.tensor(fb.extend_prefix_lens_cpu[:n_ext], dtype=torch.int64).to(
                 self.device, non_blocking=True)
             self._extend_start = (torch.cumsum(lens, 0) - lens).to(self.device, non_blocking=True)
-            self._max_extend = max(fb.extend_seq_lens_cpu)
+            self._max_extend = max(fb.extend_seq_lens_cpu[:n_ext], default=0)
+            if fb.num_decode_rows:
+                self._num_splits = decode_num_splits(self.context_len, fb.num_decode_rows, self.num_kv_heads,
+                                                     self.num_sms, MAX_SPLITS)
+                self._ensure_mid(fb.num_decode_rows)
 
     def rotate_and_store(self, q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, positions: torch.Tensor,
                          rotary: RotaryEmbedding, layer: RadixAttention, fb: ForwardBatch) -> torch.Tensor:
@@ -84,8 +92,16 @@ class TritonAttnBackend(AttentionBackend):
     def forward_extend(self, q: torch.Tensor, layer: RadixAttention, fb: ForwardBatch) -> torch.Tensor:
         k_buf, v_buf = fb.token_to_kv_pool.get_kv_buffer(layer.layer_id)
         o = torch.empty_like(q)
-        extend_attention(q, k_buf, v_buf, o, fb.req_to_token_pool.req_to_token, fb.req_pool_indices,
-                         self._prefix_lens, self._extend_lens, self._extend_start, self._max_extend, layer.scaling)
+        table = fb.req_to_token_pool.req_to_token
+        n_dec = fb.num_decode_rows
+        n_ext, t_ext = fb.batch_size - n_dec, q.shape[0] - n_dec  # decode rows: the last n_dec tokens
+        if n_ext:
+            extend_attention(q[:t_ext], k_buf, v_buf, o[:t_ext], table, fb.req_pool_indices[:n_ext],
+                             self._prefix_lens, self._extend_lens, self._extend_start, self._max_extend,
+                             layer.scaling)
+        if n_dec:
+            decode_attention(q[t_ext:], k_buf, v_buf, o[t_ext:], table, fb.req_pool_indices[n_ext:],
+                             fb.seq_lens[n_ext:], layer.scaling, self._num_splits, self._mid_o, self._mid_lse)
         return o
 
     def forward_decode(self, q: torch.Tensor, layer: RadixAttention, fb: ForwardBatch) -> torch.Tensor:

@@ -106,6 +106,9 @@ NAMED_SHAPES: dict[str, dict[str, Any]] = {
                            rope_scaling={"rope_type": "llama3", "factor": 8.0, "low_freq_factor": 1.0,
                                          "high_freq_factor": 4.0, "original_max_position_embeddings": 8192},
                            eos_token_id=128009, bos_token_id=128000),
+    # 70.6B parameters, 141 GB in bf16: two H200s at TP=2 (issue 16), four or eight GPUs otherwise.
+    "llama-3-70b": _llama(8192, 28672, 80, 64, 8, 128256, rope_theta=500000.0, max_position_embeddings=8192,
+                          eos_token_id=128009, bos_token_id=128000),
     "llama-3.2-1b": _llama(2048, 8192, 16, 32, 8, 128256, head_dim=64, rope_theta=500000.0,
                            max_position_embeddings=131072, tie_word_embeddings=True,
                            rope_scaling={"rope_type": "llama3", "factor": 32.0, "low_freq_factor": 1.0,

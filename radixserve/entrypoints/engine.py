@@ -2,12 +2,14 @@
 
 from __future__ import annotations
 
+import gc
 import logging
 from collections.abc import Sequence
 from dataclasses import dataclass, field
 from types import TracebackType
 from typing import Any, NotRequired, TypedDict, overload
 
+import torch
 from tqdm.auto import tqdm
 
 from radixserve.entrypoints.drivers import InProcessDriver, ProcessDriver, SchedulerDriver
@@ -92,7 +94,8 @@ class Engine:
             self.driver = remote
             context_len, vocab_size = remote.info["context_length"], remote.info["vocab_size"]
         defaults = source.generation_defaults if self.server_args.sampling_defaults == "model" else {}
-        self.builder = RequestBuilder(self.tokenizer, self.model_name, context_len, vocab_size, defaults)
+        self.builder = RequestBuilder(self.tokenizer, self.model_name, context_len, vocab_size, defaults,
+                                      grammar_backend=self.server_args.grammar_backend)
         self.detokenizer = DetokenizerManager(self.tokenizer)
 
     # ---- API ---------------------------------------------------------------------------------
@@ -154,9 +157,23 @@ class Engine:
         return self.builder.apply_chat_template(messages)[1]
 
     def shutdown(self) -> None:
-        if not self._closed:
-            self._closed = True
-            self.driver.close()
+        """Stop the scheduler and give its memory back: in this process, the model, the KV pools
+        and the CUDA graphs are dropped and the allocator's cache emptied, so another Engine can
+        start here (SGLang's Engine behaves the same)."""
+        if self._closed:
+            return
+        self._closed = True
+        self.driver.close()
+        if isinstance(self.driver, InProcessDriver):
+            device = self.model_runner.device
+            if self.scheduler.grammar is not None:
+                self.scheduler.grammar.shutdown()  # its compile thread
+            # The scheduler owns the runner, the pools and the graphs; nothing else refers to them.
+            for name in ("scheduler", "model_runner", "driver"):
+                self.__dict__.pop(name, None)
+            gc.collect()  # the runner and its CUDA graph runner refer to each other
+            if device.type == "cuda":
+                torch.cuda.empty_cache()
 
     def __enter__(self) -> Engine:
         return self

@@ -8,6 +8,7 @@ are InvalidRequestError naming the field.
 
 from __future__ import annotations
 
+import functools
 import uuid
 from dataclasses import dataclass
 from typing import Any
@@ -20,6 +21,35 @@ from radixserve.managers.schedule_batch import check_prompt
 from radixserve.sampling.sampling_params import MAX_SEED, SamplingParams
 
 MAX_TOP_LOGPROBS = 20
+
+
+@functools.lru_cache(maxsize=256)
+def _grammar_problem(backend: str, kind: str, source: str) -> str | None:
+    """Why the backend cannot take this grammar (its own parser, no tokenizer needed), or None."""
+    from radixserve.constrained.base import GrammarError, validate_grammar
+
+    try:
+        validate_grammar(backend, kind, source)
+    except GrammarError as e:
+        return str(e)
+    return None
+
+
+def check_grammar(params: SamplingParams, backend: str) -> None:
+    """A constrained request's grammar, checked before admission so a bad one is a 400, not a
+    failed request later (the scheduler compiles it again for the tokenizer)."""
+    grammar = params.grammar
+    if grammar is None:
+        return
+    kind, source = grammar
+    if backend == "none":
+        raise InvalidRequestError(f"invalid value for {kind!r}: constrained decoding is turned off on this server "
+                                  "(--grammar-backend none)", param=kind)
+    problem = _grammar_problem(backend, kind, source)
+    if problem is not None:
+        what = {"json_schema": "JSON schema", "regex": "regular expression", "ebnf": "EBNF grammar"}[kind]
+        raise InvalidRequestError(f"invalid value for {kind!r}: the {what} is not supported by the {backend} "
+                                  f"grammar backend: {problem}", param=kind)
 
 
 def check_text(text: object, param: str) -> str:
@@ -45,13 +75,14 @@ class GenerateRequest:
 
 class RequestBuilder:
     def __init__(self, tokenizer: Any, model_name: str, context_len: int, vocab_size: int,
-                 sampling_defaults: dict[str, float | int] | None = None) -> None:
+                 sampling_defaults: dict[str, float | int] | None = None, grammar_backend: str = "xgrammar") -> None:
         self.tokenizer = tokenizer
         self.model_name = model_name
         self.context_len = context_len
         self.vocab_size = vocab_size
         # The model's own defaults (model_loader/generation_config.py) for fields a request leaves unset.
         self.sampling_defaults = dict(sampling_defaults or {})
+        self.grammar_backend = grammar_backend  # checks json_schema / regex / ebnf as the scheduler's will
 
     def tokenize(self, text: str, add_special_tokens: bool = True, param: str = "prompt") -> list[int]:
         check_text(text, param)
@@ -73,6 +104,7 @@ class RequestBuilder:
             d = {**self.sampling_defaults, **{k: v for k, v in (d or {}).items() if v is not None}}
         params = SamplingParams.from_dict(d)
         params.check_vocab(self.vocab_size)
+        check_grammar(params, self.grammar_backend)
         return params
 
     def build(self, input_ids: list[int], params: SamplingParams, *, rid: str | None = None, stream: bool = False,
@@ -87,6 +119,7 @@ class RequestBuilder:
         check_prompt(input_ids, self.context_len, self.vocab_size, prompt_param)
         params.validate()
         params.check_vocab(self.vocab_size)
+        check_grammar(params, self.grammar_backend)
         total = len(input_ids) + params.max_new_tokens
         if max_tokens_param is not None and total > self.context_len:
             raise InvalidRequestError(

@@ -22,7 +22,10 @@ from radixserve.utils.detokenize import IncrementalDecoder
 from radixserve.utils.tensors import to_device
 
 if TYPE_CHECKING:
+    from collections.abc import Callable
+
     from radixserve.attention.base import AttentionBackend
+    from radixserve.constrained.base import GrammarMatcher
     from radixserve.mem_cache.base_prefix_cache import BasePrefixCache
     from radixserve.mem_cache.memory_pool import ReqToTokenPool, TokenToKVPool
     from radixserve.mem_cache.radix_cache import TreeNode
@@ -60,6 +63,8 @@ class Req:
     send_offset: int = 0  # output tokens already reported
     reported: bool = False  # its DecodeSettings went out with a first output
     stop_decoder: IncrementalDecoder | None = None  # finds stop strings in the output text
+    # Its grammar's state (json_schema / regex / ebnf): masks its next token, accepts each one.
+    grammar: GrammarMatcher | None = None
     retractions: int = 0
     created: float = field(default_factory=time.monotonic)
 
@@ -106,6 +111,10 @@ class ScheduleBatch:
     seq_lens_cpu: list[int] = field(default_factory=list)
     prefix_lens_cpu: list[int] = field(default_factory=list)
     extend_lens_cpu: list[int] = field(default_factory=list)
+    # Run once right before this step samples (after its forward is launched): the overlap schedule
+    # feeds the previous step's tokens to the grammars here, so their masks are up to date.
+    before_sample: Callable[[], None] | None = None
+    num_mixed_decode: int = 0  # running requests whose decode step rides in this prefill batch (last rows)
 
     def alloc_token_slots(self, n: int) -> torch.Tensor:
         out = self.token_to_kv_pool.alloc(n)
@@ -117,8 +126,11 @@ class ScheduleBatch:
                                 f"and {self.tree_cache.evictable_size()} evictable")
         return out
 
-    def _write_req_to_token(self, lens: list[int], starts: list[int], loc: torch.Tensor) -> None:
-        pools = torch.tensor([r.req_pool_idx for r in self.reqs], dtype=torch.int64)
+    def _write_req_to_token(self, lens: list[int], starts: list[int], loc: torch.Tensor,
+                            reqs: list[Req] | None = None) -> torch.Tensor:
+        """Point each request's rows [start, start + len) at the slots `loc`; returns the requests'
+        pool indices on the device."""
+        pools = torch.tensor([r.req_pool_idx for r in (self.reqs if reqs is None else reqs)], dtype=torch.int64)
         lens_t = torch.tensor(lens, dtype=torch.int64)
         rows = torch.repeat_interleave(pools, lens_t)
         starts_t = torch.repeat_interleave(torch.tensor(starts, dtype=torch.int64), lens_t)
@@ -126,6 +138,7 @@ class ScheduleBatch:
         dev = self.req_to_token_pool.req_to_token.device
         self.req_to_token_pool.req_to_token[to_device(rows, dev), to_device(starts_t + offsets, dev)] = loc.to(dev)
         self.req_pool_indices = to_device(pools, self.device)
+        return self.req_pool_indices
 
     def prepare_for_extend(self) -> None:
         self.forward_mode = ForwardMode.EXTEND
@@ -174,6 +187,30 @@ class ScheduleBatch:
         self.seq_lens = to_device(self.seq_lens_cpu, self.device)
         self.prefix_lens_cpu, self.extend_lens_cpu = [], []
 
+    def mix_in_decode(self, running: list[Req]) -> None:
+        """Append the running requests' decode step to this prefill batch (mixed chunked prefill):
+        each becomes an extend row of one token (its last output) over its KV so far, so decodes
+        advance while prompts prefill instead of waiting for the whole prefill phase."""
+        assert self.forward_mode.is_extend() and self.input_ids is not None and self.positions is not None
+        assert self.out_cache_loc is not None and self.req_pool_indices is not None and self.seq_lens is not None
+        extend_pools = self.req_pool_indices
+        loc = self.alloc_token_slots(len(running))
+        kv_lens = [r.kv_len for r in running]
+        for r in running:
+            r.kv_len += 1
+        pools = self._write_req_to_token([1] * len(running), kv_lens, loc, running)
+        ends = [n + 1 for n in kv_lens]
+        self.num_mixed_decode = len(running)
+        self.req_pool_indices = torch.cat([extend_pools, pools])
+        self.reqs = self.reqs + running
+        self.prefix_lens_cpu = self.prefix_lens_cpu + kv_lens
+        self.extend_lens_cpu = self.extend_lens_cpu + [1] * len(running)
+        self.seq_lens_cpu = self.seq_lens_cpu + ends
+        self.input_ids = torch.cat([self.input_ids, to_device([r.output_ids[-1] for r in running], self.device)])
+        self.positions = torch.cat([self.positions, to_device(kv_lens, self.device)])
+        self.out_cache_loc = torch.cat([self.out_cache_loc, loc.to(self.device)])
+        self.seq_lens = torch.cat([self.seq_lens, to_device(ends, self.device)])
+
     def filter(self, keep: list[Req]) -> None:
         self.reqs = keep
 
@@ -183,6 +220,9 @@ class ScheduleBatch:
         return [r for r in self.reqs if r is not self.chunked_req]
 
     def sampling_info(self, device: torch.device) -> SamplingBatchInfo:
+        if self.before_sample is not None:
+            hook, self.before_sample = self.before_sample, None
+            hook()
         reqs = self.sampled_reqs
         rows = None if len(reqs) == len(self.reqs) else [i for i, r in enumerate(self.reqs) if r is not self.chunked_req]
         return SamplingBatchInfo.from_reqs(reqs, device, rows)
@@ -204,6 +244,7 @@ class ScheduleBatch:
             req_to_token_pool=self.req_to_token_pool,
             token_to_kv_pool=self.token_to_kv_pool,
             attn_backend=attn_backend,
+            num_decode_rows=self.num_mixed_decode,
         )
 
 

@@ -12,18 +12,24 @@ launched, fed by the previous step's ids still on the device, so the host's book
 while the GPU computes. A request that turns out to have finished rode along one step too many:
 its surplus token is dropped, and the KV that step wrote (for its last real token) already
 belongs to the tree. Anything that needs the tokens first (a prefill, a retraction, an abort,
-penalties, logprobs) processes the step in flight before scheduling.
+penalties, logprobs) processes the step in flight before scheduling. Grammars (json_schema,
+regex, ebnf) take the step in flight's tokens after the next forward is launched and before it
+samples (`_accept_early`), so their token masks stay exact without giving up the overlap.
 """
 
 from __future__ import annotations
 
+import functools
 import logging
 import os
 from dataclasses import dataclass
 from typing import Any
 
 import torch
+from torch.profiler import record_function
 
+from radixserve.constrained.base import GrammarError
+from radixserve.constrained.manager import GrammarManager
 from radixserve.errors import InvalidRequestError
 from radixserve.managers.decode import DecodeManager
 from radixserve.managers.io_struct import (
@@ -49,6 +55,7 @@ from radixserve.model_executor.model_runner import ModelRunner, NextTokens
 from radixserve.sampling.sampling_params import SamplingParams
 from radixserve.server_args import ServerArgs
 from radixserve.utils.detokenize import IncrementalDecoder
+from radixserve.utils.profiler import StepProfiler
 
 logger = logging.getLogger(__name__)
 
@@ -67,6 +74,7 @@ class LaunchedStep:
     mode: ForwardMode
     reqs: list[Req]  # the sampled requests, in row order
     tokens: NextTokens
+    accepted: list[bool | None] | None = None  # grammars fed these tokens early (overlap), per row
 
 
 class Scheduler:
@@ -101,6 +109,12 @@ class Scheduler:
         mode = server_args.overlap_schedule
         self.overlap = (mode == "on" or (mode == "auto" and device.type == "cuda")) and model_runner.supports_overlap
         self._inflight: LaunchedStep | None = None
+        # Requests with a grammar (json_schema / regex / ebnf) wait here until it is compiled.
+        backend = getattr(server_args, "grammar_backend", "xgrammar")
+        self.grammar: GrammarManager[Req] | None = None
+        if backend != "none" and tokenizer is not None:
+            self.grammar = GrammarManager(backend, tokenizer, self.vocab_size, sorted(self.eos_token_ids))
+        self.profiler = StepProfiler.from_env(model_runner.world.rank)  # RADIXSERVE_PROFILE_DIR
 
     @property
     def waiting_queue(self) -> list[Req]:
@@ -141,6 +155,9 @@ class Scheduler:
                 params.check_vocab(self.vocab_size)  # stop_token_ids index the logits
             except InvalidRequestError as e:
                 refusal = FinishReason("abort", message=e.message, error=e.code)
+        if refusal is None and params.grammar is not None and self.grammar is None:
+            refusal = FinishReason("abort", message=f"invalid value for {params.grammar[0]!r}: constrained decoding "
+                                   "is turned off (--grammar-backend none)", error="invalid_request")
         if refusal is not None:
             self._report_unqueued(req, refusal)
             return
@@ -154,6 +171,14 @@ class Scheduler:
         if params.max_new_tokens == 0:
             self._report_unqueued(req, FinishReason("length"))
             return
+        if params.grammar is not None and self.grammar is not None:
+            try:
+                self.grammar.submit(req, *params.grammar)  # joins the waiting queue once compiled
+            except GrammarError as e:
+                self._report_unqueued(req, FinishReason("abort", message=str(e), error="invalid_request"))
+                return
+            self._rids[req.rid] = req
+            return
         self._rids[req.rid] = req
         self.waiting_queue.append(req)
 
@@ -165,7 +190,7 @@ class Scheduler:
         except InvalidRequestError as e:
             return FinishReason("abort", message=e.message, error=e.code)
         cap = self.max_queued_requests
-        if cap is not None and len(self.waiting_queue) - self.free_running_slots() >= cap:
+        if cap is not None and len(self.waiting_queue) + self._grammar_queued() - self.free_running_slots() >= cap:
             return FinishReason("abort", message=f"the queue is full ({cap} requests wait beyond what the engine "
                                 "can run now); retry later", error="queue_full")
         if req.rid in self._rids:
@@ -189,6 +214,8 @@ class Scheduler:
         if req in self.waiting_queue:
             self.waiting_queue.remove(req)
             self._finish(req, ABORTED)
+        elif self.grammar is not None and self.grammar.remove(req):
+            self._finish(req, ABORTED)  # its grammar was still compiling
         else:
             req.to_abort = ABORTED  # running or chunked: released at the next step
 
@@ -205,10 +232,11 @@ class Scheduler:
     # ---- the loop ----------------------------------------------------------------------------
     def has_work(self) -> bool:
         return bool(self.waiting_queue or self.running_batch.reqs or self.prefill.chunked_req or self._outputs
-                    or self._inflight is not None)
+                    or self._inflight is not None or self._grammar_queued())
 
     def step(self) -> BatchTokenIDOut | None:
         """Run one batch (if any) and return the outputs to report (if any)."""
+        self._admit_grammars()
         prev, self._inflight = self._inflight, None
         if prev is not None and not self._overlap_continues():
             self._process(prev)
@@ -216,21 +244,32 @@ class Scheduler:
         self._process_aborts()
         if prev is not None:
             batch: ScheduleBatch | None = self.decode.next_batch(prev.reqs, prev.tokens.device_ids)
+            if batch is not None and any(r.grammar is not None for r in prev.reqs):
+                # Once this step's forward is launched, and before it samples: the grammars take the
+                # previous step's tokens, so this step's masks follow them.
+                batch.before_sample = functools.partial(self._accept_early, prev)
             self.stats.num_overlap_steps += 1
         else:
             batch = self._next_batch()
-        launched = None if batch is None else self._launch(batch)
+        with record_function("scheduler.launch"):
+            launched = None if batch is None else self._launch(batch)
         if launched is not None and self.overlap and batch is not None and self._overlappable(batch):
             self._inflight, launched = launched, None
         if prev is not None:
-            self._process(prev)  # the host's share, while the GPU runs the step just launched
+            with record_function("scheduler.process"):
+                self._process(prev)  # the host's share, while the GPU runs the step just launched
         if launched is not None:
             self._process(launched)
+        if batch is not None and self.profiler is not None:
+            self.profiler.tick()
         return self._collect_outputs()
 
     def _next_batch(self) -> ScheduleBatch | None:
         prefill = self.prefill.schedule(self.running_batch.reqs, self.max_running_requests,
                                         self.decode.new_token_ratio)
+        if prefill is not None and self.server_args.enable_mixed_chunk and self.running_batch.reqs \
+                and self.decode.has_room():
+            prefill.mix_in_decode(self.running_batch.reqs)
         if prefill is not None or not self.running_batch.reqs:
             return prefill
         for r in self.decode.retract_until_room():
@@ -245,10 +284,13 @@ class Scheduler:
         tokens = self.model_runner.forward(batch)
         st = self.stats
         if batch.forward_mode.is_extend():
+            new = len(batch.reqs) - batch.num_mixed_decode  # the rest are running requests' decode rows
             st.num_prefill_batches += 1
-            st.num_prefill_seqs += len(batch.reqs)
-            st.num_prefill_tokens += sum(batch.extend_lens_cpu)
-            st.num_prefill_cached_tokens += sum(batch.prefix_lens_cpu)
+            st.num_prefill_seqs += new
+            st.num_prefill_tokens += sum(batch.extend_lens_cpu[:new])
+            st.num_prefill_cached_tokens += sum(batch.prefix_lens_cpu[:new])
+            st.num_decode_tokens += batch.num_mixed_decode
+            st.num_mixed_decode_tokens += batch.num_mixed_decode
         else:
             st.num_decode_steps += 1
             st.num_decode_tokens += len(batch.reqs)
@@ -262,6 +304,14 @@ class Scheduler:
         for i, r in enumerate(step.reqs):
             if r.finished:
                 continue  # finished at the step before: a surplus overlap token
+            if r.grammar is not None:
+                early = step.accepted[i] if step.accepted is not None else None
+                if not (early if early is not None else r.grammar.accept_token(ids[i])):
+                    # The mask allowed only what the grammar accepts: never emit a token it refuses.
+                    logger.error("request %s: its grammar rejected sampled token %d", r.rid, ids[i])
+                    self._finish(r, FinishReason("abort", message=f"internal error: the grammar rejected the "
+                                                 f"sampled token {ids[i]}", error="internal_error"))
+                    continue
             r.output_ids.append(ids[i])
             if r.return_logprob and out.logprobs is not None:
                 r.output_logprobs.append(out.logprobs[i])
@@ -269,14 +319,21 @@ class Scheduler:
                     r.output_top_logprobs.append(out.top_logprobs[i][: r.top_logprobs_num])
             self._after_token(r)
         if step.mode.is_extend():
-            started = [r for r in step.reqs if not r.finished]
+            running = {id(r) for r in self.running_batch.reqs}  # mixed batches carry running requests too
+            started = [r for r in step.reqs if not r.finished and id(r) not in running]
             for r in started:
                 self.tree_cache.cache_unfinished_req(r)  # share the prompt with later requests now
+            self.running_batch.filter([r for r in self.running_batch.reqs if not r.finished])
             self.running_batch.reqs.extend(started)
         else:
             self.running_batch.filter([r for r in self.running_batch.reqs if not r.finished])
 
     def _after_token(self, r: Req) -> None:
+        if r.grammar is not None and r.grammar.is_terminated():
+            # The grammar is complete: it decides the stop, over ignore_eos and min_new_tokens.
+            last = r.output_ids[-1]
+            self._finish(r, FinishReason("stop", matched=last if last in r.eos_token_ids else None))
+            return
         reason = check_finished(r, self.context_len)
         if reason is not None:
             # Under overlap, kv_len already counts the in-flight step's slot, which holds this
@@ -294,8 +351,37 @@ class Scheduler:
         if req.req_pool_idx is not None:
             self.tree_cache.cache_finished_req(req)
         req.finished_reason = reason
+        req.grammar = None  # its matcher is done with
         self._rids.pop(req.rid, None)
         self._outputs.append(req)
+
+    def _accept_early(self, step: LaunchedStep) -> None:
+        """Overlap: feed the step in flight's tokens to its requests' grammars (waiting for its ids
+        on the host, while the next step's forward runs); `_process` then uses the results."""
+        ids = step.tokens.tolist()
+        step.accepted = [r.grammar.accept_token(ids[i]) if r.grammar is not None and not r.finished else None
+                         for i, r in enumerate(step.reqs)]
+
+    def _grammar_queued(self) -> int:
+        return len(self.grammar) if self.grammar is not None else 0
+
+    def _admit_grammars(self) -> None:
+        """Move requests whose grammar is compiled to the waiting queue (arrival order), with a
+        matcher each; a grammar that failed to compile fails its request. All ranks admit the same
+        number (the minimum of what each has ready), so their schedules stay the same."""
+        if self.grammar is None or not self.grammar.queue:
+            return
+        idle = not (self.waiting_queue or self.running_batch.reqs or self.prefill.chunked_req
+                    or self._inflight is not None or self._outputs)
+        for ready in self.grammar.pop_ready(self.model_runner.world.all_reduce_min, wait_s=0.005 if idle else 0.0):
+            r = ready.item
+            if ready.matcher is None:
+                kind = (r.sampling_params.grammar or ("grammar", ""))[0]
+                self._finish(r, FinishReason("abort", message=f"invalid value for {kind!r}: the grammar did not "
+                                             f"compile: {ready.error}", error="invalid_request"))
+            else:
+                r.grammar = ready.matcher
+                self.waiting_queue.append(r)
 
     def _collect_outputs(self) -> BatchTokenIDOut | None:
         if not self._outputs:
@@ -307,6 +393,7 @@ class Scheduler:
     def _overlap_safe(self, r: Req) -> bool:
         """Whether the next step of `r` can be sampled before its last token reaches the host."""
         p = r.sampling_params
+        # A grammar is fine: its mask is filled once the next step's forward runs (_accept_early).
         return (not r.return_logprob and p.repetition_penalty == 1.0 and p.frequency_penalty == 0.0
                 and p.presence_penalty == 0.0 and len(r.output_ids) >= p.min_new_tokens
                 # The surplus step writes position kv_len: it must lie inside the context.
@@ -347,7 +434,7 @@ class Scheduler:
         used = self.token_to_kv_pool.size - self.token_to_kv_pool.available_size() - self.tree_cache.evictable_size()
         return {
             "num_running_reqs": len(self.running_batch.reqs) + (1 if self.prefill.chunked_req else 0),
-            "num_waiting_reqs": len(self.waiting_queue),
+            "num_waiting_reqs": len(self.waiting_queue) + self._grammar_queued(),
             "kv_used_tokens": used,
             "kv_cached_tokens": self.tree_cache.total_size(),
             "kv_total_tokens": self.token_to_kv_pool.size,

@@ -20,6 +20,7 @@ class SchedulerStats:
     num_prefill_cached_tokens: int = 0  # prompt tokens served from the cache or earlier chunks
     num_decode_steps: int = 0
     num_decode_tokens: int = 0  # tokens decoded (one per running request per step)
+    num_mixed_decode_tokens: int = 0  # of those, decoded inside prefill batches (--enable-mixed-chunk)
 
 
 def check_finished(req: Req, context_len: int) -> FinishReason | None:

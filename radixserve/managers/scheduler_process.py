@@ -25,7 +25,9 @@ from multiprocessing.connection import Connection
 from typing import Any
 
 import msgspec
+import torch
 import zmq
+from torch.profiler import record_function
 
 from radixserve.distributed.parallel_state import ONE_PROCESS, DistGroups, ParallelGroup
 from radixserve.managers.io_struct import TokenizedGenerateReqInput
@@ -93,6 +95,8 @@ def model_info(scheduler: Scheduler, model_name: str) -> dict[str, Any]:
         "max_total_num_tokens": scheduler.token_to_kv_pool.size,
         "max_running_requests": scheduler.max_running_requests,
         "device": str(runner.device),
+        "device_name": (torch.cuda.get_device_name(runner.device) if runner.device.type == "cuda" else "cpu"),
+        "device_count": runner.world.size,  # GPUs (or CPU ranks) this server runs on
         "dtype": str(runner.dtype).removeprefix("torch."),
         "attention_impl": type(runner.attn_backend).__name__,
         "architecture": runner.config.architecture,
@@ -110,6 +114,21 @@ def rank_name(server_args: ServerArgs, world_rank: int) -> str:
     return f"scheduler-pp{pp_rank}" if tp == 1 else f"scheduler-pp{pp_rank}-tp{tp_rank}"
 
 
+def set_host_threads(server_args: ServerArgs) -> None:
+    """Size torch's CPU thread pool for this rank. On CUDA the host only builds small index
+    tensors, and with one OpenMP thread per core in each of the tp x pp processes they contend
+    for the same cores (vLLM's workers run one thread for the same reason); at TP=2 a 256-request
+    decode step took 45 ms of wall time for 14 ms of GPU work on each rank (docs/gpu.md). CPU
+    ranks keep torch's default: there the model itself runs on those threads. OMP_NUM_THREADS,
+    when set, wins."""
+    from radixserve.model_executor.model_runner import resolve_device
+
+    if os.environ.get("OMP_NUM_THREADS"):
+        return
+    if resolve_device(server_args.device).type == "cuda":
+        torch.set_num_threads(1)
+
+
 def run_scheduler_process(server_args: ServerArgs, port_args: PortArgs, ready: Connection,
                           world_rank: int = 0) -> None:
     """Process entry point of one rank. Reports {"status": "ready", ...} or {"status": "error", ...}."""
@@ -118,16 +137,19 @@ def run_scheduler_process(server_args: ServerArgs, port_args: PortArgs, ready: C
     configure_logging(server_args.log_level, rank_name(server_args, world_rank))
     init_child_process()
     try:
+        set_host_threads(server_args)
         groups = ONE_PROCESS
         if world_size > 1:
             import torch
 
+            from radixserve.distributed.device_comm import disable_multicast
             from radixserve.distributed.parallel_state import init_distributed
             from radixserve.model_executor.model_runner import resolve_device
 
             device = resolve_device(server_args.device)
             if device.type == "cuda":
                 torch.cuda.set_device(world_rank)
+                disable_multicast()
             groups = init_distributed(world_rank, server_args.tensor_parallel_size,
                                       server_args.pipeline_parallel_size, port_args.dist_store, device)
             # Same RNG state on every rank: unseeded sampling draws the same numbers everywhere.
@@ -223,7 +245,9 @@ def event_loop(scheduler: Scheduler, world: ParallelGroup, io: SchedulerIO | Non
             raw = recv_raw(io.recv)
         # Other ranks wait here for rank 0's inputs; an idle rank 0 still broadcasts (empty)
         # every IDLE_POLL_MS, so no collective waits long enough to time out.
-        for data in world.broadcast_bytes(raw):
+        with record_function("scheduler.broadcast_inputs"):
+            inputs = world.broadcast_bytes(raw)
+        for data in inputs:
             try:
                 msg = SCHEDULER_INPUT_DECODER.decode(data)
             except msgspec.MsgspecError as e:  # DecodeError, ValidationError: drop it, keep serving
@@ -232,11 +256,13 @@ def event_loop(scheduler: Scheduler, world: ParallelGroup, io: SchedulerIO | Non
             reply = scheduler.handle(msg)
             if reply is not None and io is not None:
                 io.to_tokenizer.send(ENCODER.encode(reply))
-        out = scheduler.step()
+        with record_function("scheduler.step"):
+            out = scheduler.step()
         if io is None:
             continue
         if out is not None:
-            io.to_detokenizer.send(ENCODER.encode(out))
+            with record_function("scheduler.send_outputs"):
+                io.to_detokenizer.send(ENCODER.encode(out))
         now = time.monotonic()
         if metrics is not None and now - last_metrics >= METRICS_INTERVAL_S:
             metrics.update(scheduler.get_load())

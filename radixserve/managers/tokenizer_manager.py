@@ -99,7 +99,8 @@ class TokenizerManager:
         self.recv_sock.setsockopt(zmq.RCVHWM, 0)
         self.recv_sock.bind(port_args.tokenizer_input)
         self.builder = RequestBuilder(tokenizer, self.model_name, self.context_len, self.vocab_size,
-                                      info.get("sampling_defaults"))
+                                      info.get("sampling_defaults"),
+                                      grammar_backend=getattr(server_args, "grammar_backend", "xgrammar"))
         self.states: dict[str, ReqState] = {}
         self.groups: dict[str, list[str]] = {}  # API request id -> its scheduler request ids
         self.metrics = TokenizerMetrics(self.model_name)

@@ -7,6 +7,7 @@ scratch memory. Graphs are captured largest first into one shared memory pool.
 
 from __future__ import annotations
 
+import gc
 import logging
 import time
 from typing import TYPE_CHECKING
@@ -49,11 +50,24 @@ class CudaGraphRunner:
         self.outputs: dict[int, torch.Tensor] = {}
         self.pool = torch.cuda.graph_pool_handle()
         start = time.monotonic()
-        for bs in tqdm(list(reversed(self.ladder)), desc="Capturing CUDA graphs", unit="graph", leave=False,
-                       disable=runner.tp.rank != 0):
-            self._capture(bs)
+        # A garbage collection inside a capture can free CUDA memory or destroy an event of some
+        # dead object (an earlier Engine's), which invalidates the capture
+        # (cudaErrorStreamCaptureInvalidated): collect now and hold the collector off until done.
+        gc.collect()
+        gc_was_enabled = gc.isenabled()
+        gc.disable()
+        try:
+            self._capture_all()
+        finally:
+            if gc_was_enabled:
+                gc.enable()
         logger.info("captured %d decode CUDA graphs (batch 1..%d) in %.1fs", len(self.ladder), self.max_bs,
                     time.monotonic() - start)
+
+    def _capture_all(self) -> None:
+        for bs in tqdm(list(reversed(self.ladder)), desc="Capturing CUDA graphs", unit="graph", leave=False,
+                       disable=self.runner.tp.rank != 0):
+            self._capture(bs)
 
     def _forward_batch(self, bs: int) -> ForwardBatch:
         r = self.runner

@@ -39,6 +39,9 @@ class ForwardBatch:
     req_to_token_pool: ReqToTokenPool
     token_to_kv_pool: TokenToKVPool
     attn_backend: AttentionBackend
+    # EXTEND only: the last requests are running requests' one-token decode rows (mixed chunked
+    # prefill); an attention backend may serve them with its decode kernel.
+    num_decode_rows: int = 0
 
     @property
     def num_tokens(self) -> int:

@@ -6,6 +6,7 @@ prefill and decode, with and without the overlap schedule, on every pipeline sta
 
 from __future__ import annotations
 
+import dataclasses
 import logging
 import time
 from dataclasses import dataclass
@@ -89,11 +90,15 @@ class ModelRunner:
         self.server_args = server_args
         self.source = source
         self.config: ModelConfig = source.config
-        self.tp = tp
         self.pp = pp
-        self.world = world if world is not None else tp  # without pipeline stages the TP group is the world
         self.device = resolve_device(server_args.device)
         self.dtype = resolve_dtype(server_args.dtype, self.device)
+        if tp.size > 1 and self.device.type == "cuda" and not server_args.disable_custom_all_reduce:
+            from radixserve.distributed.device_comm import DeviceAllReduce
+
+            tp = dataclasses.replace(tp, device_comm=DeviceAllReduce(tp.group, self.device, self.dtype))
+        self.tp = tp
+        self.world = world if world is not None else tp  # without pipeline stages the TP group is the world
         self.model = self._load_model()
         self.sizes = self._pool_sizes()
         self.req_to_token_pool = ReqToTokenPool(

@@ -3,6 +3,11 @@
 Random draws use the exponential-race trick (argmax of p / E, E ~ Exp(1)), so each seeded
 request draws its noise from its own generator and its output does not depend on what else
 is in the batch. Only the sampled ids (and logprobs when asked) come back to the host.
+
+Order per row: penalties, logit_bias, the min_new_tokens ban on stop ids, the grammar's token
+mask (constrained rows only; built on the host by each request's matcher and copied to the
+logits' device), then temperature / top-k / top-p / min-p or argmax. Rows without a grammar or a
+bias are left bit for bit as they are, so a request's output does not depend on its batch.
 """
 
 from __future__ import annotations
@@ -13,6 +18,7 @@ from typing import Protocol
 
 import torch
 
+from radixserve.constrained.base import GrammarMatcher, allocate_bitmask
 from radixserve.sampling.sampling_params import SamplingParams
 from radixserve.utils.tensors import to_device
 
@@ -24,9 +30,25 @@ class SamplingReq(Protocol):
     generator: torch.Generator | None
     return_logprob: bool
     top_logprobs_num: int
+    grammar: GrammarMatcher | None  # its token mask constrains the next token
 
     @property
     def stop_ids_for_min_tokens(self) -> list[int]: ...
+
+
+@dataclass
+class LogitBias:
+    rows: torch.Tensor  # [n] int64: the row of each (token, bias) entry
+    tokens: torch.Tensor  # [n] int64
+    values: torch.Tensor  # [n] float32
+
+
+@dataclass
+class VocabMask:
+    """The grammar's allowed tokens for the constrained rows only."""
+
+    rows: torch.Tensor  # [k] int64: the constrained rows
+    bitmask: torch.Tensor  # [bs, ceil(vocab / 32)] int32, bit j of word i allows token 32 * i + j (other rows unused)
 
 
 @dataclass
@@ -45,6 +67,9 @@ class SamplingBatchInfo:
     need_logprobs: bool
     top_logprobs_num: int
     rows: torch.Tensor | None  # the logits rows to sample (None: all; a chunked prefill's row is not)
+    logit_bias: LogitBias | None = None
+    vocab_mask: VocabMask | None = None
+    constrained: list[bool] | None = None  # per row: a grammar decides its stop tokens
 
     @classmethod
     def from_reqs(cls, reqs: Sequence[SamplingReq], device: torch.device,
@@ -74,7 +99,46 @@ class SamplingBatchInfo:
             need_logprobs=any(r.return_logprob for r in reqs),
             top_logprobs_num=max((r.top_logprobs_num for r in reqs if r.return_logprob), default=0),
             rows=None if rows is None else to_device(rows, device),
+            logit_bias=_logit_bias(ps, device),
+            vocab_mask=_vocab_mask(reqs, device),
+            constrained=_constrained_rows(reqs),
         )
+
+
+def _constrained_rows(reqs: Sequence[SamplingReq]) -> list[bool] | None:
+    rows = [getattr(r, "grammar", None) is not None for r in reqs]
+    return rows if any(rows) else None
+
+
+def _logit_bias(ps: list[SamplingParams], device: torch.device) -> LogitBias | None:
+    entries = [(i, t, b) for i, p in enumerate(ps) if p.logit_bias for t, b in p.logit_bias.items()]
+    if not entries:
+        return None
+    rows, tokens, values = zip(*entries, strict=True)
+    return LogitBias(to_device(list(rows), device), to_device(list(tokens), device),
+                     to_device([float(v) for v in values], device, torch.float32))
+
+
+def _vocab_mask(reqs: Sequence[SamplingReq], device: torch.device) -> VocabMask | None:
+    """Each constrained row's allowed tokens, filled by its matcher on the host (after its last
+    token was accepted) and copied to the device. None when no row has a grammar."""
+    matchers = [(i, m) for i, r in enumerate(reqs) if (m := getattr(r, "grammar", None)) is not None]
+    if not matchers:
+        return None
+    bitmask = allocate_bitmask(len(reqs), max(m.vocab_size for _, m in matchers))
+    by_kind: dict[type[GrammarMatcher], list[tuple[int, GrammarMatcher]]] = {}
+    for i, m in matchers:
+        if m.is_terminated():
+            bitmask[i] = -1  # done (overlap's surplus step, whose token is dropped): no constraint
+        else:
+            by_kind.setdefault(type(m), []).append((i, m))
+    for kind, group in by_kind.items():  # each backend fills its rows on several threads
+        kind.fill_batch([m for _, m in group], bitmask, [i for i, _ in group])
+    if device.type == "cuda":
+        bitmask = bitmask.pin_memory().to(device, non_blocking=True)
+    else:
+        bitmask = bitmask.to(device)
+    return VocabMask(to_device([i for i, _ in matchers], device), bitmask)
 
 
 @dataclass
@@ -115,9 +179,51 @@ def apply_penalties(logits: torch.Tensor, info: SamplingBatchInfo) -> torch.Tens
     return logits
 
 
-def _mask_min_tokens(logits: torch.Tensor, reqs: Sequence[SamplingReq]) -> torch.Tensor:
+def apply_logit_bias(logits: torch.Tensor, bias: LogitBias | None) -> torch.Tensor:
+    if bias is None:
+        return logits
+    logits = logits.clone()  # the raw logits still serve the logprobs
+    logits.index_put_((bias.rows, bias.tokens), bias.values, accumulate=True)
+    return logits
+
+
+def unpack_bitmask(bitmask: torch.Tensor, vocab: int) -> torch.Tensor:
+    """[k, words] int32 -> [k, vocab] bool (True: allowed); ids past the bitmask are not allowed."""
+    shifts = torch.arange(32, dtype=torch.int32, device=bitmask.device)
+    bits = ((bitmask[:, :, None] >> shifts) & 1).bool().reshape(bitmask.shape[0], -1)
+    if bits.shape[1] >= vocab:
+        return bits[:, :vocab]
+    pad = torch.zeros((bits.shape[0], vocab - bits.shape[1]), dtype=torch.bool, device=bits.device)
+    return torch.cat([bits, pad], dim=1)
+
+
+def apply_vocab_mask(logits: torch.Tensor, mask: VocabMask | None) -> torch.Tensor:
+    """-inf for the tokens a constrained row's grammar forbids; the other rows are untouched."""
+    if mask is None:
+        return logits
+    logits = logits.clone()  # the raw logits still serve the logprobs
+    vocab, covered = logits.shape[1], mask.bitmask.shape[1] * 32
+    if logits.device.type == "cpu" and logits.dtype == torch.float32:
+        # xgrammar's CPU kernel (the bitmask layout is the same for both backends): ~8x the torch path.
+        import xgrammar
+
+        xgrammar.apply_token_bitmask_inplace(logits, mask.bitmask, vocab_size=min(vocab, covered),
+                                             indices=mask.rows.tolist())
+        if vocab > covered:
+            logits[mask.rows, covered:] = float("-inf")
+        return logits
+    allowed = unpack_bitmask(mask.bitmask[mask.rows], vocab)
+    logits[mask.rows] = logits[mask.rows].masked_fill(~allowed, float("-inf"))
+    return logits
+
+
+def _mask_min_tokens(logits: torch.Tensor, reqs: Sequence[SamplingReq],
+                     constrained: list[bool] | None = None) -> torch.Tensor:
+    """Ban the stop ids until min_new_tokens are out. A grammar overrides it: when its grammar
+    may end, a constrained row may stop (its mask alone decides)."""
     rows = [(i, r.stop_ids_for_min_tokens) for i, r in enumerate(reqs)
-            if len(r.output_ids) < r.sampling_params.min_new_tokens and r.stop_ids_for_min_tokens]
+            if len(r.output_ids) < r.sampling_params.min_new_tokens and r.stop_ids_for_min_tokens
+            and not (constrained and constrained[i])]
     if rows:
         logits = logits.clone()  # the raw logits still serve the logprobs
     for i, ids in rows:
@@ -153,7 +259,9 @@ def _exponential_noise(shape: tuple[int, int], generators: list[torch.Generator 
 
 def _sample_ids(logits: torch.Tensor, info: SamplingBatchInfo) -> torch.Tensor:
     logits = apply_penalties(logits, info)
-    logits = _mask_min_tokens(logits, info.reqs)
+    logits = apply_logit_bias(logits, info.logit_bias)
+    logits = _mask_min_tokens(logits, info.reqs, info.constrained)
+    logits = apply_vocab_mask(logits, info.vocab_mask)
     greedy_ids = logits.argmax(dim=-1)
     if info.all_greedy:
         return greedy_ids

@@ -6,6 +6,7 @@ at the edge (RequestBuilder) and read by the scheduler and the sampler.
 
 from __future__ import annotations
 
+import json
 import math
 from typing import Any
 
@@ -24,6 +25,11 @@ MAX_STOP_STRINGS = 16
 MAX_STOP_STRING_CHARS = 256
 MAX_STOP_TOKEN_IDS = 1024
 MAX_REPETITION_PENALTY = 1e4
+MAX_LOGIT_BIAS = 1024  # logit_bias entries
+MAX_LOGIT_BIAS_VALUE = 100.0  # OpenAI: each bias in [-100, 100]
+MAX_GRAMMAR_CHARS = 1 << 20  # json_schema, regex, ebnf
+# At most one of these constrains a request's output (radixserve/constrained/).
+GRAMMAR_FIELDS = ("json_schema", "regex", "ebnf")
 
 
 def _is_utf8(s: str) -> bool:
@@ -33,6 +39,17 @@ def _is_utf8(s: str) -> bool:
     except UnicodeEncodeError:
         return False
     return True
+
+
+def _int_keys(d: dict[Any, Any]) -> dict[Any, Any]:
+    """logit_bias as JSON has string keys ("1234"); token ids are ints. Other keys stay as they
+    are, for validate() to refuse."""
+    out: dict[Any, Any] = {}
+    for k, v in d.items():
+        if isinstance(k, str) and k.strip().isdigit() and len(k) <= 12:
+            k = int(k)
+        out[k] = v
+    return out
 
 
 class SamplingParamsError(InvalidRequestError):
@@ -57,6 +74,13 @@ class SamplingParams(msgspec.Struct):
     seed: int | None = None
     n: int = 1
     min_new_tokens: int = 0
+    # Grammar-constrained decoding (SGLang's names): the output matches a JSON schema (given as a
+    # JSON string; from_dict also takes an object), a regular expression or an EBNF (GBNF) grammar.
+    json_schema: str | None = None
+    regex: str | None = None
+    ebnf: str | None = None
+    # OpenAI: token id -> bias in [-100, 100], added to the logit before sampling.
+    logit_bias: dict[int, float] | None = None
 
     @classmethod
     def from_dict(cls, d: dict[str, Any] | None) -> SamplingParams:
@@ -73,6 +97,10 @@ class SamplingParams(msgspec.Struct):
             d.pop("stop", None)
         if d.get("stop_token_ids") is None:
             d.pop("stop_token_ids", None)
+        if isinstance(d.get("json_schema"), (dict, bool)):
+            d["json_schema"] = json.dumps(d["json_schema"])
+        if isinstance(d.get("logit_bias"), dict):
+            d["logit_bias"] = _int_keys(d["logit_bias"])
         params = cls(**{k: v for k, v in d.items() if v is not None or k == "seed"})
         params.validate()
         return params
@@ -125,11 +153,44 @@ class SamplingParams(msgspec.Struct):
         check(in_range(self.n, 1, MAX_N), "n", f"must be an integer in [1, {MAX_N}], got {self.n!r}")
         check(in_range(self.min_new_tokens, 0, MAX_TOKENS), "min_new_tokens",
               f"must be an integer in [0, {MAX_TOKENS}], got {self.min_new_tokens!r}")
+        for name in GRAMMAR_FIELDS:
+            value = getattr(self, name)
+            check(value is None or (isinstance(value, str) and 0 < len(value) <= MAX_GRAMMAR_CHARS
+                                    and _is_utf8(value)), name,
+                  f"must be a non-empty string of at most {MAX_GRAMMAR_CHARS} characters (valid UTF-8)")
+        given = [name for name in GRAMMAR_FIELDS if getattr(self, name) is not None]
+        check(len(given) <= 1, given[-1] if given else "json_schema",
+              f"give at most one of {', '.join(GRAMMAR_FIELDS)}; got {' and '.join(given)}")
+        if self.json_schema is not None:
+            try:
+                schema = json.loads(self.json_schema)
+            except ValueError as e:
+                raise SamplingParamsError("json_schema", f"not valid JSON: {e}") from None
+            check(isinstance(schema, dict), "json_schema", "must be a JSON schema object")
+        lb = self.logit_bias
+        check(lb is None or (isinstance(lb, dict) and len(lb) <= MAX_LOGIT_BIAS), "logit_bias",
+              f"must be an object of at most {MAX_LOGIT_BIAS} token id -> bias entries")
+        for t, bias in (lb or {}).items():
+            check(in_range(t, 0, MAX_TOKEN_ID), "logit_bias", f"token ids must be integers >= 0, got {t!r}")
+            check(is_num(bias) and -MAX_LOGIT_BIAS_VALUE <= bias <= MAX_LOGIT_BIAS_VALUE, "logit_bias",
+                  f"biases must be numbers in [-100, 100], got {bias!r} for token {t}")
 
     def check_vocab(self, vocab_size: int) -> None:
         """Token ids the model has (stop_token_ids index the logits)."""
         if any(t >= vocab_size for t in self.stop_token_ids):
             raise SamplingParamsError("stop_token_ids", f"token ids must be in [0, {vocab_size})")
+        if self.logit_bias and max(self.logit_bias) >= vocab_size:
+            raise SamplingParamsError("logit_bias", f"token ids must be in [0, {vocab_size}), got "
+                                      f"{max(self.logit_bias)}")
+
+    @property
+    def grammar(self) -> tuple[str, str] | None:
+        """(kind, source) of the grammar the output must match, or None."""
+        for name in GRAMMAR_FIELDS:
+            value = getattr(self, name)
+            if value is not None:
+                return name, value
+        return None
 
     @property
     def is_greedy(self) -> bool:

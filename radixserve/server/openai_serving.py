@@ -16,6 +16,7 @@ from radixserve.managers.io_struct import FinishReason
 from radixserve.managers.request_builder import GenerateRequest
 from radixserve.managers.tokenizer_manager import ChoiceChunk, TokenizerManager
 from radixserve.server import streaming
+from radixserve.server.chat_output import ChatDeltas, OutputPlan, chat_message, chunk_body
 from radixserve.server.errors import APIError
 from radixserve.server.protocol import (
     ChatCompletionChoice,
@@ -23,7 +24,6 @@ from radixserve.server.protocol import (
     ChatCompletionRequest,
     ChatCompletionResponse,
     ChatCompletionStreamChoice,
-    ChatMessageOut,
     ChoiceLogprobs,
     CompletionChoice,
     CompletionChunk,
@@ -37,6 +37,14 @@ from radixserve.server.protocol import (
     TopLogprob,
     UsageInfo,
 )
+from radixserve.server.structured_output import (
+    constraint_field,
+    grammar_errors,
+    grammar_of,
+    logit_bias_of,
+    remapped,
+)
+from radixserve.server.tool_calls import KEEP_SPECIAL_TOKENS, chat_template_of, plan_tools, template_messages
 
 
 def check_model(tm: TokenizerManager, model: str | None) -> None:
@@ -45,15 +53,17 @@ def check_model(tm: TokenizerManager, model: str | None) -> None:
                        param="model", code="model_not_found")
 
 
-def sampling_dict(req: SamplingFields, max_new_tokens: int) -> dict[str, Any]:
-    if req.logit_bias:
-        raise APIError(400, "logit_bias is not supported", param="logit_bias", code="unsupported")
+def sampling_dict(req: SamplingFields, max_new_tokens: int, vocab_size: int | None = None,
+                  grammar: dict[str, str] | None = None) -> dict[str, Any]:
+    """The engine's sampling parameters of a request; `grammar`: its constraint ({"json_schema": ...},
+    {"regex": ...} or {"ebnf": ...}, from `grammar_of`)."""
     d: dict[str, Any] = {
         "max_new_tokens": max_new_tokens, "temperature": req.temperature, "top_p": req.top_p, "top_k": req.top_k,
         "min_p": req.min_p, "frequency_penalty": req.frequency_penalty, "presence_penalty": req.presence_penalty,
         "repetition_penalty": req.repetition_penalty, "stop": req.stop, "stop_token_ids": req.stop_token_ids,
         "ignore_eos": req.ignore_eos, "min_new_tokens": req.min_tokens,
         "skip_special_tokens": req.skip_special_tokens, "seed": req.seed, "n": req.n,
+        "logit_bias": logit_bias_of(req.logit_bias, vocab_size), **(grammar or {}),
     }
     return {k: v for k, v in d.items() if v is not None}
 
@@ -142,77 +152,96 @@ def completion_logprobs(tt: TokenText, ids: list[int], lps: list[float], tops: l
 
 
 # ---- chat ----------------------------------------------------------------------------------
-def chat_request(tm: TokenizerManager, req: ChatCompletionRequest) -> GenerateRequest:
+@dataclass
+class ChatPlan:
+    gr: GenerateRequest
+    output: OutputPlan
+    grammar_source: str | None  # the request field the output constraint came from
+
+
+def chat_request(tm: TokenizerManager, req: ChatCompletionRequest) -> ChatPlan:
     check_model(tm, req.model)
-    if req.tools:
-        raise APIError(400, "tools are not supported", param="tools", code="unsupported")
-    if req.response_format and req.response_format.get("type", "text") != "text":
-        raise APIError(400, "only response_format {\"type\": \"text\"} is supported", param="response_format",
-                       code="unsupported")
     if req.top_logprobs and not req.logprobs:
         raise APIError(400, "top_logprobs needs logprobs: true", param="top_logprobs", code="invalid_value")
-    messages = []
-    for i, m in enumerate(req.messages):
-        content = m.content
-        if isinstance(content, list):
-            if any(p.type != "text" for p in content):
-                raise APIError(400, "only text content parts are supported", param=f"messages.{i}.content",
-                               code="unsupported")
-            content = "".join(p.text or "" for p in content)
-        messages.append({"role": "system" if m.role == "developer" else m.role, "content": content or ""})
+    tools = plan_tools(tm, req)
+    grammar, source = grammar_of(req, tools.schema)
+    template = chat_template_of(tm)
+    messages = template_messages(req, tools, template)
     tm.check_prompt_chars(sum(len(m["content"]) for m in messages), "messages")
-    _, ids = tm.builder.apply_chat_template(messages, **(req.chat_template_kwargs or {}))
+    kwargs = dict(req.chat_template_kwargs or {})
+    if tools.tools is not None:
+        kwargs["tools"] = tools.tools
+    _, ids = tm.builder.apply_chat_template(messages, **kwargs)
     explicit = req.max_completion_tokens if req.max_completion_tokens is not None else req.max_tokens
     max_new = explicit if explicit is not None else max(1, tm.context_len - len(ids))
-    params = tm.builder.sampling_params(sampling_dict(req, max_new))
-    return tm.builder.build(ids, params, rid=req.rid, stream=req.stream, return_logprob=req.logprobs,
-                            top_logprobs_num=req.top_logprobs or 0, prompt_param="messages",
-                            max_tokens_param=None if explicit is None else "max_tokens")
+    d = sampling_dict(req, max_new, tm.vocab_size, grammar)
+    if tools.mode == "parser" and tools.parser in KEEP_SPECIAL_TOKENS:
+        d["skip_special_tokens"] = False  # the parser needs its markers (special tokens) in the text
+    with grammar_errors(source):
+        params = tm.builder.sampling_params(d)
+        gr = tm.builder.build(ids, params, rid=req.rid, stream=req.stream, return_logprob=req.logprobs,
+                              top_logprobs_num=req.top_logprobs or 0, prompt_param="messages",
+                              max_tokens_param=None if explicit is None else "max_tokens")
+    # A constrained output is all content (the constraint starts at the first token): no reasoning split.
+    reasoning = getattr(tm.server_args, "reasoning_parser", None) if not grammar else None
+    return ChatPlan(gr, OutputPlan(reasoning_parser=reasoning, tools=tools), source)
 
 
 async def create_chat_completion(tm: TokenizerManager, req: ChatCompletionRequest, request: Request) -> Response:
-    gr = await tm.run_blocking(chat_request, tm, req)  # templating and tokenizing: off the event loop
-    gen = tm.generate(gr)
+    plan = await tm.run_blocking(chat_request, tm, req)  # templating and tokenizing: off the event loop
+    gen = remapped(tm.generate(plan.gr), plan.grammar_source)
     if req.stream:
-        return await _stream_chat(tm, req, gen, request)
-    states = await streaming.until_disconnect(request, collect(gen, len(gr.reqs)))
+        return await _stream_chat(tm, req, plan, gen, request)
+    states = await streaming.until_disconnect(request, collect(gen, len(plan.gr.reqs)))
     tt = TokenText(tm)
-    choices = [ChatCompletionChoice(
-        index=i, message=ChatMessageOut(content=s.text), finish_reason=finish_reason(s.reason),
-        matched_stop=s.reason.matched if s.reason else None,
-        logprobs=chat_logprobs(tt, s.token_ids, s.logprobs, s.top_logprobs, req.top_logprobs or 0)
-        if req.logprobs else None) for i, s in enumerate(states)]
+    choices = []
+    for i, s in enumerate(states):
+        message, reason = chat_message(s.text, finish_reason(s.reason), plan.output)
+        choices.append(ChatCompletionChoice(
+            index=i, message=message, finish_reason=reason, matched_stop=s.reason.matched if s.reason else None,
+            logprobs=chat_logprobs(tt, s.token_ids, s.logprobs, s.top_logprobs, req.top_logprobs or 0)
+            if req.logprobs else None))
     resp = ChatCompletionResponse(model=tm.model_name, choices=choices, usage=usage_of([states]))
     return JSONResponse(resp.model_dump())
 
 
-async def _stream_chat(tm: TokenizerManager, req: ChatCompletionRequest, gen: AsyncGenerator[ChoiceChunk, None],
-                       request: Request) -> Response:
+async def _stream_chat(tm: TokenizerManager, req: ChatCompletionRequest, plan: ChatPlan,
+                       gen: AsyncGenerator[ChoiceChunk, None], request: Request) -> Response:
     first, rest = await streaming.first_and_rest(request, gen)
     rid, created, n = f"chatcmpl-{uuid.uuid4().hex}", int(time.time()), req.n
     include_usage = bool(req.stream_options and req.stream_options.include_usage)
     tt = TokenText(tm)
+    top = req.top_logprobs or 0
 
     def chunk(choices: list[ChatCompletionStreamChoice], usage: UsageInfo | None = None) -> str:
-        return streaming.sse(ChatCompletionChunk(id=rid, created=created, model=tm.model_name, choices=choices, usage=usage))
+        return streaming.sse(chunk_body(ChatCompletionChunk(id=rid, created=created, model=tm.model_name,
+                                                            choices=choices, usage=usage)))
 
     async def events() -> AsyncIterator[str]:
         states = [ChoiceState() for _ in range(n)]
+        deltas = [ChatDeltas(plan.output) for _ in range(n)]
         for i in range(n):
             yield chunk([ChatCompletionStreamChoice(index=i, delta=DeltaMessage(role="assistant", content=""))])
         async for c in streaming.chained(first, rest):
             states[c.index].add(c)
-            if c.text or c.finish_reason is not None or (req.logprobs and c.token_ids):
+            d = deltas[c.index]
+            out = d.feed(c.text) if c.text else []
+            if c.finish_reason is not None:
+                out += d.finish()
+            logprobs = chat_logprobs(tt, c.token_ids, c.logprobs, c.top_logprobs, top) \
+                if req.logprobs and c.token_ids else None
+            if logprobs is not None and not out:
+                out = [DeltaMessage()]
+            for k, delta in enumerate(out):
+                yield chunk([ChatCompletionStreamChoice(index=c.index, delta=delta,
+                                                        logprobs=logprobs if k == 0 else None)])
+            if c.finish_reason is not None:
                 yield chunk([ChatCompletionStreamChoice(
-                    index=c.index, delta=DeltaMessage(content=c.text or None),
-                    finish_reason=finish_reason(c.finish_reason),
-                    matched_stop=c.finish_reason.matched if c.finish_reason else None,
-                    logprobs=chat_logprobs(tt, c.token_ids, c.logprobs, c.top_logprobs, gr_top)
-                    if req.logprobs else None)])
+                    index=c.index, delta=DeltaMessage(), finish_reason=d.finish_reason(finish_reason(c.finish_reason)),
+                    matched_stop=c.finish_reason.matched)])
         if include_usage:
             yield chunk([], usage_of([states]))
 
-    gr_top = req.top_logprobs or 0
     return streaming.sse_response(streaming.sse_stream(events(), rest))
 
 
@@ -241,11 +270,14 @@ def completion_requests(tm: TokenizerManager, req: CompletionRequest) -> list[tu
     else:
         raise APIError(400, "prompt must be a non-empty string, list of strings, token ids or list of token-id lists",
                        param="prompt", code="invalid_value")
-    params = tm.builder.sampling_params(sampling_dict(req, req.max_tokens if req.max_tokens is not None else 16))
-    return [(tm.builder.build(ids, params, rid=req.rid if len(prompts) == 1 else None, stream=req.stream,
-                              return_logprob=req.logprobs is not None, top_logprobs_num=req.logprobs or 0,
-                              input_text=text, max_tokens_param=None if req.max_tokens is None else "max_tokens"),
-             text) for ids, text in prompts]
+    grammar, source = grammar_of(req)
+    with grammar_errors(source):
+        params = tm.builder.sampling_params(sampling_dict(req, req.max_tokens if req.max_tokens is not None else 16,
+                                                          tm.vocab_size, grammar))
+        return [(tm.builder.build(ids, params, rid=req.rid if len(prompts) == 1 else None, stream=req.stream,
+                                  return_logprob=req.logprobs is not None, top_logprobs_num=req.logprobs or 0,
+                                  input_text=text, max_tokens_param=None if req.max_tokens is None else "max_tokens"),
+                 text) for ids, text in prompts]
 
 
 def _check_prompt_chars(tm: TokenizerManager, prompt: Any) -> None:
@@ -265,7 +297,8 @@ async def create_completion(tm: TokenizerManager, req: CompletionRequest, reques
         return await _stream_completion(tm, req, grs[0][0], grs[0][1], request)
 
     async def run_all() -> list[list[ChoiceState]]:
-        return list(await asyncio.gather(*(collect(tm.generate(gr), len(gr.reqs)) for gr, _ in grs)))
+        return list(await asyncio.gather(*(collect(remapped(tm.generate(gr), constraint_field(req)), len(gr.reqs))
+                                           for gr, _ in grs)))
 
     groups = await streaming.until_disconnect(request, run_all())
     tt = TokenText(tm)
@@ -283,7 +316,7 @@ async def create_completion(tm: TokenizerManager, req: CompletionRequest, reques
 
 async def _stream_completion(tm: TokenizerManager, req: CompletionRequest, gr: GenerateRequest, prompt_text: str,
                              request: Request) -> Response:
-    first, rest = await streaming.first_and_rest(request, tm.generate(gr))
+    first, rest = await streaming.first_and_rest(request, remapped(tm.generate(gr), constraint_field(req)))
     n = len(gr.reqs)
     rid, created = f"cmpl-{uuid.uuid4().hex}", int(time.time())
     include_usage = bool(req.stream_options and req.stream_options.include_usage)

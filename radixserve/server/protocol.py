@@ -25,6 +25,9 @@ from pydantic.json_schema import JsonSchemaValue
 from pydantic_core import CoreSchema, core_schema
 
 from radixserve.sampling.sampling_params import (
+    MAX_GRAMMAR_CHARS,
+    MAX_LOGIT_BIAS,
+    MAX_LOGIT_BIAS_VALUE,
     MAX_N,
     MAX_REPETITION_PENALTY,
     MAX_SEED,
@@ -142,6 +145,38 @@ class UsageInfo(BaseModel):
     prompt_tokens_details: PromptTokensDetails = Field(default_factory=lambda: PromptTokensDetails(cached_tokens=0))
 
 
+MAX_TOOLS = 256
+
+LogitBias = Annotated[
+    dict[Annotated[str, Field(pattern=r"^(0|[1-9][0-9]{0,9})$")], Annotated[float, Field(ge=-MAX_LOGIT_BIAS_VALUE, le=MAX_LOGIT_BIAS_VALUE)]],
+    Field(max_length=MAX_LOGIT_BIAS, json_schema_extra={"additionalProperties": False})]
+
+
+class ResponseFormatText(_Request):
+    type: Literal["text"]
+
+
+class ResponseFormatJsonObject(_Request):
+    type: Literal["json_object"] = Field(description="Any JSON object.")
+
+
+class JsonSchemaSpec(_Request):
+    name: Name = Field(description="The schema's name (not used for decoding).")
+    description: Text | None = None
+    schema_: dict[str, Any] | None = Field(None, alias="schema", description="A JSON Schema; the output is valid "
+                                           "against it (left out: any JSON object).")
+    strict: bool | None = Field(None, description="Accepted; the output always follows the schema.")
+
+
+class ResponseFormatJsonSchema(_Request):
+    type: Literal["json_schema"]
+    json_schema: JsonSchemaSpec
+
+
+ResponseFormat = Annotated[ResponseFormatText | ResponseFormatJsonObject | ResponseFormatJsonSchema,
+                           Field(discriminator="type")]
+
+
 class SamplingFields(_Request):
     """Sampling fields common to chat and completions (OpenAI's, plus vLLM/SGLang extensions)."""
 
@@ -170,8 +205,17 @@ class SamplingFields(_Request):
     ignore_eos: bool = Field(False, description="Extension: keep generating past EOS.")
     min_tokens: int = Field(0, ge=0, le=MAX_TOKENS, description="Extension: generate at least this many tokens.")
     skip_special_tokens: bool = Field(True, description="Extension: leave special tokens out of the text.")
-    logit_bias: dict[str, float] | None = Field(None, description="Not supported; must be empty.")
-    user: Name | None = None
+    logit_bias: LogitBias | None = Field(None, description=f"Token id (as a string) -> bias in [-100, 100] added "
+                                         f"to its logit (at most {MAX_LOGIT_BIAS} entries; ids within the "
+                                         "vocabulary).")
+    response_format: ResponseFormat | None = Field(None, description="`text`, `json_object` (any JSON object) or "
+                                                   "`json_schema` (output valid against the schema), enforced by "
+                                                   "grammar-constrained decoding.")
+    regex: Annotated[str, Field(min_length=1, max_length=MAX_GRAMMAR_CHARS), AfterValidator(_utf8)] | None = Field(
+        None, description="Extension (SGLang): the output matches this regular expression.")
+    ebnf: Annotated[str, Field(min_length=1, max_length=MAX_GRAMMAR_CHARS), AfterValidator(_utf8)] | None = Field(
+        None, description="Extension (SGLang): the output matches this EBNF (GBNF) grammar.")
+    user: Name | None = Field(None, description="An end-user id; logged with the request (--log-requests).")
     rid: Name | None = Field(None, description="Extension: request id, for /abort_request.")
 
 
@@ -181,11 +225,51 @@ class ContentPart(_Request):
     text: Text | None = None
 
 
+class FunctionCall(_Request):
+    name: Name
+    arguments: Text = Field(description="The arguments as JSON text.")
+
+
+class MessageToolCall(_Request):
+    id: Name
+    type: Literal["function"] = "function"
+    function: FunctionCall
+
+
 class ChatMessage(_Request):
     role: Literal["system", "developer", "user", "assistant", "tool"]
     content: Annotated[Annotated[Text, Tag("str")] | Annotated[list[ContentPart], Tag("list[dict]")],
                        _one_of("a string or a list of content parts")] | None = None
     name: Name | None = None
+    tool_calls: list[MessageToolCall] | None = Field(None, description="An assistant message's tool calls.")
+    tool_call_id: Name | None = Field(None, description="A tool message: the call it answers.")
+    reasoning_content: Text | None = Field(None, description="An assistant message's reasoning (accepted, not "
+                                           "sent to the model).")
+
+
+class FunctionDefinition(_Request):
+    name: Annotated[str, Field(min_length=1, max_length=MAX_ID_CHARS), AfterValidator(_utf8)]
+    description: Text | None = None
+    parameters: dict[str, Any] | None = Field(None, description="A JSON Schema of the arguments (an object); left "
+                                              "out: no arguments.")
+    strict: bool | None = Field(None, description="Accepted; forced calls always follow the schema.")
+
+
+class ChatTool(_Request):
+    type: Literal["function"]
+    function: FunctionDefinition
+
+
+class NamedFunction(_Request):
+    name: Annotated[str, Field(min_length=1, max_length=MAX_ID_CHARS), AfterValidator(_utf8)]
+
+
+class NamedToolChoice(_Request):
+    type: Literal["function"]
+    function: NamedFunction
+
+
+ToolChoice = Literal["none", "auto", "required"] | NamedToolChoice
 
 
 class ChatCompletionRequest(SamplingFields):
@@ -198,8 +282,12 @@ class ChatCompletionRequest(SamplingFields):
     logprobs: bool = Field(False, description="Return the log probability of each output token.")
     top_logprobs: int | None = Field(None, ge=0, le=20, description="Most likely alternatives per token (needs "
                                      "logprobs).")
-    response_format: dict[str, Any] | None = Field(None, description="Only {\"type\": \"text\"} is supported.")
-    tools: list[dict[str, Any]] | None = Field(None, description="Not supported; must be empty.")
+    tools: list[ChatTool] | None = Field(None, max_length=MAX_TOOLS, description="Functions the model may call; "
+                                         "their schemas reach the chat template as `tools`.")
+    tool_choice: ToolChoice | None = Field(None, description="auto (the default with tools: the model decides; calls "
+                                           "are parsed by --tool-call-parser), none (tools are not shown), "
+                                           "required or a named function (enforced by constrained decoding).")
+    parallel_tool_calls: bool = Field(True, description="false: at most one call (enforced for required / named).")
     chat_template_kwargs: dict[str, Any] | None = Field(None, description="Extension: extra chat-template "
                                                         "variables.")
 
@@ -218,16 +306,29 @@ class ChoiceLogprobs(BaseModel):
     content: list[TokenLogprob] | None = None
 
 
+class FunctionCallOut(BaseModel):
+    name: str
+    arguments: str = Field(description="JSON text.")
+
+
+class ToolCallOut(BaseModel):
+    id: str
+    type: Literal["function"] = "function"
+    function: FunctionCallOut
+
+
 class ChatMessageOut(BaseModel):
     role: Literal["assistant"] = "assistant"
     content: str | None = None
+    reasoning_content: str | None = Field(None, description="With --reasoning-parser: the model's reasoning.")
+    tool_calls: list[ToolCallOut] | None = None
 
 
 class ChatCompletionChoice(BaseModel):
     index: int
     message: ChatMessageOut
     logprobs: ChoiceLogprobs | None = None
-    finish_reason: str | None = Field(None, description="stop, length, or abort (refused or cut short).")
+    finish_reason: str | None = Field(None, description="stop, length, tool_calls, or abort (refused or cut short).")
     matched_stop: int | str | None = Field(None, description="Extension: the stop string or token id that "
                                            "ended generation.")
 
@@ -241,9 +342,23 @@ class ChatCompletionResponse(BaseModel):
     usage: UsageInfo
 
 
+class DeltaFunctionCall(BaseModel):
+    name: str | None = None
+    arguments: str | None = None
+
+
+class DeltaToolCall(BaseModel):
+    index: int
+    id: str | None = None
+    type: Literal["function"] | None = None
+    function: DeltaFunctionCall
+
+
 class DeltaMessage(BaseModel):
     role: Literal["assistant"] | None = None
     content: str | None = None
+    reasoning_content: str | None = None
+    tool_calls: list[DeltaToolCall] | None = None
 
 
 class ChatCompletionStreamChoice(BaseModel):
@@ -357,6 +472,13 @@ NATIVE_SAMPLING_SCHEMA: dict[str, Any] = {
     "skip_special_tokens": {"type": "boolean"},
     "seed": {"anyOf": [{**_INT, "minimum": 0, "maximum": MAX_SEED}, {"type": "null"}]},
     "n": {**_INT, "minimum": 1, "maximum": MAX_N},
+    # grammar-constrained decoding: at most one of json_schema (a schema, or it as JSON text), regex, ebnf
+    "json_schema": {"anyOf": [{"type": "string", "minLength": 1, "maxLength": MAX_GRAMMAR_CHARS}, {"type": "object"}]},
+    "regex": {"type": "string", "minLength": 1, "maxLength": MAX_GRAMMAR_CHARS},
+    "ebnf": {"type": "string", "minLength": 1, "maxLength": MAX_GRAMMAR_CHARS},
+    # token id (as a string) -> bias; the engine refuses keys that are not token ids
+    "logit_bias": {"type": "object", "maxProperties": MAX_LOGIT_BIAS, "additionalProperties": {
+        "type": "number", "minimum": -MAX_LOGIT_BIAS_VALUE, "maximum": MAX_LOGIT_BIAS_VALUE}},
 }
 # null means "unset" for every one of them
 NATIVE_SAMPLING_SCHEMA = {k: {"anyOf": [v, {"type": "null"}]} for k, v in NATIVE_SAMPLING_SCHEMA.items()}

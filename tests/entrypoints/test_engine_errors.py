@@ -179,3 +179,21 @@ def test_scheduler_refuses_a_request_it_cannot_admit_and_keeps_serving(engine: E
     out: Any = engine.generate(input_ids=[5, 6, 7], sampling_params=OK)
     assert len(out["output_ids"]) == 3
     sched.check_memory()
+
+
+def test_shutdown_releases_the_model_and_refuses_further_requests(tiny_models: dict[str, Path]) -> None:
+    """After shutdown() nothing refers to the runner (its weights, pools and CUDA graphs can be freed
+    for the next Engine in this process), and generate() says the engine is shut down."""
+    import gc
+    import weakref
+
+    engine = Engine(model_path=str(tiny_models["llama"]), max_total_tokens=1024, log_level="warning")
+    engine.generate(input_ids=[1, 2, 3], sampling_params={"max_new_tokens": 2})
+    runner = weakref.ref(engine.model_runner)
+    model = weakref.ref(engine.model_runner.model)
+    engine.shutdown()
+    gc.collect()
+    assert runner() is None and model() is None
+    with pytest.raises(RuntimeError, match="shut down"):
+        engine.generate(input_ids=[1, 2, 3])
+    engine.shutdown()  # a second call is harmless

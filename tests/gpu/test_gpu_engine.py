@@ -96,3 +96,21 @@ def test_eager_decode_above_graph_sizes_leaves_graph_memory_alone(tiny_models: d
                     engine.scheduler.check_memory()
             results.append(outs)
     assert results[0] == results[1]
+
+
+def test_engine_after_engine_in_one_process(tiny_models: dict[str, Path]) -> None:
+    """shutdown() gives the KV pool, the weights and the CUDA graphs back: a second Engine sized
+    by free memory starts, and the allocator holds what it held before the first."""
+    torch.cuda.synchronize()
+    before = torch.cuda.memory_allocated()
+    params = {"max_new_tokens": 8, "temperature": 0, "ignore_eos": True}
+    outs = []
+    for _ in range(2):
+        # Sized from free memory (no max_total_tokens): a leak would leave the second one no room.
+        engine = Engine(model_path=str(tiny_models["llama_gqa_tied"]), device="cuda", dtype="bfloat16",
+                        mem_fraction_static=0.5, cuda_graph_max_bs=8, log_level="warning")
+        outs.append(engine.generate(input_ids=[[1, 2, 3, 4]], sampling_params=params)[0]["output_ids"])
+        engine.shutdown()
+        torch.cuda.synchronize()
+        assert torch.cuda.memory_allocated() - before < 64 << 20
+    assert outs[0] == outs[1]

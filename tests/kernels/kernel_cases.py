@@ -85,3 +85,41 @@ def run_triton(case: PagedCase) -> tuple[torch.Tensor, torch.Tensor]:
 def rel_err(out: torch.Tensor, ref: torch.Tensor) -> float:
     assert not torch.isnan(out).any(), "unwritten (NaN-poisoned) or NaN output"
     return float((out.double().cpu() - ref).norm() / ref.norm())
+
+
+def run_backend_mixed(case: PagedCase, num_decode_rows: int) -> tuple[torch.Tensor, torch.Tensor]:
+    """TritonAttnBackend.forward_extend on a mixed batch: the case's requests as prompt rows,
+    then `num_decode_rows` of them again as one-token decode rows (their last token over the
+    rest as prefix); returns (output, float64 reference)."""
+    from types import SimpleNamespace
+    from typing import Any
+
+    from radixserve.attention.triton_backend import TritonAttnBackend
+    from radixserve.model_executor.forward_batch import ForwardBatch, ForwardMode
+
+    c = case
+    dev = c.q_extend.device
+    heads, dim = c.q_extend.shape[1], c.q_extend.shape[2]
+    dec = list(range(num_decode_rows))
+    prefix = c.prefix_lens + [c.seq_lens[i] - 1 for i in dec]
+    extend = c.extend_lens + [1] * num_decode_rows
+    seqs = c.seq_lens + [c.seq_lens[i] for i in dec]
+    pool = torch.cat([c.pool_idx, c.pool_idx[dec]])
+    q = torch.cat([c.q_extend, c.q_decode[dec]])
+    pools: Any = SimpleNamespace(req_to_token=c.req_to_token)
+    kv: Any = SimpleNamespace(get_kv_buffer=lambda layer_id: (c.k_buf, c.v_buf))
+    backend_unused: Any = None  # forward_extend is called on the backend directly
+    fb = ForwardBatch(forward_mode=ForwardMode.EXTEND, batch_size=len(seqs), input_ids=torch.zeros(len(q)),
+                      positions=torch.zeros(len(q)), req_pool_indices=pool, seq_lens=torch.tensor(seqs, device=dev),
+                      out_cache_loc=torch.zeros(len(q)), seq_lens_cpu=seqs, extend_prefix_lens_cpu=prefix,
+                      extend_seq_lens_cpu=extend, req_to_token_pool=pools, token_to_kv_pool=kv,
+                      attn_backend=backend_unused, num_decode_rows=num_decode_rows)
+    backend = TritonAttnBackend(heads, c.k_buf.shape[1], dim, dev, context_len=c.req_to_token.shape[1])
+    backend.init_forward_metadata(fb)
+    layer: Any = SimpleNamespace(layer_id=0, scaling=c.scale)
+    out = backend.forward_extend(q, layer, fb)
+    table = c.req_to_token.cpu()
+    rows = [table[p, :s] for p, s in zip(pool.tolist(), seqs, strict=True)]
+    ref = extend_attention_ref(q.double().cpu(), c.k_buf.double().cpu(), c.v_buf.double().cpu(), rows, prefix,
+                               extend, c.scale)
+    return out, ref

@@ -50,6 +50,29 @@ print("interpreter ok")
 """
 
 
+MIXED_RUN = r"""
+import sys, torch
+sys.path.insert(0, sys.argv[1])
+import interpreter_compat; interpreter_compat.install()
+from kernel_cases import make_case, rel_err, run_backend_mixed
+gen = torch.Generator().manual_seed(int(sys.argv[2]))
+for shape, decode_rows in [((3, 4, 2, 64, 40), 2), ((2, 8, 1, 32, 130), 1), ((4, 6, 3, 16, 50), 4)]:
+    out, ref = run_backend_mixed(make_case(*shape, dtype=torch.float32, device="cpu", gen=gen), decode_rows)
+    assert rel_err(out, ref) < 1e-5, (shape, rel_err(out, ref))
+print("mixed ok")
+"""
+
+
+def test_mixed_batch_decode_rows_in_triton_cpu_interpreter() -> None:
+    """A mixed prefill batch (--enable-mixed-chunk): prompt rows through the extend kernel and the
+    running requests' one-token rows through the decode kernel give the exact attention."""
+    pytest.importorskip("triton", reason="triton is a dev dependency; install with pip install -e .[dev]")
+    from tests.kernels.interpreter_compat import run_in_interpreter
+
+    seed = str(int.from_bytes(os.urandom(2), "little"))
+    assert "mixed ok" in run_in_interpreter(MIXED_RUN, seed)
+
+
 def test_kernel_logic_in_triton_cpu_interpreter() -> None:
     """The same kernels, run by Triton's CPU interpreter in float32: CI coverage of their indexing."""
     pytest.importorskip("triton", reason="triton is a dev dependency; install with pip install -e .[dev]")

@@ -201,3 +201,28 @@ def test_integrity_report_catches_a_slot_counted_twice(tiny_models: dict[str, Pa
         e.scheduler.token_to_kv_pool.free(cached.clone())  # a slot the tree owns is now also free
         broken = e.scheduler.check_memory_report()
         assert not broken.ok and "257 counted, pool has 256" in broken.message
+
+
+@pytest.mark.parametrize(("chunk", "overlap"), [(7, "off"), (64, "on")])
+def test_mixed_chunk_matches_and_decodes_during_prefill(tiny_models: dict[str, Path], reference: list[list[int]],
+                                                        chunk: int, overlap: str) -> None:
+    """--enable-mixed-chunk: running requests decode inside prefill batches (as one-token extend
+    rows over their KV); greedy outputs stay those of one request at a time."""
+    with Engine(model_path=str(tiny_models["llama"]), max_total_tokens=4096, chunked_prefill_size=chunk,
+                enable_mixed_chunk=True, overlap_schedule=overlap, log_level="warning") as e:
+        # Arrivals spread over steps, so later prompts prefill while earlier ones decode.
+        sched = e.scheduler
+        outs: dict[str, list[int]] = {}
+
+        def collect(out: Any) -> None:
+            for rid, ids in zip(out.rids, out.new_token_ids, strict=True) if out is not None else []:
+                outs.setdefault(rid, []).extend(ids)
+
+        for i, p in enumerate(PROMPTS):
+            sched.handle(_req(f"m{i}", p, GREEDY))
+            collect(sched.step())
+        while sched.has_work():
+            collect(sched.step())
+        assert sched.stats.num_mixed_decode_tokens > 0
+        sched.check_memory()
+    assert [outs[f"m{i}"] for i in range(len(PROMPTS))] == reference

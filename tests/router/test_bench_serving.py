@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import argparse
 import dataclasses
 import json
 from pathlib import Path
@@ -83,3 +84,72 @@ async def test_non_streaming_poisson_completions_direct(fake_workers: MakeFakeWo
 def test_unknown_endpoint_is_refused() -> None:
     with pytest.raises(SystemExit):
         bench_serving.build_parser().parse_args(["--endpoint", "/v2/x"])
+
+
+def test_random_dataset_prompts_are_distinct() -> None:
+    cfg = BenchConfig(base_url="http://unused", dataset="random", num_prompts=300, random_input_len=40)
+    prompts = make_prompts(cfg)
+    assert all(len(p.user.split()) == 40 and p.system is None for p in prompts)
+    assert len({tuple(p.user.split()[:32]) for p in prompts}) == 300
+    assert make_prompts(cfg) == prompts  # seeded
+
+
+def test_sharegpt_dataset_has_per_request_lengths() -> None:
+    from benchmarks.workloads import sharegpt_lengths
+
+    cfg = BenchConfig(base_url="http://unused", dataset="sharegpt", num_prompts=50, seed=5)
+    prompts = make_prompts(cfg)
+    lengths = sharegpt_lengths(50, 5)
+    assert [(len(p.user.split()), p.output_len) for p in prompts] == lengths
+    bodies = [bench_serving._request_body(cfg, "m", p) for p in prompts]
+    assert [b["max_tokens"] for b in bodies] == [o for _, o in lengths]
+    assert len({b["max_tokens"] for b in bodies}) > 10  # not the one --output-len of other datasets
+    # A random run of the same seed on the same server must not hold these prompts' prefixes.
+    randoms = make_prompts(dataclasses.replace(cfg, dataset="random", random_input_len=40))
+    assert {p.user.split()[0] for p in prompts[:3]} != {p.user.split()[0] for p in randoms[:3]}
+    assert not {tuple(p.user.split()[:4]) for p in prompts} & {tuple(p.user.split()[:4]) for p in randoms}
+
+
+async def test_cached_token_guard_fails_a_repeated_random_workload(fake_workers: MakeFakeWorkers) -> None:
+    """The same random prompts sent twice: the second run is served from the (fake) prefix cache."""
+    (w,) = await fake_workers(1)
+    cfg = BenchConfig(base_url=w.url, endpoint="/v1/completions", dataset="random", num_prompts=16,
+                      random_input_len=40, output_len=2, disable_tqdm=True)
+    first = await run_benchmark(cfg)
+    assert first["cache_guard"]["passed"] is True and first["cache_guard"]["cached_fraction"] < 0.01
+    second = await run_benchmark(cfg)
+    assert second["cache_guard"]["passed"] is False and "'random'" in second["cache_guard"]["error"]
+    assert bench_serving.guard_failed(second) and not bench_serving.guard_failed(first)
+    # The shared-prefix workload is about sharing: a high hit rate passes.
+    shared = await run_benchmark(dataclasses.replace(SHARED, base_url=w.url))
+    assert shared["cache_hit_rate"] > 0.5 and shared["cache_guard"]["passed"] is True
+
+
+async def test_several_request_rates_in_one_invocation(fake_workers: MakeFakeWorkers) -> None:
+    (w,) = await fake_workers(1)
+    cfg = BenchConfig(base_url=w.url, endpoint="/v1/completions", dataset="sharegpt", num_prompts=12,
+                      output_len=4, disable_tqdm=True)
+    result = await bench_serving.run_rates(cfg, bench_serving.parse_rates("400,inf"), command="test")
+    assert [r["config"]["request_rate"] for r in result["runs"]] == [400.0, None]
+    assert result["request_rates"] == [400.0, None] and result["failed"] == 0
+    # Each run draws its own prompts, so the second is not served from the first one's cache.
+    assert [r["config"]["seed"] for r in result["runs"]] == [0, bench_serving.RUN_SEED_STRIDE]
+    assert not bench_serving.guard_failed(result)
+    assert all(r["completed"] == 12 for r in result["runs"])
+    with pytest.raises(argparse.ArgumentTypeError):
+        bench_serving.parse_rates("4,0")
+
+
+async def test_token_id_prompts_have_exact_lengths(fake_workers: MakeFakeWorkers) -> None:
+    (w,) = await fake_workers(1)
+    cfg = BenchConfig(base_url=w.url, endpoint="/v1/completions", dataset="random", num_prompts=10,
+                      random_input_len=48, output_len=3, token_ids=True, vocab_lo=100, vocab_hi=5000,
+                      stream=False, disable_tqdm=True)
+    prompts = make_prompts(cfg)
+    assert all(p.ids is not None and len(p.ids) == 48 and all(100 <= t < 5000 for t in p.ids) for p in prompts)
+    result = await run_benchmark(cfg)
+    assert result["prompt_tokens_total"] == 10 * 48 and result["cache_guard"]["passed"] is True
+    sharegpt = make_prompts(dataclasses.replace(cfg, dataset="sharegpt"))
+    assert all(p.ids is not None and p.output_len is not None for p in sharegpt)
+    with pytest.raises(ValueError, match="completions"):
+        await run_benchmark(dataclasses.replace(cfg, endpoint="/v1/chat/completions"))

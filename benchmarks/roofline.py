@@ -1,0 +1,251 @@
+"""Roofline bounds for offline workloads, from rates measured in the same process.
+
+Two device rates, measured (never taken from a spec sheet):
+  matmul rate   one large GEMM in the model's dtype (8192^3 on a GPU, 1024^3 on the CPU), FLOPs
+                2*m*n*k over the median of several timed runs (CUDA events on a GPU)
+  copy rate     a device-to-device copy (2 GiB on a GPU, 256 MiB on the CPU), bytes read plus
+                written over the median time: the memory bandwidth a kernel can actually reach
+
+Bounds from a ModelConfig, per GPU with `tp` ranks (weights, KV and FLOPs split perfectly over the
+ranks; the all-reduces and the logits all-gather that TP adds are not in the bound):
+  prefill FLOPs   2 * (layer matmul params) * new tokens + 2 * (lm_head params) per prompt (logits of
+                  the last position only) + attention 4 * layers * (heads * head_dim) * ctx per new
+                  token, ctx counted causally: a prompt of L new tokens after c cached ones attends
+                  L*c + L*(L+1)/2 key positions in all
+  decode bytes    per step: all weights once (incl. lm_head; the embedding table only where tied,
+                  since untied it is gathered row by row), plus the KV read: for every running
+                  request its context (prompt + tokens so far, incl. the new one) * KV bytes per
+                  token (2 * layers * kv_heads * head_dim * dtype size)
+  decode FLOPs    2 * (layer + lm_head params) per token plus attention over its context
+A workload's bound adds prefill and decode (this engine runs them as separate forward passes):
+  prefill_s = max(prefill FLOPs / matmul rate, prefill passes * weight bytes / copy rate)
+  decode_s  = max(decode FLOPs / matmul rate, (decode steps * weight bytes + KV read) / copy rate)
+with decode steps >= max(ceil(sum(out - 1) / max_batch), max(out) - 1): a step serves at most
+max_batch requests and a request's tokens after the first come one step at a time (the first comes
+from the prefill). Norm weights and biases count as bytes, not FLOPs (a few per million).
+achieved_fraction = bound_s / measured_s: 1.0 would be at the roofline.
+"""
+
+from __future__ import annotations
+
+import math
+import statistics
+import time
+from collections.abc import Sequence
+from dataclasses import asdict, dataclass
+from typing import Any
+
+import torch
+
+from radixserve.configs.model_config import ModelConfig
+
+GPU_GEMM_N = 8192
+CPU_GEMM_N = 1024
+GPU_COPY_BYTES = 2 << 30
+CPU_COPY_BYTES = 256 << 20
+
+
+# --- measured rates ---
+
+def _timed(fn: Any, device: torch.device, iters: int, warmup: int) -> list[float]:
+    """Seconds per call of `fn`, one sample per call after `warmup` untimed calls."""
+    for _ in range(warmup):
+        fn()
+    samples = []
+    if device.type == "cuda":
+        torch.cuda.synchronize(device)
+        for _ in range(iters):
+            start, end = torch.cuda.Event(enable_timing=True), torch.cuda.Event(enable_timing=True)
+            start.record()
+            fn()
+            end.record()
+            end.synchronize()
+            samples.append(start.elapsed_time(end) / 1e3)
+    else:
+        for _ in range(iters):
+            t = time.perf_counter()
+            fn()
+            samples.append(time.perf_counter() - t)
+    return samples
+
+
+def measure_matmul_flops(device: torch.device | str, dtype: torch.dtype, n: int | None = None,
+                         iters: int = 10) -> float:
+    """FLOP/s of an n x n x n GEMM in `dtype`: 2*n^3 over the median time."""
+    device = torch.device(device)
+    n = n or (GPU_GEMM_N if device.type == "cuda" else CPU_GEMM_N)
+    a = torch.randn(n, n, device=device, dtype=dtype)
+    b = torch.randn(n, n, device=device, dtype=dtype)
+    out = torch.empty(n, n, device=device, dtype=dtype)
+    seconds = statistics.median(_timed(lambda: torch.mm(a, b, out=out), device, iters, warmup=3))
+    return 2 * n**3 / seconds
+
+
+def measure_copy_bytes_s(device: torch.device | str, nbytes: int | None = None, iters: int = 10) -> float:
+    """Copy rate: bytes read plus written per second by a `nbytes` device-to-device copy (median)."""
+    device = torch.device(device)
+    nbytes = nbytes or (GPU_COPY_BYTES if device.type == "cuda" else CPU_COPY_BYTES)
+    src = torch.empty(nbytes, dtype=torch.uint8, device=device)
+    src.fill_(1)  # touch every page, so the first timed copy does not fault them in
+    dst = torch.empty_like(src)
+    seconds = statistics.median(_timed(lambda: dst.copy_(src), device, iters, warmup=3))
+    return 2 * nbytes / seconds
+
+
+@dataclass(frozen=True)
+class DeviceRates:
+    """The measured rates of one device (one GPU: with TP the bound is per GPU)."""
+
+    matmul_flops: float  # FLOP/s in `dtype`
+    copy_bytes_s: float  # bytes read + written per second
+    device: str
+    dtype: str
+
+    def to_json(self) -> dict[str, Any]:
+        return {"matmul_tflops": round(self.matmul_flops / 1e12, 2), "copy_gb_s": round(self.copy_bytes_s / 1e9, 1),
+                "rates_device": self.device, "rates_dtype": self.dtype}
+
+
+def measure_rates(device: torch.device | str, dtype: torch.dtype) -> DeviceRates:
+    """Both rates on `device`; on a GPU the buffers are freed again before the Engine sizes its pool."""
+    device = torch.device(device)
+    rates = DeviceRates(measure_matmul_flops(device, dtype), measure_copy_bytes_s(device),
+                        str(device), str(dtype).removeprefix("torch."))
+    if device.type == "cuda":
+        torch.cuda.empty_cache()
+    return rates
+
+
+# --- model costs ---
+
+@dataclass(frozen=True)
+class ModelCost:
+    """What one token costs a model: matmul parameters, weight bytes, KV bytes (whole model, TP=1)."""
+
+    layers: int
+    q_dim: int  # heads * head_dim: the width attention's two matmuls run over
+    layer_matmul_params: int  # all layers
+    lm_head_params: int
+    weight_bytes: int  # read once per decode step
+    kv_bytes_per_token: int  # all layers, K and V
+
+    @classmethod
+    def from_config(cls, cfg: ModelConfig, dtype_bytes: int) -> ModelCost:
+        h, hd = cfg.hidden_size, cfg.head_dim
+        q_dim, kv_dim = cfg.num_attention_heads * hd, cfg.num_key_value_heads * hd
+        per_layer = h * q_dim + 2 * h * kv_dim + q_dim * h + 3 * h * cfg.intermediate_size
+        layer_params = cfg.num_hidden_layers * per_layer
+        lm_head = h * cfg.vocab_size
+        norms = cfg.num_hidden_layers * 2 * h + h + (cfg.num_hidden_layers * 2 * hd if cfg.qk_norm else 0)
+        biases = cfg.num_hidden_layers * (q_dim + 2 * kv_dim) if cfg.attention_bias else 0
+        return cls(layers=cfg.num_hidden_layers, q_dim=q_dim, layer_matmul_params=layer_params,
+                   lm_head_params=lm_head, weight_bytes=(layer_params + lm_head + norms + biases) * dtype_bytes,
+                   kv_bytes_per_token=cfg.kv_bytes_per_token_per_layer * cfg.num_hidden_layers * dtype_bytes)
+
+    def attention_flops(self, new: int, cached: int = 0) -> int:
+        """QK^T and PV for `new` tokens after `cached` ones: 4 * layers * q_dim per attended position."""
+        positions = new * cached + new * (new + 1) // 2
+        return 4 * self.layers * self.q_dim * positions
+
+    def prefill_flops(self, new: int, cached: int = 0) -> int:
+        """One prompt's prefill: layer matmuls on every new token, lm_head on the last one only."""
+        if new <= 0:
+            return 0
+        return 2 * self.layer_matmul_params * new + 2 * self.lm_head_params + self.attention_flops(new, cached)
+
+    def decode_token_flops(self, ctx: int) -> int:
+        """One decode token whose context (incl. itself) is `ctx` positions."""
+        return 2 * (self.layer_matmul_params + self.lm_head_params) + 4 * self.layers * self.q_dim * ctx
+
+    def decode_step_bytes(self, contexts: Sequence[int]) -> int:
+        """One decode step over running requests with these contexts: all weights plus their KV."""
+        return self.weight_bytes + self.kv_bytes_per_token * sum(contexts)
+
+
+# --- workload bounds ---
+
+@dataclass(frozen=True)
+class ReqShape:
+    """One request as the bound sees it: prompt tokens (cached ones included), output tokens, cache hits."""
+
+    input_len: int
+    output_len: int
+    cached_len: int = 0
+
+
+@dataclass(frozen=True)
+class Bound:
+    prefill_flops: int
+    prefill_passes: int
+    decode_flops: int
+    decode_steps: int
+    decode_kv_bytes: int
+    weight_bytes: int
+    tp: int
+    prefill_s: float
+    decode_s: float
+
+    @property
+    def bound_s(self) -> float:
+        return self.prefill_s + self.decode_s
+
+    def to_json(self, measured_s: float | None = None) -> dict[str, Any]:
+        d: dict[str, Any] = asdict(self)
+        d["prefill_s"], d["decode_s"] = round(self.prefill_s, 6), round(self.decode_s, 6)
+        d["bound_s"] = round(self.bound_s, 6)
+        if measured_s is not None:
+            d["achieved_fraction"] = round(achieved_fraction(self.bound_s, measured_s), 4)
+        return d
+
+
+def workload_bound(cost: ModelCost, rates: DeviceRates, reqs: Sequence[ReqShape], max_batch: int,
+                   tp: int = 1) -> Bound:
+    """Lower bound on the time of `reqs` run with at most `max_batch` requests at once (module docstring).
+
+    Per GPU with `tp` ranks: FLOPs, weight bytes and KV bytes divided by tp, rates of one GPU.
+    """
+    if max_batch < 1 or tp < 1:
+        raise ValueError("max_batch and tp must be at least 1")
+    reqs = [r for r in reqs if r.input_len > 0]
+    if not reqs:
+        return Bound(0, 0, 0, 0, 0, cost.weight_bytes // tp, tp, 0.0, 0.0)
+    prefill_flops = sum(cost.prefill_flops(r.input_len - r.cached_len, r.cached_len) for r in reqs)
+    prefill_passes = math.ceil(len(reqs) / max_batch)
+    decode_flops = 0
+    kv_bytes = 0
+    for r in reqs:
+        steps = max(r.output_len - 1, 0)
+        # Decode step j (1..steps) runs with context input_len + j: the prompt, the j-1 tokens
+        # decoded before and the new one. Sum over j: steps*input_len + steps*(steps+1)/2.
+        ctx_sum = steps * r.input_len + steps * (steps + 1) // 2
+        decode_flops += 2 * (cost.layer_matmul_params + cost.lm_head_params) * steps
+        decode_flops += 4 * cost.layers * cost.q_dim * ctx_sum
+        kv_bytes += cost.kv_bytes_per_token * ctx_sum
+    total_decode_tokens = sum(max(r.output_len - 1, 0) for r in reqs)
+    decode_steps = max(math.ceil(total_decode_tokens / max_batch), max(max(r.output_len - 1, 0) for r in reqs))
+    w = cost.weight_bytes / tp
+    prefill_s = max(prefill_flops / tp / rates.matmul_flops, prefill_passes * w / rates.copy_bytes_s)
+    decode_s = max(decode_flops / tp / rates.matmul_flops, (decode_steps * w + kv_bytes / tp) / rates.copy_bytes_s)
+    return Bound(prefill_flops=prefill_flops // tp, prefill_passes=prefill_passes, decode_flops=decode_flops // tp,
+                 decode_steps=decode_steps, decode_kv_bytes=kv_bytes // tp, weight_bytes=int(w), tp=tp,
+                 prefill_s=prefill_s if prefill_flops else 0.0, decode_s=decode_s if decode_steps else 0.0)
+
+
+def uniform(n: int, input_len: int, output_len: int, cached_len: int = 0) -> list[ReqShape]:
+    """`n` requests of the same shape."""
+    return [ReqShape(input_len, output_len, cached_len)] * n
+
+
+def achieved_fraction(bound_s: float, measured_s: float) -> float:
+    """bound / measured: the share of the roofline the run reached."""
+    if measured_s <= 0:
+        raise ValueError("measured time must be positive")
+    return bound_s / measured_s
+
+
+def decode_roofline_tok_s(cost: ModelCost, rates: DeviceRates, ctx: int, batch: int = 1, tp: int = 1) -> float:
+    """Steady decode tokens/s at `batch` requests of context `ctx`: bytes bound or FLOPs bound, the slower."""
+    step_bytes = cost.decode_step_bytes([ctx] * batch) / tp
+    step_flops = batch * cost.decode_token_flops(ctx) / tp
+    step_s = max(step_bytes / rates.copy_bytes_s, step_flops / rates.matmul_flops)
+    return batch / step_s

@@ -1,0 +1,42 @@
+#!/usr/bin/env bash
+# One device call (kind nvidia-h200): inter-token latency under a prefill-heavy load, default
+# scheduling against mixed chunked prefill. `radixserve serve` (8B-shaped random weights) takes
+# 500 distinct 1024-token prompts (256 out) at $RATES, once per server configuration in $CONFIGS
+# ("name:flags" entries separated by ';'); each run writes serving_cuda_llama3_8b_itl_<name>.json.
+# Run through the device tool with carry [".whl", ".gpu_assets"]; results land in $OUT.
+set -uo pipefail
+OUT=${OUT:-/tmp/gpu-out}
+RATES=${RATES:-16,inf}
+CONFIGS=${CONFIGS:-"default:;mixed2048:--enable-mixed-chunk --chunked-prefill-size 2048"}
+mkdir -p "$OUT"
+python3 -m pip install -q --no-index --no-deps --no-compile --target /tmp/site .whl/*.whl || exit 1
+export PYTHONPATH=$PWD:/tmp/site PYTHONUNBUFFERED=1 RADIXSERVE_CACHE=/tmp/radixserve-cache
+export NCCL_NVLS_ENABLE=0 TORCH_SYMM_MEM_DISABLE_MULTICAST=1 NVSHMEM_DISABLE_NVLS=1
+PORT=30778
+IFS=';' read -ra configs <<< "$CONFIGS"
+for entry in "${configs[@]}"; do
+  name=${entry%%:*}; flags=${entry#*:}
+  # shellcheck disable=SC2086  # flags are words
+  python3 -m radixserve.server --port $PORT --model-path llama-3-8b --load-format dummy \
+    --tokenizer-path "$PWD/.gpu_assets/tokenizer" --max-total-tokens 200000 --log-level warning $flags \
+    > "$OUT/server_itl_$name.log" 2>&1 &
+  pid=$!
+  up=0; for _ in $(seq 240); do curl -sf "http://127.0.0.1:$PORT/health" >/dev/null && { up=1; break; }; sleep 1; done
+  if [ $up = 1 ]; then
+    timeout 240 python3 benchmarks/bench_serving.py --base-url "http://127.0.0.1:$PORT" --disable-tqdm \
+      --dataset random --endpoint /v1/completions --token-ids --vocab-lo 100 --vocab-hi 32000 --ignore-eos \
+      --num-prompts 500 --random-input-len 1024 --output-len 256 --request-rates "$RATES" --seed 1 \
+      --output "$OUT/serving_cuda_llama3_8b_itl_$name.json" > "$OUT/bench_itl_$name.log" 2>&1 || echo "bench $name failed"
+  else
+    tail -20 "$OUT/server_itl_$name.log"
+  fi
+  kill -TERM $pid; wait $pid
+done
+python3 - "$OUT" <<'PY'
+import json, pathlib, sys
+for f in sorted(pathlib.Path(sys.argv[1]).glob("serving_*_itl_*.json")):
+    for r in json.loads(f.read_text())["runs"]:
+        print(f.name, "rate", r["config"]["request_rate"] or "inf", "out tok/s", r["output_token_throughput"],
+              "itl p50/p99 ms", r["itl_ms"]["p50"], r["itl_ms"]["p99"], "ttft p50/p99 ms", r["ttft_ms"]["p50"],
+              r["ttft_ms"]["p99"], "cached", r["cache_hit_rate"])
+PY
