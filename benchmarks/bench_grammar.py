@@ -30,7 +30,7 @@ if str(REPO_ROOT) not in sys.path:
     sys.path.insert(0, str(REPO_ROOT))
 
 from benchmarks._common import machine_info, write_results  # noqa: E402
-from benchmarks.workloads import check_cached, random_prompts  # noqa: E402
+from benchmarks.workloads import check_engine_outputs, random_prompts  # noqa: E402
 
 SCHEMA = {
     "type": "object",
@@ -70,9 +70,7 @@ def run_mix(engine: Any, prompts: list[list[int]], output_len: int, fraction: fl
     outs = engine.generate(input_ids=prompts, sampling_params=params)
     elapsed = time.perf_counter() - start
     tokens = sum(len(o["output_ids"]) for o in outs)
-    prompt_tokens = sum(o["meta_info"]["prompt_tokens"] for o in outs)
-    cached = sum(o["meta_info"]["cached_tokens"] for o in outs)
-    check_cached(f"constrained_{fraction:.0%}", prompt_tokens, cached, shared=False)
+    prompt_tokens, cached = check_engine_outputs(f"constrained_{fraction:.0%}", outs)
     valid = 0
     for o, p in zip(outs, params, strict=True):
         if "json_schema" in p and o["meta_info"]["finish_reason"].get("type") == "stop":

@@ -32,7 +32,7 @@ if str(REPO_ROOT) not in sys.path:
     sys.path.insert(0, str(REPO_ROOT))
 
 from benchmarks._common import machine_info, write_results  # noqa: E402
-from benchmarks.workloads import check_cached, random_prompts  # noqa: E402
+from benchmarks.workloads import check_engine_outputs, random_prompts  # noqa: E402
 
 COMM_ITERS = 50
 
@@ -96,9 +96,7 @@ def run_engine(tp: int, args: argparse.Namespace, pp: int = 1, **extra: Any) -> 
         outs = engine.generate(input_ids=prompts, sampling_params=params)
         elapsed = time.perf_counter() - t
     tokens = sum(len(o["output_ids"]) for o in outs)
-    prompt_tokens = sum(o["meta_info"]["prompt_tokens"] for o in outs)
-    cached = sum(o["meta_info"]["cached_tokens"] for o in outs)
-    check_cached(f"tp{tp}_pp{pp}", prompt_tokens, cached, shared=False)  # distinct prompts: no cache help
+    prompt_tokens, cached = check_engine_outputs(f"tp{tp}_pp{pp}", outs)  # distinct prompts: nothing cached
     return {"tp": tp, "pp": pp, **extra, "prompt_tokens": prompt_tokens, "cached_tokens": cached,
             "seconds": round(elapsed, 3), "output_tokens": tokens,
             "output_tokens_per_s": round(tokens / elapsed, 2)}

@@ -29,8 +29,9 @@ from __future__ import annotations
 
 import math
 import random
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
+from typing import Any
 
 # Prompts must differ within their first this many tokens (or the whole prompt if it is shorter).
 DISTINCT_PREFIX = 32
@@ -203,3 +204,13 @@ def check_cached(workload_name: str, prompt_tokens: int, cached_tokens: int, sha
             f"workload that is not about sharing: its prompts repeat (or share a long common prefix, "
             f"e.g. a chat template), so its throughput would measure the cache, not prefill (issue 16)")
     return fraction
+
+
+def check_engine_outputs(workload_name: str, outs: Sequence[Mapping[str, Any]],
+                         shared: bool = False) -> tuple[int, int]:
+    """Sum the Engine outputs' prompt and cached tokens (meta_info) and apply `check_cached`;
+    returns (prompt_tokens, cached_tokens)."""
+    prompt_tokens = sum(int(o["meta_info"]["prompt_tokens"]) for o in outs)
+    cached = sum(int(o["meta_info"]["cached_tokens"]) for o in outs)
+    check_cached(workload_name, prompt_tokens, cached, shared)
+    return prompt_tokens, cached

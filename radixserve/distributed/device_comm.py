@@ -96,8 +96,6 @@ class DeviceAllReduce:
                 raise RuntimeError(f"no size is faster than NCCL on {self.size} ranks as measured")
             if device.type != "cuda":
                 raise RuntimeError("not a CUDA device")
-            if os.environ.get("RADIXSERVE_DISABLE_CUSTOM_ALLREDUCE"):
-                raise RuntimeError("RADIXSERVE_DISABLE_CUSTOM_ALLREDUCE is set")
             if not peer_access(device, self.size):
                 raise RuntimeError("the GPUs cannot access each other's memory")
             import torch.distributed._symmetric_memory as symm_mem

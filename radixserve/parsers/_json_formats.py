@@ -22,7 +22,8 @@ import re
 from typing import Any
 
 from radixserve.parsers._json_stream import ArgsSerializer, JsonScanner
-from radixserve.parsers._types import StreamerBase, ToolCallParser, held_prefix
+from radixserve.parsers._types import StreamerBase, ToolCallParser
+from radixserve.utils.detokenize import held_stop_prefix as held_prefix
 
 _WS = " \t\r\n"
 ARGS_KEYS = ("arguments", "parameters")
@@ -187,8 +188,16 @@ class _JsonToolStreamer(StreamerBase):
         self._buf = buf[len(buf) - keep :]
         return False
 
+    AFTER_CALL = "_m_content"  # the mode once a call's JSON is read
+
     def _on_marker(self, marker: str) -> bool:
-        raise NotImplementedError
+        return self._open_region(marker, "_m_open")
+
+    def _m_open(self, final: bool) -> bool:
+        """After a marker: the call's JSON object, or (anything else) the marker was content."""
+        if not self._skip_ws():
+            return self._wait_or_revert(final)
+        return self._begin_call(self.AFTER_CALL) if self._buf[0] == "{" else self._revert()
 
     def _m_call(self, final: bool) -> bool:
         r = self._reader
@@ -241,14 +250,7 @@ class HermesStreamer(_JsonToolStreamer):
 
     OPEN, CLOSE = "<tool_call>", "</tool_call>"
     MARKERS = (OPEN,)
-
-    def _on_marker(self, marker: str) -> bool:
-        return self._open_region(marker, "_m_open")
-
-    def _m_open(self, final: bool) -> bool:
-        if not self._skip_ws():
-            return self._wait_or_revert(final)
-        return self._begin_call("_m_close") if self._buf[0] == "{" else self._revert()
+    AFTER_CALL = "_m_close"
 
     def _m_close(self, final: bool) -> bool:
         """After a call: its closing tag (whitespace before it is dropped)."""
@@ -271,6 +273,7 @@ class Llama3Streamer(_JsonToolStreamer):
     REQUIRE_ARGS = True  # `{"name": "Bob", "age": 3}` is an answer, not a call
     END_TAGS = ("<|python_end|>",)
     MARKERS = TAGS
+    AFTER_CALL = "_m_between"
 
     def _m_start(self, final: bool) -> bool:
         rest = self._buf.lstrip(_WS)
@@ -284,13 +287,6 @@ class Llama3Streamer(_JsonToolStreamer):
         self._mode = "_m_content"
         return True
 
-    def _on_marker(self, marker: str) -> bool:
-        return self._open_region(marker, "_m_open")
-
-    def _m_open(self, final: bool) -> bool:
-        if not self._skip_ws():
-            return self._wait_or_revert(final)
-        return self._begin_call("_m_between") if self._buf[0] == "{" else self._revert()
 
     def _m_between(self, final: bool) -> bool:
         """After a call: separators are dropped; another call, a tag, or content follows."""
@@ -346,9 +342,6 @@ class MistralStreamer(_JsonToolStreamer):
             return False
         self._mode = "_m_content"
         return True
-
-    def _on_marker(self, marker: str) -> bool:
-        return self._open_region(marker, "_m_open")
 
     def _m_open(self, final: bool) -> bool:
         if not self._skip_ws():

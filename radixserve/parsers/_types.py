@@ -77,18 +77,6 @@ class ToolCallParser(ABC):
         return f"{type(self).__name__}(name={self.name!r})"
 
 
-def held_prefix(text: str, markers: Iterable[str]) -> int:
-    """The length of the longest suffix of `text` that is a proper prefix of one of `markers`:
-    what must be held back because the next fragment could complete a marker."""
-    best = 0
-    for m in markers:
-        for k in range(min(len(m) - 1, len(text)), best, -1):
-            if text.endswith(m[:k]):
-                best = k
-                break
-    return best
-
-
 class StreamerBase(ToolCallStreamer):
     """Output buffers and the whitespace rule shared by the formats.
 

@@ -18,7 +18,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
-from radixserve.parsers._types import held_prefix
+from radixserve.utils.detokenize import held_stop_prefix as held_prefix
 
 _WS = " \t\r\n"
 

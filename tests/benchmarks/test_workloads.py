@@ -22,6 +22,7 @@ from benchmarks.workloads import (
     SHAREGPT_OUTPUT_MEAN,
     CachedTokensError,
     check_cached,
+    check_engine_outputs,
     clipped_lognormal_mean,
     distinct_random_ids,
     random_prompts,
@@ -127,6 +128,16 @@ def test_guard_fires_above_one_percent_on_non_shared_workloads_only() -> None:
     assert check_cached("empty", 0, 0, shared=False) == 0.0
     with pytest.raises(ValueError):
         check_cached("broken", 10, 11, shared=True)
+
+
+def test_engine_outputs_are_summed_and_guarded() -> None:
+    def out(prompt: int, cached: int) -> dict[str, dict[str, int]]:
+        return {"meta_info": {"prompt_tokens": prompt, "cached_tokens": cached}}
+
+    assert check_engine_outputs("ok", [out(100, 0), out(100, 2)]) == (200, 2)
+    with pytest.raises(CachedTokensError, match="'repeated': 99 of 200"):
+        check_engine_outputs("repeated", [out(100, 0), out(100, 99)])
+    assert check_engine_outputs("shared", [out(100, 0), out(100, 99)], shared=True) == (200, 99)
 
 
 # --- roofline arithmetic on a tiny config, worked out by hand ---
