@@ -7,6 +7,7 @@ from dataclasses import dataclass, field
 import pytest
 import torch
 
+from radixserve.constrained.base import GrammarMatcher
 from radixserve.sampling.sampler import SamplingBatchInfo, sample
 from radixserve.sampling.sampling_params import SamplingParams, SamplingParamsError
 
@@ -20,6 +21,7 @@ class FakeReq:
     return_logprob: bool = False
     top_logprobs_num: int = 0
     stop_ids_for_min_tokens: list[int] = field(default_factory=list)
+    grammar: GrammarMatcher | None = None
 
 
 def run(logits: torch.Tensor, *reqs: FakeReq) -> list[int]:
