@@ -52,7 +52,8 @@ class GrammarManager(Generic[T]):
 
     @property
     def backend(self) -> GrammarBackend:
-        """Built at the first constrained request, on the caller's (the scheduler's) thread: it reads
+        """Built at the server's warm-up (scheduler_process.warm_up) or, in an Engine, at the first
+        constrained request, on the caller's (the scheduler's) thread: it reads
         the tokenizer's vocabulary, and a Hugging Face fast tokenizer must not be used from two
         threads at once. Compiling afterwards uses the backend's own copy of the vocabulary."""
         with self._backend_lock:

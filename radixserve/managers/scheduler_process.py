@@ -29,6 +29,7 @@ import torch
 import zmq
 from torch.profiler import record_function
 
+from radixserve.constrained.base import GrammarError
 from radixserve.distributed.parallel_state import ONE_PROCESS, DistGroups, ParallelGroup
 from radixserve.managers.io_struct import TokenizedGenerateReqInput
 from radixserve.managers.ipc import (
@@ -84,6 +85,14 @@ def warm_up(scheduler: Scheduler) -> None:
         scheduler.step()
     scheduler.stats = SchedulerStats()  # warm-up is not traffic
     scheduler.flush_cache()
+    if scheduler.grammar is not None:
+        # The grammar backend reads the whole vocabulary once (0.15-1 s): pay it at start-up, not
+        # in the first constrained request's latency. A tokenizer it cannot use fails those
+        # requests later, with the reason, never the start.
+        try:
+            _ = scheduler.grammar.backend
+        except GrammarError as e:
+            logger.warning("constrained decoding unavailable: %s", e)
 
 
 def model_info(scheduler: Scheduler, model_name: str) -> dict[str, Any]:

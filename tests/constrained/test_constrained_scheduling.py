@@ -196,3 +196,21 @@ def test_embedded_model_writes_a_schema_valid_object(smol_engine: Any) -> None:
                            sampling_params={"json_schema": schema, "max_new_tokens": 64, "temperature": 0})
     assert out["meta_info"]["finish_reason"]["type"] == "stop", out
     jsonschema.validate(json.loads(out["text"]), schema)
+
+
+def _backend_built(grammar: GrammarManager[Any]) -> bool:
+    return grammar._backend is not None
+
+
+def test_server_warm_up_builds_the_grammar_backend(tiny_llama: Path) -> None:
+    """The scheduler process's warm-up builds the grammar backend (it reads the whole vocabulary),
+    so the first constrained request does not pay for it; the Engine builds it lazily."""
+    from radixserve.managers.scheduler_process import warm_up
+
+    with Engine(model_path=str(tiny_llama), max_total_tokens=1024, log_level="warning") as e:
+        grammar = e.scheduler.grammar
+        assert grammar is not None and not _backend_built(grammar)
+        warm_up(e.scheduler)
+        assert _backend_built(grammar)
+        out = e.generate(input_ids=[5, 6, 7], sampling_params={"regex": "[ab]{4}", "max_new_tokens": 8})
+        assert re.fullmatch("[ab]{4}", out["text"]), out
