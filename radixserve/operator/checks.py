@@ -15,6 +15,8 @@ from radixserve.operator import names
 from radixserve.operator.spec import InferenceServerSpec
 
 _DNS_1035 = re.compile(r"^[a-z]([-a-z0-9]*[a-z0-9])?$")
+# Access modes a volume can be mounted with by one node, or one pod, only.
+SINGLE_ATTACH_MODES = frozenset({"ReadWriteOnce", "ReadWriteOncePod"})
 
 
 @dataclass(frozen=True)
@@ -33,7 +35,9 @@ class SpecProblem:
 class ClusterLookups(Protocol):
     """What the checks need to know about the cluster; the reconciler answers from the API."""
 
-    def pvc_exists(self, namespace: str, name: str) -> bool: ...
+    def pvc_access_modes(self, namespace: str, name: str) -> list[str] | None:
+        """The claim's spec.accessModes, or None when it does not exist."""
+        ...
 
     def secret_keys(self, namespace: str, name: str) -> set[str] | None:
         """The Secret's data keys, or None when it does not exist."""
@@ -73,11 +77,24 @@ def check_gpus(spec: InferenceServerSpec) -> SpecProblem | None:
 def check_references(spec: InferenceServerSpec, namespace: str, lookups: ClusterLookups) -> list[SpecProblem]:
     problems: list[SpecProblem] = []
     pvc = spec.model.pvc
-    if pvc is not None and not lookups.pvc_exists(namespace, pvc.claim_name):
+    modes = None if pvc is None else lookups.pvc_access_modes(namespace, pvc.claim_name)
+    if pvc is not None and modes is None:
         problems.append(SpecProblem(
             reason="PVCNotFound",
             field="spec.model.pvc.claimName",
             message=f"PersistentVolumeClaim {pvc.claim_name!r} does not exist in namespace {namespace!r}",
+            transient=True,
+        ))
+    elif pvc is not None and modes is not None and spec.replicas > 1 and set(modes) <= SINGLE_ATTACH_MODES:
+        # Replicas land on different nodes (and a ReadWriteOncePod claim takes one pod at all):
+        # the second pod would hang in ContainerCreating. Transient: a new claim under the same
+        # name clears it without a spec edit.
+        problems.append(SpecProblem(
+            reason="PVCAccessMode",
+            field="spec.model.pvc.claimName",
+            message=(f"PersistentVolumeClaim {pvc.claim_name!r} has access modes {sorted(modes)}, which one node "
+                     f"(ReadWriteOnce) or one pod (ReadWriteOncePod) can mount, but spec.replicas is {spec.replicas}: "
+                     "use a ReadOnlyMany or ReadWriteMany claim, or one replica"),
             transient=True,
         ))
     ref = spec.server.api_key_secret_ref

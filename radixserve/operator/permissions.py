@@ -40,7 +40,7 @@ RULES: tuple[Rule, ...] = (
     Rule("discovery.k8s.io", "endpointslices", ("get", "list", "watch"),
          "never called: Kubernetes lets a subject create a Role only with the permissions it grants "
          "(RBAC escalation check), and the router's Role grants these"),
-    Rule("", "persistentvolumeclaims", ("get",), "checks that spec.model.pvc.claimName exists"),
+    Rule("", "persistentvolumeclaims", ("get",), "checks that spec.model.pvc.claimName exists and its access modes fit spec.replicas"),
     Rule("", "secrets", ("get",), "checks that spec.server.apiKeySecretRef names an existing Secret and key"),
     Rule("", "events", ("create",), "Kubernetes Events about InferenceServers (kopf posts them)"),
 )

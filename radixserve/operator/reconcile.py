@@ -42,8 +42,11 @@ class ApiLookups:
     def __init__(self, client: KubeClient) -> None:
         self._client = client
 
-    def pvc_exists(self, namespace: str, name: str) -> bool:
-        return self._client.get(resource_type("v1", "PersistentVolumeClaim"), namespace, name) is not None
+    def pvc_access_modes(self, namespace: str, name: str) -> list[str] | None:
+        pvc = self._client.get(resource_type("v1", "PersistentVolumeClaim"), namespace, name)
+        if pvc is None:
+            return None
+        return [str(m) for m in (pvc.get("spec") or {}).get("accessModes") or []]
 
     def secret_keys(self, namespace: str, name: str) -> set[str] | None:
         # Only the key names are kept; the values are dropped here and never logged.

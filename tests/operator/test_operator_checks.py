@@ -17,10 +17,11 @@ class FakeCluster:
     pvcs: set[str] = field(default_factory=set)
     secrets: dict[str, set[str]] = field(default_factory=dict)
     asked: list[str] = field(default_factory=list)
+    pvc_modes: dict[str, list[str]] = field(default_factory=dict)  # default: ReadOnlyMany
 
-    def pvc_exists(self, namespace: str, name: str) -> bool:
+    def pvc_access_modes(self, namespace: str, name: str) -> list[str] | None:
         self.asked.append(f"pvc {namespace}/{name}")
-        return name in self.pvcs
+        return self.pvc_modes.get(name, ["ReadOnlyMany"]) if name in self.pvcs else None
 
     def secret_keys(self, namespace: str, name: str) -> set[str] | None:
         self.asked.append(f"secret {namespace}/{name}")
@@ -53,6 +54,28 @@ def test_a_sound_spec_has_no_problems() -> None:
 def test_problems_name_the_field(raw: dict[str, object], cluster: FakeCluster,
                                  expected: list[tuple[str, str, bool]]) -> None:
     assert problems(raw, cluster) == expected
+
+
+@pytest.mark.parametrize(("modes", "replicas", "refused"), [
+    (["ReadWriteOnce"], 2, True),
+    (["ReadWriteOncePod"], 2, True),
+    (["ReadWriteOnce", "ReadWriteOncePod"], 3, True),
+    (["ReadWriteOnce"], 1, False),  # one replica: one node
+    (["ReadWriteOnce"], 0, False),
+    (["ReadWriteOnce", "ReadOnlyMany"], 2, False),  # mountable read-only on many nodes
+    (["ReadWriteMany"], 4, False),
+])
+def test_single_attach_claims_take_one_replica(modes: list[str], replicas: int, refused: bool) -> None:
+    cluster = FakeCluster(pvcs={"m"}, pvc_modes={"m": modes})
+    got = problems({"model": {"pvc": {"claimName": "m"}}, "replicas": replicas}, cluster)
+    assert got == ([("PVCAccessMode", "spec.model.pvc.claimName", True)] if refused else [])
+
+
+def test_access_mode_message_says_what_to_do() -> None:
+    cluster = FakeCluster(pvcs={"m"}, pvc_modes={"m": ["ReadWriteOnce"]})
+    [problem] = check_spec("llm", "ns", parse_spec({"model": {"pvc": {"claimName": "m"}}, "replicas": 2}), cluster)
+    assert "['ReadWriteOnce']" in problem.message and "spec.replicas is 2" in problem.message
+    assert "ReadOnlyMany or ReadWriteMany" in problem.message
 
 
 def test_cpu_pods_may_run_any_tp() -> None:

@@ -47,11 +47,11 @@ EXPECTED_OBJECTS = {
 }
 
 
-async def make_pvc(harness: Harness, name: str) -> None:
+async def make_pvc(harness: Harness, name: str, modes: tuple[str, ...] = ("ReadOnlyMany",)) -> None:
     await harness.put_object(f"/api/v1/namespaces/{NAMESPACE}/persistentvolumeclaims", {
         "apiVersion": "v1", "kind": "PersistentVolumeClaim",
         "metadata": {"name": name, "namespace": NAMESPACE},
-        "spec": {"accessModes": ["ReadOnlyMany"], "resources": {"requests": {"storage": "50Gi"}}},
+        "spec": {"accessModes": list(modes), "resources": {"requests": {"storage": "50Gi"}}},
     })
 
 
@@ -185,6 +185,20 @@ async def test_invalid_spec_sets_the_condition_and_creates_nothing(
     assert harness.owned_objects() == {}
     warning = await harness.wait_for_event("llm", reason, "Warning")
     assert field in warning["message"]
+
+
+@pytest.mark.parametrize("operator_config", [OperatorConfig(defaults=TEST_DEFAULTS, resync_seconds=0, retry_seconds=60)])
+async def test_read_write_once_claim_with_two_replicas_is_refused(harness: Harness,
+                                                                  operator_config: OperatorConfig) -> None:
+    """Two replicas land on two nodes; a ReadWriteOnce claim mounts on one: a condition says so,
+    and nothing is created (the second pod would hang in ContainerCreating)."""
+    await make_pvc(harness, "rwo", ("ReadWriteOnce",))
+    await harness.create("llm", {"model": {"pvc": {"claimName": "rwo"}}, "replicas": 2, "resources": {"gpus": 0}})
+    ready = await harness.wait_for("Ready=False/PVCAccessMode", lambda: (
+        c if (c := harness.condition("llm", "Ready")) and c["reason"] == "PVCAccessMode" else None))
+    assert ready["status"] == "False" and "ReadWriteOnce" in ready["message"] and "spec.replicas is 2" in ready["message"]
+    await harness.settle()
+    assert harness.owned_objects() == {}
 
 
 async def test_missing_pvc_is_retried_until_it_exists(harness: Harness) -> None:
