@@ -12,9 +12,10 @@ from typing import Any
 import pytest
 import torch
 
+from radixserve.distributed.device_comm import NO_MULTICAST_ENV
+
 pytestmark = pytest.mark.gpu
 
-NO_MULTICAST = {"NCCL_NVLS_ENABLE": "0", "TORCH_SYMM_MEM_DISABLE_MULTICAST": "1", "NVSHMEM_DISABLE_NVLS": "1"}
 
 
 def _rank(store: str, out: Any) -> None:
@@ -35,7 +36,7 @@ def _rank(store: str, out: Any) -> None:
 
 
 def test_nccl_world_of_one_rank() -> None:
-    os.environ.update(NO_MULTICAST)
+    os.environ.update(NO_MULTICAST_ENV)
     ctx = mp.get_context("spawn")
     out = ctx.Queue()
     with tempfile.TemporaryDirectory() as d:
