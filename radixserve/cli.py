@@ -18,6 +18,7 @@ SUBCOMMANDS: dict[str, tuple[str, str]] = {
     "generate": ("radixserve.entrypoints.generate_cli", "Run an offline generation with the Engine."),
     "router": ("radixserve.router.cli", "Run the cache-aware router in front of replicas."),
     "operator": ("radixserve.operator.cli", "Run the Kubernetes operator for InferenceServer resources."),
+    "download": ("radixserve.model_store.download_cli", "Download a model (hf://, s3://) into a directory."),
 }
 
 

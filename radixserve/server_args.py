@@ -44,8 +44,10 @@ def _server_help(text: str, **extra: Any) -> dict[str, Any]:
 class ServerArgs:
     # Model
     model_path: str | None = field(default=None, metadata=_help(
-        "GGUF file, HF directory (config.json + *.safetensors + tokenizer files), or, with "
-        "--load-format dummy, a named shape (e.g. llama-3-8b). Empty: the embedded SmolLM2-135M-Instruct."))
+        "GGUF file, HF directory (config.json + *.safetensors + tokenizer files), hf://org/name[@revision] or "
+        "s3://bucket/prefix (downloaded first into $RADIXSERVE_MODEL_CACHE, default ~/.cache/radixserve/models; "
+        "HF_TOKEN, HF_ENDPOINT, AWS_* apply), or, with --load-format dummy, a named shape (e.g. llama-3-8b). "
+        "Empty: the embedded SmolLM2-135M-Instruct."))
     tokenizer_path: str | None = field(default=None, metadata=_help(
         "Directory or GGUF file to take the tokenizer from (default: the model's)."))
     served_model_name: str | None = field(default=None, metadata=_server_help(

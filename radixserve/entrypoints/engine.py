@@ -25,6 +25,7 @@ from radixserve.managers.request_builder import RequestBuilder
 from radixserve.managers.scheduler_process import build_scheduler
 from radixserve.model_loader.source import resolve_model_source
 from radixserve.model_loader.tokenizer import load_tokenizer
+from radixserve.model_store.local import materialize_model_path
 from radixserve.sampling.sampling_params import SamplingParams
 from radixserve.server_args import ServerArgs
 
@@ -77,6 +78,10 @@ class Engine:
             kwargs["tensor_parallel_size"] = tp_size
         if pp_size is not None:
             kwargs["pipeline_parallel_size"] = pp_size
+        # hf:// and s3:// are downloaded into the local model cache first (model_store/local.py).
+        model_path, name = materialize_model_path(model_path)
+        if name and not kwargs.get("served_model_name"):
+            kwargs["served_model_name"] = name
         self.server_args = ServerArgs(model_path=model_path, **kwargs)
         source = resolve_model_source(
             self.server_args.model_path, self.server_args.load_format, self.server_args.tokenizer_path)

@@ -27,8 +27,16 @@ def main(argv: Sequence[str] | None = None) -> int:
     args = parser.parse_args(argv)
     configure_logging(args.log_level)
     from radixserve.entrypoints.engine import Engine
+    from radixserve.model_store.base import SourceError
+    from radixserve.model_store.local import ModelPathError, materialize_model_path
 
     engine_args = {k: v for k, v in vars(ServerArgs.from_cli_args(args)).items()}
+    try:  # an hf:// or s3:// download that fails is a message, not a traceback
+        engine_args["model_path"], name = materialize_model_path(engine_args["model_path"])
+    except (ModelPathError, SourceError) as e:
+        print(f"radixserve generate: error: {e}", file=sys.stderr)
+        return 1
+    engine_args["served_model_name"] = engine_args.get("served_model_name") or name
     with Engine(**engine_args) as engine:
         params = {"max_new_tokens": args.max_new_tokens, "temperature": args.temperature}
         if args.chat:

@@ -54,12 +54,13 @@ def _resolve_real(path: Path) -> tuple[str, Path]:
         if path.suffix.lower() == ".gguf":
             return "gguf", path
         raise UnsupportedModelError(f"model file {str(path)!r} is not a .gguf file; {EXPECTED}")
+    ggufs = sorted(path.glob("*.gguf"))
+    # A downloaded GGUF repository may carry config.json and tokenizer files next to its one GGUF.
+    if len(ggufs) == 1 and not any(path.glob("*.safetensors")):
+        return "gguf", ggufs[0]
     if (path / "config.json").is_file():
         safetensors_files(path)
         return "safetensors", path
-    ggufs = sorted(path.glob("*.gguf"))
-    if len(ggufs) == 1:
-        return "gguf", ggufs[0]
     raise UnsupportedModelError(f"directory {str(path)!r} has no config.json; {EXPECTED}")
 
 

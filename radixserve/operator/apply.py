@@ -62,6 +62,11 @@ def describe(obj: Manifest) -> str:
 
 CREATE, UPDATE, UNCHANGED = "create", "update", "unchanged"
 
+# Created once, never updated: a Job's pod template is immutable, and so is most of a
+# claim's spec (its class, its access modes). The download Job is named after the model
+# URI, so a new model gets a new Job; a changed cache size needs a new claim.
+CREATE_ONLY_KINDS = frozenset({"Job", "PersistentVolumeClaim"})
+
 
 @dataclass
 class Plan:
@@ -88,7 +93,7 @@ def plan_apply(desired: Sequence[Manifest], live: Sequence[Manifest | None], own
             plan.steps.append((CREATE, stamped))
         elif controller_uid(have) != owner_uid:
             plan.conflicts.append(describe(want))
-        elif is_subset(stamped, have):
+        elif is_subset(stamped, have) or want["kind"] in CREATE_ONLY_KINDS:
             plan.steps.append((UNCHANGED, stamped))
         else:
             plan.steps.append((UPDATE, stamped))

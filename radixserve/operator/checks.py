@@ -11,12 +11,16 @@ import re
 from dataclasses import dataclass
 from typing import Protocol
 
+from radixserve.model_store.uri import HFModel, OCIModel, PVCModel, S3Model
 from radixserve.operator import names
+from radixserve.operator.builders.model import credential_keys
 from radixserve.operator.spec import InferenceServerSpec
 
 _DNS_1035 = re.compile(r"^[a-z]([-a-z0-9]*[a-z0-9])?$")
 # Access modes a volume can be mounted with by one node, or one pod, only.
 SINGLE_ATTACH_MODES = frozenset({"ReadWriteOnce", "ReadWriteOncePod"})
+# Image volumes (oci://): beta from 1.33 (feature gate ImageVolume), on by default from 1.35.
+IMAGE_VOLUME_MIN_VERSION = (1, 33)
 
 
 @dataclass(frozen=True)
@@ -41,6 +45,10 @@ class ClusterLookups(Protocol):
 
     def secret_keys(self, namespace: str, name: str) -> set[str] | None:
         """The Secret's data keys, or None when it does not exist."""
+        ...
+
+    def server_version(self) -> tuple[int, int] | None:
+        """The API server's (major, minor), or None when unknown."""
         ...
 
 
@@ -74,29 +82,139 @@ def check_gpus(spec: InferenceServerSpec) -> SpecProblem | None:
     return None
 
 
-def check_references(spec: InferenceServerSpec, namespace: str, lookups: ClusterLookups) -> list[SpecProblem]:
-    problems: list[SpecProblem] = []
-    pvc = spec.model.pvc
-    modes = None if pvc is None else lookups.pvc_access_modes(namespace, pvc.claim_name)
-    if pvc is not None and modes is None:
-        problems.append(SpecProblem(
+_DOWNLOAD_ONLY = (
+    ("credentialsSecretRef", "credentials_secret_ref"), ("endpoint", "endpoint"), ("region", "region"),
+    ("include", "include"), ("exclude", "exclude"), ("cache", "cache"),
+)
+
+
+def _invalid(field: str, message: str) -> SpecProblem:
+    return SpecProblem(reason="InvalidSpec", field=field, message=message)
+
+
+def check_model_fields(spec: InferenceServerSpec) -> SpecProblem | None:
+    """The spec.model fields that only make sense for some URIs (the CRD's CEL says the same)."""
+    model = spec.model
+    uri = model.parsed_uri
+    for wire, attr in _DOWNLOAD_ONLY:
+        value = getattr(model, attr)
+        if value and not model.downloads:
+            what = f"spec.model.uri is {model.uri!r}" if uri is not None else f"the model source is {model.source}"
+            return _invalid(f"spec.model.{wire}",
+                            f"only applies to downloaded models (hf:// and s3:// URIs), but {what}")
+    if model.region and not isinstance(uri, S3Model):
+        return _invalid("spec.model.region", "only applies to s3:// URIs")
+    cache = model.cache
+    if cache is not None:
+        if cache.mode != "pvc" and (cache.claim_name or cache.storage_class_name):
+            field = "claimName" if cache.claim_name else "storageClassName"
+            return _invalid(f"spec.model.cache.{field}", f"only applies to cache.mode pvc, not {cache.mode}")
+        if cache.mode == "pvc" and not cache.claim_name and cache.size is None:
+            return _invalid("spec.model.cache.size",
+                            "is required with cache.mode pvc: the size of the ReadWriteMany claim the operator "
+                            "creates (or set cache.claimName to adopt an existing claim)")
+        if cache.mode == "pvc" and cache.claim_name and cache.size is not None:
+            return _invalid("spec.model.cache.size", "does not apply to an adopted claim (cache.claimName)")
+    return None
+
+
+def _pvc_problems(namespace: str, claim: str, field: str, replicas: int,
+                  lookups: ClusterLookups) -> list[SpecProblem]:
+    modes = lookups.pvc_access_modes(namespace, claim)
+    if modes is None:
+        return [SpecProblem(
             reason="PVCNotFound",
-            field="spec.model.pvc.claimName",
-            message=f"PersistentVolumeClaim {pvc.claim_name!r} does not exist in namespace {namespace!r}",
+            field=field,
+            message=f"PersistentVolumeClaim {claim!r} does not exist in namespace {namespace!r}",
             transient=True,
-        ))
-    elif pvc is not None and modes is not None and spec.replicas > 1 and set(modes) <= SINGLE_ATTACH_MODES:
+        )]
+    if replicas > 1 and set(modes) <= SINGLE_ATTACH_MODES:
         # Replicas land on different nodes (and a ReadWriteOncePod claim takes one pod at all):
         # the second pod would hang in ContainerCreating. Transient: a new claim under the same
         # name clears it without a spec edit.
-        problems.append(SpecProblem(
+        return [SpecProblem(
             reason="PVCAccessMode",
-            field="spec.model.pvc.claimName",
-            message=(f"PersistentVolumeClaim {pvc.claim_name!r} has access modes {sorted(modes)}, which one node "
-                     f"(ReadWriteOnce) or one pod (ReadWriteOncePod) can mount, but spec.replicas is {spec.replicas}: "
+            field=field,
+            message=(f"PersistentVolumeClaim {claim!r} has access modes {sorted(modes)}, which one node "
+                     f"(ReadWriteOnce) or one pod (ReadWriteOncePod) can mount, but spec.replicas is {replicas}: "
                      "use a ReadOnlyMany or ReadWriteMany claim, or one replica"),
             transient=True,
-        ))
+        )]
+    return []
+
+
+def _secret_problems(namespace: str, name: str, keys_needed: list[str], field: str,
+                     lookups: ClusterLookups) -> list[SpecProblem]:
+    keys = lookups.secret_keys(namespace, name)
+    if keys is None:
+        return [SpecProblem(
+            reason="SecretNotFound",
+            field=f"{field}.name",
+            message=f"Secret {name!r} does not exist in namespace {namespace!r}",
+            transient=True,
+        )]
+    missing = [key for key in keys_needed if key not in keys]
+    if missing:
+        return [SpecProblem(
+            reason="SecretKeyNotFound",
+            field=f"{field}.name" if field.endswith("credentialsSecretRef") else f"{field}.key",
+            message=f"Secret {name!r} has no key {missing[0]!r}"
+                    + (f" (needs {', '.join(keys_needed)})" if len(keys_needed) > 1 else ""),
+            transient=True,
+        )]
+    return []
+
+
+def check_model_references(spec: InferenceServerSpec, namespace: str, lookups: ClusterLookups) -> list[SpecProblem]:
+    model = spec.model
+    uri = model.parsed_uri
+    if uri is None:
+        return []
+    problems: list[SpecProblem] = []
+    if isinstance(uri, PVCModel):
+        problems += _pvc_problems(namespace, uri.claim, "spec.model.uri", spec.replicas, lookups)
+    if isinstance(uri, OCIModel):
+        version = lookups.server_version()
+        if version is not None and version < IMAGE_VOLUME_MIN_VERSION:
+            problems.append(SpecProblem(
+                reason="ImageVolumeUnsupported",
+                field="spec.model.uri",
+                message=(f"oci:// models are mounted as image volumes, which this cluster (Kubernetes "
+                         f"{version[0]}.{version[1]}) does not have: they are beta from 1.33 (feature gate "
+                         "ImageVolume) and on by default from 1.35; use hf://, s3:// or pvc://, or upgrade"),
+            ))
+    ref = model.credentials_secret_ref
+    if ref is not None and isinstance(uri, HFModel | S3Model):
+        needed = [key for key, optional in credential_keys(uri) if not optional]
+        problems += _secret_problems(namespace, ref.name, needed, "spec.model.credentialsSecretRef", lookups)
+    cache = model.cache
+    if model.downloads and cache is not None and cache.mode == "pvc" and cache.claim_name:
+        modes = lookups.pvc_access_modes(namespace, cache.claim_name)
+        if modes is None:
+            problems.append(SpecProblem(
+                reason="PVCNotFound",
+                field="spec.model.cache.claimName",
+                message=f"PersistentVolumeClaim {cache.claim_name!r} does not exist in namespace {namespace!r}",
+                transient=True,
+            ))
+        elif "ReadWriteMany" not in modes:
+            problems.append(SpecProblem(
+                reason="PVCAccessMode",
+                field="spec.model.cache.claimName",
+                message=(f"PersistentVolumeClaim {cache.claim_name!r} has access modes {sorted(modes)}, but a model "
+                         "cache claim must be ReadWriteMany: the download Job writes it while replicas on other "
+                         "nodes read it"),
+                transient=True,
+            ))
+    return problems
+
+
+def check_references(spec: InferenceServerSpec, namespace: str, lookups: ClusterLookups) -> list[SpecProblem]:
+    problems: list[SpecProblem] = []
+    pvc = spec.model.pvc
+    if pvc is not None:
+        problems += _pvc_problems(namespace, pvc.claim_name, "spec.model.pvc.claimName", spec.replicas, lookups)
+    problems += check_model_references(spec, namespace, lookups)
     ref = spec.server.api_key_secret_ref
     if ref is not None:
         keys = lookups.secret_keys(namespace, ref.name)
@@ -121,7 +239,7 @@ def check_spec(
     name: str, namespace: str, spec: InferenceServerSpec, lookups: ClusterLookups
 ) -> list[SpecProblem]:
     """All problems, cheapest first; the cluster is asked only about a spec that is sound itself."""
-    local = [p for p in (check_name(name), check_gpus(spec)) if p is not None]
+    local = [p for p in (check_name(name), check_gpus(spec), check_model_fields(spec)) if p is not None]
     if local:
         return local
     return check_references(spec, namespace, lookups)

@@ -5,6 +5,7 @@ from __future__ import annotations
 import argparse
 import asyncio
 import logging
+import os
 from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import Any
@@ -24,6 +25,10 @@ class RunOptions:
     cpu_image: str
     resync_seconds: float
     retry_seconds: float
+    model_cache_host_path: str = names.DEFAULT_MODEL_CACHE_HOST_PATH
+    label_nodes: bool = True
+    node_label_sweep_seconds: float = 600.0
+    progress_seconds: float = 15.0
 
     @property
     def clusterwide(self) -> bool:
@@ -55,6 +60,20 @@ def build_parser() -> argparse.ArgumentParser:
                         help="recompute every status this often even without events; 0 disables (default: 300)")
     parser.add_argument("--retry-seconds", type=float, default=30.0,
                         help="re-check a spec that references a missing PVC or Secret this often (default: 30)")
+    model = parser.add_argument_group("model delivery (spec.model.uri)")
+    model.add_argument("--model-cache-host-path", metavar="DIR",
+                       default=os.environ.get("RADIXSERVE_MODEL_CACHE_HOST_PATH", names.DEFAULT_MODEL_CACHE_HOST_PATH),
+                       help="node directory of cache mode node (env RADIXSERVE_MODEL_CACHE_HOST_PATH; "
+                            "default: %(default)s); must be writable by the server pods' UID")
+    model.add_argument("--label-nodes", action=argparse.BooleanOptionalAction,
+                       default=os.environ.get("RADIXSERVE_LABEL_NODES", "true").lower() not in ("0", "false", "no"),
+                       help="label nodes whose cache holds a model and prefer them for replicas; needs get/list/patch "
+                            "on nodes (env RADIXSERVE_LABEL_NODES; default: on)")
+    model.add_argument("--node-label-sweep-seconds", type=float, default=600.0,
+                       help="remove labels of models no InferenceServer uses at most this often, besides on "
+                            "deletions; 0: only on deletions (default: 600)")
+    model.add_argument("--progress-seconds", type=float, default=15.0,
+                       help="refresh the status of downloading models this often; 0 disables (default: 15)")
     return parser
 
 
@@ -69,6 +88,10 @@ def parse_args(argv: Sequence[str]) -> RunOptions:
         cpu_image=args.default_cpu_image,
         resync_seconds=args.resync_seconds,
         retry_seconds=args.retry_seconds,
+        model_cache_host_path=args.model_cache_host_path,
+        label_nodes=args.label_nodes,
+        node_label_sweep_seconds=args.node_label_sweep_seconds,
+        progress_seconds=args.progress_seconds,
     )
 
 
@@ -90,9 +113,13 @@ def run(options: RunOptions) -> None:
         return kopf.login_via_client(**kwargs)
 
     register(registry, OperatorConfig(
-        defaults=Defaults(image=options.image, cpu_image=options.cpu_image),
+        defaults=Defaults(image=options.image, cpu_image=options.cpu_image,
+                          model_cache_host_path=options.model_cache_host_path, label_nodes=options.label_nodes),
         resync_seconds=options.resync_seconds,
         retry_seconds=options.retry_seconds,
+        progress_seconds=options.progress_seconds,
+        node_sweep_seconds=options.node_label_sweep_seconds,
+        namespaces=options.namespaces,
     ))
     asyncio.run(kopf.operator(
         registry=registry,

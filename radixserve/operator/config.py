@@ -18,4 +18,13 @@ class OperatorConfig:
     # Delay before re-checking a spec whose problem may fix itself (a PVC or Secret
     # that does not exist yet).
     retry_seconds: float = 30.0
+    # While a model downloads (ModelReady Pending or Downloading), its status (with the
+    # progress read from the downloader's log) is refreshed this often; 0 disables.
+    progress_seconds: float = 15.0
+    # Node labels naming models that no InferenceServer uses any more are removed when an
+    # InferenceServer is deleted and at most this often otherwise (during resyncs); see
+    # `nodes.py`. Only with defaults.label_nodes.
+    node_sweep_seconds: float = 600.0
+    # The namespaces served (empty: all); the node label sweep lists InferenceServers there.
+    namespaces: tuple[str, ...] = ()
     client_factory: Callable[[], KubeClient] = field(default=KubeClient.from_environment)

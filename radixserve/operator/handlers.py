@@ -13,7 +13,7 @@ from typing import Any, cast
 
 import kopf
 
-from radixserve.operator import names
+from radixserve.operator import names, nodes
 from radixserve.operator.config import OperatorConfig
 from radixserve.operator.kube import KubeClient
 from radixserve.operator.reconcile import (
@@ -25,6 +25,7 @@ from radixserve.operator.reconcile import (
     utc_now,
     write_status,
 )
+from radixserve.operator.spec import SpecError, parse_spec
 
 CR = (names.GROUP, names.VERSION, names.PLURAL)
 
@@ -86,7 +87,10 @@ def register(registry: kopf.OperatorRegistry, config: OperatorConfig) -> None:
     client = _LazyClient(config.client_factory)
     _register_settings(registry)
     _register_reconcile(registry, config, client)
-    _register_status_refresh(registry, config, client)
+    sweeper = nodes.LabelSweeper(config.node_sweep_seconds, config.namespaces)
+    _register_status_refresh(registry, config, client, sweeper)
+    _register_model_delivery(registry, config, client)
+    _register_node_labels(registry, config, client, sweeper)
 
 
 def _register_settings(registry: kopf.OperatorRegistry) -> None:
@@ -116,11 +120,19 @@ def _register_reconcile(registry: kopf.OperatorRegistry, config: OperatorConfig,
         _raise_for_problems(outcome, config.retry_seconds)
 
 
-def _refresh_status(api: KubeClient, config: OperatorConfig, name: str, namespace: str) -> None:
-    """Rewrite one InferenceServer's status after a change of its children."""
+def _live_body(api: KubeClient, name: str, namespace: str) -> dict[str, Any] | None:
     body = api.get(CR_TYPE, namespace, name)
     if body is None or body.get("metadata", {}).get("deletionTimestamp"):
-        return  # gone or going: its children are being collected
+        return None  # gone or going: its children are being collected
+    return body
+
+
+def _refresh_status(api: KubeClient, config: OperatorConfig, name: str, namespace: str,
+                    body: dict[str, Any] | None = None) -> None:
+    """Rewrite one InferenceServer's status after a change of its children."""
+    body = body or _live_body(api, name, namespace)
+    if body is None:
+        return
     target = Target.from_body(body)
     spec, problems = check(target, api)
     status, written = write_status(api, target, spec, problems, config.defaults, utc_now())
@@ -129,7 +141,7 @@ def _refresh_status(api: KubeClient, config: OperatorConfig, name: str, namespac
 
 
 def _register_status_refresh(registry: kopf.OperatorRegistry, config: OperatorConfig,
-                             client: Callable[[], KubeClient]) -> None:
+                             client: Callable[[], KubeClient], sweeper: nodes.LabelSweeper) -> None:
     @kopf.on.event("apps", "v1", "deployments", registry=registry,
                    labels={names.LABEL_MANAGED_BY: names.OPERATOR_NAME, names.LABEL_INSTANCE: kopf.PRESENT})
     def owned_deployment_changed(body: kopf.Body, namespace: str | None, **_: Any) -> None:
@@ -141,3 +153,82 @@ def _register_status_refresh(registry: kopf.OperatorRegistry, config: OperatorCo
         def resync_status(name: str | None, namespace: str | None, **_: Any) -> None:
             if name and namespace:
                 _refresh_status(client(), config, name, namespace)
+            if config.defaults.label_nodes:
+                sweeper.maybe_sweep(client())
+
+
+def _model_state(status: Mapping[str, Any]) -> str | None:
+    for cond in status.get("conditions") or []:
+        if cond.get("type") == "ModelReady":
+            return str(cond.get("reason"))
+    return None
+
+
+def _label_node_for(api: KubeClient, pod: Mapping[str, Any], body: dict[str, Any]) -> None:
+    try:
+        spec = parse_spec(body.get("spec") or {})
+    except SpecError:
+        return
+    found = nodes.downloaded_label(pod, spec)
+    if found is not None and nodes.label_node(api, *found):
+        node, key = found
+        kopf.info(_as_body(body), reason="NodeLabelled",
+                  message=f"node {node} holds {spec.model.uri} in its model cache: labelled {key}=true")
+
+
+_OWNED_LABELS: Mapping[str, Any] = {names.LABEL_MANAGED_BY: names.OPERATOR_NAME, names.LABEL_INSTANCE: kopf.PRESENT}
+
+
+def _register_model_delivery(registry: kopf.OperatorRegistry, config: OperatorConfig,
+                             client: Callable[[], KubeClient]) -> None:
+    owned = _OWNED_LABELS
+
+    @kopf.on.event("", "v1", "pods", registry=registry, labels=owned)
+    def owned_pod_changed(body: kopf.Body, namespace: str | None, **_: Any) -> None:
+        """Server pods (their `model-download` init container) and download Job pods:
+        ModelReady follows them; a finished download labels the node (cache mode node)."""
+        labels = body["metadata"]["labels"]
+        if not namespace or labels.get(names.LABEL_COMPONENT) not in (names.COMPONENT_SERVER,
+                                                                      names.COMPONENT_MODEL_DOWNLOAD):
+            return  # router pods: their Deployment's status is what counts
+        api = client()
+        cr = _live_body(api, labels[names.LABEL_INSTANCE], namespace)
+        if cr is None or not ((cr.get("spec") or {}).get("model") or {}).get("uri"):
+            return  # no download to follow
+        if config.defaults.label_nodes and labels.get(names.LABEL_COMPONENT) == names.COMPONENT_SERVER:
+            _label_node_for(api, body, cr)
+        _refresh_status(api, config, labels[names.LABEL_INSTANCE], namespace, cr)
+
+    @kopf.on.event("batch", "v1", "jobs", registry=registry, labels=owned)
+    def owned_job_changed(body: kopf.Body, namespace: str | None, **_: Any) -> None:
+        """A download Job finished: reconcile, which releases the server replicas it held at 0."""
+        if not namespace:
+            return
+        api = client()
+        cr = _live_body(api, body["metadata"]["labels"][names.LABEL_INSTANCE], namespace)
+        if cr is None:
+            return
+        ready_before = _ready(cr.get("status") or {})
+        outcome = reconcile(api, Target.from_body(cr), config.defaults)
+        _post_events(_as_body(cr), outcome, ready_before)
+
+    if config.progress_seconds > 0:
+        @kopf.timer(*CR, registry=registry, interval=config.progress_seconds,
+                    initial_delay=config.progress_seconds)
+        def download_progress(name: str | None, namespace: str | None, status: Mapping[str, Any],
+                              **_: Any) -> None:
+            """The downloader's progress is in its log, which no watch event announces."""
+            if name and namespace and _model_state(status) in ("Pending", "Downloading"):
+                _refresh_status(client(), config, name, namespace)
+
+
+def _register_node_labels(registry: kopf.OperatorRegistry, config: OperatorConfig,
+                          client: Callable[[], KubeClient], sweeper: nodes.LabelSweeper) -> None:
+    if not config.defaults.label_nodes:
+        return
+
+    @kopf.on.event(*CR, registry=registry)
+    def inference_server_deleted(type: str | None, **_: Any) -> None:
+        """Labels of a model no remaining InferenceServer uses go with the last one that did."""
+        if type == "DELETED":
+            sweeper.maybe_sweep(client(), force=True)

@@ -8,6 +8,8 @@ case, so this calls the REST paths directly with plain dicts.
 from __future__ import annotations
 
 import json
+import re
+from collections.abc import Mapping
 from dataclasses import dataclass
 from typing import Any
 
@@ -25,10 +27,13 @@ MERGE_PATCH = "application/merge-patch+json"
 class ResourceType:
     api_version: str  # "v1", "apps/v1", ...
     plural: str
+    namespaced: bool = True
 
-    def path(self, namespace: str, name: str | None = None, subresource: str | None = None) -> str:
+    def path(self, namespace: str | None, name: str | None = None, subresource: str | None = None) -> str:
+        """The REST path; a namespace of None (or a cluster-scoped kind) gives the cluster-wide path."""
         prefix = "/api/v1" if self.api_version == "v1" else f"/apis/{self.api_version}"
-        path = f"{prefix}/namespaces/{namespace}/{self.plural}"
+        scope = f"/namespaces/{namespace}" if self.namespaced and namespace is not None else ""
+        path = f"{prefix}{scope}/{self.plural}"
         if name is not None:
             path += f"/{name}"
         if subresource is not None:
@@ -43,6 +48,9 @@ RESOURCE_TYPES: dict[tuple[str, str], ResourceType] = {
     ("v1", "ServiceAccount"): ResourceType("v1", "serviceaccounts"),
     ("v1", "PersistentVolumeClaim"): ResourceType("v1", "persistentvolumeclaims"),
     ("v1", "Secret"): ResourceType("v1", "secrets"),
+    ("v1", "Pod"): ResourceType("v1", "pods"),
+    ("v1", "Node"): ResourceType("v1", "nodes", namespaced=False),
+    ("batch/v1", "Job"): ResourceType("batch/v1", "jobs"),
     ("rbac.authorization.k8s.io/v1", "Role"): ResourceType("rbac.authorization.k8s.io/v1", "roles"),
     ("rbac.authorization.k8s.io/v1", "RoleBinding"): ResourceType("rbac.authorization.k8s.io/v1", "rolebindings"),
     (names.API_VERSION, names.KIND): ResourceType(names.API_VERSION, names.PLURAL),
@@ -89,15 +97,21 @@ class KubeClient:
         query: list[tuple[str, str]] | None = None,
         body: Any = None,
         content_type: str = "application/json",
+        raw: bool = False,
     ) -> Any:
-        headers = {"Accept": "application/json", "Content-Type": content_type}
+        headers = {"Accept": "*/*" if raw else "application/json", "Content-Type": content_type}
         params = self._api.param_serialize(
             method, path, query_params=query or [], header_params=headers, body=body,
             auth_settings=["BearerToken"],
         )
         response = self._api.call_api(*params, _request_timeout=self._timeout)
         data = response.read()
-        payload = json.loads(data) if data else {}
+        if raw and 200 <= response.status <= 299:
+            return data.decode("utf-8", errors="replace") if isinstance(data, bytes) else str(data)
+        try:
+            payload = json.loads(data) if data else {}
+        except ValueError:
+            payload = {"message": str(data[:200])}
         if not 200 <= response.status <= 299:
             raise KubeApiError(
                 response.status,
@@ -141,3 +155,46 @@ class KubeClient:
                 return False
             raise
         return True
+
+    def merge_patch(self, rtype: ResourceType, namespace: str | None, name: str, body: Manifest) -> Manifest:
+        """A JSON merge patch (used for node labels: null removes a key)."""
+        result: Manifest = self._request("PATCH", rtype.path(namespace, name), body=body, content_type=MERGE_PATCH)
+        return result
+
+    def list_objects(self, rtype: ResourceType, namespace: str | None,
+             labels: Mapping[str, str] | None = None) -> list[Manifest]:
+        """Objects of a kind (namespace None: every namespace), filtered by exact label values.
+
+        The selector is sent to the API server and applied here as well, so the result is the
+        same from a server that ignores it (a test emulator)."""
+        query = [("labelSelector", ",".join(f"{k}={v}" for k, v in sorted(labels.items())))] if labels else []
+        result = self._request("GET", rtype.path(namespace), query=query)
+        items = [item for item in (result.get("items") or []) if isinstance(item, dict)]
+        if labels:
+            items = [item for item in items
+                     if labels.items() <= ((item.get("metadata") or {}).get("labels") or {}).items()]
+        return items
+
+    def pod_log(self, namespace: str, name: str, container: str, tail_lines: int = 20) -> str | None:
+        """The last lines of a container's log; None when it cannot be read (not started, gone, forbidden)."""
+        query = [("container", container), ("tailLines", str(tail_lines))]
+        try:
+            text: str = self._request("GET", resource_type("v1", "Pod").path(namespace, name, "log"),
+                                      query=query, raw=True)
+        except KubeApiError:
+            return None
+        return text
+
+    def server_version(self) -> tuple[int, int] | None:
+        """(major, minor) of the API server from `GET /version`; None when it does not say."""
+        try:
+            info = self._request("GET", "/version")
+        except KubeApiError:
+            return None
+        return parse_version(str(info.get("gitVersion", "")) if isinstance(info, dict) else "")
+
+
+def parse_version(git_version: str) -> tuple[int, int] | None:
+    """"v1.33.2-eks-1" -> (1, 33)."""
+    match = re.match(r"^v?(\d+)\.(\d+)", git_version.strip())
+    return (int(match.group(1)), int(match.group(2))) if match else None

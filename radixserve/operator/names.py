@@ -6,6 +6,7 @@ chart's RBAC all have to agree on them.
 
 from __future__ import annotations
 
+import hashlib
 import importlib.metadata
 
 GROUP = "radixserve.io"
@@ -41,6 +42,14 @@ HTTP_PORT_NAME = "http"
 
 API_KEY_ENV = "RADIXSERVE_API_KEY"
 
+# Model delivery (spec.model.uri).
+COMPONENT_MODEL_DOWNLOAD = "model-download"
+MODEL_DOWNLOAD_CONTAINER = "model-download"
+DEFAULT_MODEL_CACHE_HOST_PATH = "/var/lib/radixserve/models"
+# Node label "this node's cache holds model X": NODE_LABEL_PREFIX + uri.label_key_suffix(X).
+NODE_LABEL_PREFIX = f"model-cache.{GROUP}/"
+MODEL_CACHE_CLAIM_SUFFIX = "-model-cache"
+
 # Object names are the CR name plus a suffix; Services must be DNS-1035 labels
 # (<= 63 characters), so the CR name is capped by the longest suffix.
 SERVER_SUFFIX = "-server"
@@ -70,6 +79,18 @@ def server_name(cr_name: str) -> str:
 def router_name(cr_name: str) -> str:
     """The router Deployment, ServiceAccount, Role and RoleBinding."""
     return f"{cr_name}{ROUTER_SUFFIX}"
+
+
+def model_cache_claim_name(cr_name: str) -> str:
+    """The ReadWriteMany claim of cache mode "pvc", when the operator creates it."""
+    return f"{cr_name}{MODEL_CACHE_CLAIM_SUFFIX}"
+
+
+def model_job_name(cr_name: str, uri_text: str) -> str:
+    """The download Job of cache mode "pvc", one per model URI. Job names become a label
+    value on the Job's pods (at most 63 characters), hence the cut."""
+    digest = hashlib.sha256(uri_text.encode()).hexdigest()[:8]
+    return f"{cr_name[:47].rstrip('-')}-model-{digest}"
 
 
 def endpoint_service_name(cr_name: str) -> str:

@@ -40,9 +40,28 @@ RULES: tuple[Rule, ...] = (
     Rule("discovery.k8s.io", "endpointslices", ("get", "list", "watch"),
          "never called: Kubernetes lets a subject create a Role only with the permissions it grants "
          "(RBAC escalation check), and the router's Role grants these"),
-    Rule("", "persistentvolumeclaims", ("get",), "checks that spec.model.pvc.claimName exists and its access modes fit spec.replicas"),
-    Rule("", "secrets", ("get",), "checks that spec.server.apiKeySecretRef names an existing Secret and key"),
+    Rule("", "persistentvolumeclaims", ("get", "create", "patch"),
+         "checks that spec.model.pvc.claimName / a pvc:// claim / an adopted cache claim exists and its access "
+         "modes fit; creates the ReadWriteMany model cache claim of cache mode pvc (server-side apply)"),
+    Rule("", "secrets", ("get",),
+         "checks that spec.server.apiKeySecretRef and spec.model.credentialsSecretRef name an existing Secret "
+         "with the keys needed (key names only; values are never read into logs or status)"),
     Rule("", "events", ("create",), "Kubernetes Events about InferenceServers (kopf posts them)"),
+    Rule("", "pods", ("list", "watch"),
+         "ModelReady follows the model-download init container of server pods and the download Job's pods"),
+    Rule("", "pods/log", ("get",), "download progress: the last JSON progress line of the model-download container"),
+    Rule("batch", "jobs", ("get", "list", "watch", "create", "patch", "delete"),
+         "the download Job of cache mode pvc (server-side apply); its completion releases the held replicas; "
+         "Jobs of an earlier model URI are deleted"),
+)
+
+# Cluster-scoped, granted by a ClusterRole of its own even when the operator serves some
+# namespaces only, and not at all with node labelling off (--no-label-nodes, chart value
+# modelCache.labelNodes=false).
+NODE_RULES: tuple[Rule, ...] = (
+    Rule("", "nodes", ("get", "list", "patch"),
+         "labels model-cache.radixserve.io/<model>=true on nodes whose hostPath cache holds a model (cache mode "
+         "node), so replicas prefer them; removes labels of models no InferenceServer uses any more"),
 )
 
 
@@ -51,4 +70,12 @@ def as_policy_rules() -> list[dict[str, list[str]]]:
     return [
         {"apiGroups": [rule.api_group], "resources": [rule.resource], "verbs": list(rule.verbs)}
         for rule in RULES
+    ]
+
+
+def as_node_policy_rules() -> list[dict[str, list[str]]]:
+    """NODE_RULES in the shape of a ClusterRole's `rules`."""
+    return [
+        {"apiGroups": [rule.api_group], "resources": [rule.resource], "verbs": list(rule.verbs)}
+        for rule in NODE_RULES
     ]

@@ -23,13 +23,25 @@ from radixserve.operator.builders import (
     endpoint_url,
     unwanted_objects,
 )
+from radixserve.operator.builders import model as model_delivery
 from radixserve.operator.checks import SpecProblem, check_spec
 from radixserve.operator.kube import KubeClient, resource_type
 from radixserve.operator.spec import InferenceServerSpec, SpecError, parse_spec
-from radixserve.operator.status import Observed, compute_status, status_changed
+from radixserve.operator.status import (
+    Observed,
+    compute_status,
+    download_state,
+    downloaded_uri,
+    job_succeeded,
+    status_changed,
+)
 
 CR_TYPE = resource_type(names.API_VERSION, names.KIND)
 DEPLOYMENT_TYPE = resource_type("apps/v1", "Deployment")
+POD_TYPE = resource_type("v1", "Pod")
+JOB_TYPE = resource_type("batch/v1", "Job")
+# How much of the downloader's log is read for its last progress line (one every >= 2 s).
+LOG_TAIL_LINES = 20
 
 
 def utc_now() -> str:
@@ -54,6 +66,9 @@ class ApiLookups:
         if secret is None:
             return None
         return set(secret.get("data") or {}) | set(secret.get("stringData") or {})
+
+    def server_version(self) -> tuple[int, int] | None:
+        return self._client.server_version()
 
 
 @dataclass(frozen=True)
@@ -117,12 +132,70 @@ def _delete_unwanted(client: KubeClient, inp: BuildInput) -> list[str]:
         if any(o.get("uid") == inp.owner.uid and o.get("controller") for o in owners) \
                 and client.delete(rtype, inp.owner.namespace, ref.name):
             deleted.append(f"{ref.kind} {ref.name}")
+    return deleted + _delete_old_download_jobs(client, inp)
+
+
+def _delete_old_download_jobs(client: KubeClient, inp: BuildInput) -> list[str]:
+    """Download Jobs of an earlier model URI (or cache mode): a running one would keep
+    fetching a model nobody serves. The claim they filled stays (see docs/operator.md)."""
+    keep = model_delivery.job_name(inp) if model_delivery.uses_download_job(inp) else None
+    selector = {names.LABEL_INSTANCE: inp.owner.name, names.LABEL_COMPONENT: names.COMPONENT_MODEL_DOWNLOAD}
+    deleted = []
+    for job in client.list_objects(JOB_TYPE, inp.owner.namespace, selector):
+        name = job["metadata"]["name"]
+        if name != keep and _is_owned(job, inp.owner.uid) and client.delete(JOB_TYPE, inp.owner.namespace, name):
+            deleted.append(f"Job {name}")
     return deleted
+
+
+@dataclass(frozen=True)
+class ModelObservation:
+    pods: list[dict[str, Any]] = field(default_factory=list)
+    job: dict[str, Any] | None = None
+    log: str | None = None
+
+
+def _is_owned(obj: Mapping[str, Any], uid: str) -> bool:
+    return any(ref.get("uid") == uid and ref.get("controller")
+               for ref in obj.get("metadata", {}).get("ownerReferences") or [])
+
+
+def download_job(client: KubeClient, target: Target, spec: InferenceServerSpec) -> dict[str, Any] | None:
+    """The live download Job of cache mode "pvc", if it exists and is ours."""
+    job = client.get(JOB_TYPE, target.namespace, model_delivery.job_name(BuildInput(target.owner(), spec)))
+    return job if job is not None and _is_owned(job, target.uid) else None
+
+
+def observe_model(client: KubeClient, target: Target, spec: InferenceServerSpec | None) -> ModelObservation:
+    """The pods that download the model (and their Job), plus the log tail of one that is
+    downloading, for the ModelReady condition. Nothing for sources without a download."""
+    if spec is None or not spec.model.downloads:
+        return ModelObservation()
+    job = None
+    if spec.model.cache_mode == "pvc":
+        job = download_job(client, target, spec)
+        if job is None:
+            return ModelObservation()
+        job_uid = str(job.get("metadata", {}).get("uid", ""))
+        selector = {names.LABEL_INSTANCE: target.name, names.LABEL_COMPONENT: names.COMPONENT_MODEL_DOWNLOAD}
+        pods = [p for p in client.list_objects(POD_TYPE, target.namespace, selector)
+                if not job_uid or any(r.get("uid") == job_uid for r in p["metadata"].get("ownerReferences") or [])]
+    else:
+        # Pods of an earlier revision may have fetched another model (a rollout to a new uri).
+        pods = [p for p in client.list_objects(POD_TYPE, target.namespace, names.server_selector(target.name))
+                if downloaded_uri(p) == str(spec.model.parsed_uri)]
+    pods = [p for p in pods if not p.get("metadata", {}).get("deletionTimestamp")]
+    log = None
+    downloading = [p for p in pods if download_state(p).state == "running"]
+    if downloading:
+        log = client.pod_log(target.namespace, downloading[0]["metadata"]["name"],
+                             names.MODEL_DOWNLOAD_CONTAINER, LOG_TAIL_LINES)
+    return ModelObservation(pods=pods, job=job, log=log)
 
 
 def write_status(client: KubeClient, target: Target, spec: InferenceServerSpec | None,
                  problems: list[SpecProblem], defaults: Defaults, now: str) -> tuple[dict[str, Any], bool]:
-    """Observe the owned Deployments, compute `.status`, patch it when it differs."""
+    """Observe the owned Deployments (and the model download), compute `.status`, patch it when it differs."""
     url = ""
     router = None
     if spec is not None:
@@ -130,9 +203,10 @@ def write_status(client: KubeClient, target: Target, spec: InferenceServerSpec |
         if spec.router.enabled:
             router = client.get(DEPLOYMENT_TYPE, target.namespace, names.router_name(target.name))
     server = client.get(DEPLOYMENT_TYPE, target.namespace, names.server_name(target.name))
+    model = observe_model(client, target, spec) if not problems else ModelObservation()
     observed = Observed(
         generation=target.generation, spec=spec, url=url, server=server, router=router,
-        problems=problems, name=target.name,
+        problems=problems, name=target.name, model_pods=model.pods, model_job=model.job, model_log=model.log,
     )
     status = compute_status(observed, target.status, now)
     if not status_changed(target.status, status):
@@ -141,13 +215,29 @@ def write_status(client: KubeClient, target: Target, spec: InferenceServerSpec |
     return status, True
 
 
+def _hold_running_server(client: KubeClient, target: Target, desired: list[dict[str, Any]]) -> list[dict[str, Any]]:
+    """While the download Job of a new model runs, a server Deployment that already exists
+    keeps its current template and replicas (it serves the previous model, or waits at 0);
+    it is updated once the Job has succeeded. A new one is created with 0 replicas."""
+    live = client.get(DEPLOYMENT_TYPE, target.namespace, names.server_name(target.name))
+    if live is None or not _is_owned(live, target.uid):
+        return desired
+    return [obj for obj in desired if not (obj["kind"] == "Deployment"
+                                           and obj["metadata"]["name"] == names.server_name(target.name))]
+
+
 def reconcile(client: KubeClient, target: Target, defaults: Defaults, now: str | None = None) -> Outcome:
     now = now or utc_now()
     spec, problems = check(target, client)
     outcome = Outcome(problems=problems)
     if spec is not None and not problems:
-        inp = BuildInput(target.owner(), spec, defaults)
+        downloaded = True
+        if model_delivery.uses_download_job(BuildInput(target.owner(), spec, defaults)):
+            downloaded = job_succeeded(download_job(client, target, spec))
+        inp = BuildInput(target.owner(), spec, defaults, model_downloaded=downloaded)
         desired = desired_objects(inp)
+        if not downloaded:
+            desired = _hold_running_server(client, target, desired)
         plan = plan_apply(desired, fetch_live(client, target.namespace, desired), target.uid)
         if plan.conflicts:
             outcome.problems = problems = [SpecProblem(

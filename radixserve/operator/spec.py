@@ -13,8 +13,26 @@ from __future__ import annotations
 from collections.abc import Mapping
 from typing import Annotated, Any, Literal
 
-from pydantic import AfterValidator, BaseModel, ConfigDict, Field, ValidationError, model_validator
+from pydantic import (
+    AfterValidator,
+    BaseModel,
+    ConfigDict,
+    Field,
+    ValidationError,
+    field_validator,
+    model_validator,
+)
 from pydantic.alias_generators import to_camel
+
+from radixserve.model_store.uri import (
+    HFModel,
+    InvalidModelURI,
+    ModelURI,
+    OCIModel,
+    S3Model,
+    is_remote,
+    parse_model_uri,
+)
 
 Quantity = int | str  # "4Gi", "500m", 2: what Kubernetes calls int-or-string
 
@@ -70,30 +88,81 @@ class HostPathModel(_Model):
     sub_path: RelativePath = ""
 
 
+SOURCES = ("embedded", "image", "pvc", "hostPath", "uri")
+
+
+class ModelCacheSpec(_Model):
+    """Where a downloaded (hf://, s3://) model is kept; see docs/operator.md."""
+
+    mode: Literal["none", "node", "pvc"] = "none"
+    size: Quantity | None = None
+    storage_class_name: str | None = Field(default=None, min_length=1, max_length=253)
+    claim_name: str | None = Field(default=None, min_length=1, max_length=253)
+
+
+class ModelSecretRef(_Model):
+    name: str = Field(min_length=1, max_length=253)
+
+
 class ModelSpec(_Model):
     embedded: EmbeddedModel | None = None
     image: ImageModel | None = None
     pvc: PVCModel | None = None
     host_path: HostPathModel | None = None
+    # A model URI (hf://, s3://, pvc://, oci:// or a path in the image); the fields
+    # below it apply to downloaded URIs only, which `checks.check_model_fields` enforces.
+    uri: str | None = Field(default=None, min_length=1, max_length=2048)
+    credentials_secret_ref: ModelSecretRef | None = None
+    endpoint: str | None = Field(default=None, pattern=r"^https?://\S+$", max_length=2048)
+    region: str | None = Field(default=None, min_length=1, max_length=64)
+    include: list[str] = Field(default_factory=list, max_length=64)
+    exclude: list[str] = Field(default_factory=list, max_length=64)
+    cache: ModelCacheSpec | None = None
     dtype: Literal["auto", "float32", "bfloat16", "float16"] | None = None
     load_format: Literal["auto", "gguf", "safetensors", "dummy"] | None = None
 
+    @field_validator("uri")
+    @classmethod
+    def _parsable_uri(cls, value: str | None) -> str | None:
+        if value is not None:
+            try:
+                parse_model_uri(value)
+            except InvalidModelURI as exc:
+                raise ValueError(str(exc)) from None
+        return value
+
     @model_validator(mode="after")
     def _exactly_one_source(self) -> ModelSpec:
-        chosen = [s for s in ("embedded", "image", "pvc", "hostPath") if self.source_of(s) is not None]
+        chosen = [s for s in SOURCES if self.source_of(s) is not None]
         if len(chosen) != 1:
             raise ValueError(
-                "exactly one of embedded, image, pvc, hostPath must be set, got "
+                "exactly one of embedded, image, pvc, hostPath, uri must be set, got "
                 + (", ".join(chosen) if chosen else "none")
             )
         return self
 
-    def source_of(self, key: str) -> _Model | None:
-        return {"embedded": self.embedded, "image": self.image, "pvc": self.pvc, "hostPath": self.host_path}[key]
+    def source_of(self, key: str) -> object | None:
+        return {"embedded": self.embedded, "image": self.image, "pvc": self.pvc, "hostPath": self.host_path,
+                "uri": self.uri}[key]
 
     @property
     def source(self) -> str:
-        return next(s for s in ("embedded", "image", "pvc", "hostPath") if self.source_of(s) is not None)
+        return next(s for s in SOURCES if self.source_of(s) is not None)
+
+    @property
+    def parsed_uri(self) -> ModelURI | None:
+        """The parsed `uri` (validated when the spec was parsed), None for the other sources."""
+        return None if self.uri is None else parse_model_uri(self.uri)
+
+    @property
+    def downloads(self) -> bool:
+        """True when the model is fetched by `radixserve download` before the server starts."""
+        uri = self.parsed_uri
+        return uri is not None and is_remote(uri)
+
+    @property
+    def cache_mode(self) -> str:
+        return self.cache.mode if self.cache is not None else "none"
 
 
 class SecretKeyRef(_Model):
@@ -225,7 +294,25 @@ class InferenceServerSpec(_Model):
             return f"pvc:{source.pvc.claim_name}/{source.pvc.sub_path}".rstrip("/")
         if source.host_path is not None:
             return f"{source.host_path.path.rstrip('/')}/{source.host_path.sub_path}".rstrip("/")
+        if source.uri is not None:
+            return str(source.parsed_uri)
         return EMBEDDED_MODEL_NAME
+
+    @property
+    def default_served_model_name(self) -> str | None:
+        """--served-model-name when the spec sets none: what the server would derive from a
+        cache directory or a mount point (e.g. "hf--Qwen--Qwen3-8B-1a2b3c" or "models") is
+        not a name clients can guess, so URI sources name the model after the URI."""
+        if self.served_model_name:
+            return self.served_model_name
+        uri = self.model.parsed_uri
+        if isinstance(uri, HFModel):
+            return uri.repo_id
+        if isinstance(uri, S3Model):
+            return uri.prefix.rsplit("/", 1)[-1] if uri.prefix else uri.bucket
+        if isinstance(uri, OCIModel):
+            return uri.reference.split("@", 1)[0].rsplit("/", 1)[-1]
+        return None
 
 
 class SpecError(ValueError):

@@ -27,6 +27,8 @@ from typing import Any
 # Only modules that do not import prometheus_client: the env var must be set before it is imported.
 from radixserve.managers.ipc import PortArgs
 from radixserve.managers.processes import MULTIPROC_ENV, SERVER_ADMISSION_ENV, ServerProcesses
+from radixserve.model_store.base import SourceError
+from radixserve.model_store.local import ModelPathError, materialize_model_path
 from radixserve.server_args import ServerArgs, ServerArgsError
 from radixserve.utils.log import configure_logging
 
@@ -61,6 +63,11 @@ def main(argv: Sequence[str] | None = None) -> int:
         print(f"radixserve serve: error: {e}", file=sys.stderr)
         return 2
     configure_logging(server_args.log_level, "main")
+    try:  # hf:// and s3:// are downloaded here, once, before any child process starts
+        server_args = _materialize(server_args)
+    except (ModelPathError, SourceError) as e:
+        print(f"radixserve serve: error: {e}", file=sys.stderr)
+        return 1
     # Before anything imports prometheus_client: every process records into this directory.
     metrics_dir = tempfile.mkdtemp(prefix="radixserve-metrics-")
     os.environ[MULTIPROC_ENV] = metrics_dir
@@ -76,6 +83,13 @@ def main(argv: Sequence[str] | None = None) -> int:
         procs.stop()
         port_args.cleanup()
         shutil.rmtree(metrics_dir, ignore_errors=True)
+
+
+def _materialize(server_args: ServerArgs) -> ServerArgs:
+    path, name = materialize_model_path(server_args.model_path)
+    if path == server_args.model_path:
+        return server_args
+    return server_args.replace(model_path=path, served_model_name=server_args.served_model_name or name)
 
 
 def _serve(server_args: ServerArgs, port_args: PortArgs, procs: ServerProcesses) -> int:

@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import dataclasses
 import logging
 from collections.abc import AsyncIterator
 from typing import Any
@@ -41,8 +42,9 @@ class _ErrorCollector(logging.Handler):
 
 @pytest.fixture()
 def operator_config() -> OperatorConfig:
-    # Resync off by default: tests that want it ask for it.
-    return OperatorConfig(defaults=TEST_DEFAULTS, resync_seconds=0, retry_seconds=0.5)
+    # Resync and download-progress timers off by default (timers make kopf add its
+    # finalizer): tests that want them ask for them.
+    return OperatorConfig(defaults=TEST_DEFAULTS, resync_seconds=0, retry_seconds=0.5, progress_seconds=0)
 
 
 @pytest.fixture()
@@ -78,8 +80,7 @@ async def harness(api_server: ApiServer, operator_config: OperatorConfig) -> Asy
         settings.watching.reconnect_backoff = 0.1
         settings.queueing.idle_timeout = 0.5
 
-    config = OperatorConfig(defaults=operator_config.defaults, resync_seconds=operator_config.resync_seconds,
-                            retry_seconds=operator_config.retry_seconds, client_factory=lambda: client)
+    config = dataclasses.replace(operator_config, client_factory=lambda: client)
     register(registry, config)
 
     ready, stop = asyncio.Event(), asyncio.Event()

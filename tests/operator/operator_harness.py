@@ -5,7 +5,9 @@ operator relies on (kmock's gaps are listed in shared/k8s-testing.md):
 - server-side apply (PATCH application/apply-patch+yaml) creates a missing object;
 - creation assigns uid, resourceVersion, generation and creationTimestamp;
 - a change of `.spec` (directly or through the scale subresource) bumps generation;
-- `metadata.generateName` gets a name (kopf names its Events that way).
+- `metadata.generateName` gets a name (kopf names its Events that way);
+- `GET /version` answers `version` (None: 404, a server that does not say);
+- `GET .../pods/NAME/log` answers the text in `pod_logs[NAME]` (404 without one).
 It does not emulate controllers: tests write Deployment statuses themselves, and
 there is no garbage collector (tests check owner references instead).
 """
@@ -39,8 +41,11 @@ ROLE_BINDINGS = kmock.resource("rbac.authorization.k8s.io", "v1", "rolebindings"
 PVCS = kmock.resource("", "v1", "persistentvolumeclaims")
 SECRETS = kmock.resource("", "v1", "secrets")
 EVENTS = kmock.resource("", "v1", "events")
+PODS = kmock.resource("", "v1", "pods")
+NODES = kmock.resource("", "v1", "nodes")
+JOBS = kmock.resource("batch", "v1", "jobs")
 OWNED = {"Deployment": DEPLOYMENTS, "Service": SERVICES, "ServiceAccount": SERVICE_ACCOUNTS,
-         "Role": ROLES, "RoleBinding": ROLE_BINDINGS}
+         "Role": ROLES, "RoleBinding": ROLE_BINDINGS, "Job": JOBS, "PersistentVolumeClaim": PVCS}
 NAMESPACE = "default"
 TEST_AGENT = "radixserve-tests"  # marks the requests the tests send as a user or a controller
 TEST_DEFAULTS = Defaults(image="registry.test/radixserve:gpu", cpu_image="registry.test/radixserve:cpu")
@@ -51,7 +56,21 @@ def _now() -> str:
 
 
 class ApiServer(kmock.KubernetesEmulator):
+    def __init__(self, *args: Any, **kwargs: Any) -> None:
+        super().__init__(*args, **kwargs)
+        self.version: str | None = "v1.35.1"
+        self.pod_logs: dict[str, str] = {}
+
     async def _handle(self, request: kmock.Request) -> aiohttp.web.StreamResponse:
+        if request.resource is None and request.url.path == "/version":
+            if self.version is None:
+                return aiohttp.web.json_response({"kind": "Status", "code": 404}, status=404)
+            return aiohttp.web.json_response({"major": "1", "gitVersion": self.version})
+        if request.resource is not None and request.resource.plural == "pods" and request.subresource == "log":
+            text = self.pod_logs.get(request.name or "")
+            if text is None:
+                return aiohttp.web.json_response({"kind": "Status", "code": 404, "reason": "NotFound"}, status=404)
+            return aiohttp.web.Response(text=text, content_type="text/plain")
         if request.resource is not None and isinstance(request.data, dict):
             if request.action == kmock.action.CREATE:
                 meta = request.data.setdefault("metadata", {})
@@ -177,6 +196,28 @@ class Harness:
         generation = live["metadata"].get("generation", 1)
         await self.request("PATCH", f"/apis/apps/v1/namespaces/{NAMESPACE}/deployments/{name}/status",
                            {"status": {"observedGeneration": generation, **status}})
+
+    def node(self, name: str) -> dict[str, Any] | None:
+        key = (NODES, None, name)
+        if key not in self.server.objects or self.server.objects[key].deleted:
+            return None
+        raw: dict[str, Any] = self.server.objects[key].raw
+        return raw
+
+    async def put_node(self, name: str, labels: dict[str, str] | None = None) -> None:
+        await self.request("POST", "/api/v1/nodes", {
+            "apiVersion": "v1", "kind": "Node", "metadata": {"name": name, "labels": labels or {}}})
+
+    async def put_pod(self, pod: dict[str, Any]) -> None:
+        """Play the ReplicaSet / Job controller and the scheduler: a pod (with its status), created or patched."""
+        name = pod["metadata"]["name"]
+        if self.live(PODS, name) is None:
+            await self.put_object(f"/api/v1/namespaces/{NAMESPACE}/pods", pod)
+        else:
+            await self.request("PATCH", f"/api/v1/namespaces/{NAMESPACE}/pods/{name}", {"status": pod["status"]})
+
+    async def set_job_status(self, name: str, status: dict[str, Any]) -> None:
+        await self.request("PATCH", f"/apis/batch/v1/namespaces/{NAMESPACE}/jobs/{name}/status", {"status": status})
 
     def cr(self, name: str) -> dict[str, Any] | None:
         return self.live(CR_RESOURCE, name)

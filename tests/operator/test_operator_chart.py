@@ -39,6 +39,8 @@ def by_kind(rendered: dict[str, str], kind: str) -> list[dict[str, Any]]:
 
 VALUE_SETS: dict[str, dict[str, Any]] = {
     "defaults": {},
+    "model-cache": {"modelCache": {"hostPath": "/mnt/nvme/models", "labelNodes": False, "labelSweepSeconds": 0,
+                                   "progressSeconds": 5}},
     "namespaced": {"watchNamespaces": ["team-a", "team-b"], "logLevel": "debug"},
     "everything": {
         "watchNamespaces": ["ml"], "example": {"enabled": True}, "imagePullSecrets": [{"name": "regcred"}],
@@ -80,7 +82,12 @@ def test_lint_passes(values: dict[str, Any]) -> None:
     {"resources": {"requests": {"memory": "a lot"}}},
     {"example": {"enabled": "yes"}},
     {"replicaCount": 2},  # not a value of this chart
-], ids=lambda v: next(iter(v)))
+    {"modelCache": {"hostPath": "relative/dir", "labelNodes": True}},
+    {"modelCache": {"hostPath": "/", "labelNodes": True}},
+    {"modelCache": {"hostPath": "/var/cache", "labelNodes": "yes"}},
+    {"modelCache": {"hostPath": "/var/cache", "labelNodes": True, "progressSeconds": -1}},
+    {"modelCache": {"hostPath": "/var/cache", "labelNodes": True, "mode": "pvc"}},
+], ids=str)
 def test_bad_values_are_rejected_by_the_schema(chart: helm_python.Chart, bad: dict[str, Any]) -> None:
     with pytest.raises(helm_python.HelmValuesError):
         chart.validate_schema(bad)
@@ -97,23 +104,42 @@ def _granted(rules: list[dict[str, Any]]) -> set[tuple[str, str, str]]:
             for resource in rule["resources"] for verb in rule["verbs"]}
 
 
+def _cluster_roles(rendered: dict[str, str]) -> dict[str, dict[str, Any]]:
+    return {r["metadata"]["name"]: r for r in by_kind(rendered, "ClusterRole")}
+
+
 def test_rbac_grants_exactly_what_the_operator_uses(chart: helm_python.Chart) -> None:
     used = _granted(permissions.as_policy_rules())
-    (cluster_role,) = by_kind(render(chart), "ClusterRole")
-    assert _granted(cluster_role["rules"]) == used
+    node_rules = _granted(permissions.as_node_policy_rules())
+    fullname = f"{RELEASE}-radixserve"
+    roles_by_name = _cluster_roles(render(chart))
+    assert set(roles_by_name) == {fullname, f"{fullname}-nodes"}
+    assert _granted(roles_by_name[fullname]["rules"]) == used
+    assert _granted(roles_by_name[f"{fullname}-nodes"]["rules"]) == node_rules == {
+        ("", "nodes", "get"), ("", "nodes", "list"), ("", "nodes", "patch")}
     roles = by_kind(render(chart, VALUE_SETS["namespaced"]), "Role")
     assert sorted(r["metadata"]["namespace"] for r in roles) == ["team-a", "team-b"]
     assert all(_granted(r["rules"]) == used for r in roles)
-    assert by_kind(render(chart, VALUE_SETS["namespaced"]), "ClusterRole") == []
+    # Nodes are cluster-scoped: their ClusterRole stays in namespaced mode (and only it).
+    namespaced = _cluster_roles(render(chart, VALUE_SETS["namespaced"]))
+    assert set(namespaced) == {f"{fullname}-nodes"}
+    (node_binding,) = by_kind(render(chart, VALUE_SETS["namespaced"]), "ClusterRoleBinding")
+    assert node_binding["roleRef"]["name"] == f"{fullname}-nodes"
+    # Node labelling off: no node RBAC at all, and the operator is told so.
+    off = render(chart, {**VALUE_SETS["namespaced"], "modelCache": {"labelNodes": False}})
+    assert by_kind(off, "ClusterRole") == [] and by_kind(off, "ClusterRoleBinding") == []
+    (deployment,) = by_kind(off, "Deployment")
+    assert not parse_args(deployment["spec"]["template"]["spec"]["containers"][0]["args"][1:]).label_nodes
+    assert set(_cluster_roles(render(chart, {"modelCache": {"labelNodes": False}}))) == {fullname}
     # Nothing broad: no wildcards, and secrets are only read (to check a key exists).
-    assert not any("*" in part for grant in used for part in grant)
+    assert not any("*" in part for grant in used | node_rules for part in grant)
     assert {verb for group, resource, verb in used if resource == "secrets"} == {"get"}
 
 
 def test_bindings_bind_the_operators_service_account(chart: helm_python.Chart) -> None:
     rendered = render(chart)
     (account,) = by_kind(rendered, "ServiceAccount")
-    (binding,) = by_kind(rendered, "ClusterRoleBinding")
+    (binding,) = [b for b in by_kind(rendered, "ClusterRoleBinding") if not b["metadata"]["name"].endswith("-nodes")]
     (deployment,) = by_kind(rendered, "Deployment")
     assert binding["subjects"] == [{"kind": "ServiceAccount", "name": account["metadata"]["name"],
                                     "namespace": NAMESPACE}]
@@ -130,6 +156,8 @@ def test_operator_deployment_runs_the_cli_with_the_values(chart: helm_python.Cha
     options = parse_args(container["args"][1:])  # the operator's own parser accepts them
     assert options.namespaces == ("a", "b") and options.log_level == "warning" and options.standalone
     assert (options.image, options.cpu_image) == ("reg/rs:1.2", "reg/rs:1.2-cpu")
+    assert (options.model_cache_host_path, options.label_nodes) == ("/var/lib/radixserve/models", True)
+    assert (options.node_label_sweep_seconds, options.progress_seconds) == (600.0, 15.0)
     assert container["livenessProbe"]["httpGet"]["port"] == "health"
     assert deployment["spec"]["replicas"] == 1 and deployment["spec"]["strategy"]["type"] == "Recreate"
     (default_deployment,) = by_kind(render(chart), "Deployment")

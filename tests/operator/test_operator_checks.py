@@ -18,6 +18,7 @@ class FakeCluster:
     secrets: dict[str, set[str]] = field(default_factory=dict)
     asked: list[str] = field(default_factory=list)
     pvc_modes: dict[str, list[str]] = field(default_factory=dict)  # default: ReadOnlyMany
+    version: tuple[int, int] | None = (1, 35)
 
     def pvc_access_modes(self, namespace: str, name: str) -> list[str] | None:
         self.asked.append(f"pvc {namespace}/{name}")
@@ -26,6 +27,10 @@ class FakeCluster:
     def secret_keys(self, namespace: str, name: str) -> set[str] | None:
         self.asked.append(f"secret {namespace}/{name}")
         return self.secrets.get(name)
+
+    def server_version(self) -> tuple[int, int] | None:
+        self.asked.append("version")
+        return self.version
 
 
 def problems(raw: Mapping[str, Any], cluster: FakeCluster, name: str = "llm") -> list[tuple[str, str, bool]]:

@@ -45,3 +45,17 @@ def test_help_through_the_top_level_command() -> None:
         assert option in result.stdout
     # Help must not need the operator framework or a cluster.
     assert "Traceback" not in result.stderr
+
+
+def test_model_delivery_flags(monkeypatch: pytest.MonkeyPatch) -> None:
+    options = cli.parse_args([])
+    assert (options.model_cache_host_path, options.label_nodes) == ("/var/lib/radixserve/models", True)
+    options = cli.parse_args(["--model-cache-host-path", "/mnt/nvme/models", "--no-label-nodes",
+                              "--node-label-sweep-seconds", "0", "--progress-seconds", "5"])
+    assert (options.model_cache_host_path, options.label_nodes) == ("/mnt/nvme/models", False)
+    assert (options.node_label_sweep_seconds, options.progress_seconds) == (0.0, 5.0)
+    monkeypatch.setenv("RADIXSERVE_MODEL_CACHE_HOST_PATH", "/data/models")
+    monkeypatch.setenv("RADIXSERVE_LABEL_NODES", "false")
+    options = cli.parse_args([])
+    assert (options.model_cache_host_path, options.label_nodes) == ("/data/models", False)
+    assert cli.parse_args(["--label-nodes"]).label_nodes

@@ -152,12 +152,24 @@ def test_crd_defaults_equal_the_models_defaults() -> None:
 
 @pytest.mark.parametrize("example", EXAMPLES, ids=lambda p: p.name)
 def test_examples_validate_against_the_crd_and_parse(example: Path) -> None:
-    (doc,) = load_yaml_documents(example)
+    doc, *others = load_yaml_documents(example)
     assert doc["apiVersion"] == names.API_VERSION and doc["kind"] == names.KIND
+    for other in others:  # the Secrets an example needs: plain Kubernetes objects
+        assert other["kind"] == "Secret"
+        assert kubernetes_validate.validate(other, "1.37", strict=True)
     assert schema_errors(doc) == []
     # The API server's defaults change nothing in how the operator reads it.
     defaulted = apply_defaults(crd_schema(), doc)
     assert parse_spec(defaulted["spec"]) == parse_spec(doc["spec"])
+
+
+def test_examples_cover_every_model_uri_kind() -> None:
+    uris = {p.name: parse_spec(load_yaml_documents(p)[0]["spec"]).model.uri for p in EXAMPLES}
+    assert {name: (uri or "").split("://")[0] for name, uri in uris.items() if uri} == {
+        "inferenceserver-hf.yaml": "hf", "inferenceserver-s3.yaml": "s3", "inferenceserver-pvc-uri.yaml": "pvc",
+        "inferenceserver-oci.yaml": "oci"}
+    modes = {p.name: parse_spec(load_yaml_documents(p)[0]["spec"]).model.cache_mode for p in EXAMPLES}
+    assert (modes["inferenceserver-hf.yaml"], modes["inferenceserver-s3.yaml"]) == ("node", "pvc")
 
 
 def test_examples_cover_gpu_and_cpu() -> None:

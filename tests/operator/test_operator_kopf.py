@@ -173,7 +173,7 @@ async def test_status_follows_the_owned_deployments(harness: Harness) -> None:
     ({"tensorParallelSize": 3}, "InvalidSpec", "spec.tensorParallelSize"),  # what the schema would refuse
 ], ids=["missing-pvc", "gpus-below-tp", "missing-secret", "schema-invalid"])
 # A long retry delay so that the operator goes idle and "nothing was created" is final.
-@pytest.mark.parametrize("operator_config", [OperatorConfig(defaults=TEST_DEFAULTS, resync_seconds=0, retry_seconds=60)])
+@pytest.mark.parametrize("operator_config", [OperatorConfig(defaults=TEST_DEFAULTS, resync_seconds=0, retry_seconds=60, progress_seconds=0)])
 async def test_invalid_spec_sets_the_condition_and_creates_nothing(
         harness: Harness, spec: dict[str, Any], reason: str, field: str, operator_config: OperatorConfig) -> None:
     await harness.create("llm", spec)
@@ -187,7 +187,7 @@ async def test_invalid_spec_sets_the_condition_and_creates_nothing(
     assert field in warning["message"]
 
 
-@pytest.mark.parametrize("operator_config", [OperatorConfig(defaults=TEST_DEFAULTS, resync_seconds=0, retry_seconds=60)])
+@pytest.mark.parametrize("operator_config", [OperatorConfig(defaults=TEST_DEFAULTS, resync_seconds=0, retry_seconds=60, progress_seconds=0)])
 async def test_read_write_once_claim_with_two_replicas_is_refused(harness: Harness,
                                                                   operator_config: OperatorConfig) -> None:
     """Two replicas land on two nodes; a ReadWriteOnce claim mounts on one: a condition says so,
@@ -269,7 +269,7 @@ async def test_reconciling_twice_changes_nothing(harness: Harness) -> None:
     assert cr["metadata"]["uid"] == body["metadata"]["uid"]
 
 
-@pytest.mark.parametrize("operator_config", [OperatorConfig(defaults=TEST_DEFAULTS, resync_seconds=0.2)])
+@pytest.mark.parametrize("operator_config", [OperatorConfig(defaults=TEST_DEFAULTS, resync_seconds=0.2, progress_seconds=0)])
 async def test_periodic_resync_through_kopf_writes_nothing(harness: Harness, operator_config: OperatorConfig) -> None:
     await create_and_wait(harness, CPU_SPEC)
     versions = {key: harness.versions(OWNED[key[0]], key[1]) for key in harness.owned_objects()}
@@ -302,7 +302,8 @@ async def test_every_api_call_is_granted_by_the_declared_permissions(harness: Ha
     await harness.wait_for("the router to go", lambda: harness.live(DEPLOYMENTS, "llm-router") is None)
     await harness.settle()
 
-    granted = {(r.api_group, r.resource, verb) for r in permissions.RULES for verb in r.verbs}
+    granted = {(r.api_group, r.resource, verb) for r in permissions.RULES + permissions.NODE_RULES
+               for verb in r.verbs}
     used = set()
     for request in list(harness.server):
         if request.resource is None or request.resource.plural is None or request.headers.get("User-Agent") == TEST_AGENT:

@@ -73,7 +73,7 @@ def conditions(status: dict[str, Any]) -> dict[str, tuple[str, str]]:
 def test_conditions(spec: dict[str, Any], server: dict[str, Any] | None, router: dict[str, Any] | None,
                     expected: dict[str, tuple[str, str]]) -> None:
     status = compute_status(observe(spec, server, router), None, NOW)
-    assert conditions(status) == expected
+    assert conditions(status) == {**expected, "ModelReady": ("True", "Embedded")}
     assert all(c["observedGeneration"] == 3 and c["message"] for c in status["conditions"])
 
 
@@ -89,7 +89,7 @@ def test_a_spec_problem_wins_and_names_the_field() -> None:
     problem = SpecProblem("PVCNotFound", "spec.model.pvc.claimName", "PersistentVolumeClaim 'm' does not exist")
     status = compute_status(observe({}, deployment(1, 1), deployment(1, 1), problems=(problem,)), None, NOW)
     assert conditions(status) == {"Ready": ("False", "PVCNotFound"), "Progressing": ("False", "PVCNotFound"),
-                                  "Degraded": ("True", "PVCNotFound")}
+                                  "Degraded": ("True", "PVCNotFound"), "ModelReady": ("False", "PVCNotFound")}
     ready = next(c for c in status["conditions"] if c["type"] == "Ready")
     assert "spec.model.pvc.claimName" in ready["message"]
 
@@ -100,7 +100,7 @@ def test_transition_time_moves_only_when_the_status_flips() -> None:
     assert same == first and not status_changed(first, same)
     flipped = compute_status(observe({"replicas": 1}, deployment(1, 1), deployment(1, 1)), first, LATER)
     times = {c["type"]: c["lastTransitionTime"] for c in flipped["conditions"]}
-    assert times == {"Ready": LATER, "Progressing": LATER, "Degraded": NOW}
+    assert times == {"Ready": LATER, "Progressing": LATER, "Degraded": NOW, "ModelReady": NOW}
     assert status_changed(first, flipped)
 
 

@@ -11,6 +11,7 @@ from dataclasses import dataclass
 from radixserve.operator import names
 from radixserve.operator.builders.common import BuildInput, Defaults, Manifest, Owner
 from radixserve.operator.builders.endpoint import build_endpoint_service, endpoint_url
+from radixserve.operator.builders.model import build_download_job, build_model_cache_claim
 from radixserve.operator.builders.router import (
     build_router_deployment,
     build_router_role,
@@ -53,6 +54,8 @@ def desired_objects(inp: BuildInput) -> list[Manifest]:
     (env, affinity, resources), so if the API rejects something it is rejected
     before anything else was created."""
     objects = [build_server_deployment(inp), build_server_service(inp)]
+    # Cache mode "pvc": the claim, then the Job that fills it (both created once, see apply.py).
+    objects += [obj for obj in (build_model_cache_claim(inp), build_download_job(inp)) if obj is not None]
     if inp.spec.router.enabled:
         objects += _router_objects(inp)
     objects.append(build_endpoint_service(inp))

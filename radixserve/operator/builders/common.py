@@ -26,6 +26,10 @@ class Defaults:
 
     image: str = names.DEFAULT_IMAGE
     cpu_image: str = names.DEFAULT_CPU_IMAGE
+    # spec.model.cache.mode "node": the directory on each node that holds downloaded models.
+    model_cache_host_path: str = names.DEFAULT_MODEL_CACHE_HOST_PATH
+    # Label nodes whose cache holds a model, and prefer them when placing replicas.
+    label_nodes: bool = True
 
 
 @dataclass(frozen=True)
@@ -33,6 +37,9 @@ class BuildInput:
     owner: Owner
     spec: InferenceServerSpec
     defaults: Defaults = Defaults()
+    # Cache mode "pvc": whether the download Job has succeeded. Until it has, the server
+    # Deployment is built with 0 replicas, so pods do not hold GPUs while waiting.
+    model_downloaded: bool = True
 
     @property
     def server_image(self) -> str:

@@ -11,6 +11,7 @@ from __future__ import annotations
 import math
 
 from radixserve.operator import names
+from radixserve.operator.builders import model as model_delivery
 from radixserve.operator.builders.common import (
     BuildInput,
     Manifest,
@@ -19,12 +20,11 @@ from radixserve.operator.builders.common import (
     metadata,
     restricted_container_security,
 )
+from radixserve.operator.builders.model import MODEL_MOUNT, MODEL_VOLUME
 from radixserve.operator.spec import InferenceServerSpec, ModelSpec
 
 GPU_RESOURCE = "nvidia.com/gpu"
-MODEL_MOUNT = "/mnt/models"
 SHM_VOLUME = "dshm"
-MODEL_VOLUME = "model"
 # Seconds between the pod leaving the endpoints and SIGTERM: the router and kube-proxy
 # see the EndpointSlice change and stop sending new requests before the drain starts.
 PRE_STOP_SLEEP_SECONDS = 5
@@ -58,6 +58,9 @@ def model_path(model: ModelSpec) -> str | None:
     """
     if model.image is not None:
         return model.image.path
+    uri = model.parsed_uri
+    if uri is not None:
+        return model_delivery.model_path(uri)
     mounted = model.pvc or model.host_path
     if mounted is not None:
         return f"{MODEL_MOUNT}/{mounted.sub_path}".rstrip("/") if mounted.sub_path else MODEL_MOUNT
@@ -70,8 +73,9 @@ def server_args(spec: InferenceServerSpec) -> list[str]:
     path = model_path(spec.model)
     if path is not None:
         args += ["--model-path", path]
-    if spec.served_model_name:
-        args += ["--served-model-name", spec.served_model_name]
+    served_name = spec.default_served_model_name
+    if served_name:
+        args += ["--served-model-name", served_name]
     args += ["--tp", str(spec.tensor_parallel_size)]
     if spec.pipeline_parallel_size > 1:
         args += ["--pp", str(spec.pipeline_parallel_size)]
@@ -136,6 +140,7 @@ def server_container(inp: BuildInput) -> Manifest:
     mounts: list[Manifest] = [{"name": SHM_VOLUME, "mountPath": "/dev/shm"}]
     if model_volume(spec.model) is not None:
         mounts.append({"name": MODEL_VOLUME, "mountPath": MODEL_MOUNT, "readOnly": True})
+    mounts += model_delivery.model_mounts(inp)
     # /health answers 200 only once the model is loaded and warmed: the start-up probe
     # gives loading its own budget, readiness gates traffic, liveness catches a dead engine.
     startup_failures = math.ceil(spec.server.startup_timeout_seconds / STARTUP_PERIOD_SECONDS)
@@ -171,6 +176,7 @@ def server_pod_spec(inp: BuildInput) -> Manifest:
     volume = model_volume(spec.model)
     if volume is not None:
         volumes.append(volume)
+    volumes += model_delivery.model_volumes(inp)
     grace = spec.server.graceful_shutdown_timeout_seconds + PRE_STOP_SLEEP_SECONDS + TERMINATION_SLACK_SECONDS
     pod: Manifest = {
         "containers": [server_container(inp)],
@@ -183,13 +189,17 @@ def server_pod_spec(inp: BuildInput) -> Manifest:
         "enableServiceLinks": False,
         "securityContext": {"seccompProfile": {"type": "RuntimeDefault"}},
     }
+    init = model_delivery.init_containers(inp)
+    if init:
+        pod["initContainers"] = init
     scheduling = spec.scheduling
     if scheduling.node_selector:
         pod["nodeSelector"] = dict(scheduling.node_selector)
     if scheduling.tolerations:
         pod["tolerations"] = [t.model_dump(by_alias=True, exclude_none=True) for t in scheduling.tolerations]
-    if scheduling.affinity:
-        pod["affinity"] = scheduling.affinity
+    affinity = model_delivery.merged_affinity(inp)
+    if affinity:
+        pod["affinity"] = affinity
     if scheduling.priority_class_name:
         pod["priorityClassName"] = scheduling.priority_class_name
     if scheduling.runtime_class_name:
@@ -207,7 +217,8 @@ def build_server_deployment(inp: BuildInput) -> Manifest:
         "kind": "Deployment",
         "metadata": metadata(inp.owner, names.server_name(inp.owner.name), names.COMPONENT_SERVER),
         "spec": {
-            "replicas": spec.replicas,
+            # Cache mode "pvc": no pods (holding GPUs) until the download Job has succeeded.
+            "replicas": spec.replicas if inp.model_downloaded or not model_delivery.uses_download_job(inp) else 0,
             "selector": {"matchLabels": selector},
             # Surge first, then retire: serving capacity never drops during a rollout
             # (with the default maxUnavailable=0), at the price of one spare pod's GPUs.
