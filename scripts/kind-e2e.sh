@@ -1,10 +1,13 @@
 #!/usr/bin/env bash
 # End-to-end on a laptop: kind cluster -> CPU and operator images -> Helm chart ->
-# examples/inferenceserver-cpu.yaml -> Ready -> one chat completion through the router.
+# examples/inferenceserver-cpu.yaml -> Ready -> one chat completion through the router;
+# then model delivery: deploy/kind/inferenceserver-hf-node-cache.yaml (hf:// into the node
+# cache, two replicas) -> ModelReady -> node label -> Ready -> one chat completion.
 #
 # Needs: docker (a running engine), kind, kubectl, helm, curl.
 # Env: KEEP_CLUSTER=1 keeps the cluster afterwards; CLUSTER_NAME (default radixserve);
-#      READY_TIMEOUT (default 15m).
+#      READY_TIMEOUT (default 15m); SKIP_MODEL_DELIVERY=1 skips the second stage (it downloads
+#      about 270 MB from huggingface.co).
 set -euo pipefail
 cd "$(dirname "$0")/.."
 
@@ -76,9 +79,41 @@ for attempt in $(seq 1 30); do
   if reply=$(curl -sf --max-time 60 http://localhost:30080/v1/chat/completions \
       -H 'Content-Type: application/json' -d "$body"); then
     echo "$reply"
-    echo "$reply" | grep -q '"choices"' && { log "OK"; exit 0; }
+    echo "$reply" | grep -q '"choices"' && { log "OK: router"; break; }
+  fi
+  [ "$attempt" = 30 ] && { echo "no chat completion came back through the router" >&2; exit 1; }
+  sleep 2
+done
+
+[ "${SKIP_MODEL_DELIVERY:-0}" = "1" ] && { log "OK (model delivery skipped)"; exit 0; }
+HF_NAME=smollm-hf      # metadata.name in deploy/kind/inferenceserver-hf-node-cache.yaml
+HF_MODEL=HuggingFaceTB/SmolLM2-135M-Instruct   # its served name: the repository id
+NODE="$CLUSTER_NAME-control-plane"
+log "model delivery: preparing the node cache directory (writable by the pods' UID 1000)"
+docker exec "$NODE" install -d -o 1000 -g 1000 /var/lib/radixserve/models
+kubectl -n "$NAMESPACE" apply -f deploy/kind/inferenceserver-hf-node-cache.yaml
+log "waiting for ModelReady (a download from huggingface.co) and Ready"
+kubectl -n "$NAMESPACE" wait "rsvc/$HF_NAME" --for=condition=ModelReady --timeout="$READY_TIMEOUT"
+kubectl -n "$NAMESPACE" wait "rsvc/$HF_NAME" --for=condition=Ready --timeout="$READY_TIMEOUT"
+kubectl -n "$NAMESPACE" get rsvc "$HF_NAME" -o wide
+log "the node is labelled as holding the model"
+kubectl get node "$NODE" --show-labels | tr ',' '\n' | grep '^model-cache.radixserve.io/' \
+  || { echo "node $NODE has no model-cache.radixserve.io label" >&2; exit 1; }
+log "the second replica found the first one's download (a cache hit)"
+kubectl -n "$NAMESPACE" logs -l "radixserve.io/inferenceserver=$HF_NAME" -c model-download --tail=-1 \
+  | grep -q '"cache_hit": true' || { echo "no replica reported a cache hit" >&2; exit 1; }
+log "sending a chat request to the hf:// server"
+kubectl -n "$NAMESPACE" port-forward "svc/$HF_NAME" 18080:80 >/dev/null 2>&1 &
+pf=$!
+body=$(printf '{"model": "%s", "messages": [{"role": "user", "content": "Say hello in one word."}], "max_tokens": 16}' "$HF_MODEL")
+for attempt in $(seq 1 30); do
+  if reply=$(curl -sf --max-time 60 http://localhost:18080/v1/chat/completions \
+      -H 'Content-Type: application/json' -d "$body"); then
+    echo "$reply"
+    echo "$reply" | grep -q '"choices"' && { kill "$pf"; log "OK: router and model delivery"; exit 0; }
   fi
   sleep 2
 done
-echo "no chat completion came back through the router" >&2
+kill "$pf"
+echo "no chat completion came back from the hf:// server" >&2
 exit 1

@@ -10,7 +10,7 @@ import subprocess
 import pytest
 import yaml
 
-from tests.operator.operator_testkit import REPO
+from tests.operator.operator_testkit import REPO, schema_errors
 
 SCRIPT = REPO / "scripts" / "kind-e2e.sh"
 
@@ -49,6 +49,20 @@ def test_kind_script_is_valid_bash_and_uses_the_repo_paths() -> None:
     example = yaml.safe_load((REPO / "examples" / "inferenceserver-cpu.yaml").read_text())
     assert f"NAME={example['metadata']['name']} " in text
     assert f"MODEL={example['spec']['servedModelName']} " in text
+
+
+def test_kind_model_delivery_stage_matches_its_manifest() -> None:
+    text = SCRIPT.read_text()
+    manifest = REPO / "deploy" / "kind" / "inferenceserver-hf-node-cache.yaml"
+    assert "deploy/kind/inferenceserver-hf-node-cache.yaml" in text
+    server = yaml.safe_load(manifest.read_text())
+    assert schema_errors(server) == []
+    uri = server["spec"]["model"]["uri"]
+    assert f"HF_NAME={server['metadata']['name']} " in text
+    assert f"HF_MODEL={uri.removeprefix('hf://').split('@')[0]} " in text  # the served name: the repo id
+    assert server["spec"]["model"]["cache"]["mode"] == "node" and server["spec"]["replicas"] == 2
+    assert "--for=condition=ModelReady" in text and "model-cache.radixserve.io/" in text
+    assert '"cache_hit": true' in text
 
 
 def test_kind_cluster_config() -> None:
