@@ -118,16 +118,21 @@ def check_model_fields(spec: InferenceServerSpec) -> SpecProblem | None:
     return None
 
 
+def _pvc_not_found(namespace: str, claim: str, field: str) -> SpecProblem:
+    # Transient: someone creating the claim clears it without a spec edit.
+    return SpecProblem(
+        reason="PVCNotFound",
+        field=field,
+        message=f"PersistentVolumeClaim {claim!r} does not exist in namespace {namespace!r}",
+        transient=True,
+    )
+
+
 def _pvc_problems(namespace: str, claim: str, field: str, replicas: int,
                   lookups: ClusterLookups) -> list[SpecProblem]:
     modes = lookups.pvc_access_modes(namespace, claim)
     if modes is None:
-        return [SpecProblem(
-            reason="PVCNotFound",
-            field=field,
-            message=f"PersistentVolumeClaim {claim!r} does not exist in namespace {namespace!r}",
-            transient=True,
-        )]
+        return [_pvc_not_found(namespace, claim, field)]
     if replicas > 1 and set(modes) <= SINGLE_ATTACH_MODES:
         # Replicas land on different nodes (and a ReadWriteOncePod claim takes one pod at all):
         # the second pod would hang in ContainerCreating. Transient: a new claim under the same
@@ -191,12 +196,7 @@ def check_model_references(spec: InferenceServerSpec, namespace: str, lookups: C
     if model.downloads and cache is not None and cache.mode == "pvc" and cache.claim_name:
         modes = lookups.pvc_access_modes(namespace, cache.claim_name)
         if modes is None:
-            problems.append(SpecProblem(
-                reason="PVCNotFound",
-                field="spec.model.cache.claimName",
-                message=f"PersistentVolumeClaim {cache.claim_name!r} does not exist in namespace {namespace!r}",
-                transient=True,
-            ))
+            problems.append(_pvc_not_found(namespace, cache.claim_name, "spec.model.cache.claimName"))
         elif "ReadWriteMany" not in modes:
             problems.append(SpecProblem(
                 reason="PVCAccessMode",
@@ -217,21 +217,7 @@ def check_references(spec: InferenceServerSpec, namespace: str, lookups: Cluster
     problems += check_model_references(spec, namespace, lookups)
     ref = spec.server.api_key_secret_ref
     if ref is not None:
-        keys = lookups.secret_keys(namespace, ref.name)
-        if keys is None:
-            problems.append(SpecProblem(
-                reason="SecretNotFound",
-                field="spec.server.apiKeySecretRef.name",
-                message=f"Secret {ref.name!r} does not exist in namespace {namespace!r}",
-                transient=True,
-            ))
-        elif ref.key not in keys:
-            problems.append(SpecProblem(
-                reason="SecretKeyNotFound",
-                field="spec.server.apiKeySecretRef.key",
-                message=f"Secret {ref.name!r} has no key {ref.key!r}",
-                transient=True,
-            ))
+        problems += _secret_problems(namespace, ref.name, [ref.key], "spec.server.apiKeySecretRef", lookups)
     return problems
 
 
