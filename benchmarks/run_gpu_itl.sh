@@ -2,7 +2,8 @@
 # One device call (kind nvidia-h200): inter-token latency under a prefill-heavy load, default
 # scheduling against mixed chunked prefill. `radixserve serve` (8B-shaped random weights) takes
 # 500 distinct 1024-token prompts (256 out) at $RATES, once per server configuration in $CONFIGS
-# ("name:flags" entries separated by ';'); each run writes serving_cuda_llama3_8b_itl_<name>.json.
+# ("name:flags" entries separated by ';'; leading VAR=value words are the server's environment);
+# each run writes serving_cuda_llama3_8b_itl_<name>.json; STEP_LOG=1 adds a step-time log per run.
 # Run through the device tool with carry [".whl", ".gpu_assets"]; results land in $OUT.
 set -uo pipefail
 OUT=${OUT:-/tmp/gpu-out}
@@ -16,9 +17,15 @@ PORT=30778
 IFS=';' read -ra configs <<< "$CONFIGS"
 for entry in "${configs[@]}"; do
   name=${entry%%:*}; flags=${entry#*:}
-  # shellcheck disable=SC2086  # flags are words
-  python3 -m radixserve.server --port $PORT --model-path llama-3-8b --load-format dummy \
-    --tokenizer-path "$PWD/.gpu_assets/tokenizer" --max-total-tokens 200000 --log-level warning $flags \
+  # Leading VAR=value words of an entry are environment for that server (e.g. RADIXSERVE_GC_FREEZE=0).
+  envs=(); args=()
+  for word in $flags; do
+    if [[ ${#args[@]} -eq 0 && $word =~ ^[A-Z_]+= ]]; then envs+=("$word"); else args+=("$word"); fi
+  done
+  # STEP_LOG=1: each scheduler step's timing goes to steps_<name>.jsonl.rank0 (benchmarks/analyze_step_log.py).
+  [ "${STEP_LOG:-0}" = 1 ] && envs+=("RADIXSERVE_STEP_LOG=$OUT/steps_$name.jsonl")
+  env "${envs[@]}" python3 -m radixserve.server --port $PORT --model-path llama-3-8b --load-format dummy \
+    --tokenizer-path "$PWD/.gpu_assets/tokenizer" --max-total-tokens 200000 --log-level warning "${args[@]}" \
     > "$OUT/server_itl_$name.log" 2>&1 &
   pid=$!
   up=0; for _ in $(seq 240); do curl -sf "http://127.0.0.1:$PORT/health" >/dev/null && { up=1; break; }; sleep 1; done
@@ -31,6 +38,9 @@ for entry in "${configs[@]}"; do
     tail -20 "$OUT/server_itl_$name.log"
   fi
   kill -TERM $pid; wait $pid
+  if [ -f "$OUT/steps_$name.jsonl.rank0" ]; then
+    python3 benchmarks/analyze_step_log.py "$OUT/steps_$name.jsonl.rank0" --output "$OUT/steps_summary_$name.json"
+  fi
 done
 python3 - "$OUT" <<'PY'
 import json, pathlib, sys

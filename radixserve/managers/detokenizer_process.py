@@ -21,6 +21,7 @@ from radixserve.managers.ipc import (
     init_child_process,
 )
 from radixserve.server_args import ServerArgs
+from radixserve.utils.gc_freeze import freeze_startup_heap
 from radixserve.utils.log import configure_logging
 
 logger = logging.getLogger(__name__)
@@ -45,6 +46,7 @@ def run_detokenizer_process(server_args: ServerArgs, port_args: PortArgs, ready:
     except Exception as e:
         ready.send({"status": "error", "message": f"{type(e).__name__}: {e}"})
         sys.exit(1)
+    freeze_startup_heap("detokenizer")
     ready.send({"status": "ready", "detokenizer_pid": os.getpid()})
     ready.close()
     try:

@@ -56,6 +56,7 @@ from radixserve.sampling.sampling_params import SamplingParams
 from radixserve.server_args import ServerArgs
 from radixserve.utils.detokenize import IncrementalDecoder
 from radixserve.utils.profiler import StepProfiler
+from radixserve.utils.step_log import StepLog, batch_shape
 
 logger = logging.getLogger(__name__)
 
@@ -115,6 +116,7 @@ class Scheduler:
         if backend != "none" and tokenizer is not None:
             self.grammar = GrammarManager(backend, tokenizer, self.vocab_size, sorted(self.eos_token_ids))
         self.profiler = StepProfiler.from_env(model_runner.world.rank)  # RADIXSERVE_PROFILE_DIR
+        self.step_log = StepLog.from_env(model_runner.world.rank)  # RADIXSERVE_STEP_LOG
 
     @property
     def waiting_queue(self) -> list[Req]:
@@ -251,6 +253,8 @@ class Scheduler:
             self.stats.num_overlap_steps += 1
         else:
             batch = self._next_batch()
+        # Taken before the step runs: processing filters finished requests out of the running batch.
+        shape = None if batch is None or self.step_log is None else batch_shape(batch)
         with record_function("scheduler.launch"):
             launched = None if batch is None else self._launch(batch)
         if launched is not None and self.overlap and batch is not None and self._overlappable(batch):
@@ -262,6 +266,9 @@ class Scheduler:
             self._process(launched)
         if batch is not None and self.profiler is not None:
             self.profiler.tick()
+        if shape is not None and self.step_log is not None:
+            self.step_log.record(*shape, len(self.running_batch.reqs), len(self.waiting_queue),
+                                 self.stats.num_retractions)
         return self._collect_outputs()
 
     def _next_batch(self) -> ScheduleBatch | None:

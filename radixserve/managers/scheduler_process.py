@@ -47,6 +47,7 @@ from radixserve.model_loader.source import ModelSource, resolve_model_source
 from radixserve.model_loader.tokenizer import load_tokenizer
 from radixserve.sampling.sampling_params import SamplingParams
 from radixserve.server_args import ServerArgs
+from radixserve.utils.gc_freeze import freeze_startup_heap
 from radixserve.utils.log import configure_logging
 
 logger = logging.getLogger(__name__)
@@ -181,6 +182,7 @@ def run_scheduler_process(server_args: ServerArgs, port_args: PortArgs, ready: C
     from radixserve.metrics import SchedulerMetrics
 
     metrics = SchedulerMetrics(model_name) if world_rank == 0 else None
+    freeze_startup_heap("scheduler")
     ready.send({"status": "ready", **model_info(scheduler, model_name)})
     ready.close()
     logger.info("scheduler ready (pid %d)", os.getpid())

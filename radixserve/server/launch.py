@@ -141,6 +141,9 @@ def _serve(server_args: ServerArgs, port_args: PortArgs, procs: ServerProcesses)
     server = Server(config)
     url = f"http://{server_args.host}:{server_args.port}"
     logger.info("stage 4/4: serving %r at %s (OpenAI base URL %s/v1)", info["model_name"], url, url)
+    from radixserve.utils.gc_freeze import freeze_startup_heap
+
+    freeze_startup_heap("http")
     server.run()
     if not server.started:
         raise RuntimeError(f"the HTTP server could not start on {server_args.host}:{server_args.port}")

@@ -1,0 +1,65 @@
+"""Summarise a scheduler step log (RADIXSERVE_STEP_LOG): where the long steps come from.
+
+    python benchmarks/analyze_step_log.py /tmp/steps.jsonl.rank0 [--output summary.json]
+
+Per step kind (decode, extend, mixed): count and step-time percentiles; the longest steps with
+their shape (requests, new prompt tokens, decode rows, queue lengths); the garbage collector's
+pauses (count, total, longest). An inter-token-latency spike is a long step (or a pause
+between steps) that every running request waits for: this tells which.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import statistics
+import sys
+from pathlib import Path
+from typing import Any
+
+
+def percentile(values: list[float], q: float) -> float:
+    ordered = sorted(values)
+    return ordered[min(len(ordered) - 1, int(q * len(ordered)))] if ordered else 0.0
+
+
+def summarise(events: list[dict[str, Any]], top: int = 15) -> dict[str, Any]:
+    steps = [e for e in events if "mode" in e][1:]  # the first step's dt counts the idle time before it
+    pauses = [e["gc_ms"] for e in events if "gc_ms" in e]
+    by_mode: dict[str, Any] = {}
+    for mode in sorted({s["mode"] for s in steps}):
+        dts = [s["dt_ms"] for s in steps if s["mode"] == mode]
+        by_mode[mode] = {"steps": len(dts), "mean_ms": round(statistics.fmean(dts), 2),
+                         "p50_ms": percentile(dts, 0.5), "p99_ms": percentile(dts, 0.99), "max_ms": max(dts)}
+    longest = sorted(steps, key=lambda s: -s["dt_ms"])[:top]
+    return {
+        "steps": len(steps), "by_mode": by_mode,
+        "steps_over_100ms": sum(1 for s in steps if s["dt_ms"] > 100),
+        "longest": longest,
+        "gc": {"pauses_over_1ms": len(pauses), "total_ms": round(sum(pauses), 1),
+               "max_ms": max(pauses) if pauses else 0.0,
+               "over_50ms": sum(1 for p in pauses if p > 50)},
+    }
+
+
+def main(argv: list[str] | None = None) -> int:
+    p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    p.add_argument("log", type=Path)
+    p.add_argument("--top", type=int, default=15, help="longest steps to list")
+    p.add_argument("--output", type=Path, default=None, help="also write the summary as JSON here")
+    args = p.parse_args(argv)
+    events = [json.loads(line) for line in args.log.read_text().splitlines() if line.strip()]
+    summary = summarise(events, args.top)
+    if args.output:
+        args.output.write_text(json.dumps(summary, indent=2) + "\n")
+    print(f"{args.log}: {summary['steps']} steps, {summary['steps_over_100ms']} over 100 ms; gc {summary['gc']}")
+    for mode, row in summary["by_mode"].items():
+        print(f"  {mode:7s} {row}")
+    for s in summary["longest"]:
+        print(f"  {s['dt_ms']:8.1f} ms  {s['mode']:7s} reqs {s['reqs']:4d} new tokens {s['extend_tokens']:6d} "
+              f"decode rows {s['mixed_decode']:4d} running {s['running']:4d} waiting {s['waiting']:4d}")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,72 @@
+"""A per-step timing log of the scheduler, for finding what makes inter-token latency spike.
+
+    RADIXSERVE_STEP_LOG=/tmp/steps.jsonl     each scheduler rank appends to <path>.rank<r>
+
+One JSON line per step that ran a batch: wall time since the previous one (with overlap
+scheduling that is the step's GPU time plus whatever the host did in between), the batch's
+kind and size, and the queue lengths; plus one line per garbage collection pause over 1 ms
+(Python's cyclic collector stops the scheduler, which a step-time histogram alone would not
+explain). Off by default: the loop then pays one attribute check.
+"""
+
+from __future__ import annotations
+
+import gc
+import json
+import os
+import time
+from typing import IO, TYPE_CHECKING, Any
+
+if TYPE_CHECKING:
+    from radixserve.managers.schedule_batch import ScheduleBatch
+
+ENV = "RADIXSERVE_STEP_LOG"
+
+
+def batch_shape(batch: ScheduleBatch) -> tuple[str, int, int, int]:
+    """(kind, requests, new prompt tokens, decode rows riding in a prefill batch) of a batch."""
+    if not batch.forward_mode.is_extend():
+        return "decode", len(batch.reqs), 0, 0
+    new = len(batch.reqs) - batch.num_mixed_decode
+    return ("mixed" if batch.num_mixed_decode else "extend", len(batch.reqs), sum(batch.extend_lens_cpu[:new]),
+            batch.num_mixed_decode)
+
+
+class StepLog:
+    def __init__(self, path: str) -> None:
+        # Line-buffered: a scheduler process may be killed without a chance to flush, and a
+        # write per step (microseconds) is nothing next to a step (milliseconds).
+        self._file: IO[str] = open(path, "a", buffering=1)  # noqa: SIM115  (open for the process's lifetime)
+        self._last = time.perf_counter()
+        self._gc_start = 0.0
+        gc.callbacks.append(self._on_gc)
+
+    @classmethod
+    def from_env(cls, rank: int) -> StepLog | None:
+        path = os.environ.get(ENV)
+        return cls(f"{path}.rank{rank}") if path else None
+
+    def record(self, mode: str, reqs: int, extend_tokens: int, mixed_decode: int, running: int,
+               waiting: int, retractions: int) -> None:
+        now = time.perf_counter()
+        self._write({"t": round(now, 4), "dt_ms": round((now - self._last) * 1e3, 3), "mode": mode,
+                     "reqs": reqs, "extend_tokens": extend_tokens, "mixed_decode": mixed_decode,
+                     "running": running, "waiting": waiting, "retractions": retractions})
+        self._last = now
+
+    def _on_gc(self, phase: str, info: dict[str, Any]) -> None:
+        if phase == "start":
+            self._gc_start = time.perf_counter()
+            return
+        ms = (time.perf_counter() - self._gc_start) * 1e3
+        if ms > 1.0:
+            self._write({"t": round(time.perf_counter(), 4), "gc_generation": info.get("generation"),
+                         "gc_ms": round(ms, 3), "collected": info.get("collected")})
+
+    def _write(self, event: dict[str, Any]) -> None:
+        self._file.write(json.dumps(event) + "\n")
+
+    def close(self) -> None:
+        if self._on_gc in gc.callbacks:
+            gc.callbacks.remove(self._on_gc)
+        self._file.close()

@@ -1,0 +1,80 @@
+"""RADIXSERVE_STEP_LOG: one JSON line per scheduler step, and the garbage collector's pauses."""
+
+from __future__ import annotations
+
+import gc
+import json
+from pathlib import Path
+
+import pytest
+
+from radixserve.utils.step_log import ENV, StepLog
+
+
+def test_steps_and_gc_pauses_are_logged(tmp_path: Path) -> None:
+    log = StepLog(str(tmp_path / "steps.jsonl"))
+    try:
+        log.record("extend", 3, 120, 0, 0, 5, 0)
+        log.record("decode", 3, 0, 0, 3, 5, 0)
+        # Enough cyclic garbage that a full collection takes well over the 1 ms threshold.
+        junk: list[list[object]] = [[] for _ in range(300_000)]
+        for item in junk:
+            item.append(item)
+        del junk
+        gc.collect()
+    finally:
+        log.close()
+    events = [json.loads(line) for line in (tmp_path / "steps.jsonl").read_text().splitlines()]
+    steps = [e for e in events if "mode" in e]
+    assert [(e["mode"], e["reqs"], e["extend_tokens"], e["waiting"]) for e in steps] == [
+        ("extend", 3, 120, 5), ("decode", 3, 0, 5)]
+    assert steps[1]["dt_ms"] >= 0 and steps[1]["t"] >= steps[0]["t"]
+    pauses = [e for e in events if "gc_ms" in e]
+    assert pauses and pauses[-1]["gc_generation"] == 2 and pauses[-1]["collected"] >= 299_000
+
+
+def test_the_engine_writes_one_line_per_step(tiny_models: dict[str, Path], tmp_path: Path,
+                                             monkeypatch: pytest.MonkeyPatch) -> None:
+    from radixserve import Engine
+
+    monkeypatch.setenv(ENV, str(tmp_path / "steps.jsonl"))
+    engine = Engine(model_path=str(tiny_models["llama"]), log_level="warning")
+    try:
+        engine.generate(input_ids=[[5, 6, 7, 8], [9, 10, 11]], sampling_params={"max_new_tokens": 4, "temperature": 0, "ignore_eos": True})
+    finally:
+        engine.shutdown()
+    steps = [json.loads(line) for line in (tmp_path / "steps.jsonl.rank0").read_text().splitlines()]
+    steps = [s for s in steps if "mode" in s]
+    # Warm-up steps come first; the two prompts then take one prefill and three decode steps.
+    assert steps[-4]["mode"] == "extend" and steps[-4]["extend_tokens"] == 7
+    assert [s["mode"] for s in steps[-3:]] == ["decode"] * 3 and steps[-1]["reqs"] == 2
+
+
+def test_start_up_heap_is_frozen_unless_switched_off(monkeypatch: pytest.MonkeyPatch) -> None:
+    from radixserve.utils.gc_freeze import ENV as FREEZE_ENV
+    from radixserve.utils.gc_freeze import freeze_startup_heap
+
+    try:
+        monkeypatch.setenv(FREEZE_ENV, "0")
+        assert not freeze_startup_heap("test") and gc.get_freeze_count() == 0
+        monkeypatch.delenv(FREEZE_ENV)
+        assert freeze_startup_heap("test") and gc.get_freeze_count() > 1000
+    finally:
+        gc.unfreeze()  # this pytest process goes on allocating and freeing
+
+
+def test_the_summary_finds_the_long_steps_and_pauses(tmp_path: Path) -> None:
+    from benchmarks.analyze_step_log import summarise
+
+    events = [{"t": 0, "dt_ms": 900.0, "mode": "extend", "reqs": 1, "extend_tokens": 10, "mixed_decode": 0,
+               "running": 0, "waiting": 0, "retractions": 0}]  # the first step: idle time, not counted
+    events += [{"t": i, "dt_ms": 10.0 + i, "mode": "decode", "reqs": 8, "extend_tokens": 0, "mixed_decode": 0,
+                "running": 8, "waiting": 0, "retractions": 0} for i in range(1, 11)]
+    events += [{"t": 11, "dt_ms": 150.0, "mode": "mixed", "reqs": 9, "extend_tokens": 2048, "mixed_decode": 8,
+                "running": 9, "waiting": 40, "retractions": 0}, {"t": 12, "gc_generation": 2, "gc_ms": 120.0,
+                                                                 "collected": 5}]
+    summary = summarise(events, top=2)
+    assert summary["steps"] == 11 and summary["steps_over_100ms"] == 1
+    assert summary["by_mode"]["decode"]["max_ms"] == 20.0 and summary["by_mode"]["mixed"]["steps"] == 1
+    assert [s["dt_ms"] for s in summary["longest"]] == [150.0, 20.0]
+    assert summary["gc"] == {"pauses_over_1ms": 1, "total_ms": 120.0, "max_ms": 120.0, "over_50ms": 1}
