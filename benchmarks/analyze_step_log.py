@@ -4,7 +4,8 @@
 
 Per step kind (decode, extend, mixed): count and step-time percentiles; the longest steps with
 their shape (requests, new prompt tokens, decode rows, queue lengths); the garbage collector's
-pauses (count, total, longest). An inter-token-latency spike is a long step (or a pause
+pauses (count, total, longest). For the detokenizer's and the HTTP process's logs (<path>.detokenizer,
+<path>.http): the time each output batch took to handle and the gaps between batches. An inter-token-latency spike is a long step (or a pause
 between steps) that every running request waits for: this tells which.
 """
 
@@ -32,7 +33,16 @@ def summarise(events: list[dict[str, Any]], top: int = 15) -> dict[str, Any]:
         by_mode[mode] = {"steps": len(dts), "mean_ms": round(statistics.fmean(dts), 2),
                          "p50_ms": percentile(dts, 0.5), "p99_ms": percentile(dts, 0.99), "max_ms": max(dts)}
     longest = sorted(steps, key=lambda s: -s["dt_ms"])[:top]
-    return {
+    batches = [e for e in events if "outputs" in e][1:]
+    outputs: dict[str, Any] = {}
+    if batches:
+        gaps, handled = [b["since_last_ms"] for b in batches], [b["handle_ms"] for b in batches]
+        outputs = {"batches": len(batches), "outputs_per_batch_mean": round(
+                       statistics.fmean(b["outputs"] for b in batches), 1),
+                   "gap_p50_ms": percentile(gaps, 0.5), "gap_p99_ms": percentile(gaps, 0.99), "gap_max_ms": max(gaps),
+                   "handle_p50_ms": percentile(handled, 0.5), "handle_p99_ms": percentile(handled, 0.99),
+                   "handle_max_ms": max(handled), "gaps_over_100ms": sum(1 for g in gaps if g > 100)}
+    return {"output_batches": outputs,
         "steps": len(steps), "by_mode": by_mode,
         "steps_over_100ms": sum(1 for s in steps if s["dt_ms"] > 100),
         "longest": longest,
@@ -53,6 +63,8 @@ def main(argv: list[str] | None = None) -> int:
     if args.output:
         args.output.write_text(json.dumps(summary, indent=2) + "\n")
     print(f"{args.log}: {summary['steps']} steps, {summary['steps_over_100ms']} over 100 ms; gc {summary['gc']}")
+    if summary["output_batches"]:
+        print(f"  output batches {summary['output_batches']}")
     for mode, row in summary["by_mode"].items():
         print(f"  {mode:7s} {row}")
     for s in summary["longest"]:

@@ -38,9 +38,9 @@ for entry in "${configs[@]}"; do
     tail -20 "$OUT/server_itl_$name.log"
   fi
   kill -TERM $pid; wait $pid
-  if [ -f "$OUT/steps_$name.jsonl.rank0" ]; then
-    python3 benchmarks/analyze_step_log.py "$OUT/steps_$name.jsonl.rank0" --output "$OUT/steps_summary_$name.json"
-  fi
+  for log in "$OUT"/steps_"$name".jsonl.*; do
+    [ -f "$log" ] && python3 benchmarks/analyze_step_log.py "$log" --output "$OUT/summary_${log##*/}.json"
+  done
 done
 python3 - "$OUT" <<'PY'
 import json, pathlib, sys

@@ -6,6 +6,7 @@ import contextlib
 import logging
 import os
 import sys
+import time
 import traceback
 from multiprocessing.connection import Connection
 
@@ -23,6 +24,7 @@ from radixserve.managers.ipc import (
 from radixserve.server_args import ServerArgs
 from radixserve.utils.gc_freeze import freeze_startup_heap
 from radixserve.utils.log import configure_logging
+from radixserve.utils.step_log import StepLog
 
 logger = logging.getLogger(__name__)
 
@@ -49,10 +51,14 @@ def run_detokenizer_process(server_args: ServerArgs, port_args: PortArgs, ready:
     freeze_startup_heap("detokenizer")
     ready.send({"status": "ready", "detokenizer_pid": os.getpid()})
     ready.close()
+    step_log = StepLog.from_env("detokenizer")  # RADIXSERVE_STEP_LOG
     try:
         while True:
             out = DETOKENIZER_INPUT_DECODER.decode(recv_sock.recv())
+            started = time.perf_counter()
             send_sock.send(ENCODER.encode(manager.handle(out)))
+            if step_log is not None:
+                step_log.output_batch(len(out.rids), (time.perf_counter() - started) * 1e3)
     except Exception:
         logger.error("detokenizer crashed:\n%s", traceback.format_exc())
         sys.exit(1)

@@ -116,7 +116,7 @@ class Scheduler:
         if backend != "none" and tokenizer is not None:
             self.grammar = GrammarManager(backend, tokenizer, self.vocab_size, sorted(self.eos_token_ids))
         self.profiler = StepProfiler.from_env(model_runner.world.rank)  # RADIXSERVE_PROFILE_DIR
-        self.step_log = StepLog.from_env(model_runner.world.rank)  # RADIXSERVE_STEP_LOG
+        self.step_log = StepLog.from_env(f"rank{model_runner.world.rank}")  # RADIXSERVE_STEP_LOG
 
     @property
     def waiting_queue(self) -> list[Req]:

@@ -76,14 +76,40 @@ def build_scheduler(server_args: ServerArgs, source: ModelSource, tokenizer: Any
     return Scheduler(server_args, runner, tokenizer, eos_token_ids=frozenset(eos))
 
 
-def warm_up(scheduler: Scheduler) -> None:
-    """One short request through the whole step path (CUDA graphs, kernels' autotuning, allocator)."""
-    req = TokenizedGenerateReqInput(rid="__warmup__", input_ids=[1, 2, 3, 4, 5, 6, 7, 8], sampling_params=SamplingParams(
+def _warm_up_request(rid: str, length: int, vocab_size: int) -> TokenizedGenerateReqInput:
+    ids = [1 + (i * 7919) % (vocab_size - 1) for i in range(length)]  # distinct enough, always valid
+    return TokenizedGenerateReqInput(rid=rid, input_ids=ids, sampling_params=SamplingParams(
         max_new_tokens=WARMUP_TOKENS, temperature=0, ignore_eos=True))
-    scheduler.add_request(req)
-    deadline = time.monotonic() + 600
+
+
+def _run_until_idle(scheduler: Scheduler, deadline: float) -> None:
     while scheduler.has_work() and time.monotonic() < deadline:
         scheduler.step()
+
+
+def warm_up(scheduler: Scheduler) -> None:
+    """Requests through the whole step path (CUDA graphs, kernels' autotuning, allocator) before
+    the server reports ready.
+
+    On CUDA also a full prefill chunk and, with mixed chunks on, a chunk that carries a running
+    request's decode row: the first step of each such shape compiles and autotunes Triton kernels,
+    which measured 0.7-1.6 s (benchmarks/run_gpu_itl.sh with STEP_LOG=1) and stalled every
+    running request at that moment instead of the start-up.
+    """
+    deadline = time.monotonic() + 600
+    vocab = scheduler.vocab_size
+    scheduler.add_request(_warm_up_request("__warmup__", 8, vocab))
+    _run_until_idle(scheduler, deadline)
+    args = scheduler.server_args
+    if scheduler.model_runner.device.type == "cuda":
+        chunk = args.chunked_prefill_size if args.chunked_prefill_size > 0 else args.max_prefill_tokens
+        length = min(chunk, args.max_prefill_tokens, scheduler.context_len - WARMUP_TOKENS - 1,
+                     scheduler.model_runner.sizes.max_total_tokens // 4)
+        if length > 8:
+            scheduler.add_request(_warm_up_request("__warmup_chunk__", length, vocab))
+            scheduler.step()  # its prefill; it then decodes while the next prompt arrives
+            scheduler.add_request(_warm_up_request("__warmup_mixed__", length - 1, vocab))
+            _run_until_idle(scheduler, deadline)
     scheduler.stats = SchedulerStats()  # warm-up is not traffic
     scheduler.flush_cache()
     if scheduler.grammar is not None:

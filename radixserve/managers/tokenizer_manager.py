@@ -38,6 +38,7 @@ from radixserve.managers.ipc import ENCODER, TOKENIZER_INPUT_DECODER, PortArgs
 from radixserve.managers.request_builder import GenerateRequest, RequestBuilder
 from radixserve.metrics import CURRENT_REQUEST, RequestRecord, TokenizerMetrics
 from radixserve.server_args import ServerArgs
+from radixserve.utils.step_log import StepLog
 
 logger = logging.getLogger(__name__)
 
@@ -95,6 +96,7 @@ class TokenizerManager:
         self.send_to_scheduler.setsockopt(zmq.LINGER, 0)
         self.send_to_scheduler.setsockopt(zmq.SNDHWM, 0)  # see ipc.connect_push
         self.send_to_scheduler.connect(port_args.scheduler_input)
+        self.step_log = StepLog.from_env("http")  # RADIXSERVE_STEP_LOG: output batches, for latency work
         self.recv_sock = self.ctx.socket(zmq.PULL)
         self.recv_sock.setsockopt(zmq.RCVHWM, 0)
         self.recv_sock.bind(port_args.tokenizer_input)
@@ -256,7 +258,10 @@ class TokenizerManager:
                 logger.exception("undecodable message from the scheduler or detokenizer")
                 continue
             if isinstance(msg, BatchStrOut):
+                started = time.perf_counter()
                 self._handle_batch(msg)
+                if self.step_log is not None:
+                    self.step_log.output_batch(len(msg.tokens.rids), (time.perf_counter() - started) * 1e3)
             else:
                 waiters = self._control[type(msg)]
                 while waiters:

@@ -1,12 +1,17 @@
 """A per-step timing log of the scheduler, for finding what makes inter-token latency spike.
 
-    RADIXSERVE_STEP_LOG=/tmp/steps.jsonl     each scheduler rank appends to <path>.rank<r>
+    RADIXSERVE_STEP_LOG=/tmp/steps.jsonl     each scheduler rank appends to <path>.rank<r>, the
+                                             detokenizer to <path>.detokenizer, the HTTP process
+                                             (TokenizerManager) to <path>.http
 
 One JSON line per step that ran a batch: wall time since the previous one (with overlap
 scheduling that is the step's GPU time plus whatever the host did in between), the batch's
 kind and size, and the queue lengths; plus one line per garbage collection pause over 1 ms
 (Python's cyclic collector stops the scheduler, which a step-time histogram alone would not
-explain). Off by default: the loop then pays one attribute check.
+explain). The detokenizer and the HTTP process log each output batch they handle (size, time
+spent, wall clock), so a stream's gap can be placed: in a step, or on the way to the client.
+Every line carries `wall` (time.time()) to line the processes up. Off by default: each loop
+then pays one attribute check.
 """
 
 from __future__ import annotations
@@ -42,16 +47,25 @@ class StepLog:
         gc.callbacks.append(self._on_gc)
 
     @classmethod
-    def from_env(cls, rank: int) -> StepLog | None:
+    def from_env(cls, tag: str) -> StepLog | None:
+        """The log of one process (tag: "rank0", "detokenizer", "http"), or None when off."""
         path = os.environ.get(ENV)
-        return cls(f"{path}.rank{rank}") if path else None
+        return cls(f"{path}.{tag}") if path else None
 
     def record(self, mode: str, reqs: int, extend_tokens: int, mixed_decode: int, running: int,
                waiting: int, retractions: int) -> None:
         now = time.perf_counter()
-        self._write({"t": round(now, 4), "dt_ms": round((now - self._last) * 1e3, 3), "mode": mode,
+        self._write({"t": round(now, 4), "wall": round(time.time(), 4),
+                     "dt_ms": round((now - self._last) * 1e3, 3), "mode": mode,
                      "reqs": reqs, "extend_tokens": extend_tokens, "mixed_decode": mixed_decode,
                      "running": running, "waiting": waiting, "retractions": retractions})
+        self._last = now
+
+    def output_batch(self, size: int, handle_ms: float) -> None:
+        """One batch of outputs handled by the detokenizer or the HTTP process."""
+        now = time.perf_counter()
+        self._write({"t": round(now, 4), "wall": round(time.time(), 4), "since_last_ms":
+                     round((now - self._last) * 1e3, 3), "outputs": size, "handle_ms": round(handle_ms, 3)})
         self._last = now
 
     def _on_gc(self, phase: str, info: dict[str, Any]) -> None:
@@ -60,7 +74,8 @@ class StepLog:
             return
         ms = (time.perf_counter() - self._gc_start) * 1e3
         if ms > 1.0:
-            self._write({"t": round(time.perf_counter(), 4), "gc_generation": info.get("generation"),
+            self._write({"t": round(time.perf_counter(), 4), "wall": round(time.time(), 4),
+                         "gc_generation": info.get("generation"),
                          "gc_ms": round(ms, 3), "collected": info.get("collected")})
 
     def _write(self, event: dict[str, Any]) -> None:

@@ -16,6 +16,7 @@ def test_steps_and_gc_pauses_are_logged(tmp_path: Path) -> None:
     try:
         log.record("extend", 3, 120, 0, 0, 5, 0)
         log.record("decode", 3, 0, 0, 3, 5, 0)
+        log.output_batch(3, 0.25)
         # Enough cyclic garbage that a full collection takes well over the 1 ms threshold.
         junk: list[list[object]] = [[] for _ in range(300_000)]
         for item in junk:
@@ -29,6 +30,8 @@ def test_steps_and_gc_pauses_are_logged(tmp_path: Path) -> None:
     assert [(e["mode"], e["reqs"], e["extend_tokens"], e["waiting"]) for e in steps] == [
         ("extend", 3, 120, 5), ("decode", 3, 0, 5)]
     assert steps[1]["dt_ms"] >= 0 and steps[1]["t"] >= steps[0]["t"]
+    batches = [e for e in events if "outputs" in e]
+    assert [(b["outputs"], b["handle_ms"]) for b in batches] == [(3, 0.25)] and batches[0]["wall"] > 0
     pauses = [e for e in events if "gc_ms" in e]
     assert pauses and pauses[-1]["gc_generation"] == 2 and pauses[-1]["collected"] >= 299_000
 
@@ -73,7 +76,11 @@ def test_the_summary_finds_the_long_steps_and_pauses(tmp_path: Path) -> None:
     events += [{"t": 11, "dt_ms": 150.0, "mode": "mixed", "reqs": 9, "extend_tokens": 2048, "mixed_decode": 8,
                 "running": 9, "waiting": 40, "retractions": 0}, {"t": 12, "gc_generation": 2, "gc_ms": 120.0,
                                                                  "collected": 5}]
+    events += [{"t": 13 + i, "wall": 0.0, "since_last_ms": 5.0 * i, "outputs": 8, "handle_ms": 1.0 + i}
+               for i in range(4)]  # the first batch's gap is idle time, not counted
     summary = summarise(events, top=2)
+    assert summary["output_batches"]["batches"] == 3 and summary["output_batches"]["gap_max_ms"] == 15.0
+    assert summary["output_batches"]["handle_max_ms"] == 4.0 and summary["output_batches"]["gaps_over_100ms"] == 0
     assert summary["steps"] == 11 and summary["steps_over_100ms"] == 1
     assert summary["by_mode"]["decode"]["max_ms"] == 20.0 and summary["by_mode"]["mixed"]["steps"] == 1
     assert [s["dt_ms"] for s in summary["longest"]] == [150.0, 20.0]
