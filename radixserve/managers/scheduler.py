@@ -22,6 +22,7 @@ from __future__ import annotations
 import functools
 import logging
 import os
+import time
 from dataclasses import dataclass
 from typing import Any
 
@@ -238,6 +239,7 @@ class Scheduler:
 
     def step(self) -> BatchTokenIDOut | None:
         """Run one batch (if any) and return the outputs to report (if any)."""
+        started = time.perf_counter()
         self._admit_grammars()
         prev, self._inflight = self._inflight, None
         if prev is not None and not self._overlap_continues():
@@ -268,7 +270,7 @@ class Scheduler:
             self.profiler.tick()
         if shape is not None and self.step_log is not None:
             self.step_log.record(*shape, len(self.running_batch.reqs), len(self.waiting_queue),
-                                 self.stats.num_retractions)
+                                 self.stats.num_retractions, started)
         return self._collect_outputs()
 
     def _next_batch(self) -> ScheduleBatch | None:

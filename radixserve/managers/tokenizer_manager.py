@@ -97,6 +97,7 @@ class TokenizerManager:
         self.send_to_scheduler.setsockopt(zmq.SNDHWM, 0)  # see ipc.connect_push
         self.send_to_scheduler.connect(port_args.scheduler_input)
         self.step_log = StepLog.from_env("http")  # RADIXSERVE_STEP_LOG: output batches, for latency work
+        self._probe_task: asyncio.Task[None] | None = None
         self.recv_sock = self.ctx.socket(zmq.PULL)
         self.recv_sock.setsockopt(zmq.RCVHWM, 0)
         self.recv_sock.bind(port_args.tokenizer_input)
@@ -123,10 +124,14 @@ class TokenizerManager:
         if self._loop_task is None:
             self.loop = asyncio.get_running_loop()
             self._loop_task = self.loop.create_task(self._handle_loop())
+            if self.step_log is not None:
+                self._probe_task = self.loop.create_task(self.step_log.probe_event_loop())
 
     async def close(self) -> None:
         if self._loop_task is not None:
             self._loop_task.cancel()
+        if self._probe_task is not None:
+            self._probe_task.cancel()
         self._executor.shutdown(wait=False, cancel_futures=True)
         self.ctx.destroy(linger=0)
 

@@ -16,6 +16,7 @@ then pays one attribute check.
 
 from __future__ import annotations
 
+import asyncio
 import gc
 import json
 import os
@@ -53,10 +54,13 @@ class StepLog:
         return cls(f"{path}.{tag}") if path else None
 
     def record(self, mode: str, reqs: int, extend_tokens: int, mixed_decode: int, running: int,
-               waiting: int, retractions: int) -> None:
+               waiting: int, retractions: int, started: float | None = None) -> None:
+        """One step; `started` (perf_counter at the step's start) gives its busy time, apart from
+        the idle wait before it that `dt_ms` (since the previous step ended) includes."""
         now = time.perf_counter()
+        busy = {} if started is None else {"busy_ms": round((now - started) * 1e3, 3)}
         self._write({"t": round(now, 4), "wall": round(time.time(), 4),
-                     "dt_ms": round((now - self._last) * 1e3, 3), "mode": mode,
+                     "dt_ms": round((now - self._last) * 1e3, 3), **busy, "mode": mode,
                      "reqs": reqs, "extend_tokens": extend_tokens, "mixed_decode": mixed_decode,
                      "running": running, "waiting": waiting, "retractions": retractions})
         self._last = now
@@ -67,6 +71,17 @@ class StepLog:
         self._write({"t": round(now, 4), "wall": round(time.time(), 4), "since_last_ms":
                      round((now - self._last) * 1e3, 3), "outputs": size, "handle_ms": round(handle_ms, 3)})
         self._last = now
+
+    async def probe_event_loop(self, period_s: float = 0.01, report_ms: float = 20.0) -> None:
+        """Log each time the event loop wakes this task over `report_ms` late: time the loop spent
+        on other work (streams, requests) while a response chunk could not go out."""
+        while True:
+            before = time.perf_counter()
+            await asyncio.sleep(period_s)
+            late_ms = (time.perf_counter() - before - period_s) * 1e3
+            if late_ms > report_ms:
+                self._write({"t": round(time.perf_counter(), 4), "wall": round(time.time(), 4),
+                             "loop_late_ms": round(late_ms, 3)})
 
     def _on_gc(self, phase: str, info: dict[str, Any]) -> None:
         if phase == "start":

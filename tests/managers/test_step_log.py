@@ -2,8 +2,10 @@
 
 from __future__ import annotations
 
+import asyncio
 import gc
 import json
+import time
 from pathlib import Path
 
 import pytest
@@ -15,8 +17,17 @@ def test_steps_and_gc_pauses_are_logged(tmp_path: Path) -> None:
     log = StepLog(str(tmp_path / "steps.jsonl"))
     try:
         log.record("extend", 3, 120, 0, 0, 5, 0)
-        log.record("decode", 3, 0, 0, 3, 5, 0)
+        log.record("decode", 3, 0, 0, 3, 5, 0, started=time.perf_counter() - 0.01)
         log.output_batch(3, 0.25)
+
+        async def block_the_loop() -> None:
+            probe = asyncio.create_task(log.probe_event_loop(period_s=0.005, report_ms=20))
+            await asyncio.sleep(0.02)
+            time.sleep(0.1)  # a loop busy elsewhere: the probe wakes about 100 ms late
+            await asyncio.sleep(0.02)
+            probe.cancel()
+
+        asyncio.run(block_the_loop())
         # Enough cyclic garbage that a full collection takes well over the 1 ms threshold.
         junk: list[list[object]] = [[] for _ in range(300_000)]
         for item in junk:
@@ -30,6 +41,9 @@ def test_steps_and_gc_pauses_are_logged(tmp_path: Path) -> None:
     assert [(e["mode"], e["reqs"], e["extend_tokens"], e["waiting"]) for e in steps] == [
         ("extend", 3, 120, 5), ("decode", 3, 0, 5)]
     assert steps[1]["dt_ms"] >= 0 and steps[1]["t"] >= steps[0]["t"]
+    assert "busy_ms" not in steps[0] and steps[1]["busy_ms"] >= 10
+    late = [e["loop_late_ms"] for e in events if "loop_late_ms" in e]
+    assert len(late) == 1 and 60 <= late[0] < 1000
     batches = [e for e in events if "outputs" in e]
     assert [(b["outputs"], b["handle_ms"]) for b in batches] == [(3, 0.25)] and batches[0]["wall"] > 0
     pauses = [e for e in events if "gc_ms" in e]
