@@ -161,7 +161,8 @@ def load_hf(args: argparse.Namespace, device: str) -> Any:
         from radixserve.configs.model_config import NAMED_SHAPES
 
         shape = dict(NAMED_SHAPES[args.model_path or "smollm2-135m"])
-        arch = {"LlamaForCausalLM": "llama", "Qwen2ForCausalLM": "qwen2", "Qwen3ForCausalLM": "qwen3"}[
+        arch = {"LlamaForCausalLM": "llama", "Qwen2ForCausalLM": "qwen2", "Qwen3ForCausalLM": "qwen3",
+                "MixtralForCausalLM": "mixtral", "Qwen2MoeForCausalLM": "qwen2_moe", "Qwen3MoeForCausalLM": "qwen3_moe"}[
             shape.pop("architectures")[0]]
         with torch.device(device):
             model = AutoModelForCausalLM.from_config(AutoConfig.for_model(arch, **shape), dtype=dtype)

@@ -61,6 +61,10 @@ class ServerArgs:
         "Weight and activation dtype: auto means float32 on CPU and bfloat16 on CUDA.", choices=DTYPES))
     device: str = field(default="auto", metadata=_help(
         "Device to run on: auto picks cuda when available.", choices=DEVICES))
+    gguf_dequantize: bool = field(default=False, metadata=_help(
+        "GGUF on CPU: expand every quantized tensor to --dtype (the reference path) instead of keeping the "
+        "Q4_0/Q4_1/Q4_K linear weights packed as int4 (docs/quantization.md). On CUDA GGUF is always "
+        "dequantized."))
     # HTTP
     host: str = field(default="127.0.0.1", metadata=_server_help("Address the HTTP server binds."))
     port: int = field(default=30000, metadata=_server_help("Port the HTTP server binds."))

@@ -16,7 +16,9 @@ os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
 def smol_engine() -> Iterator[Any]:
     from radixserve import Engine
 
-    engine = Engine(log_level="warning")
+    # The float32 reference path (--gguf-dequantize): tests compare it with transformers' own float32
+    # dequantization of the file; the packed int4 path is tested against it in tests/model_loader.
+    engine = Engine(log_level="warning", gguf_dequantize=True)
     yield engine
     engine.shutdown()
 

@@ -19,11 +19,14 @@ from radixserve.attention.base import AttentionBackend
 from radixserve.attention.torch_backend import TorchAttnBackend
 from radixserve.configs.model_config import ModelConfig
 from radixserve.distributed.parallel_state import NO_PIPELINE, SINGLE, ParallelGroup, PipelineGroup
+from radixserve.layers.quantization.int4_cpu import int4_cpu_available
 from radixserve.mem_cache.memory_pool import ReqToTokenPool, TokenToKVPool
 from radixserve.model_executor.cuda_graph_runner import CudaGraphRunner
 from radixserve.model_executor.forward_batch import ForwardBatch
+from radixserve.model_loader.packed_load import load_weights_packed
 from radixserve.model_loader.source import ModelSource
-from radixserve.models.llama import MODEL_CLASSES, LlamaForCausalLM
+from radixserve.models.llama import LlamaForCausalLM
+from radixserve.models.registry import MODEL_CLASSES
 from radixserve.sampling.sampler import SamplingBatchInfo, sample
 from radixserve.server_args import ServerArgs
 
@@ -137,9 +140,10 @@ class ModelRunner:
             self._init_dummy(model)
         else:
             total = self.source.num_weight_files or None
-            weights = tqdm(self.source.iter_weights(), total=total, desc="Loading weights", unit="tensor",
-                           disable=self.world.rank != 0, leave=False)
-            loaded = model.load_weights(weights)
+            pack = self._pack_quantized()
+            weights = tqdm(self.source.iter_weights(pack_quantized=pack), total=total, desc="Loading weights",
+                           unit="tensor", disable=self.world.rank != 0, leave=False)
+            loaded = load_weights_packed(model, weights) if pack else model.load_weights(weights)
             missing = sorted(model.expected_params() - loaded)
             if missing:
                 raise ValueError(f"{self.source.path}: checkpoint lacks {len(missing)} tensors, e.g. {missing[:3]}")
@@ -147,6 +151,23 @@ class ModelRunner:
         logger.info("loaded %s (%s) in %.1fs on %s as %s", self.source.name, self.config.architecture,
                     time.monotonic() - start, self.device, self.dtype)
         return model
+
+    def _pack_quantized(self) -> bool:
+        """Keep GGUF's 4-bit linear weights packed (CPU int4 kernel) unless told not to or not on CPU."""
+        if self.source.kind != "gguf":
+            return False
+        if self.server_args.gguf_dequantize:
+            logger.info("GGUF: --gguf-dequantize: every quantized tensor is expanded to %s", self.dtype)
+            return False
+        if self.device.type != "cpu":
+            logger.info("GGUF on %s: quantized tensors are expanded to %s (the packed int4 kernel is CPU-only)",
+                        self.device.type, self.dtype)
+            return False
+        if not int4_cpu_available():
+            logger.info("GGUF: torch %s lacks the CPU int4 ops; quantized tensors are expanded to %s",
+                        torch.__version__, self.dtype)
+            return False
+        return True
 
     def _init_dummy(self, model: LlamaForCausalLM) -> None:
         # Seeded on the model's device: drawing 8B numbers on the CPU would take minutes.

@@ -1,7 +1,14 @@
-"""GGUF: model config from the file's metadata and dequantized weights under HF names."""
+"""GGUF: model config from the file's metadata and weights under HF names.
+
+Weights come out dequantized to float32, or, with `pack=True`, the linear layers' Q4_0 / Q4_1 /
+Q4_K tensors come out as `GroupQuantized` (the file's own 4-bit codes and scales) for the layers
+to pack; see docs/quantization.md.
+"""
 
 from __future__ import annotations
 
+import logging
+from collections import Counter
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
@@ -10,6 +17,10 @@ import numpy as np
 import torch
 
 from radixserve.configs.model_config import ModelConfig, UnsupportedModelError
+from radixserve.layers.quantization.base import GroupQuantized, UnsupportedQuantizationError
+from radixserve.model_loader.gguf_quant import PACKED_TYPES, gguf_group_quantized
+
+logger = logging.getLogger(__name__)
 
 # GGUF general.architecture -> HF architecture we implement.
 GGUF_ARCHITECTURES = {"llama": "LlamaForCausalLM", "qwen2": "Qwen2ForCausalLM", "qwen3": "Qwen3ForCausalLM"}
@@ -102,25 +113,89 @@ def hf_name(gguf_name: str) -> str | None:
     return None
 
 
-def iter_gguf_weights(reader: Any, config: ModelConfig) -> Iterator[tuple[str, torch.Tensor]]:
-    """Yield (HF name, float32 tensor) one tensor at a time, dequantizing as we go."""
+# Projections fused into one layer weight: packed all together or not at all (one kernel call per layer).
+_FUSED = {"attn_q": "attn_qkv", "attn_k": "attn_qkv", "attn_v": "attn_qkv", "ffn_gate": "ffn_gate_up",
+          "ffn_up": "ffn_gate_up"}
+_LINEAR = frozenset(("attn_q", "attn_k", "attn_v", "attn_output", "ffn_gate", "ffn_up", "ffn_down"))
+
+
+def plan_packing(reader: Any) -> dict[str, str | None]:
+    """GGUF tensor name -> None if it will be handed over packed, else why it is dequantized."""
+    reasons: dict[str, str | None] = {}
+    group_types: dict[str, set[str]] = {}
+    for t in reader.tensors:
+        base = t.name.rpartition(".")[0]
+        parts = base.split(".")
+        kind = parts[2] if len(parts) == 3 and parts[0] == "blk" else base
+        type_name = t.tensor_type.name
+        if type_name in ("F32", "F16", "BF16"):
+            reasons[t.name] = "float in the file"
+        elif not t.name.endswith(".weight") or kind not in _LINEAR:
+            reasons[t.name] = "not a linear layer (embedding / lm_head stay dense)"
+        elif type_name not in PACKED_TYPES:
+            reasons[t.name] = f"{type_name} has no packed kernel yet"
+        else:
+            reasons[t.name] = None
+        if kind in _FUSED:
+            group_types.setdefault(f"{parts[1]}.{_FUSED[kind]}", set()).add(type_name)
+    for t in reader.tensors:
+        parts = t.name.split(".")
+        if reasons[t.name] is None and len(parts) == 4 and parts[2] in _FUSED:
+            types = group_types[f"{parts[1]}.{_FUSED[parts[2]]}"]
+            if not types <= PACKED_TYPES:
+                reasons[t.name] = f"fused with {sorted(types - PACKED_TYPES)} tensors that are not packed"
+    return reasons
+
+
+def _log_plan(reader: Any, reasons: dict[str, str | None]) -> None:
+    types = {t.name: t.tensor_type.name for t in reader.tensors}
+    packed = Counter(types[n] for n, r in reasons.items() if r is None)
+    dense = Counter(f"{types[n]} ({r})" for n, r in reasons.items() if r is not None)
+    logger.info("GGUF: %d tensors kept packed as int4 %s; %d loaded as float: %s", sum(packed.values()),
+                dict(packed), sum(dense.values()), "; ".join(f"{n} x {k}" for k, n in dense.items()))
+
+
+def iter_gguf_weights(reader: Any, config: ModelConfig,
+                      pack: bool = False) -> Iterator[tuple[str, torch.Tensor | GroupQuantized]]:
+    """Yield (HF name, tensor) one tensor at a time: float32, dequantized as we go, or with `pack` the
+    packable linear weights as GroupQuantized."""
     from gguf import GGMLQuantizationType
     from gguf.quants import dequantize
 
     permute = config.architecture == "LlamaForCausalLM"
+    reasons = plan_packing(reader) if pack else {}
+    if pack:
+        _log_plan(reader, reasons)
     for t in reader.tensors:
         name = hf_name(t.name)
         if t.name == "rope_freqs.weight":
             raise UnsupportedModelError("GGUF rope_freqs (llama3 rope scaling in GGUF) is not supported yet")
         if name is None:
             continue
+        n_head = (config.num_attention_heads if name.endswith("q_proj.weight") else
+                  config.num_key_value_heads if name.endswith("k_proj.weight") else 0)
+        if pack and reasons.get(t.name, "") is None:
+            rows, cols = (int(d) for d in reversed(t.shape))
+            try:
+                q = gguf_group_quantized(t.data, t.tensor_type.name, rows, cols)
+            except UnsupportedQuantizationError as e:
+                raise UnsupportedModelError(f"{t.name}: {e}") from e
+            if permute and n_head:
+                codes, scale, offset = (torch.from_numpy(_unpermute_qk(a.numpy(), n_head))
+                                        for a in (q.codes, q.scale, q.offset))
+                q = GroupQuantized(codes, scale, offset, q.group_size, q.bits, q.source)
+            yield name, q
+            continue
         if t.tensor_type in (GGMLQuantizationType.F32, GGMLQuantizationType.F16):
             arr = np.asarray(t.data, dtype=np.float32)
         else:
-            arr = dequantize(t.data, t.tensor_type)
+            try:
+                arr = dequantize(t.data, t.tensor_type)
+            except NotImplementedError as e:
+                raise UnsupportedModelError(
+                    f"{t.name}: GGUF quantization {t.tensor_type.name} is not supported (no packed kernel, and "
+                    f"the gguf package cannot dequantize it: {e})") from e
         arr = arr.reshape([int(d) for d in reversed(t.shape)]) if arr.ndim != len(t.shape) else arr
-        if permute and name.endswith("q_proj.weight"):
-            arr = _unpermute_qk(arr, config.num_attention_heads)
-        elif permute and name.endswith("k_proj.weight"):
-            arr = _unpermute_qk(arr, config.num_key_value_heads)
+        if permute and n_head:
+            arr = _unpermute_qk(arr, n_head)
         yield name, torch.from_numpy(np.array(arr, dtype=np.float32))  # copy: the mmap is read-only

@@ -10,6 +10,7 @@ from typing import Any
 import torch
 
 from radixserve.configs.model_config import NAMED_SHAPES, ModelConfig, UnsupportedModelError
+from radixserve.layers.quantization.base import GroupQuantized
 from radixserve.model_loader.default_model import DEFAULT_MODEL_NAME, ModelNotFoundError, default_model_path
 from radixserve.model_loader.generation_config import gguf_generation_defaults, hf_generation_defaults
 from radixserve.model_loader.gguf_loader import gguf_model_config, iter_gguf_weights, open_gguf
@@ -32,9 +33,10 @@ class ModelSource:
     # Sampling defaults for fields a request leaves unset (generation_config.py).
     generation_defaults: dict[str, float | int] = field(default_factory=dict)
 
-    def iter_weights(self) -> Iterator[tuple[str, torch.Tensor]]:
+    def iter_weights(self, pack_quantized: bool = False) -> Iterator[tuple[str, torch.Tensor | GroupQuantized]]:
+        """(name, tensor) pairs; with `pack_quantized`, GGUF's packable linear weights come as GroupQuantized."""
         if self.kind == "gguf":
-            return iter_gguf_weights(self._gguf_reader, self.config)
+            return iter_gguf_weights(self._gguf_reader, self.config, pack=pack_quantized)
         if self.kind == "safetensors":
             assert self.path is not None
             return iter_safetensors_weights(self.path)
@@ -45,6 +47,25 @@ class ModelSource:
         if self.kind == "gguf":
             return len(self._gguf_reader.tensors)
         return 0
+
+
+# GGUF architectures of mixture-of-experts models -> the HF architecture we serve from safetensors.
+# (Mixtral in GGUF is "llama" with an expert count.)
+_GGUF_MOE = {"qwen3moe": "Qwen3MoeForCausalLM", "qwen2moe": "Qwen2MoeForCausalLM", "llama": "MixtralForCausalLM"}
+
+
+def reject_gguf_moe(reader: Any, path: Path) -> None:
+    """GGUF mixture-of-experts files: their stacked expert tensors (ffn_*_exps) have no mapping in
+    the GGUF loader yet; say so by name instead of failing later on missing dense MLP weights."""
+    arch_field = reader.fields.get("general.architecture")
+    arch = arch_field.contents() if arch_field is not None else None
+    experts_field = reader.fields.get(f"{arch}.expert_count")
+    experts = int(experts_field.contents()) if experts_field is not None else 0
+    if experts > 0 or arch in ("qwen3moe", "qwen2moe"):
+        hf = _GGUF_MOE.get(str(arch), "its HF architecture")
+        raise UnsupportedModelError(
+            f"{str(path)!r}: GGUF mixture-of-experts models are not supported yet (architecture {arch!r}, "
+            f"{experts} experts); serve the HF safetensors directory instead ({hf} is supported there)")
 
 
 def _resolve_real(path: Path) -> tuple[str, Path]:
@@ -77,6 +98,7 @@ def resolve_model_source(
     tok = Path(tokenizer_path).expanduser() if tokenizer_path else path
     if kind == "gguf":
         reader = open_gguf(path)
+        reject_gguf_moe(reader, path)
         return ModelSource(kind, path, name, gguf_model_config(reader, path), tok, reader,
                            gguf_generation_defaults(reader, embedded=not model_path))
     return ModelSource(kind, path, name, hf_model_config(path), tok, generation_defaults=hf_generation_defaults(path))
@@ -95,6 +117,11 @@ def _resolve_dummy(model_path: str | None, tokenizer_path: str | None) -> ModelS
             "nor an existing model path"
         )
     kind, path = _resolve_real(path)
-    config = gguf_model_config(open_gguf(path), path) if kind == "gguf" else hf_model_config(path)
+    if kind == "gguf":
+        reader = open_gguf(path)
+        reject_gguf_moe(reader, path)
+        config = gguf_model_config(reader, path)
+    else:
+        config = hf_model_config(path)
     tok = Path(tokenizer_path).expanduser() if tokenizer_path else path
     return ModelSource("dummy", path, f"dummy-{path.stem}", config, tok)

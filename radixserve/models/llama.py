@@ -21,11 +21,15 @@ from radixserve.model_executor.forward_batch import ForwardBatch
 
 
 class LlamaMLP(nn.Module):
-    def __init__(self, config: ModelConfig, tp: ParallelGroup) -> None:
+    def __init__(self, config: ModelConfig, tp: ParallelGroup, intermediate_size: int | None = None,
+                 reduce_results: bool = True) -> None:
         super().__init__()
-        self.gate_up_proj = MergedColumnParallelLinear(
-            config.hidden_size, [config.intermediate_size] * 2, bias=False, tp=tp)
-        self.down_proj = RowParallelLinear(config.intermediate_size, config.hidden_size, bias=False, tp=tp)
+        # `intermediate_size` and `reduce_results`: MoE models reuse this for their dense layers and
+        # shared experts, whose partial sums join the routed experts' before the one all-reduce.
+        inter = config.intermediate_size if intermediate_size is None else intermediate_size
+        self.gate_up_proj = MergedColumnParallelLinear(config.hidden_size, [inter] * 2, bias=False, tp=tp)
+        self.down_proj = RowParallelLinear(inter, config.hidden_size, bias=False, tp=tp,
+                                           reduce_results=reduce_results)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         return self.down_proj(self.gate_up_proj.silu_and_mul(x))  # type: ignore[no-any-return]
@@ -58,10 +62,11 @@ class LlamaAttention(nn.Module):
 
 
 class LlamaDecoderLayer(nn.Module):
-    def __init__(self, config: ModelConfig, layer_id: int, rotary: RotaryEmbedding, tp: ParallelGroup) -> None:
+    def __init__(self, config: ModelConfig, layer_id: int, rotary: RotaryEmbedding, tp: ParallelGroup,
+                 mlp: nn.Module | None = None) -> None:
         super().__init__()
         self.self_attn = LlamaAttention(config, layer_id, rotary, tp)
-        self.mlp = LlamaMLP(config, tp)
+        self.mlp = mlp if mlp is not None else LlamaMLP(config, tp)
         self.input_layernorm = RMSNorm(config.hidden_size, config.rms_norm_eps)
         self.post_attention_layernorm = RMSNorm(config.hidden_size, config.rms_norm_eps)
 
@@ -93,11 +98,17 @@ class LlamaModel(nn.Module):
         # One rotary table shared by all layers.
         rotary = RotaryEmbedding(config.head_dim, config.max_position_embeddings, config.rope_theta,
                                  config.rope_scaling)
-        # KV-pool layer ids are local to the stage: its pool holds only its own layers.
+        # KV-pool layer ids are local to the stage: its pool holds only its own layers; the MLP
+        # is chosen by the global index (which layers are MoE is a property of the checkpoint).
         self.layers = nn.ModuleList(
-            LlamaDecoderLayer(config, i - self.start_layer, rotary, tp) if self.start_layer <= i < self.end_layer
-            else OtherStage() for i in range(config.num_hidden_layers))
+            LlamaDecoderLayer(config, i - self.start_layer, rotary, tp, self.make_mlp(config, i, tp))
+            if self.start_layer <= i < self.end_layer else OtherStage() for i in range(config.num_hidden_layers))
         self.norm: nn.Module = RMSNorm(config.hidden_size, config.rms_norm_eps) if pp.is_last else OtherStage()
+
+    @staticmethod
+    def make_mlp(config: ModelConfig, layer: int, tp: ParallelGroup) -> nn.Module:
+        """The MLP of global layer `layer`; subclasses (models/moe.py) put experts here."""
+        return LlamaMLP(config, tp)
 
     def forward(self, input_ids: torch.Tensor, positions: torch.Tensor, fb: ForwardBatch,
                 hidden: torch.Tensor | None = None,
@@ -124,13 +135,14 @@ class LlamaForCausalLM(nn.Module):
         (".gate_proj", ".gate_up_proj", 0),
         (".up_proj", ".gate_up_proj", 1),
     )
+    model_cls: type[LlamaModel] = LlamaModel
 
     def __init__(self, config: ModelConfig, tp: ParallelGroup = SINGLE, pp: PipelineGroup = NO_PIPELINE) -> None:
         super().__init__()
         self.config = config
         self.tp = tp
         self.pp = pp
-        self.model = LlamaModel(config, tp, pp)
+        self.model = self.model_cls(config, tp, pp)
         first = self.model.layers[self.model.start_layer]
         assert isinstance(first, LlamaDecoderLayer)
         self.num_kv_heads_per_rank = first.self_attn.num_kv_heads

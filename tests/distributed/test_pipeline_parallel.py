@@ -61,7 +61,7 @@ def test_pp2_equals_pp1_on_the_embedded_model(smol_engine: Any) -> None:
     # logprobs in the last digits (another prefill split), which is not what this test compares.
     assert smol_engine.scheduler.flush_cache()
     ref_single, ref_batch = _outputs(smol_engine, prompts, False), _outputs(smol_engine, prompts, True)
-    with Engine(pp_size=2, log_level="warning") as two:
+    with Engine(pp_size=2, log_level="warning", gguf_dequantize=True) as two:
         _assert_same(_outputs(two, prompts, False), ref_single, 1e-5)
         # A batch reaches the stage processes over ZMQ: which requests share the first prefill
         # depends on arrival, and another batch shape moves fp32 logprobs of this 30-layer model

@@ -67,7 +67,7 @@ def test_tp3_equals_tp1_on_the_embedded_model(smol_engine: Any) -> None:
     prompts.append(smol_engine.apply_chat_template([{"role": "user", "content": "List three prime numbers."}]))
     assert smol_engine.scheduler.flush_cache()  # as the TP engine starts: no prefixes cached by earlier tests
     ref_single, ref_batch = _outputs(smol_engine, prompts, False), _outputs(smol_engine, prompts, True)
-    with Engine(tp_size=3, log_level="warning") as three:
+    with Engine(tp_size=3, log_level="warning", gguf_dequantize=True) as three:
         _assert_same(_outputs(three, prompts, False), ref_single, 2e-4)
         _assert_same(_outputs(three, prompts, True), ref_batch, 2e-4)
 

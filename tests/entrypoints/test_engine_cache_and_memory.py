@@ -45,7 +45,7 @@ def test_kv_exhaustion_retracts_and_finishes_correctly(smol_engine: Any) -> None
     assert smol_engine.scheduler.flush_cache()
     expected = [smol_engine.generate(input_ids=p, sampling_params=params)["output_ids"] for p in prompts[:8]]
     # ~32 * (15 + 40) tokens of demand against a 512-token pool: decode must run dry and retract.
-    with Engine(max_total_tokens=512, max_running_requests=32, log_level="warning") as tiny_pool:
+    with Engine(max_total_tokens=512, max_running_requests=32, log_level="warning", gguf_dequantize=True) as tiny_pool:
         outs = tiny_pool.generate(input_ids=prompts, sampling_params=params)
         sched = tiny_pool.scheduler
         assert sched.stats.num_retractions > 0

@@ -72,7 +72,7 @@ def test_one_mixed_batch(smol_engine: Any, prompt_ids: list[list[int]], hf_outpu
 def test_chunked_prefill_16(prompt_ids: list[list[int]], hf_outputs: list[list[int]]) -> None:
     from radixserve import Engine
 
-    with Engine(chunked_prefill_size=16, max_prefill_tokens=16, log_level="warning") as engine:
+    with Engine(chunked_prefill_size=16, max_prefill_tokens=16, log_level="warning", gguf_dequantize=True) as engine:
         outs = engine.generate(input_ids=prompt_ids, sampling_params=GREEDY)
         assert [o["output_ids"] for o in outs] == hf_outputs
         engine.scheduler.check_memory()

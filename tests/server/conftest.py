@@ -14,7 +14,11 @@ API_KEY = "sk-radixserve-test"
 def smol_server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[ServerProcess]:
     """The embedded SmolLM2 behind `radixserve serve --api-key ...`, shared by the API tests."""
     log = tmp_path_factory.mktemp("smol_server") / "server.log"
-    server = ServerProcess(["--log-level", "warning"], log, api_key=API_KEY).wait_ready()
+    # The float32 reference path: these tests assert exact greedy equality across batch compositions
+    # (64 concurrent streams == sequential). The packed int4 path rounds each linear layer's input to
+    # bf16, which turns the fp32 batch-order noise of the other ops into rare flips at greedy near-ties
+    # (docs/quantization.md); it is tested in tests/model_loader/test_gguf_packed.py.
+    server = ServerProcess(["--log-level", "warning", "--gguf-dequantize"], log, api_key=API_KEY).wait_ready()
     yield server
     server.stop()
 

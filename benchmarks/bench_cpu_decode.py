@@ -1,0 +1,115 @@
+"""Batch-1 greedy decode on CPU: GGUF linear weights packed (int4 kernel) vs dequantized to float32,
+and llama.cpp on the same file when `llama_cpp` is importable (issue 19).
+
+Both radixserve engines live in this one process and their runs alternate (packed, dequantized,
+packed, ...) so that load from anything else on the machine hits both alike; each path reports the
+median (and the fastest) of --repeats runs. tok/s = new tokens / wall time of one `generate` call (prompt prefill
+included: the prompt is a few tokens). Writes JSON to benchmarks/results/.
+
+  python benchmarks/bench_cpu_decode.py                 # embedded SmolLM2-135M-Instruct Q4_1
+  python benchmarks/bench_cpu_decode.py --model-path some.gguf --tokens 64 --repeats 5
+"""
+
+from __future__ import annotations
+
+import argparse
+import statistics
+import sys
+import time
+from pathlib import Path
+from typing import Any
+
+REPO_ROOT = Path(__file__).resolve().parent.parent
+if str(REPO_ROOT) not in sys.path:  # run as `python benchmarks/bench_cpu_decode.py`
+    sys.path.insert(0, str(REPO_ROOT))
+
+import torch  # noqa: E402
+
+from benchmarks._common import machine_info, write_results  # noqa: E402
+from radixserve import Engine  # noqa: E402
+from radixserve.model_loader.default_model import default_model_path  # noqa: E402
+
+PROMPT = "Write a short story about a robot who learns to paint."
+
+
+def _loadavg() -> list[float]:
+    try:
+        return [float(v) for v in Path("/proc/loadavg").read_text().split()[:3]]
+    except OSError:
+        return []
+
+
+def _time_engine(engine: Engine, tokens: int) -> float:
+    params = {"max_new_tokens": tokens, "temperature": 0, "ignore_eos": True}
+    start = time.perf_counter()
+    out = engine.generate(PROMPT, params)
+    elapsed = time.perf_counter() - start
+    assert isinstance(out, dict) and len(out["output_ids"]) == tokens
+    return tokens / elapsed
+
+
+def _llama_cpp(path: Path, tokens: int, repeats: int, threads: int) -> dict[str, Any]:
+    try:
+        from llama_cpp import Llama  # type: ignore[import-not-found,unused-ignore]
+    except ImportError:
+        return {"available": False, "note": "llama_cpp is not importable here (PyPI has no prebuilt wheel for "
+                                            "this platform; not compiled on the shared machine)"}
+    llm = Llama(model_path=str(path), n_threads=threads, n_ctx=512, verbose=False)
+    runs = []
+    for _ in range(repeats + 1):
+        start = time.perf_counter()
+        out = llm(PROMPT, max_tokens=tokens, temperature=0.0, top_k=1, ignore_eos=True)
+        runs.append(out["usage"]["completion_tokens"] / (time.perf_counter() - start))
+    return {"available": True, "tok_s_runs": runs[1:], "tok_s": statistics.median(runs[1:])}
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap.add_argument("--model-path", default=None, help="GGUF file (default: the embedded SmolLM2 Q4_1)")
+    ap.add_argument("--tokens", type=int, default=128)
+    ap.add_argument("--repeats", type=int, default=3)
+    ap.add_argument("--threads", type=int, default=torch.get_num_threads())
+    ap.add_argument("--out", default=None, help="results JSON path (default: results/cpu_decode_<time>.json)")
+    args = ap.parse_args()
+    torch.set_num_threads(args.threads)
+    path = Path(args.model_path) if args.model_path else default_model_path()
+    load_before = _loadavg()
+    engines = {
+        "packed": Engine(model_path=args.model_path, device="cpu", log_level="warning", max_total_tokens=4096),
+        "dequantized": Engine(model_path=args.model_path, device="cpu", log_level="warning", max_total_tokens=4096,
+                              gguf_dequantize=True),
+    }
+    runs: dict[str, list[float]] = {k: [] for k in engines}
+    try:
+        for engine in engines.values():
+            _time_engine(engine, 8)  # warm-up: first-call allocations and kernel selection
+        for _ in range(args.repeats):
+            for name, engine in engines.items():
+                runs[name].append(_time_engine(engine, args.tokens))
+    finally:
+        for engine in engines.values():
+            engine.shutdown()
+    med = {k: statistics.median(v) for k, v in runs.items()}
+    llama = _llama_cpp(path, args.tokens, args.repeats, args.threads)
+    result: dict[str, Any] = {
+        "benchmark": "cpu_decode", "command": " ".join([sys.executable, *sys.argv]),
+        "model": str(path), "tokens": args.tokens, "repeats": args.repeats, "threads": args.threads,
+        "tok_s": med, "tok_s_runs": runs, "packed_over_dequantized": med["packed"] / med["dequantized"],
+        # Load from other processes only slows a run down: the fastest run is the least disturbed one.
+        "tok_s_best": {k: max(v) for k, v in runs.items()},
+        "llama_cpp": llama,
+        "loadavg_before": load_before, "loadavg_after": _loadavg(),
+        "machine": machine_info(("torch", "gguf", "llama-cpp-python")),
+    }
+    if llama.get("available"):
+        result["packed_over_llama_cpp"] = med["packed"] / llama["tok_s"]
+    out = write_results("cpu_decode", result, args.out)
+    other = f"{llama['tok_s']:.1f} tok/s" if llama.get("available") else "not available"
+    print(f"packed {med['packed']:.1f} tok/s, dequantized {med['dequantized']:.1f} tok/s "
+          f"({result['packed_over_dequantized']:.2f}x); llama.cpp: {other}; load average "
+          f"{result['loadavg_before']} -> {result['loadavg_after']}")
+    print(f"wrote {out}")
+
+
+if __name__ == "__main__":
+    main()

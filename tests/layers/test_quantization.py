@@ -1,0 +1,146 @@
+"""Packed int4 linear weights (CPU) against the dequantized reference, from real GGUF-encoded blocks.
+
+Q4_0 and Q4_1 blocks come from gguf's own quantizer; gguf has none for Q4_K, so its blocks are random
+bytes with sane fp16 super-scales (every byte pattern is a valid Q4_K block). The reference is always
+`gguf.quants.dequantize` of the same bytes.
+"""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+import torch
+
+from radixserve.distributed.parallel_state import ParallelGroup
+from radixserve.layers.linear import (
+    ColumnParallelLinear,
+    MergedColumnParallelLinear,
+    QKVParallelLinear,
+    RowParallelLinear,
+)
+from radixserve.layers.quantization import GroupQuantized, Int4PackedWeight, UnsupportedQuantizationError
+from radixserve.model_loader.gguf_quant import gguf_group_quantized
+
+pytestmark = pytest.mark.skipif(not hasattr(torch.ops.aten, "_weight_int4pack_mm_for_cpu"),
+                                reason="torch without the CPU int4 ops")
+
+TYPES = ("Q4_0", "Q4_1", "Q4_K")
+# bf16 keeps 8 significant bits (unit roundoff 2^-9 ~= 0.2 %). The packed path rounds the activations,
+# the scales/zeros and its output to bf16: independent errors of ~0.2 % each, so the product lands
+# within ~0.4 % of the float32 result in relative L2 norm (seen: 0.3 %); 1 % leaves room for the
+# sum's accumulation order and is still 8x below the 4-bit quantization error itself (Q4_0/Q4_1:
+# 8-9 % on Gaussian weights).
+REL_TOL = 1e-2
+
+
+def gguf_blocks(type_name: str, rows: int, cols: int, seed: int = 0) -> tuple[np.ndarray, torch.Tensor]:
+    """(raw GGUF bytes [rows, bytes per row], float32 reference weight [rows, cols])."""
+    import gguf.quants as gq
+    from gguf import GGMLQuantizationType
+
+    qtype = GGMLQuantizationType[type_name]
+    rng = np.random.default_rng(seed)
+    if type_name == "Q4_K":
+        nb = rows * cols // 256
+        raw = rng.integers(0, 256, (nb, 144), dtype=np.uint8)
+        raw[:, 0:4] = np.stack([rng.uniform(0.001, 0.01, nb), rng.uniform(0.001, 0.01, nb)], 1) \
+            .astype(np.float16).view(np.uint8)
+        raw = raw.reshape(rows, -1)
+    else:
+        raw = gq.quantize(rng.standard_normal((rows, cols)).astype(np.float32) * 0.05, qtype)
+    return raw, torch.from_numpy(np.asarray(gq.dequantize(raw, qtype), dtype=np.float32).reshape(rows, cols))
+
+
+def rel_err(a: torch.Tensor, b: torch.Tensor) -> float:
+    return float((a - b).norm() / b.norm())
+
+
+@pytest.mark.parametrize("type_name", TYPES)
+def test_gguf_blocks_decode_to_the_exact_reference(type_name: str) -> None:
+    raw, ref = gguf_blocks(type_name, 48, 512)
+    q = gguf_group_quantized(raw, type_name, 48, 512)
+    assert q.codes.dtype == torch.uint8 and int(q.codes.max()) <= 15 and q.group_size == 32
+    torch.testing.assert_close(q.dequantize(), ref, atol=0, rtol=0)
+
+
+@pytest.mark.parametrize("type_name", TYPES)
+@pytest.mark.parametrize("batch", [1, 7])
+def test_packed_matmul_matches_dequantized(type_name: str, batch: int) -> None:
+    raw, ref = gguf_blocks(type_name, 96, 512, seed=batch)
+    packed = Int4PackedWeight(gguf_group_quantized(raw, type_name, 96, 512))
+    # The packed weight read back differs from the file's only by bf16 rounding of scale and zero:
+    # |w' - w| <= (8 |scale| + |zero|) 2^-9 per element, i.e. below 3 % of the largest weight.
+    w = packed.dequantize()
+    assert (w - ref).abs().max() <= 0.03 * ref.abs().max()
+    x = torch.randn(batch, 512)
+    y = packed.apply(x)
+    assert y.dtype == torch.float32 and y.shape == (batch, 96)
+    assert rel_err(y, x @ ref.T) < REL_TOL
+    bias = torch.randn(96)
+    torch.testing.assert_close(packed.apply(x, bias), y + bias)
+    assert packed.nbytes() == 96 * 512 // 2 + (512 // 32) * 96 * 2 * 2  # nibbles + bf16 (scale, zero) pairs
+
+
+def test_column_qkv_merged_row_layers_load_packed_under_tp() -> None:
+    """Each TP rank packs its own rows (column) or input columns (row); recombined they give the
+    dequantized product, and forward_split yields the fused projections in order."""
+    hidden, d, heads, kv_heads, inter = 256, 32, 4, 2, 512
+    q_raw, q_ref = gguf_blocks("Q4_1", heads * d, hidden, 1)
+    k_raw, k_ref = gguf_blocks("Q4_0", kv_heads * d, hidden, 2)
+    v_raw, v_ref = gguf_blocks("Q4_1", kv_heads * d, hidden, 3)
+    g_raw, g_ref = gguf_blocks("Q4_K", inter, hidden, 4)
+    u_raw, u_ref = gguf_blocks("Q4_K", inter, hidden, 5)
+    o_raw, o_ref = gguf_blocks("Q4_K", hidden, inter, 6)
+    x = torch.randn(3, hidden)
+    outs: dict[str, list[torch.Tensor]] = {"q": [], "k": [], "v": [], "gate": [], "up": [], "down": []}
+    for rank in range(2):
+        tp = ParallelGroup(rank=rank, size=2)
+        qkv = QKVParallelLinear(hidden, d, heads, kv_heads, tp=tp)
+        for shard, raw, rows in (("q", q_raw, heads * d), ("k", k_raw, kv_heads * d), ("v", v_raw, kv_heads * d)):
+            assert qkv.quant is None  # packs only once all three projections are in
+            qkv.load_quantized(gguf_group_quantized(raw, "Q4_1" if shard != "k" else "Q4_0", rows, hidden), shard)
+        assert qkv.quant is not None and qkv.weight.numel() == 0  # the float weight is gone
+        q, k, v = qkv.forward_split(x)
+        gate_up = MergedColumnParallelLinear(hidden, [inter, inter], tp=tp)
+        gate_up.load_quantized(gguf_group_quantized(g_raw, "Q4_K", inter, hidden), 0)
+        gate_up.load_quantized(gguf_group_quantized(u_raw, "Q4_K", inter, hidden), 1)
+        gate, up = gate_up.forward_split(x)
+        down = RowParallelLinear(inter, hidden, tp=tp, reduce_results=False)
+        down.load_quantized(gguf_group_quantized(o_raw, "Q4_K", hidden, inter))
+        h = torch.randn(3, inter, generator=torch.Generator().manual_seed(9))
+        part = down(h.narrow(1, rank * inter // 2, inter // 2))
+        for key, val in zip(outs, (q, k, v, gate, up, part), strict=True):
+            outs[key].append(val)
+    h = torch.randn(3, inter, generator=torch.Generator().manual_seed(9))
+    assert rel_err(torch.cat(outs["q"], 1), x @ q_ref.T) < REL_TOL
+    assert rel_err(torch.cat(outs["k"], 1), x @ k_ref.T) < REL_TOL
+    assert rel_err(torch.cat(outs["v"], 1), x @ v_ref.T) < REL_TOL
+    assert rel_err(torch.cat(outs["gate"], 1), x @ g_ref.T) < REL_TOL
+    assert rel_err(torch.cat(outs["up"], 1), x @ u_ref.T) < REL_TOL
+    assert rel_err(outs["down"][0] + outs["down"][1], h @ o_ref.T) < REL_TOL
+
+
+def test_plain_column_layer_packs_at_once() -> None:
+    raw, ref = gguf_blocks("Q4_0", 64, 256)
+    layer = ColumnParallelLinear(256, 64, bias=True)
+    layer.bias.data.copy_(torch.arange(64.0))  # type: ignore[union-attr]
+    layer.load_quantized(gguf_group_quantized(raw, "Q4_0", 64, 256))
+    x = torch.randn(2, 256)
+    assert rel_err(layer(x), x @ ref.T + torch.arange(64.0)) < REL_TOL
+
+
+def test_row_slice_that_splits_a_group_is_refused() -> None:
+    # 96 input columns over 2 ranks: 48 per rank, not a multiple of the 32-column groups.
+    raw, _ = gguf_blocks("Q4_1", 16, 96)
+    layer = RowParallelLinear(96, 16, tp=ParallelGroup(rank=1, size=2))
+    with pytest.raises(UnsupportedQuantizationError, match=r"Q4_1: columns \[48, 96\) do not fall on its 32-column"):
+        layer.load_quantized(gguf_group_quantized(raw, "Q4_1", 16, 96))
+    assert layer.quant is None and layer.weight.shape == (16, 48)  # left for the dequantized load
+
+
+def test_unpackable_types_are_named() -> None:
+    with pytest.raises(UnsupportedQuantizationError, match=r"GGUF Q8_0 has no packed int4 form"):
+        gguf_group_quantized(np.zeros((4, 34), np.uint8), "Q8_0", 4, 32)
+    odd = GroupQuantized(torch.zeros(4, 48, dtype=torch.uint8), torch.ones(4, 3), torch.zeros(4, 3), 16, 4, "X")
+    with pytest.raises(UnsupportedQuantizationError, match=r"X: 4-bit codes in groups of 16"):
+        Int4PackedWeight(odd)
