@@ -584,7 +584,7 @@ def test_every_downloader_failure_reason_becomes_the_condition_reason() -> None:
     from radixserve.model_store.base import SourceError
     from radixserve.operator.status import DOWNLOAD_REASONS
 
-    def subclasses(cls: type) -> list[type]:
+    def subclasses(cls: type[SourceError]) -> list[type[SourceError]]:
         return [cls, *(c for sub in cls.__subclasses__() for c in subclasses(sub))]
 
     reasons = {c.reason for c in subclasses(SourceError)}
