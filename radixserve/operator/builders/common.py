@@ -100,3 +100,21 @@ def container_resources(requests: dict[str, Any], limits: dict[str, Any]) -> Man
 def restricted_container_security() -> Manifest:
     """Nothing in radixserve needs privileges; keep the container from gaining any."""
     return {"allowPrivilegeEscalation": False, "capabilities": {"drop": ["ALL"]}}
+
+
+# The user the radixserve images run as (Dockerfile: `USER 1000`).
+IMAGE_UID = 1000
+
+
+def restricted_pod_security() -> Manifest:
+    """The pod-level half of Pod Security "restricted": a non-root user and the runtime's seccomp
+    profile. The user is set, not only required, so a custom image whose default user is root
+    still starts (runAsNonRoot alone would refuse it); fsGroup makes emptyDir and claim volumes
+    writable by that user (the model cache)."""
+    return {
+        "runAsNonRoot": True,
+        "runAsUser": IMAGE_UID,
+        "runAsGroup": IMAGE_UID,
+        "fsGroup": IMAGE_UID,
+        "seccompProfile": {"type": "RuntimeDefault"},
+    }

@@ -41,6 +41,7 @@ from radixserve.operator.builders.common import (
     labels,
     metadata,
     restricted_container_security,
+    restricted_pod_security,
 )
 
 CACHE_VOLUME = "model-cache"
@@ -251,7 +252,7 @@ def build_download_job(inp: BuildInput) -> Manifest | None:
         "volumes": [{"name": CACHE_VOLUME, "persistentVolumeClaim": {"claimName": cache_claim_name(inp)}}],
         "automountServiceAccountToken": False,
         "enableServiceLinks": False,
-        "securityContext": {"seccompProfile": {"type": "RuntimeDefault"}},
+        "securityContext": restricted_pod_security(),
     }
     if inp.spec.image_pull_secrets:
         pod["imagePullSecrets"] = [{"name": s.name} for s in inp.spec.image_pull_secrets]

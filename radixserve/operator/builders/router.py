@@ -11,6 +11,7 @@ from radixserve.operator.builders.common import (
     labels,
     metadata,
     restricted_container_security,
+    restricted_pod_security,
 )
 
 # Enough for a Python proxy at modest load; the spec overrides both.
@@ -102,7 +103,7 @@ def build_router_deployment(inp: BuildInput) -> Manifest:
         "serviceAccountName": name,
         "containers": [router_container(inp)],
         "enableServiceLinks": False,
-        "securityContext": {"seccompProfile": {"type": "RuntimeDefault"}},
+        "securityContext": restricted_pod_security(),
     }
     if spec.image_pull_secrets:
         pod["imagePullSecrets"] = [{"name": s.name} for s in spec.image_pull_secrets]

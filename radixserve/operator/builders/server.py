@@ -19,6 +19,7 @@ from radixserve.operator.builders.common import (
     labels,
     metadata,
     restricted_container_security,
+    restricted_pod_security,
 )
 from radixserve.operator.builders.model import MODEL_MOUNT, MODEL_VOLUME
 from radixserve.operator.spec import InferenceServerSpec, ModelSpec
@@ -187,7 +188,7 @@ def server_pod_spec(inp: BuildInput) -> Manifest:
         # Service links would inject e.g. RADIXSERVE_PORT for a Service named
         # "radixserve", which the server could read as its own configuration.
         "enableServiceLinks": False,
-        "securityContext": {"seccompProfile": {"type": "RuntimeDefault"}},
+        "securityContext": restricted_pod_security(),
     }
     init = model_delivery.init_containers(inp)
     if init:
