@@ -229,19 +229,21 @@ def test_partial_bytes_of_another_version_are_discarded(s3_env: S3Server, tmp_pa
     assert pool.gets(f"{PREFIX}/config.json") == [None]  # the whole object, from byte 0
 
 
-_KILLED_CHILD = """
+# A slow network, so that the parent can kill the child process in the middle of the body.
+_SLOW_NETWORK = """
 import sys, time
-from pathlib import Path
 import urllib3.response
-from radixserve.model_store.s3 import S3Source
-from radixserve.model_store.uri import S3Model
-
-# A slow network, so that the parent can kill this process in the middle of the body.
 _read = urllib3.response.HTTPResponse.read
 def slow_read(self, *args, **kwargs):
     time.sleep(0.2)
     return _read(self, *args, **kwargs)
 urllib3.response.HTTPResponse.read = slow_read
+"""
+
+_KILLED_CHILD = _SLOW_NETWORK + """
+from pathlib import Path
+from radixserve.model_store.s3 import S3Source
+from radixserve.model_store.uri import S3Model
 
 bucket, prefix, endpoint, path, staging = sys.argv[1:]
 src = S3Source(S3Model(bucket, prefix), endpoint=endpoint)
@@ -497,17 +499,8 @@ def _done(result: subprocess.CompletedProcess[str]) -> dict[str, Any]:
     return event
 
 
-_SLOW_CLI = """
-import sys, time
-import urllib3.response
+_SLOW_CLI = _SLOW_NETWORK + """
 from radixserve.cli import main
-
-# A slow network, so that the parent can kill this process in the middle of the body.
-_read = urllib3.response.HTTPResponse.read
-def slow_read(self, *args, **kwargs):
-    time.sleep(0.2)
-    return _read(self, *args, **kwargs)
-urllib3.response.HTTPResponse.read = slow_read
 sys.exit(main(sys.argv[1:]))
 """
 

@@ -100,18 +100,11 @@ def test_default_cache_and_served_names(monkeypatch: pytest.MonkeyPatch) -> None
     assert served_name(S3Model("bucket")) == "bucket"
 
 
-def test_serve_exits_1_with_the_download_error(hub_repo: HubRepo, tmp_path: Path) -> None:
-    result = subprocess.run([sys.executable, "-m", "radixserve", "serve", "--model-path", "hf://org/missing"],
+@pytest.mark.parametrize("command", ["serve", "generate"])
+def test_a_failed_download_exits_1_with_its_error(command: str, hub_repo: HubRepo, tmp_path: Path) -> None:
+    result = subprocess.run([sys.executable, "-m", "radixserve", command, "--model-path", "hf://org/missing"],
                             env=hub_repo.env(RADIXSERVE_MODEL_CACHE=str(tmp_path)), capture_output=True,
                             text=True, timeout=120)
     assert result.returncode == 1
-    assert "radixserve serve: error: 404 Not Found for hf://org/missing" in result.stderr
-
-
-def test_generate_exits_1_with_the_download_error(hub_repo: HubRepo, tmp_path: Path) -> None:
-    result = subprocess.run([sys.executable, "-m", "radixserve", "generate", "--model-path", "hf://org/missing"],
-                            env=hub_repo.env(RADIXSERVE_MODEL_CACHE=str(tmp_path)), capture_output=True,
-                            text=True, timeout=120)
-    assert result.returncode == 1
-    assert "radixserve generate: error: 404 Not Found for hf://org/missing" in result.stderr
+    assert f"radixserve {command}: error: 404 Not Found for hf://org/missing" in result.stderr
     assert "Traceback" not in result.stderr
