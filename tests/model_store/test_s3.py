@@ -15,7 +15,7 @@ import signal
 import subprocess
 import sys
 import time
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any
 
@@ -240,6 +240,23 @@ def slow_read(self, *args, **kwargs):
 urllib3.response.HTTPResponse.read = slow_read
 """
 
+def _kill_after(child: subprocess.Popen[bytes], received: Callable[[], int], at: int,
+                why_ended: Callable[[], str] = lambda: "") -> None:
+    """SIGKILL `child` once `received()` bytes of its download are on disk (at least `at`), mid-body."""
+    try:
+        deadline = time.monotonic() + 60
+        while received() < at:
+            assert child.poll() is None, f"the download ended before it was killed: {why_ended()}"
+            assert time.monotonic() < deadline, f"the child never got {at} bytes"
+            time.sleep(0.02)
+        child.send_signal(signal.SIGKILL)
+        assert child.wait(timeout=30) == -signal.SIGKILL
+    finally:
+        if child.poll() is None:
+            child.kill()
+            child.wait()
+
+
 _KILLED_CHILD = _SLOW_NETWORK + """
 from pathlib import Path
 from radixserve.model_store.s3 import S3Source
@@ -259,18 +276,7 @@ def test_resume_after_the_downloading_process_was_killed(s3_env: S3Server, tmp_p
     with stderr.open("wb") as err:
         child = subprocess.Popen([sys.executable, "-c", _KILLED_CHILD, BUCKET, prefix, s3_env.endpoint, name,
                                   str(tmp_path)], cwd=REPO, stderr=err)
-    try:
-        deadline = time.monotonic() + 60
-        while not (part.exists() and part.stat().st_size >= 2 * MiB):
-            assert child.poll() is None, f"the download ended before it was killed: {stderr.read_text()}"
-            assert time.monotonic() < deadline, "the child never got 2 MiB"
-            time.sleep(0.02)
-        child.send_signal(signal.SIGKILL)
-        assert child.wait(timeout=30) == -signal.SIGKILL
-    finally:
-        if child.poll() is None:
-            child.kill()
-            child.wait()
+    _kill_after(child, lambda: part.stat().st_size if part.exists() else 0, 2 * MiB, stderr.read_text)
     have = part.stat().st_size
     assert 2 * MiB <= have < len(BIG)
     assert not (tmp_path / name).exists()
@@ -513,18 +519,7 @@ def test_cli_download_resumes_after_a_kill_then_hits_the_cache(s3_env: S3Server,
     child = subprocess.Popen([sys.executable, "-c", _SLOW_CLI, *args], env=env, cwd=REPO,
                              stderr=subprocess.DEVNULL)
     staged = tmp_path / "big.partial"
-    try:
-        deadline = time.monotonic() + 60
-        while sum(p.stat().st_size for p in staged.rglob("*.part")) < 2 * MiB:
-            assert child.poll() is None, "the download ended before it was killed"
-            assert time.monotonic() < deadline, "the child never got 2 MiB"
-            time.sleep(0.02)
-        child.send_signal(signal.SIGKILL)
-        assert child.wait(timeout=30) == -signal.SIGKILL
-    finally:
-        if child.poll() is None:
-            child.kill()
-            child.wait()
+    _kill_after(child, lambda: sum(p.stat().st_size for p in staged.rglob("*.part")), 2 * MiB)
     logged = len(s3_env.requests())
 
     resumed = _done(_cli(uri, str(dest), "--include", "*", "--s3-endpoint", s3_env.endpoint, env=env))
