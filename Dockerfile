@@ -14,7 +14,8 @@ ARG TORCH_VERSION=2.13.0
 FROM python:${PYTHON_VERSION}-slim AS wheel
 WORKDIR /src
 RUN pip install --no-cache-dir build
-COPY pyproject.toml README.md* ./
+# setup.py: generates the gRPC modules (radixserve/grpc/radixserve.proto) into the wheel
+COPY pyproject.toml setup.py README.md* ./
 COPY radixserve ./radixserve
 RUN python -m build --wheel --outdir /wheels
 
@@ -63,7 +64,7 @@ COPY --from=wheel /wheels /wheels
 # --no-deps: the package's dependencies include torch and the model stack, which
 # the operator never imports; install the operator's own needs explicitly.
 RUN pip install --no-deps /wheels/*.whl \
- && pip install "kopf>=1.37" "kubernetes>=29" "pydantic>=2.6" "pyyaml>=6" \
+ && pip install "kopf>=1.37" "kubernetes>=29" "pydantic>=2.6" "pyyaml>=6" "prometheus-client>=0.20" \
  && rm -rf /wheels
 RUN useradd --uid 1000 --create-home radixserve
 USER 1000

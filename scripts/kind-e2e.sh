@@ -2,12 +2,15 @@
 # End-to-end on a laptop: kind cluster -> CPU and operator images -> Helm chart ->
 # examples/inferenceserver-cpu.yaml -> Ready -> one chat completion through the router;
 # then model delivery: deploy/kind/inferenceserver-hf-node-cache.yaml (hf:// into the node
-# cache, two replicas) -> ModelReady -> node label -> Ready -> one chat completion.
+# cache, two replicas) -> ModelReady -> node label -> Ready -> one chat completion; then
+# multi-node: LeaderWorkerSet installed before the operator starts, examples/inferenceserver-multinode.yaml
+# (one replica as a leader pod and a worker pod, a pipeline stage each) -> Ready -> one chat completion.
 #
 # Needs: docker (a running engine), kind, kubectl, helm, curl.
 # Env: KEEP_CLUSTER=1 keeps the cluster afterwards; CLUSTER_NAME (default radixserve);
 #      READY_TIMEOUT (default 15m); SKIP_MODEL_DELIVERY=1 skips the second stage (it downloads
-#      about 270 MB from huggingface.co).
+#      about 270 MB from huggingface.co); SKIP_MULTINODE=1 skips the multi-node stage (it
+#      installs LeaderWorkerSet LWS_VERSION, default v0.7.0, from github.com).
 set -euo pipefail
 cd "$(dirname "$0")/.."
 
@@ -52,6 +55,14 @@ kubectl config use-context "kind-$CLUSTER_NAME"
 log "loading images into the cluster"
 kind load docker-image --name "$CLUSTER_NAME" "$SERVER_IMAGE" "$OPERATOR_IMAGE"
 
+if [ "${SKIP_MULTINODE:-0}" != "1" ]; then
+  # Before the operator starts: it watches LeaderWorkerSets only if their API exists then.
+  log "installing LeaderWorkerSet ${LWS_VERSION:-v0.7.0} (multi-node replicas)"
+  kubectl apply --server-side -f \
+    "https://github.com/kubernetes-sigs/lws/releases/download/${LWS_VERSION:-v0.7.0}/manifests.yaml"
+  kubectl -n lws-system wait deployment --all --for=condition=Available --timeout=5m
+fi
+
 log "installing the chart"
 helm upgrade --install radixserve charts/radixserve \
   --namespace radixserve-system --create-namespace \
@@ -84,6 +95,35 @@ for attempt in $(seq 1 30); do
   [ "$attempt" = 30 ] && { echo "no chat completion came back through the router" >&2; exit 1; }
   sleep 2
 done
+
+if [ "${SKIP_MULTINODE:-0}" != "1" ]; then
+  MN_NAME=smollm-2node   # metadata.name in examples/inferenceserver-multinode.yaml
+  log "multi-node: one replica over two pods (a LeaderWorkerSet group)"
+  kubectl -n "$NAMESPACE" apply -f examples/inferenceserver-multinode.yaml
+  kubectl -n "$NAMESPACE" wait "rsvc/$MN_NAME" --for=condition=Ready --timeout="$READY_TIMEOUT"
+  kubectl -n "$NAMESPACE" get leaderworkerset "$MN_NAME-group" -o wide
+  kubectl -n "$NAMESPACE" get pods -l "leaderworkerset.sigs.k8s.io/name=$MN_NAME-group" -o wide
+  [ "$(kubectl -n "$NAMESPACE" get pods -l "leaderworkerset.sigs.k8s.io/name=$MN_NAME-group" -o name | wc -l)" = 2 ] \
+    || { echo "the group does not have two pods" >&2; exit 1; }
+  log "sending a chat request to the two-pod server"
+  kubectl -n "$NAMESPACE" port-forward "svc/$MN_NAME" 18081:80 >/dev/null 2>&1 &
+  pf=$!
+  for attempt in $(seq 1 30); do
+    if reply=$(curl -sf --max-time 60 http://localhost:18081/v1/chat/completions \
+        -H 'Content-Type: application/json' -d "$body"); then
+      echo "$reply"
+      echo "$reply" | grep -q '"choices"' && { log "OK: multi-node"; break; }
+    fi
+    [ "$attempt" = 30 ] && { kill "$pf"; echo "no chat completion came back from the two-pod server" >&2; exit 1; }
+    sleep 2
+  done
+  kill "$pf"
+  log "the whole group restarts when its worker pod goes"
+  kubectl -n "$NAMESPACE" delete pod "$MN_NAME-group-0-1" --wait=false
+  kubectl -n "$NAMESPACE" wait "rsvc/$MN_NAME" --for=condition=Ready=False --timeout=5m
+  kubectl -n "$NAMESPACE" wait "rsvc/$MN_NAME" --for=condition=Ready --timeout="$READY_TIMEOUT"
+  kubectl -n "$NAMESPACE" delete -f examples/inferenceserver-multinode.yaml --wait=false
+fi
 
 [ "${SKIP_MODEL_DELIVERY:-0}" = "1" ] && { log "OK (model delivery skipped)"; exit 0; }
 HF_NAME=smollm-hf      # metadata.name in deploy/kind/inferenceserver-hf-node-cache.yaml

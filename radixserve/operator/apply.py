@@ -6,6 +6,11 @@ anything. "Right" needs two tests: the hash of the manifest we last applied
 (stored as an annotation) catches fields we stopped setting, which a comparison
 with the live object cannot see; a subset comparison with the live object catches
 edits made by others since.
+
+The same two tests tell drift from a spec change: an object whose hash annotation equals the
+hash of what we would apply now, but whose fields differ, was edited by someone else; an
+object missing although this generation of the spec was already applied was deleted by
+someone else. Both are repaired, and reported as drift rather than as a rollout.
 """
 
 from __future__ import annotations
@@ -17,8 +22,8 @@ from collections.abc import Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
-from radixserve.operator import names
-from radixserve.operator.kube import KubeClient, Manifest, resource_type
+from radixserve.operator import names, owned
+from radixserve.operator.kube import KubeApiError, KubeClient, Manifest, resource_type
 
 
 def manifest_hash(manifest: Manifest) -> str:
@@ -61,11 +66,25 @@ def describe(obj: Manifest) -> str:
 
 
 CREATE, UPDATE, UNCHANGED = "create", "update", "unchanged"
+MISSING, EDITED = "missing", "edited"
 
 # Created once, never updated: a Job's pod template is immutable, and so is most of a
 # claim's spec (its class, its access modes). The download Job is named after the model
 # URI, so a new model gets a new Job; a changed cache size needs a new claim.
-CREATE_ONLY_KINDS = frozenset({"Job", "PersistentVolumeClaim"})
+CREATE_ONLY_KINDS = owned.create_only_kinds()
+
+
+@dataclass(frozen=True)
+class Drift:
+    """An owned object that no longer is what the current spec built: someone deleted or edited it."""
+
+    kind: str
+    name: str
+    how: str  # MISSING or EDITED
+
+    def describe(self) -> str:
+        done = "re-created (it was deleted)" if self.how == MISSING else "restored (it was edited)"
+        return f"{self.kind} {self.name} {done}"
 
 
 @dataclass
@@ -74,6 +93,8 @@ class Plan:
     steps: list[tuple[str, Manifest]] = field(default_factory=list)
     # Objects that exist under our names but are controlled by someone else.
     conflicts: list[str] = field(default_factory=list)
+    # The writes that repair drift (a subset of the CREATE and UPDATE steps).
+    drift: list[Drift] = field(default_factory=list)
 
     def of(self, action: str) -> list[Manifest]:
         return [obj for act, obj in self.steps if act == action]
@@ -82,21 +103,37 @@ class Plan:
     def writes(self) -> list[Manifest]:
         return [obj for act, obj in self.steps if act != UNCHANGED]
 
+    def is_drift(self, obj: Manifest) -> bool:
+        return any((d.kind, d.name) == (obj["kind"], obj["metadata"]["name"]) for d in self.drift)
 
-def plan_apply(desired: Sequence[Manifest], live: Sequence[Manifest | None], owner_uid: str) -> Plan:
+
+def applied_hash(obj: Manifest) -> str | None:
+    annotations = obj.get("metadata", {}).get("annotations") or {}
+    value = annotations.get(names.ANNOTATION_APPLIED_HASH)
+    return str(value) if value is not None else None
+
+
+def plan_apply(desired: Sequence[Manifest], live: Sequence[Manifest | None], owner_uid: str,
+               settled: bool = False) -> Plan:
     """`live[i]` is the current state of `desired[i]` (None: absent). Manifests in the
-    plan carry the hash annotation."""
+    plan carry the hash annotation. `settled`: this generation of the spec was applied
+    before (status.observedGeneration says so), so a missing object was deleted by someone."""
     plan = Plan()
     for want, have in zip(desired, live, strict=True):
         stamped = with_hash(want)
+        kind, name = want["kind"], want["metadata"]["name"]
         if have is None:
             plan.steps.append((CREATE, stamped))
+            if settled:
+                plan.drift.append(Drift(kind, name, MISSING))
         elif controller_uid(have) != owner_uid:
             plan.conflicts.append(describe(want))
-        elif is_subset(stamped, have) or want["kind"] in CREATE_ONLY_KINDS:
+        elif want["kind"] in CREATE_ONLY_KINDS or is_subset(stamped, have):
             plan.steps.append((UNCHANGED, stamped))
         else:
             plan.steps.append((UPDATE, stamped))
+            if applied_hash(have) == applied_hash(stamped):
+                plan.drift.append(Drift(kind, name, EDITED))
     return plan
 
 
@@ -107,6 +144,32 @@ def fetch_live(client: KubeClient, namespace: str, desired: list[Manifest]) -> l
     ]
 
 
-def execute(client: KubeClient, namespace: str, plan: Plan) -> None:
+class ApplyRefused(Exception):
+    """The API server refused one object as invalid (400/422): sending it again cannot help.
+    `written` are the objects applied before it (in the builders' order)."""
+
+    def __init__(self, obj: Manifest, error: KubeApiError, written: list[Manifest]) -> None:
+        super().__init__(f"{describe(obj)}: {error}")
+        self.obj = obj
+        self.error = error
+        self.written = written
+
+    @property
+    def field(self) -> str:
+        """The refused field as the API names it (`details.causes[].field`), or the object's kind."""
+        fields = self.error.fields
+        return fields[0] if fields else "<object>"
+
+
+def execute(client: KubeClient, namespace: str, plan: Plan) -> list[Manifest]:
+    """Apply the plan's writes in order; stop at the first object the API refuses as invalid."""
+    written: list[Manifest] = []
     for obj in plan.writes:
-        client.apply(resource_type(obj["apiVersion"], obj["kind"]), namespace, obj["metadata"]["name"], obj)
+        try:
+            client.apply(resource_type(obj["apiVersion"], obj["kind"]), namespace, obj["metadata"]["name"], obj)
+        except KubeApiError as exc:
+            if exc.invalid:
+                raise ApplyRefused(obj, exc, written) from exc
+            raise
+        written.append(obj)
+    return written

@@ -13,7 +13,11 @@ from typing import Protocol
 
 from radixserve.model_store.uri import HFModel, OCIModel, PVCModel, S3Model
 from radixserve.operator import names
+from radixserve.operator.builders.autoscaling import KEDA_API_VERSION, choose_autoscaler
+from radixserve.operator.builders.common import BuildInput, Capabilities
 from radixserve.operator.builders.model import credential_keys
+from radixserve.operator.builders.monitoring import MONITORING_API_VERSION, choose_monitoring
+from radixserve.operator.builders.multinode import LWS_API_VERSION, LWS_PLURAL, MAX_MULTINODE_NAME_LENGTH
 from radixserve.operator.spec import InferenceServerSpec
 
 _DNS_1035 = re.compile(r"^[a-z]([-a-z0-9]*[a-z0-9])?$")
@@ -36,7 +40,15 @@ class SpecProblem:
         return f"{self.field}: {self.message}"
 
 
-class ClusterLookups(Protocol):
+class ApiDiscovery(Protocol):
+    """Which optional APIs the cluster serves; the reconciler answers from API discovery."""
+
+    def api_resources(self, api_version: str) -> set[str] | None:
+        """The resources (plurals) a group/version serves, None when it is not served."""
+        ...
+
+
+class ClusterLookups(ApiDiscovery, Protocol):
     """What the checks need to know about the cluster; the reconciler answers from the API."""
 
     def pvc_access_modes(self, namespace: str, name: str) -> list[str] | None:
@@ -50,6 +62,62 @@ class ClusterLookups(Protocol):
     def server_version(self) -> tuple[int, int] | None:
         """The API server's (major, minor), or None when unknown."""
         ...
+
+
+def capabilities(lookups: ApiDiscovery) -> Capabilities:
+    """Which optional APIs (CRDs of KEDA and the Prometheus operator) the cluster serves."""
+    keda = lookups.api_resources(KEDA_API_VERSION) or set()
+    monitoring = lookups.api_resources(MONITORING_API_VERSION) or set()
+    return Capabilities(keda="scaledobjects" in keda,
+                        prometheus_operator={"podmonitors", "prometheusrules"} <= monitoring,
+                        leader_worker_set=LWS_PLURAL in (lookups.api_resources(LWS_API_VERSION) or set()))
+
+
+@dataclass(frozen=True)
+class FeatureCondition:
+    """A condition about an optional feature: reported in .status, never blocking a reconcile."""
+
+    type: str
+    ok: bool
+    reason: str
+    message: str
+
+
+def feature_conditions(inp: BuildInput) -> list[FeatureCondition]:
+    """PodSecurity always; Autoscaling and Monitoring when asked for (or, monitoring, unset)."""
+    spec = inp.spec
+    out = []
+    host_path = spec.uses_host_path
+    if host_path is None:
+        out.append(FeatureCondition("PodSecurity", True, "Restricted",
+                                    "every pod passes the Pod Security \"restricted\" level"))
+    else:
+        out.append(FeatureCondition(
+            "PodSecurity", False, "HostPathBreaksBaseline",
+            f"{host_path} mounts a hostPath volume (allowed by spec.security.allowHostPath): the server pods fail "
+            "the Pod Security \"baseline\" and \"restricted\" levels, so a namespace enforcing either refuses them"))
+    if spec.autoscaling.enabled:
+        choice = choose_autoscaler(inp)
+        out.append(FeatureCondition("Autoscaling", choice.provider is not None, choice.reason, choice.message))
+    if spec.monitoring.enabled is not False:
+        monitoring = choose_monitoring(inp)
+        out.append(FeatureCondition("Monitoring", monitoring.enabled, monitoring.reason, monitoring.message))
+    return out
+
+
+def check_host_path(spec: InferenceServerSpec) -> SpecProblem | None:
+    """hostPath volumes only by explicit opt-in: they fail Pod Security "baseline"."""
+    field = spec.uses_host_path
+    if field is None or spec.security.allow_host_path:
+        return None
+    what = "spec.model.hostPath" if field == "spec.model.hostPath" else "cache mode node"
+    return SpecProblem(
+        reason="HostPathNotAllowed",
+        field=field,
+        message=(f"{what} mounts a hostPath volume, which fails the Pod Security \"baseline\" level; set "
+                 "spec.security.allowHostPath: true to accept that (the namespace must not enforce baseline or "
+                 "restricted), or use a pvc or uri source / cache mode pvc"),
+    )
 
 
 def check_name(name: str) -> SpecProblem | None:
@@ -74,8 +142,10 @@ def check_gpus(spec: InferenceServerSpec) -> SpecProblem | None:
             reason="InsufficientGPUs",
             field="spec.resources.gpus",
             message=(
-                f"{spec.resources.gpus} GPU(s) per pod is below tensorParallelSize x pipelineParallelSize = "
-                f"{spec.tensor_parallel_size} x {spec.pipeline_parallel_size} = {needed}; "
+                f"{spec.resources.gpus} GPU(s) per pod is below tensorParallelSize x pipelineParallelSize"
+                + (" / nodesPerReplica" if spec.nodes_per_replica > 1 else "") + " = "
+                f"{spec.tensor_parallel_size} x {spec.pipeline_parallel_size}"
+                + (f" / {spec.nodes_per_replica}" if spec.nodes_per_replica > 1 else "") + f" = {needed}; "
                 "set it to at least that, or 0 for a CPU pod"
             ),
         )
@@ -209,6 +279,27 @@ def check_model_references(spec: InferenceServerSpec, namespace: str, lookups: C
     return problems
 
 
+def check_leader_worker_set(name: str, spec: InferenceServerSpec, lookups: ClusterLookups) -> list[SpecProblem]:
+    """spec.nodesPerReplica > 1 is a LeaderWorkerSet: its API must be served, and its pod names
+    (`<name>-group-<replica>-<worker>`) must make host names."""
+    if spec.nodes_per_replica == 1:
+        return []
+    if len(name) > MAX_MULTINODE_NAME_LENGTH:
+        return [SpecProblem(
+            reason="InvalidName", field="metadata.name",
+            message=(f"must be at most {MAX_MULTINODE_NAME_LENGTH} characters with spec.nodesPerReplica > 1: "
+                     "the pods of a group are named <name>-group-<replica>-<worker>, and a pod's host name "
+                     "(which the workers reach the leader by) is at most 63 characters"))]
+    if not capabilities(lookups).leader_worker_set:
+        # Transient: installing LWS clears it without a spec edit, and the operator retries.
+        return [SpecProblem(
+            reason="LeaderWorkerSetMissing", field="spec.nodesPerReplica", transient=True,
+            message=(f"spec.nodesPerReplica is {spec.nodes_per_replica}, which needs the LeaderWorkerSet API "
+                     f"({LWS_API_VERSION}), but this cluster does not serve it: install LeaderWorkerSet "
+                     "(https://lws.sigs.k8s.io) or set nodesPerReplica to 1; nothing was created"))]
+    return []
+
+
 def check_references(spec: InferenceServerSpec, namespace: str, lookups: ClusterLookups) -> list[SpecProblem]:
     problems: list[SpecProblem] = []
     pvc = spec.model.pvc
@@ -226,6 +317,8 @@ def check_spec(
 ) -> list[SpecProblem]:
     """All problems, cheapest first; the cluster is asked only about a spec that is sound itself."""
     local = [p for p in (check_name(name), check_gpus(spec), check_model_fields(spec)) if p is not None]
+    if not local:  # a policy question, asked of a spec that is sound otherwise
+        local = [p for p in (check_host_path(spec),) if p is not None]
     if local:
         return local
-    return check_references(spec, namespace, lookups)
+    return check_leader_worker_set(name, spec, lookups) + check_references(spec, namespace, lookups)

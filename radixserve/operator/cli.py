@@ -8,9 +8,12 @@ import logging
 import os
 from collections.abc import Sequence
 from dataclasses import dataclass
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from radixserve.operator import names
+
+if TYPE_CHECKING:
+    from radixserve.operator.runner import RunSettings as RunSettings
 
 LOG_LEVELS = ("debug", "info", "warning", "error")
 
@@ -29,6 +32,15 @@ class RunOptions:
     label_nodes: bool = True
     node_label_sweep_seconds: float = 600.0
     progress_seconds: float = 15.0
+    prometheus_address: str = names.DEFAULT_PROMETHEUS_ADDRESS
+    metrics_port: int = 0  # 0: no /metrics and /healthz endpoint
+    metrics_bind_address: str = "0.0.0.0"
+    leader_election: bool = False
+    leader_election_namespace: str | None = None  # None: POD_NAMESPACE or the service account's
+    leader_election_id: str = names.OPERATOR_NAME
+    lease_duration_seconds: float = 15.0
+    renew_deadline_seconds: float = 10.0
+    retry_period_seconds: float = 2.0
 
     @property
     def clusterwide(self) -> bool:
@@ -48,8 +60,8 @@ def build_parser() -> argparse.ArgumentParser:
                        help="serve InferenceServers in every namespace (the default without --namespace)")
     parser.add_argument("--log-level", choices=LOG_LEVELS, default="info", help="log verbosity (default: info)")
     parser.add_argument("--standalone", action="store_true",
-                        help="do not coordinate with other operator instances (kopf peering); "
-                             "run exactly one replica")
+                        help="do not look for kopf peering objects (implied by --leader-election, which is how "
+                             "several replicas coordinate); without election run exactly one replica")
     parser.add_argument("--liveness", metavar="URL", default=None,
                         help="serve a liveness endpoint, e.g. http://0.0.0.0:8080/healthz")
     parser.add_argument("--default-image", default=names.DEFAULT_IMAGE,
@@ -57,9 +69,34 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("--default-cpu-image", default=names.DEFAULT_CPU_IMAGE,
                         help="image for CPU server pods and routers whose spec names none (default: %(default)s)")
     parser.add_argument("--resync-seconds", type=float, default=300.0,
-                        help="recompute every status this often even without events; 0 disables (default: 300)")
+                        help="reconcile every InferenceServer this often even without events (repairs drift, "
+                             "recomputes the status); 0 disables (default: 300)")
     parser.add_argument("--retry-seconds", type=float, default=30.0,
                         help="re-check a spec that references a missing PVC or Secret this often (default: 30)")
+    parser.add_argument("--metrics-port", type=int, default=0, metavar="PORT",
+                        help="serve the operator's Prometheus /metrics and a /healthz liveness endpoint on this "
+                             "port; 0: off (default: 0; the chart sets 8080)")
+    parser.add_argument("--metrics-bind-address", default="0.0.0.0", metavar="ADDR",
+                        help="address of the metrics endpoint (default: %(default)s)")
+    election = parser.add_argument_group("leader election (several replicas, one acts)")
+    election.add_argument("--leader-election", action=argparse.BooleanOptionalAction, default=False,
+                          help="act only while holding a coordination.k8s.io Lease; other replicas wait as "
+                               "standbys (default: off)")
+    election.add_argument("--leader-election-namespace", default=None, metavar="NS",
+                          help="namespace of the Lease (default: env POD_NAMESPACE, else the service account's)")
+    election.add_argument("--leader-election-id", default=names.OPERATOR_NAME, metavar="NAME",
+                          help="name of the Lease (default: %(default)s)")
+    election.add_argument("--lease-duration-seconds", type=float, default=15.0,
+                          help="how long a silent leader keeps the Lease (default: 15)")
+    election.add_argument("--renew-deadline-seconds", type=float, default=10.0,
+                          help="a leader that cannot renew for this long stops acting and exits (default: 10)")
+    election.add_argument("--retry-period-seconds", type=float, default=2.0,
+                          help="how often the leader renews and standbys try to acquire (default: 2)")
+    scaling = parser.add_argument_group("autoscaling (spec.autoscaling)")
+    scaling.add_argument("--prometheus-address", metavar="URL",
+                         default=os.environ.get("RADIXSERVE_PROMETHEUS_ADDRESS", names.DEFAULT_PROMETHEUS_ADDRESS),
+                         help="Prometheus that KEDA ScaledObjects query when spec.autoscaling.prometheusAddress is "
+                              "unset (env RADIXSERVE_PROMETHEUS_ADDRESS; default: %(default)s)")
     model = parser.add_argument_group("model delivery (spec.model.uri)")
     model.add_argument("--model-cache-host-path", metavar="DIR",
                        default=os.environ.get("RADIXSERVE_MODEL_CACHE_HOST_PATH", names.DEFAULT_MODEL_CACHE_HOST_PATH),
@@ -78,7 +115,14 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 def parse_args(argv: Sequence[str]) -> RunOptions:
-    args = build_parser().parse_args(list(argv))
+    parser = build_parser()
+    args = parser.parse_args(list(argv))
+    if not 0 <= args.metrics_port <= 65535:
+        parser.error("--metrics-port must be between 0 and 65535")
+    if args.leader_election and not (0 < args.retry_period_seconds < args.renew_deadline_seconds
+                                     < args.lease_duration_seconds):
+        parser.error("leader election needs 0 < --retry-period-seconds < --renew-deadline-seconds "
+                     "< --lease-duration-seconds")
     return RunOptions(
         namespaces=tuple(dict.fromkeys(args.namespace)),
         log_level=args.log_level,
@@ -92,48 +136,74 @@ def parse_args(argv: Sequence[str]) -> RunOptions:
         label_nodes=args.label_nodes,
         node_label_sweep_seconds=args.node_label_sweep_seconds,
         progress_seconds=args.progress_seconds,
+        prometheus_address=args.prometheus_address,
+        metrics_port=args.metrics_port,
+        metrics_bind_address=args.metrics_bind_address,
+        leader_election=args.leader_election,
+        leader_election_namespace=args.leader_election_namespace,
+        leader_election_id=args.leader_election_id,
+        lease_duration_seconds=args.lease_duration_seconds,
+        renew_deadline_seconds=args.renew_deadline_seconds,
+        retry_period_seconds=args.retry_period_seconds,
     )
 
 
-def run(options: RunOptions) -> None:
+def run_settings(options: RunOptions) -> RunSettings:
+    from radixserve.operator.builders import Defaults
+    from radixserve.operator.config import OperatorConfig
+    from radixserve.operator.leader import ElectionConfig, default_namespace
+    from radixserve.operator.runner import RunSettings
+
+    election = None
+    if options.leader_election:
+        election = ElectionConfig(
+            namespace=options.leader_election_namespace or default_namespace(),
+            name=options.leader_election_id,
+            lease_seconds=options.lease_duration_seconds,
+            renew_deadline=options.renew_deadline_seconds,
+            retry_period=options.retry_period_seconds,
+        )
+    return RunSettings(
+        config=OperatorConfig(
+            defaults=Defaults(image=options.image, cpu_image=options.cpu_image,
+                              model_cache_host_path=options.model_cache_host_path, label_nodes=options.label_nodes,
+                              prometheus_address=options.prometheus_address),
+            resync_seconds=options.resync_seconds,
+            retry_seconds=options.retry_seconds,
+            progress_seconds=options.progress_seconds,
+            node_sweep_seconds=options.node_label_sweep_seconds,
+            namespaces=options.namespaces,
+        ),
+        namespaces=options.namespaces,
+        standalone=options.standalone,
+        liveness=options.liveness,
+        metrics_host=options.metrics_bind_address,
+        metrics_port=options.metrics_port or None,
+        election=election,
+    )
+
+
+def run(options: RunOptions) -> int:
     # kopf is imported here, not at module level, so `--help` stays fast.
     import kopf
 
-    from radixserve.operator.builders import Defaults
-    from radixserve.operator.config import OperatorConfig
-    from radixserve.operator.handlers import register
+    from radixserve.operator.runner import run_operator
 
     kopf.configure(verbose=options.log_level == "debug")
     logging.getLogger().setLevel(options.log_level.upper())
-    registry = kopf.OperatorRegistry()
 
-    @kopf.on.login(registry=registry)
-    def login(**kwargs: Any) -> kopf.ConnectionInfo | None:
-        # The same credentials the handlers' client loads: in-cluster, then kubeconfig.
-        return kopf.login_via_client(**kwargs)
+    def prepare(registry: kopf.OperatorRegistry) -> None:
+        @kopf.on.login(registry=registry)
+        def login(**kwargs: Any) -> kopf.ConnectionInfo | None:
+            # The same credentials the handlers' client loads: in-cluster, then kubeconfig.
+            return kopf.login_via_client(**kwargs)
 
-    register(registry, OperatorConfig(
-        defaults=Defaults(image=options.image, cpu_image=options.cpu_image,
-                          model_cache_host_path=options.model_cache_host_path, label_nodes=options.label_nodes),
-        resync_seconds=options.resync_seconds,
-        retry_seconds=options.retry_seconds,
-        progress_seconds=options.progress_seconds,
-        node_sweep_seconds=options.node_label_sweep_seconds,
-        namespaces=options.namespaces,
-    ))
-    asyncio.run(kopf.operator(
-        registry=registry,
-        standalone=options.standalone,
-        liveness_endpoint=options.liveness,
-        clusterwide=options.clusterwide,
-        namespaces=list(options.namespaces),
-    ))
+    return asyncio.run(run_operator(run_settings(options), prepare))
 
 
 def main(argv: Sequence[str] | None = None) -> int:
     options = parse_args([] if argv is None else argv)
-    run(options)
-    return 0
+    return run(options)
 
 
 if __name__ == "__main__":

@@ -7,13 +7,15 @@ from dataclasses import dataclass, field
 
 from radixserve.operator.builders import Defaults
 from radixserve.operator.kube import KubeClient
+from radixserve.operator.metrics import OperatorMetrics
 
 
 @dataclass(frozen=True)
 class OperatorConfig:
     defaults: Defaults = field(default_factory=Defaults)
-    # Every InferenceServer's status is recomputed this often even without events,
-    # as a safety net for missed watch events; 0 disables it.
+    # Every InferenceServer is reconciled this often even without events (drift repair and
+    # status, a safety net for missed watch events); 0 disables it. Not a kopf timer: timers
+    # make kopf put its finalizer on every InferenceServer (see periodic.py).
     resync_seconds: float = 300.0
     # Delay before re-checking a spec whose problem may fix itself (a PVC or Secret
     # that does not exist yet).
@@ -28,3 +30,5 @@ class OperatorConfig:
     # The namespaces served (empty: all); the node label sweep lists InferenceServers there.
     namespaces: tuple[str, ...] = ()
     client_factory: Callable[[], KubeClient] = field(default=KubeClient.from_environment)
+    # Where reconciles, errors and drift repairs are counted; None: a private registry.
+    metrics: OperatorMetrics | None = None

@@ -1,61 +1,40 @@
-"""kopf handlers: thin adapters from kopf's callbacks to `reconcile`.
+"""kopf handlers: thin adapters from kopf's callbacks to the `Controller`.
 
 `register` puts them on a given registry (not kopf's global one) so that the CLI
 and each test get their own set.
+
+No handler here needs kopf's finalizer, and none makes kopf add it: there are no
+`@kopf.timer` / `@kopf.daemon` handlers (they always require it; the periodic work is
+`periodic.py`) and no `@kopf.on.delete` handler (cleanup is the garbage collector's,
+through owner references). So deleting an InferenceServer never waits for the operator.
 """
 
 from __future__ import annotations
 
+import asyncio
 import logging
 import threading
 from collections.abc import Callable, Mapping
-from typing import Any, cast
+from typing import Any
 
 import kopf
 
-from radixserve.operator import names, nodes
+from radixserve.operator import events, names, nodes
 from radixserve.operator.config import OperatorConfig
+from radixserve.operator.controller import Controller
 from radixserve.operator.kube import KubeClient
-from radixserve.operator.reconcile import (
-    CR_TYPE,
-    Outcome,
-    Target,
-    check,
-    reconcile,
-    utc_now,
-    write_status,
-)
+from radixserve.operator.metrics import TRIGGER_OWNED, TRIGGER_SPEC
+from radixserve.operator.owned import OWNED_KINDS
+from radixserve.operator.periodic import PeriodicWork
+from radixserve.operator.reconcile import Outcome
 from radixserve.operator.spec import SpecError, parse_spec
 
 CR = (names.GROUP, names.VERSION, names.PLURAL)
-
-
-def _ready(status: Mapping[str, Any]) -> str | None:
-    for cond in status.get("conditions") or []:
-        if cond.get("type") == "Ready":
-            return str(cond.get("status"))
-    return None
-
-
-def _as_body(obj: Mapping[str, Any]) -> kopf.Body:
-    """kopf's event functions take its Body view; a plain dict from the API works the same."""
-    return obj if isinstance(obj, kopf.Body) else kopf.Body(cast(Any, obj))
-
-
-def _post_events(body: kopf.Body, outcome: Outcome, ready_before: str | None) -> None:
-    if outcome.created:
-        kopf.info(body, reason="Created", message="created " + ", ".join(outcome.created))
-    if outcome.updated:
-        kopf.info(body, reason="Updated", message="rolling out changes to " + ", ".join(outcome.updated))
-    if outcome.deleted:
-        kopf.info(body, reason="Deleted", message="deleted " + ", ".join(outcome.deleted))
-    # Only on a change of status, so a retried problem does not repeat its event.
-    if outcome.problems and outcome.status_written:
-        problem = outcome.problems[0]
-        kopf.warn(body, reason=problem.reason, message=problem.describe())
-    ready_after = _ready(outcome.status)
-    if ready_after != ready_before and ready_after == "True":
-        kopf.info(body, reason="Ready", message="all replicas are ready")
+PODS = ("", "v1", "pods")
+# Every object the operator creates carries these labels: the watches on owned kinds select
+# them server-side (a labelSelector on the watch request) and again in kopf's filter.
+_OWNED_LABELS: Mapping[str, Any] = {names.LABEL_MANAGED_BY: names.OPERATOR_NAME, names.LABEL_INSTANCE: kopf.PRESENT}
+OWNED_SELECTOR = f"{names.LABEL_MANAGED_BY}={names.OPERATOR_NAME},{names.LABEL_INSTANCE}"
 
 
 def _raise_for_problems(outcome: Outcome, retry_seconds: float) -> None:
@@ -83,14 +62,16 @@ class _LazyClient:
             return self._client
 
 
-def register(registry: kopf.OperatorRegistry, config: OperatorConfig) -> None:
-    client = _LazyClient(config.client_factory)
-    _register_settings(registry)
-    _register_reconcile(registry, config, client)
+def register(registry: kopf.OperatorRegistry, config: OperatorConfig) -> Controller:
+    controller = Controller(config, _LazyClient(config.client_factory))
     sweeper = nodes.LabelSweeper(config.node_sweep_seconds, config.namespaces)
-    _register_status_refresh(registry, config, client, sweeper)
-    _register_model_delivery(registry, config, client)
-    _register_node_labels(registry, config, client, sweeper)
+    _register_settings(registry)
+    _register_periodic(registry, PeriodicWork(controller, sweeper))
+    _register_reconcile(registry, controller)
+    _register_owned_objects(registry, controller)
+    _register_model_delivery(registry, controller)
+    _register_tracking(registry, controller, sweeper)
+    return controller
 
 
 def _register_settings(registry: kopf.OperatorRegistry) -> None:
@@ -101,67 +82,68 @@ def _register_settings(registry: kopf.OperatorRegistry) -> None:
         settings.persistence.progress_storage = kopf.AnnotationsProgressStorage(prefix=names.GROUP)
         settings.persistence.diffbase_storage = kopf.AnnotationsDiffBaseStorage(
             prefix=names.GROUP, key="last-handled-configuration")
+        # Never put on an object (no handler requires a finalizer, see above); named so that
+        # one left by an older operator version is recognised and removed by kopf.
         settings.persistence.finalizer = f"{names.GROUP}/operator"
         # No CRD or namespace scanning: it needs cluster-wide list/watch on both, which
         # the least-privilege RBAC does not grant; the served resources exist at start.
         settings.scanning.disabled = True
         settings.posting.level = logging.INFO
+        # Server-side filtering: the watches of owned kinds (and pods) see only our objects,
+        # not every Deployment of the cluster.
+        for kind in OWNED_KINDS:
+            settings.watching.label_selectors[kind.group, kind.version, kind.plural] = OWNED_SELECTOR
+        settings.watching.label_selectors[PODS] = OWNED_SELECTOR
 
 
-def _register_reconcile(registry: kopf.OperatorRegistry, config: OperatorConfig,
-                        client: Callable[[], KubeClient]) -> None:
-    @kopf.on.resume(*CR, registry=registry, backoff=config.retry_seconds)
-    @kopf.on.create(*CR, registry=registry, backoff=config.retry_seconds)
-    @kopf.on.update(*CR, registry=registry, backoff=config.retry_seconds)
-    def reconcile_server(body: kopf.Body, **_: Any) -> None:
-        ready_before = _ready(body.get("status") or {})
-        outcome = reconcile(client(), Target.from_body(body), config.defaults)
-        _post_events(body, outcome, ready_before)
-        _raise_for_problems(outcome, config.retry_seconds)
-
-
-def _live_body(api: KubeClient, name: str, namespace: str) -> dict[str, Any] | None:
-    body = api.get(CR_TYPE, namespace, name)
-    if body is None or body.get("metadata", {}).get("deletionTimestamp"):
-        return None  # gone or going: its children are being collected
-    return body
-
-
-def _refresh_status(api: KubeClient, config: OperatorConfig, name: str, namespace: str,
-                    body: dict[str, Any] | None = None) -> None:
-    """Rewrite one InferenceServer's status after a change of its children."""
-    body = body or _live_body(api, name, namespace)
-    if body is None:
+def _register_periodic(registry: kopf.OperatorRegistry, work: PeriodicWork) -> None:
+    if not work.enabled:
         return
-    target = Target.from_body(body)
-    spec, problems = check(target, api)
-    status, written = write_status(api, target, spec, problems, config.defaults, utc_now())
-    if written and _ready(status) != _ready(target.status) and _ready(status) == "True":
-        kopf.info(_as_body(body), reason="Ready", message="all replicas are ready")
+
+    @kopf.on.startup(registry=registry)
+    async def start_periodic_work(**_: Any) -> None:
+        # This handler runs in kopf's startup/cleanup task, which lives as long as the
+        # operator: the periodic task is cancelled when it ends (stop or cancellation).
+        task = asyncio.create_task(work.run(), name="radixserve periodic work")
+        owner = asyncio.current_task()
+        if owner is not None:
+            owner.add_done_callback(lambda _: task.cancel())
 
 
-def _register_status_refresh(registry: kopf.OperatorRegistry, config: OperatorConfig,
-                             client: Callable[[], KubeClient], sweeper: nodes.LabelSweeper) -> None:
-    @kopf.on.event("apps", "v1", "deployments", registry=registry,
-                   labels={names.LABEL_MANAGED_BY: names.OPERATOR_NAME, names.LABEL_INSTANCE: kopf.PRESENT})
-    def owned_deployment_changed(body: kopf.Body, namespace: str | None, **_: Any) -> None:
-        if namespace:
-            _refresh_status(client(), config, body["metadata"]["labels"][names.LABEL_INSTANCE], namespace)
+def _register_reconcile(registry: kopf.OperatorRegistry, controller: Controller) -> None:
+    retry = controller.config.retry_seconds
 
-    if config.resync_seconds > 0:
-        @kopf.timer(*CR, registry=registry, interval=config.resync_seconds, initial_delay=config.resync_seconds)
-        def resync_status(name: str | None, namespace: str | None, **_: Any) -> None:
-            if name and namespace:
-                _refresh_status(client(), config, name, namespace)
-            if config.defaults.label_nodes:
-                sweeper.maybe_sweep(client())
+    @kopf.on.resume(*CR, registry=registry, backoff=retry)
+    @kopf.on.create(*CR, registry=registry, backoff=retry)
+    @kopf.on.update(*CR, registry=registry, backoff=retry)
+    def reconcile_server(body: kopf.Body, **_: Any) -> None:
+        outcome = controller.reconcile(body, TRIGGER_SPEC, fresh=True)
+        if outcome is not None:
+            # An ApiRejected refusal is permanent: kopf does not retry until the spec changes.
+            _raise_for_problems(outcome, retry)
 
 
-def _model_state(status: Mapping[str, Any]) -> str | None:
-    for cond in status.get("conditions") or []:
-        if cond.get("type") == "ModelReady":
-            return str(cond.get("reason"))
-    return None
+def _owner_of(body: Mapping[str, Any], namespace: str | None) -> dict[str, Any] | None:
+    labels = body.get("metadata", {}).get("labels") or {}
+    name = labels.get(names.LABEL_INSTANCE)
+    if not namespace or not name:
+        return None
+    return {"metadata": {"namespace": namespace, "name": name}}
+
+
+def _register_owned_objects(registry: kopf.OperatorRegistry, controller: Controller) -> None:
+    """Every event of an owned object (a deletion included) reconciles its InferenceServer,
+    which repairs drift and refreshes the status. Kinds whose CRD is absent are skipped by
+    kopf at start-up (logged), never waited for."""
+    for kind in OWNED_KINDS:
+        def owned_object_changed(type: str | None, body: kopf.Body, namespace: str | None, **_: Any) -> None:
+            # type None: kopf's initial listing; the resume handler reconciles every owner then.
+            owner = _owner_of(body, namespace)
+            if type is not None and owner is not None:
+                controller.reconcile(owner, TRIGGER_OWNED)
+
+        kopf.on.event(kind.group, kind.version, kind.plural, registry=registry, labels=_OWNED_LABELS,
+                      id=f"owned-{kind.plural}.{kind.group or 'core'}")(owned_object_changed)
 
 
 def _label_node_for(api: KubeClient, pod: Mapping[str, Any], body: dict[str, Any]) -> None:
@@ -172,18 +154,12 @@ def _label_node_for(api: KubeClient, pod: Mapping[str, Any], body: dict[str, Any
     found = nodes.downloaded_label(pod, spec)
     if found is not None and nodes.label_node(api, *found):
         node, key = found
-        kopf.info(_as_body(body), reason="NodeLabelled",
-                  message=f"node {node} holds {spec.model.uri} in its model cache: labelled {key}=true")
+        events.post_event(api, body, "NodeLabelled",
+                          f"node {node} holds {spec.model.uri} in its model cache: labelled {key}=true")
 
 
-_OWNED_LABELS: Mapping[str, Any] = {names.LABEL_MANAGED_BY: names.OPERATOR_NAME, names.LABEL_INSTANCE: kopf.PRESENT}
-
-
-def _register_model_delivery(registry: kopf.OperatorRegistry, config: OperatorConfig,
-                             client: Callable[[], KubeClient]) -> None:
-    owned = _OWNED_LABELS
-
-    @kopf.on.event("", "v1", "pods", registry=registry, labels=owned)
+def _register_model_delivery(registry: kopf.OperatorRegistry, controller: Controller) -> None:
+    @kopf.on.event(*PODS, registry=registry, labels=_OWNED_LABELS)
     def owned_pod_changed(body: kopf.Body, namespace: str | None, **_: Any) -> None:
         """Server pods (their `model-download` init container) and download Job pods:
         ModelReady follows them; a finished download labels the node (cache mode node)."""
@@ -191,44 +167,27 @@ def _register_model_delivery(registry: kopf.OperatorRegistry, config: OperatorCo
         if not namespace or labels.get(names.LABEL_COMPONENT) not in (names.COMPONENT_SERVER,
                                                                       names.COMPONENT_MODEL_DOWNLOAD):
             return  # router pods: their Deployment's status is what counts
-        api = client()
-        cr = _live_body(api, labels[names.LABEL_INSTANCE], namespace)
+        cr = controller.live_body(namespace, labels[names.LABEL_INSTANCE])
         if cr is None or not ((cr.get("spec") or {}).get("model") or {}).get("uri"):
             return  # no download to follow
-        if config.defaults.label_nodes and labels.get(names.LABEL_COMPONENT) == names.COMPONENT_SERVER:
-            _label_node_for(api, body, cr)
-        _refresh_status(api, config, labels[names.LABEL_INSTANCE], namespace, cr)
-
-    @kopf.on.event("batch", "v1", "jobs", registry=registry, labels=owned)
-    def owned_job_changed(body: kopf.Body, namespace: str | None, **_: Any) -> None:
-        """A download Job finished: reconcile, which releases the server replicas it held at 0."""
-        if not namespace:
-            return
-        api = client()
-        cr = _live_body(api, body["metadata"]["labels"][names.LABEL_INSTANCE], namespace)
-        if cr is None:
-            return
-        ready_before = _ready(cr.get("status") or {})
-        outcome = reconcile(api, Target.from_body(cr), config.defaults)
-        _post_events(_as_body(cr), outcome, ready_before)
-
-    if config.progress_seconds > 0:
-        @kopf.timer(*CR, registry=registry, interval=config.progress_seconds,
-                    initial_delay=config.progress_seconds)
-        def download_progress(name: str | None, namespace: str | None, status: Mapping[str, Any],
-                              **_: Any) -> None:
-            """The downloader's progress is in its log, which no watch event announces."""
-            if name and namespace and _model_state(status) in ("Pending", "Downloading"):
-                _refresh_status(client(), config, name, namespace)
+        if controller.config.defaults.label_nodes and labels.get(names.LABEL_COMPONENT) == names.COMPONENT_SERVER:
+            _label_node_for(controller.client(), body, cr)
+        controller.refresh_status(namespace, labels[names.LABEL_INSTANCE], cr)
 
 
-def _register_node_labels(registry: kopf.OperatorRegistry, config: OperatorConfig,
-                          client: Callable[[], KubeClient], sweeper: nodes.LabelSweeper) -> None:
-    if not config.defaults.label_nodes:
-        return
+def _register_tracking(registry: kopf.OperatorRegistry, controller: Controller,
+                       sweeper: nodes.LabelSweeper) -> None:
+    label_nodes = controller.config.defaults.label_nodes
 
     @kopf.on.event(*CR, registry=registry)
-    def inference_server_deleted(type: str | None, **_: Any) -> None:
-        """Labels of a model no remaining InferenceServer uses go with the last one that did."""
+    def inference_server_seen(type: str | None, name: str | None, namespace: str | None, **_: Any) -> None:
+        """Counts the served InferenceServers (a gauge); on deletion, labels of a model no
+        remaining InferenceServer uses go with the last one that did."""
+        if not name or not namespace:
+            return
         if type == "DELETED":
-            sweeper.maybe_sweep(client(), force=True)
+            controller.forget(namespace, name)
+            if label_nodes:
+                sweeper.maybe_sweep(controller.client(), force=True)
+        else:
+            controller.metrics.track(namespace, name, present=True)

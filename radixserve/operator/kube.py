@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import json
 import re
+import time
 from collections.abc import Mapping
 from dataclasses import dataclass
 from typing import Any
@@ -16,6 +17,7 @@ from typing import Any
 import kubernetes
 
 from radixserve.operator import names
+from radixserve.operator.owned import OWNED_KINDS
 
 Manifest = dict[str, Any]
 
@@ -41,18 +43,19 @@ class ResourceType:
         return path
 
 
+# How long an API discovery answer is reused: a CRD installed later (KEDA, the Prometheus
+# operator) is seen within this time, without two discovery requests on every reconcile.
+DISCOVERY_TTL_SECONDS = 60.0
+
 # Every kind the operator reads or writes; `permissions.py` grants exactly these.
+# The owned kinds come from `owned.OWNED_KINDS`; the rest are read (or, nodes, labelled).
 RESOURCE_TYPES: dict[tuple[str, str], ResourceType] = {
-    ("apps/v1", "Deployment"): ResourceType("apps/v1", "deployments"),
-    ("v1", "Service"): ResourceType("v1", "services"),
-    ("v1", "ServiceAccount"): ResourceType("v1", "serviceaccounts"),
-    ("v1", "PersistentVolumeClaim"): ResourceType("v1", "persistentvolumeclaims"),
+    **{(k.api_version, k.kind): ResourceType(k.api_version, k.plural) for k in OWNED_KINDS},
     ("v1", "Secret"): ResourceType("v1", "secrets"),
     ("v1", "Pod"): ResourceType("v1", "pods"),
+    ("v1", "Event"): ResourceType("v1", "events"),
     ("v1", "Node"): ResourceType("v1", "nodes", namespaced=False),
-    ("batch/v1", "Job"): ResourceType("batch/v1", "jobs"),
-    ("rbac.authorization.k8s.io/v1", "Role"): ResourceType("rbac.authorization.k8s.io/v1", "roles"),
-    ("rbac.authorization.k8s.io/v1", "RoleBinding"): ResourceType("rbac.authorization.k8s.io/v1", "rolebindings"),
+    ("coordination.k8s.io/v1", "Lease"): ResourceType("coordination.k8s.io/v1", "leases"),
     (names.API_VERSION, names.KIND): ResourceType(names.API_VERSION, names.PLURAL),
 }
 
@@ -62,11 +65,31 @@ def resource_type(api_version: str, kind: str) -> ResourceType:
 
 
 class KubeApiError(Exception):
-    def __init__(self, status: int, reason: str, message: str) -> None:
+    """A refusal from the API server, with its `Status` object's reason and field causes."""
+
+    def __init__(self, status: int, reason: str, message: str,
+                 causes: list[dict[str, Any]] | None = None) -> None:
         super().__init__(f"{status} {reason}: {message}")
         self.status = status
         self.reason = reason
         self.message = message
+        # `details.causes` of the Status: [{"field": "spec.template...", "reason": ..., "message": ...}]
+        self.causes = causes or []
+
+    @property
+    def invalid(self) -> bool:
+        """400 BadRequest / 422 Invalid: the object itself is wrong; sending it again cannot help."""
+        return self.status in (400, 422)
+
+    @property
+    def fields(self) -> list[str]:
+        return [str(c["field"]) for c in self.causes if c.get("field")]
+
+
+def _causes(payload: Any) -> list[dict[str, Any]]:
+    details = payload.get("details") if isinstance(payload, dict) else None
+    causes = details.get("causes") if isinstance(details, dict) else None
+    return [c for c in causes if isinstance(c, dict)] if isinstance(causes, list) else []
 
 
 class KubeClient:
@@ -74,6 +97,8 @@ class KubeClient:
 
     def __init__(self, api_client: kubernetes.client.ApiClient, timeout: float = 30.0) -> None:
         self._api = api_client
+        # api_resources answers, by group/version: (when read, what was served).
+        self._discovery: dict[str, tuple[float, set[str] | None]] = {}
         self._timeout = timeout
 
     @classmethod
@@ -117,6 +142,7 @@ class KubeClient:
                 response.status,
                 str(payload.get("reason", response.reason)) if isinstance(payload, dict) else "",
                 str(payload.get("message", data[:200])) if isinstance(payload, dict) else str(data[:200]),
+                _causes(payload),
             )
         return payload
 
@@ -156,6 +182,11 @@ class KubeClient:
             raise
         return True
 
+    def create(self, rtype: ResourceType, namespace: str, body: Manifest) -> Manifest:
+        """POST: fails with 409 AlreadyExists when the name is taken (what a Lease's creation relies on)."""
+        result: Manifest = self._request("POST", rtype.path(namespace), body=body)
+        return result
+
     def merge_patch(self, rtype: ResourceType, namespace: str | None, name: str, body: Manifest) -> Manifest:
         """A JSON merge patch (used for node labels: null removes a key)."""
         result: Manifest = self._request("PATCH", rtype.path(namespace, name), body=body, content_type=MERGE_PATCH)
@@ -184,6 +215,24 @@ class KubeClient:
         except KubeApiError:
             return None
         return text
+
+    def api_resources(self, api_version: str) -> set[str] | None:
+        """The resources (plurals) a group/version serves, from API discovery; None when the API
+        server does not serve that group/version (e.g. a CRD that is not installed)."""
+        cached = self._discovery.get(api_version)
+        if cached is not None and time.monotonic() - cached[0] < DISCOVERY_TTL_SECONDS:
+            return cached[1]
+        prefix = "/api/v1" if api_version == "v1" else f"/apis/{api_version}"
+        try:
+            listing = self._request("GET", prefix)
+            served: set[str] | None = {str(r.get("name")) for r in (listing.get("resources") or [])
+                                       if isinstance(r, dict)}
+        except KubeApiError as exc:
+            if exc.status not in (404, 503):  # 503: an aggregated API whose server is down
+                raise
+            served = None
+        self._discovery[api_version] = (time.monotonic(), served)
+        return served
 
     def server_version(self) -> tuple[int, int] | None:
         """(major, minor) of the API server from `GET /version`; None when it does not say."""

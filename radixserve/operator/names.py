@@ -50,6 +50,10 @@ DEFAULT_MODEL_CACHE_HOST_PATH = "/var/lib/radixserve/models"
 NODE_LABEL_PREFIX = f"model-cache.{GROUP}/"
 MODEL_CACHE_CLAIM_SUFFIX = "-model-cache"
 
+# spec.autoscaling with KEDA: the Prometheus its trigger queries unless the spec names one
+# (kube-prometheus-stack's Service in the monitoring namespace).
+DEFAULT_PROMETHEUS_ADDRESS = "http://prometheus-operated.monitoring.svc:9090"
+
 # Object names are the CR name plus a suffix; Services must be DNS-1035 labels
 # (<= 63 characters), so the CR name is capped by the longest suffix.
 SERVER_SUFFIX = "-server"

@@ -2,8 +2,13 @@
 
 The order matters: every check (schema, cluster references, ownership of the names
 we are about to use) runs before the first write, so an invalid spec creates
-nothing. Handlers call `reconcile` on spec changes, and `check` plus `write_status` when an
-owned Deployment changes.
+nothing. Handlers call `reconcile` on spec changes, on every event of an owned object and
+on every periodic resync, so deleted or edited objects are repaired (drift); `check` plus
+`write_status` alone refresh the status while a model downloads.
+
+An object the API server refuses as invalid (400/422, e.g. a pass-through affinity it does
+not accept) becomes the problem `ApiRejected`, naming the object and the field from the
+API's `Status.details.causes`; it is not sent again until the spec changes.
 """
 
 from __future__ import annotations
@@ -14,18 +19,28 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from radixserve.operator import names
-from radixserve.operator.apply import CREATE, UPDATE, describe, execute, fetch_live, plan_apply
+from radixserve.operator.apply import (
+    CREATE,
+    UPDATE,
+    ApplyRefused,
+    Drift,
+    describe,
+    execute,
+    fetch_live,
+    plan_apply,
+)
 from radixserve.operator.builders import (
     BuildInput,
     Defaults,
     Owner,
     desired_objects,
     endpoint_url,
+    multinode,
     unwanted_objects,
 )
 from radixserve.operator.builders import model as model_delivery
-from radixserve.operator.checks import SpecProblem, check_spec
-from radixserve.operator.kube import KubeClient, resource_type
+from radixserve.operator.checks import SpecProblem, capabilities, check_spec, feature_conditions
+from radixserve.operator.kube import KubeClient, ResourceType, resource_type
 from radixserve.operator.spec import InferenceServerSpec, SpecError, parse_spec
 from radixserve.operator.status import (
     Observed,
@@ -38,8 +53,10 @@ from radixserve.operator.status import (
 
 CR_TYPE = resource_type(names.API_VERSION, names.KIND)
 DEPLOYMENT_TYPE = resource_type("apps/v1", "Deployment")
+LWS_TYPE = resource_type(multinode.LWS_API_VERSION, multinode.LWS_KIND)
 POD_TYPE = resource_type("v1", "Pod")
 JOB_TYPE = resource_type("batch/v1", "Job")
+API_REJECTED = "ApiRejected"
 # How much of the downloader's log is read for its last progress line (one every >= 2 s).
 LOG_TAIL_LINES = 20
 
@@ -69,6 +86,9 @@ class ApiLookups:
 
     def server_version(self) -> tuple[int, int] | None:
         return self._client.server_version()
+
+    def api_resources(self, api_version: str) -> set[str] | None:
+        return self._client.api_resources(api_version)
 
 
 @dataclass(frozen=True)
@@ -106,10 +126,47 @@ class Outcome:
     deleted: list[str] = field(default_factory=list)
     status: dict[str, Any] = field(default_factory=dict)
     status_written: bool = False
+    # Owned objects someone deleted or edited, and that this pass put back.
+    repaired: list[Drift] = field(default_factory=list)
+    # The pass skipped applying because the API refused this generation of the spec before.
+    skipped_refused: bool = False
 
     @property
     def changed(self) -> bool:
-        return bool(self.created or self.updated or self.deleted)
+        return bool(self.created or self.updated or self.deleted or self.repaired)
+
+
+def _condition(status: Mapping[str, Any], kind: str) -> Mapping[str, Any]:
+    for cond in status.get("conditions") or []:
+        if cond.get("type") == kind:
+            return dict(cond)
+    return {}
+
+
+def spec_applied(target: Target) -> bool:
+    """Whether this generation of the spec was applied before: the status was written for it
+    with workload conditions (which only a pass without problems writes)."""
+    progressing = _condition(target.status, "Progressing")
+    return target.generation > 0 and target.status.get("observedGeneration") == target.generation \
+        and progressing.get("reason") in ("RollingOut", "RolloutComplete")
+
+
+def refused_before(target: Target) -> bool:
+    """Whether the API refused an object of this generation of the spec (a permanent error)."""
+    degraded = _condition(target.status, "Degraded")
+    return degraded.get("reason") == API_REJECTED and degraded.get("observedGeneration") == target.generation
+
+
+def rejected_problem(refusal: ApplyRefused) -> SpecProblem:
+    error = refusal.error
+    detail = "; ".join(f"{c.get('field', '?')}: {c.get('message', '')}".rstrip(": ") for c in error.causes) \
+        or error.message
+    return SpecProblem(
+        reason=API_REJECTED,
+        field=refusal.field,
+        message=f"the API server refused {describe(refusal.obj)} ({error.status} {error.reason}): {detail}; "
+                "fix the spec field that sets it (not retried until the spec changes)",
+    )
 
 
 def check(target: Target, client: KubeClient) -> tuple[InferenceServerSpec | None, list[SpecProblem]]:
@@ -194,7 +251,8 @@ def observe_model(client: KubeClient, target: Target, spec: InferenceServerSpec 
 
 
 def write_status(client: KubeClient, target: Target, spec: InferenceServerSpec | None,
-                 problems: list[SpecProblem], defaults: Defaults, now: str) -> tuple[dict[str, Any], bool]:
+                 problems: list[SpecProblem], defaults: Defaults, now: str,
+                 repaired: list[Drift] | None = None) -> tuple[dict[str, Any], bool]:
     """Observe the owned Deployments (and the model download), compute `.status`, patch it when it differs."""
     url = ""
     router = None
@@ -202,11 +260,15 @@ def write_status(client: KubeClient, target: Target, spec: InferenceServerSpec |
         url = endpoint_url(BuildInput(target.owner(), spec, defaults))
         if spec.router.enabled:
             router = client.get(DEPLOYMENT_TYPE, target.namespace, names.router_name(target.name))
-    server = client.get(DEPLOYMENT_TYPE, target.namespace, names.server_name(target.name))
+    server = client.get(*_server_workload(target, spec))
     model = observe_model(client, target, spec) if not problems else ModelObservation()
+    # PodSecurity, Autoscaling, Monitoring: what the optional features do (checks.feature_conditions).
+    features = feature_conditions(BuildInput(target.owner(), spec, defaults, capabilities=capabilities(
+        ApiLookups(client)))) if spec is not None and not problems else []
     observed = Observed(
         generation=target.generation, spec=spec, url=url, server=server, router=router,
         problems=problems, name=target.name, model_pods=model.pods, model_job=model.job, model_log=model.log,
+        repaired=[d.describe() for d in repaired or []], features=features,
     )
     status = compute_status(observed, target.status, now)
     if not status_changed(target.status, status):
@@ -215,30 +277,48 @@ def write_status(client: KubeClient, target: Target, spec: InferenceServerSpec |
     return status, True
 
 
-def _hold_running_server(client: KubeClient, target: Target, desired: list[dict[str, Any]]) -> list[dict[str, Any]]:
-    """While the download Job of a new model runs, a server Deployment that already exists
-    keeps its current template and replicas (it serves the previous model, or waits at 0);
-    it is updated once the Job has succeeded. A new one is created with 0 replicas."""
-    live = client.get(DEPLOYMENT_TYPE, target.namespace, names.server_name(target.name))
+def _server_workload(target: Target, spec: InferenceServerSpec | None) -> tuple[ResourceType, str, str]:
+    """Where the replicas' readiness is read: the server Deployment, or with spec.nodesPerReplica > 1
+    the LeaderWorkerSet (whose status has the same replicas / updatedReplicas / readyReplicas /
+    observedGeneration fields, counting groups)."""
+    if spec is not None and spec.nodes_per_replica > 1:
+        return LWS_TYPE, target.namespace, multinode.group_set_name(target.name)
+    return DEPLOYMENT_TYPE, target.namespace, names.server_name(target.name)
+
+
+def _hold_running_server(client: KubeClient, target: Target, spec: InferenceServerSpec,
+                         desired: list[dict[str, Any]]) -> list[dict[str, Any]]:
+    """While the download Job of a new model runs, a server Deployment (or LeaderWorkerSet) that
+    already exists keeps its current template and replicas (it serves the previous model, or waits
+    at 0); it is updated once the Job has succeeded. A new one is created with 0 replicas."""
+    rtype, namespace, name = _server_workload(target, spec)
+    live = client.get(rtype, namespace, name)
     if live is None or not _is_owned(live, target.uid):
         return desired
-    return [obj for obj in desired if not (obj["kind"] == "Deployment"
-                                           and obj["metadata"]["name"] == names.server_name(target.name))]
+    return [obj for obj in desired if not (obj["kind"] in ("Deployment", multinode.LWS_KIND)
+                                           and obj["metadata"]["name"] == name)]
 
 
-def reconcile(client: KubeClient, target: Target, defaults: Defaults, now: str | None = None) -> Outcome:
+def reconcile(client: KubeClient, target: Target, defaults: Defaults, now: str | None = None,
+              retry_refused: bool = True) -> Outcome:
+    """One pass. `retry_refused=False` (resyncs, owned-object events) leaves a spec whose
+    objects the API refused alone until the spec changes, so a permanent error is not resent."""
     now = now or utc_now()
+    if not retry_refused and refused_before(target):
+        return Outcome(status=dict(target.status), skipped_refused=True)
     spec, problems = check(target, client)
     outcome = Outcome(problems=problems)
     if spec is not None and not problems:
         downloaded = True
         if model_delivery.uses_download_job(BuildInput(target.owner(), spec, defaults)):
             downloaded = job_succeeded(download_job(client, target, spec))
-        inp = BuildInput(target.owner(), spec, defaults, model_downloaded=downloaded)
+        inp = BuildInput(target.owner(), spec, defaults, model_downloaded=downloaded,
+                         capabilities=capabilities(ApiLookups(client)))
         desired = desired_objects(inp)
         if not downloaded:
-            desired = _hold_running_server(client, target, desired)
-        plan = plan_apply(desired, fetch_live(client, target.namespace, desired), target.uid)
+            desired = _hold_running_server(client, target, spec, desired)
+        plan = plan_apply(desired, fetch_live(client, target.namespace, desired), target.uid,
+                          settled=spec_applied(target))
         if plan.conflicts:
             outcome.problems = problems = [SpecProblem(
                 reason="NameConflict",
@@ -247,10 +327,17 @@ def reconcile(client: KubeClient, target: Target, defaults: Defaults, now: str |
                         + ", ".join(plan.conflicts),
             )]
         else:
-            execute(client, target.namespace, plan)
-            outcome.created = [describe(obj) for obj in plan.of(CREATE)]
-            outcome.updated = [describe(obj) for obj in plan.of(UPDATE)]
-            outcome.deleted = _delete_unwanted(client, inp)
-    outcome.status, outcome.status_written = write_status(client, target, spec, problems, defaults, now)
+            try:
+                written = execute(client, target.namespace, plan)
+            except ApplyRefused as refusal:
+                written = refusal.written
+                outcome.problems = problems = [rejected_problem(refusal)]
+            done = {describe(obj) for obj in written}
+            outcome.repaired = [d for d in plan.drift if f"{d.kind} {d.name}" in done]
+            outcome.created = [describe(o) for o in plan.of(CREATE) if describe(o) in done and not plan.is_drift(o)]
+            outcome.updated = [describe(o) for o in plan.of(UPDATE) if describe(o) in done and not plan.is_drift(o)]
+            if not problems:
+                outcome.deleted = _delete_unwanted(client, inp)
+    outcome.status, outcome.status_written = write_status(client, target, spec, problems, defaults, now,
+                                                          outcome.repaired)
     return outcome
-

@@ -47,10 +47,16 @@ RESERVED_FLAGS = (
     "--pp",
     "--device",
     "--api-key",
+    "--nnodes",
+    "--node-rank",
+    "--dist-init-addr",
     "--graceful-shutdown-timeout",
 )
 
 EMBEDDED_MODEL_NAME = "SmolLM2-135M-Instruct"
+# A pod lives on one node, and GPU nodes hold at most 8 GPUs; larger replicas span pods.
+MAX_GPUS_PER_POD = 8
+MAX_NODES_PER_REPLICA = 16
 
 
 def _relative_path(value: str) -> str:
@@ -204,7 +210,8 @@ class ResourcesSpec(ContainerResources):
 
 class RouterSpec(_Model):
     enabled: bool = True
-    replicas: int = Field(default=1, ge=0)
+    # Two by default: a drained node or a rollout never leaves the endpoint without a router.
+    replicas: int = Field(default=2, ge=0)
     image: str | None = None
     policy: Literal["cache_aware", "round_robin", "random", "power_of_two"] = "cache_aware"
     cache_threshold: float = Field(default=0.5, ge=0, le=1)
@@ -249,6 +256,75 @@ class LocalObjectReference(_Model):
 class RolloutSpec(_Model):
     max_surge: Quantity = 1
     max_unavailable: Quantity = 0
+    # Unset: server.startupTimeoutSeconds + PROGRESS_DEADLINE_MARGIN_SECONDS (builders/server.py).
+    progress_deadline_seconds: int | None = Field(default=None, ge=60, le=172800)
+
+
+class DisruptionBudgetSpec(_Model):
+    """PodDisruptionBudgets: how many server pods a node drain may evict at once."""
+
+    enabled: bool = True
+    max_unavailable: Quantity = 1
+
+
+class SecuritySpec(_Model):
+    # A hostPath volume (spec.model.hostPath, spec.model.cache.mode node) fails Pod Security
+    # "baseline": the operator renders one only when asked to in so many words.
+    allow_host_path: bool = False
+
+
+class NetworkPolicySpec(_Model):
+    """NetworkPolicies: server pods accept only the router (and the metrics scraper)."""
+
+    enabled: bool = False
+    # NetworkPolicyPeers (namespaceSelector / podSelector / ipBlock) passed through as-is:
+    # the API validates them, and their schema is too large to repeat.
+    metrics_from: list[dict[str, Any]] = Field(default_factory=list, max_length=16)
+    # Who may call the endpoint (the router pods, or the server pods when the router is off);
+    # empty: anyone.
+    clients_from: list[dict[str, Any]] = Field(default_factory=list, max_length=16)
+
+
+AUTOSCALING_METRICS = ("queueDepth", "runningRequests", "kvUsage")
+
+
+class AutoscalingSpec(_Model):
+    """An HPA (custom metrics through prometheus-adapter) or a KEDA ScaledObject on the scale subresource."""
+
+    enabled: bool = False
+    provider: Literal["auto", "hpa", "keda"] = "auto"
+    min_replicas: int = Field(default=1, ge=0, le=1000)
+    max_replicas: int = Field(default=4, ge=1, le=1000)
+    metric: Literal["queueDepth", "runningRequests", "kvUsage"] = "queueDepth"
+    # Average per replica; unset: the metric's default (builders/autoscaling.py).
+    target: float | None = Field(default=None, gt=0)
+    scale_up_stabilization_seconds: int = Field(default=0, ge=0, le=3600)
+    scale_down_stabilization_seconds: int = Field(default=300, ge=0, le=3600)
+    # KEDA's Prometheus; unset: the operator's default (chart value autoscaling.prometheusAddress).
+    prometheus_address: str | None = Field(default=None, pattern=r"^https?://\S+$", max_length=2048)
+    # Scale from zero: how long the router holds requests while the first replica starts.
+    scale_from_zero_timeout_seconds: int = Field(default=300, ge=1, le=3600)
+
+    @model_validator(mode="after")
+    def _bounds(self) -> AutoscalingSpec:
+        if self.min_replicas > self.max_replicas:
+            raise ValueError("minReplicas must not exceed maxReplicas")
+        if self.metric == "kvUsage" and self.target is not None and self.target > 1:
+            raise ValueError("target of metric kvUsage is a fraction of the KV pool: at most 1")
+        if self.min_replicas == 0 and self.provider == "hpa":
+            raise ValueError("minReplicas 0 needs KEDA (provider keda or auto): an HPA cannot scale to zero")
+        return self
+
+
+class MonitoringSpec(_Model):
+    """PodMonitors and a PrometheusRule (Prometheus operator)."""
+
+    # Unset: on when the cluster serves the monitoring.coreos.com CRDs.
+    enabled: bool | None = None
+    interval: str = Field(default="30s", pattern=r"^[0-9]+(ms|s|m|h)$")
+    alerts: bool = True
+    # Labels on the PodMonitors and the PrometheusRule, for a Prometheus that selects by label.
+    labels: dict[str, str] = Field(default_factory=dict)
 
 
 def _embedded() -> ModelSpec:
@@ -261,6 +337,8 @@ class InferenceServerSpec(_Model):
     replicas: int = Field(default=1, ge=0)
     tensor_parallel_size: Literal[1, 2, 4, 8] = 1
     pipeline_parallel_size: int = Field(default=1, ge=1, le=16)
+    # Pods one replica spans (a LeaderWorkerSet when > 1): the tp x pp ranks split evenly over them.
+    nodes_per_replica: int = Field(default=1, ge=1, le=MAX_NODES_PER_REPLICA)
     image: str | None = None
     image_pull_policy: Literal["Always", "IfNotPresent", "Never"] | None = None
     image_pull_secrets: list[LocalObjectReference] = Field(default_factory=list)
@@ -271,11 +349,56 @@ class InferenceServerSpec(_Model):
     scheduling: SchedulingSpec = Field(default_factory=SchedulingSpec)
     env: list[EnvVar] = Field(default_factory=list)
     rollout: RolloutSpec = Field(default_factory=RolloutSpec)
+    disruption_budget: DisruptionBudgetSpec = Field(default_factory=DisruptionBudgetSpec)
+    security: SecuritySpec = Field(default_factory=SecuritySpec)
+    network_policy: NetworkPolicySpec = Field(default_factory=NetworkPolicySpec)
+    autoscaling: AutoscalingSpec = Field(default_factory=AutoscalingSpec)
+    monitoring: MonitoringSpec = Field(default_factory=MonitoringSpec)
+
+    @model_validator(mode="after")
+    def _deadline_covers_startup(self) -> InferenceServerSpec:
+        deadline = self.rollout.progress_deadline_seconds
+        if deadline is not None and deadline <= self.server.startup_timeout_seconds:
+            raise ValueError(
+                f"rollout.progressDeadlineSeconds ({deadline}) must exceed server.startupTimeoutSeconds "
+                f"({self.server.startup_timeout_seconds}): a pod may take that long to load its model")
+        return self
+
+    @property
+    def uses_host_path(self) -> str | None:
+        """The field that puts a hostPath volume in the server pods, if any."""
+        if self.model.host_path is not None:
+            return "spec.model.hostPath"
+        if self.model.downloads and self.model.cache_mode == "node":
+            return "spec.model.cache.mode"
+        return None
+
+    @property
+    def scales_to_zero(self) -> bool:
+        return self.autoscaling.enabled and self.autoscaling.min_replicas == 0
+
+    @model_validator(mode="after")
+    def _ranks_fit_the_pods(self) -> InferenceServerSpec:
+        world = self.tensor_parallel_size * self.pipeline_parallel_size
+        if world % self.nodes_per_replica != 0:
+            raise ValueError(f"nodesPerReplica ({self.nodes_per_replica}) must divide tensorParallelSize x "
+                             f"pipelineParallelSize ({world}): every pod runs the same number of ranks")
+        if world // self.nodes_per_replica > MAX_GPUS_PER_POD:
+            raise ValueError(f"tensorParallelSize x pipelineParallelSize / nodesPerReplica = "
+                             f"{world // self.nodes_per_replica} GPUs per pod, but a pod can hold at most "
+                             f"{MAX_GPUS_PER_POD} (one node's); raise nodesPerReplica to spread a replica over "
+                             "several pods")
+        return self
+
+    @property
+    def world_size(self) -> int:
+        """Ranks (GPUs) one replica uses: one per TP rank per pipeline stage, over all its pods."""
+        return self.tensor_parallel_size * self.pipeline_parallel_size
 
     @property
     def gpus_needed(self) -> int:
-        """GPUs one replica's server uses: one per TP rank per pipeline stage."""
-        return self.tensor_parallel_size * self.pipeline_parallel_size
+        """GPUs one pod's server uses: its share of the replica's ranks."""
+        return self.world_size // self.nodes_per_replica
 
     @property
     def gpus(self) -> int:

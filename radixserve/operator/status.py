@@ -6,8 +6,10 @@ Conditions:
   retire, so a healthy rollout keeps Ready=True.
 - Progressing: a rollout or scale is under way (the Deployments have not yet
   reached the spec).
-- Degraded: something needs a human: the spec is invalid, a Deployment gave up
-  (progress deadline exceeded, replica creation failing), or a model download fails.
+- Degraded: something needs a human: the spec is invalid, the API server refused an object
+  built from it (ApiRejected), a Deployment gave up (progress deadline exceeded, replica
+  creation failing), or a model download fails. While False, its message keeps the last
+  drift repair ("last drift repair <time>: Deployment x re-created (it was deleted)").
 - ModelReady: whether the weights are where the server reads them. Sources that need no
   download are True at once (Embedded, InImage, VolumeMounted, ImageVolume); hf:// and
   s3:// URIs go Pending -> Downloading (with bytes and files done, from the downloader's
@@ -26,7 +28,7 @@ from typing import Any
 
 from radixserve.operator import names
 from radixserve.operator.builders.model import DOWNLOAD_JOB_BACKOFF_LIMIT
-from radixserve.operator.checks import SpecProblem
+from radixserve.operator.checks import FeatureCondition, SpecProblem
 from radixserve.operator.spec import InferenceServerSpec
 
 Condition = dict[str, Any]
@@ -49,6 +51,10 @@ class Observed:
     model_pods: Sequence[Mapping[str, Any]] = field(default_factory=tuple)
     model_job: Mapping[str, Any] | None = None
     model_log: str | None = None
+    # Owned objects this pass re-created or restored (drift), described for the message.
+    repaired: Sequence[str] = field(default_factory=tuple)
+    # Conditions of the optional features (PodSecurity, Autoscaling, Monitoring), from checks.py.
+    features: Sequence[FeatureCondition] = field(default_factory=tuple)
 
 
 @dataclass(frozen=True)
@@ -310,6 +316,23 @@ def model_condition(obs: Observed, spec: InferenceServerSpec) -> tuple[Condition
     return condition("ModelReady", False, "Pending", f"waiting for {waiting_on} to start downloading {uri}"), None
 
 
+DRIFT_NOTE = "; last drift repair "
+
+
+def _note_drift(degraded: Condition, previous: Sequence[Mapping[str, Any]], repaired: Sequence[str],
+                now: str) -> None:
+    """A healthy Degraded=False keeps saying what was last repaired, until something fails."""
+    if degraded["status"] != "False":
+        return
+    if repaired:
+        degraded["message"] += f"{DRIFT_NOTE}{now}: " + ", ".join(repaired)
+        return
+    for cond in previous:
+        message = str(cond.get("message") or "")
+        if cond.get("type") == "Degraded" and cond.get("status") == "False" and DRIFT_NOTE in message:
+            degraded["message"] += DRIFT_NOTE + message.split(DRIFT_NOTE, 1)[1]
+
+
 def _stamp(conditions: list[Condition], previous: Sequence[Mapping[str, Any]], now: str,
            generation: int) -> list[Condition]:
     """lastTransitionTime moves only when a condition's status flips."""
@@ -346,6 +369,7 @@ def compute_status(obs: Observed, previous: Mapping[str, Any] | None, now: str) 
         conditions = _workload_conditions(spec, server_rollout, router_rollout)
         model_ready, progress = model_condition(obs, spec)
         conditions.append(model_ready)
+        conditions += [condition(f.type, f.ok, f.reason, f.message) for f in obs.features]
         if model_ready["status"] == "False" and model_ready["reason"] not in ("Pending", "Downloading"):
             degraded = conditions[2]
             failure = f"model download: {model_ready['reason']}: {model_ready['message']}"
@@ -363,6 +387,7 @@ def compute_status(obs: Observed, previous: Mapping[str, Any] | None, now: str) 
         )
         if router_rollout is not None:
             status["routerReadyReplicas"] = router_rollout.ready
+        _note_drift(conditions[2], previous_conditions, obs.repaired, now)
     status["conditions"] = _stamp(conditions, previous_conditions, now, obs.generation)
     return status
 

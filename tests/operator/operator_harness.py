@@ -44,8 +44,10 @@ EVENTS = kmock.resource("", "v1", "events")
 PODS = kmock.resource("", "v1", "pods")
 NODES = kmock.resource("", "v1", "nodes")
 JOBS = kmock.resource("batch", "v1", "jobs")
+PDBS = kmock.resource("policy", "v1", "poddisruptionbudgets")
 OWNED = {"Deployment": DEPLOYMENTS, "Service": SERVICES, "ServiceAccount": SERVICE_ACCOUNTS,
-         "Role": ROLES, "RoleBinding": ROLE_BINDINGS, "Job": JOBS, "PersistentVolumeClaim": PVCS}
+         "Role": ROLES, "RoleBinding": ROLE_BINDINGS, "Job": JOBS, "PersistentVolumeClaim": PVCS,
+         "PodDisruptionBudget": PDBS}
 NAMESPACE = "default"
 TEST_AGENT = "radixserve-tests"  # marks the requests the tests send as a user or a controller
 TEST_DEFAULTS = Defaults(image="registry.test/radixserve:gpu", cpu_image="registry.test/radixserve:cpu")

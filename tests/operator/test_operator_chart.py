@@ -13,6 +13,7 @@ import yaml
 from radixserve.operator import names, permissions
 from radixserve.operator.cli import parse_args
 from tests.operator.operator_testkit import CHART_DIR, CRD_PATH, schema_errors
+from tests.operator.third_party_schemas import custom_resource_errors
 
 RELEASE, NAMESPACE = "rs", "radixserve-system"
 
@@ -49,6 +50,12 @@ VALUE_SETS: dict[str, dict[str, Any]] = {
         "tolerations": [{"key": "dedicated", "operator": "Exists", "effect": "NoSchedule"}],
         "priorityClassName": "system-cluster-critical", "image": {"repository": "r/op", "tag": "t"},
     },
+    "observability": {
+        "grafanaDashboard": {"enabled": True, "namespace": "monitoring", "labels": {"team": "ml"},
+                             "annotations": {"grafana_folder": "LLM"}},
+        "autoscaling": {"prometheusAddress": "http://prometheus.monitoring.svc:9090"},
+        "operatorPodMonitor": {"enabled": True, "interval": "15s", "labels": {"release": "kps"}},
+    },
 }
 
 
@@ -60,6 +67,8 @@ def test_rendered_objects_are_valid_kubernetes_in_strict_mode(chart: helm_python
     for obj in rendered:
         if obj["kind"] == names.KIND:
             assert schema_errors(obj) == []  # custom resources: against the CRD's own schema
+        elif obj["apiVersion"].startswith("monitoring.coreos.com/"):
+            assert custom_resource_errors(obj) == []  # the Prometheus operator's CRD schema
         else:
             assert kubernetes_validate.validate(obj, "1.37", strict=True)
 
@@ -81,7 +90,9 @@ def test_lint_passes(values: dict[str, Any]) -> None:
     {"retrySeconds": 0},
     {"resources": {"requests": {"memory": "a lot"}}},
     {"example": {"enabled": "yes"}},
-    {"replicaCount": 2},  # not a value of this chart
+    {"replicaCount": 0},
+    {"leaderElection": {"enabled": "yes"}},
+    {"metrics": {"port": 0}},
     {"modelCache": {"hostPath": "relative/dir", "labelNodes": True}},
     {"modelCache": {"hostPath": "/", "labelNodes": True}},
     {"modelCache": {"hostPath": "/var/cache", "labelNodes": "yes"}},
@@ -117,7 +128,7 @@ def test_rbac_grants_exactly_what_the_operator_uses(chart: helm_python.Chart) ->
     assert _granted(roles_by_name[fullname]["rules"]) == used
     assert _granted(roles_by_name[f"{fullname}-nodes"]["rules"]) == node_rules == {
         ("", "nodes", "get"), ("", "nodes", "list"), ("", "nodes", "patch")}
-    roles = by_kind(render(chart, VALUE_SETS["namespaced"]), "Role")
+    roles = [r for r in by_kind(render(chart, VALUE_SETS["namespaced"]), "Role") if r["metadata"]["name"] == fullname]
     assert sorted(r["metadata"]["namespace"] for r in roles) == ["team-a", "team-b"]
     assert all(_granted(r["rules"]) == used for r in roles)
     # Nodes are cluster-scoped: their ClusterRole stays in namespaced mode (and only it).
@@ -158,8 +169,9 @@ def test_operator_deployment_runs_the_cli_with_the_values(chart: helm_python.Cha
     assert (options.image, options.cpu_image) == ("reg/rs:1.2", "reg/rs:1.2-cpu")
     assert (options.model_cache_host_path, options.label_nodes) == ("/var/lib/radixserve/models", True)
     assert (options.node_label_sweep_seconds, options.progress_seconds) == (600.0, 15.0)
-    assert container["livenessProbe"]["httpGet"]["port"] == "health"
-    assert deployment["spec"]["replicas"] == 1 and deployment["spec"]["strategy"]["type"] == "Recreate"
+    assert container["livenessProbe"]["httpGet"]["port"] == "metrics"
+    # Leader election on by default: two replicas, rolled (see test_operator_leader_chart.py).
+    assert deployment["spec"]["replicas"] == 2 and deployment["spec"]["strategy"]["type"] == "RollingUpdate"
     (default_deployment,) = by_kind(render(chart), "Deployment")
     assert parse_args(default_deployment["spec"]["template"]["spec"]["containers"][0]["args"][1:]).clusterwide
 

@@ -32,6 +32,10 @@ class FakeCluster:
         self.asked.append("version")
         return self.version
 
+    def api_resources(self, api_version: str) -> set[str] | None:
+        self.asked.append(f"discovery {api_version}")
+        return None  # no optional API (KEDA, Prometheus operator, LeaderWorkerSet) installed
+
 
 def problems(raw: Mapping[str, Any], cluster: FakeCluster, name: str = "llm") -> list[tuple[str, str, bool]]:
     return [(p.reason, p.field, p.transient) for p in check_spec(name, "ns", parse_spec(raw), cluster)]

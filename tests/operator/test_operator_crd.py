@@ -167,7 +167,7 @@ def test_examples_cover_every_model_uri_kind() -> None:
     uris = {p.name: parse_spec(load_yaml_documents(p)[0]["spec"]).model.uri for p in EXAMPLES}
     assert {name: (uri or "").split("://")[0] for name, uri in uris.items() if uri} == {
         "inferenceserver-hf.yaml": "hf", "inferenceserver-s3.yaml": "s3", "inferenceserver-pvc-uri.yaml": "pvc",
-        "inferenceserver-oci.yaml": "oci"}
+        "inferenceserver-oci.yaml": "oci", "inferenceserver-autoscaling.yaml": "hf"}
     modes = {p.name: parse_spec(load_yaml_documents(p)[0]["spec"]).model.cache_mode for p in EXAMPLES}
     assert (modes["inferenceserver-hf.yaml"], modes["inferenceserver-s3.yaml"]) == ("node", "pvc")
 

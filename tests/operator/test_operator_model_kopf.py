@@ -31,7 +31,8 @@ S3 = "s3://models/llama/8b"
 HF_LABEL = names.NODE_LABEL_PREFIX + label_key_suffix(parse_model_uri(HF))
 HF_NODE_SPEC: dict[str, Any] = {"model": {"uri": HF, "credentialsSecretRef": {"name": "hf-token"},
                                           "cache": {"mode": "node"}},
-                                "resources": {"gpus": 0}, "router": {"enabled": False}}
+                                "resources": {"gpus": 0}, "router": {"enabled": False},
+                                "security": {"allowHostPath": True}}
 SLOW_RETRY = OperatorConfig(defaults=TEST_DEFAULTS, resync_seconds=0, retry_seconds=60, progress_seconds=0)
 
 
@@ -221,7 +222,8 @@ async def test_missing_credentials_are_a_condition(harness: Harness, operator_co
 
 
 async def test_deleting_the_last_user_of_a_model_removes_its_node_labels(harness: Harness) -> None:
-    s3_node = {"model": {"uri": S3, "cache": {"mode": "node"}}, "resources": {"gpus": 0}, "router": {"enabled": False}}
+    s3_node = {"model": {"uri": S3, "cache": {"mode": "node"}}, "resources": {"gpus": 0}, "router": {"enabled": False},
+               "security": {"allowHostPath": True}}
     s3_label = names.NODE_LABEL_PREFIX + label_key_suffix(parse_model_uri(S3))
     stale = names.NODE_LABEL_PREFIX + "m-00000000000000000000"
     await harness.put_node("gpu-1", {HF_LABEL: "true", s3_label: "true", stale: "true", "kubernetes.io/os": "linux"})
@@ -318,7 +320,8 @@ async def test_a_new_uri_gets_a_new_job_and_the_old_one_goes(harness: Harness) -
     await harness.wait_for("the old Job to go", lambda: harness.live(JOBS, old) is None)
     await harness.wait_for_event("llm", "Deleted")
     # Back to cache mode node: no Job at all.
-    await harness.patch_spec("llm", {"model": {"cache": {"mode": "node", "size": None}}})
+    await harness.patch_spec("llm", {"model": {"cache": {"mode": "node", "size": None}},
+                                     "security": {"allowHostPath": True}})
     await harness.wait_for("no Job", lambda: harness.live(JOBS, new) is None)
     assert "initContainers" in harness.existing(DEPLOYMENTS, "llm-server")["spec"]["template"]["spec"]
 

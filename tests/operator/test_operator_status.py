@@ -24,6 +24,8 @@ def deployment(replicas: int, ready: int, updated: int | None = None, generation
 
 def observe(spec: dict[str, Any], server: dict[str, Any] | None, router: dict[str, Any] | None = None,
             problems: tuple[SpecProblem, ...] = (), generation: int = 3) -> Observed:
+    # One router pod, as the router Deployments below have (the default is two).
+    spec = {**spec, "router": {"replicas": 1, **spec.get("router", {})}}
     return Observed(generation=generation, spec=parse_spec(spec), url="http://llm.ns.svc", server=server,
                     router=router, problems=problems, name="llm")
 

@@ -30,6 +30,18 @@ class Defaults:
     model_cache_host_path: str = names.DEFAULT_MODEL_CACHE_HOST_PATH
     # Label nodes whose cache holds a model, and prefer them when placing replicas.
     label_nodes: bool = True
+    # KEDA's Prometheus trigger queries this unless spec.autoscaling.prometheusAddress is set.
+    prometheus_address: str = names.DEFAULT_PROMETHEUS_ADDRESS
+
+
+@dataclass(frozen=True)
+class Capabilities:
+    """Optional APIs the cluster serves, from API discovery (`checks.capabilities`). Objects of
+    an absent API are never built, so a missing CRD cannot fail a reconcile."""
+
+    keda: bool = False  # keda.sh/v1alpha1 scaledobjects
+    prometheus_operator: bool = False  # monitoring.coreos.com/v1 podmonitors and prometheusrules
+    leader_worker_set: bool = False  # leaderworkerset.x-k8s.io/v1 leaderworkersets (spec.nodesPerReplica > 1)
 
 
 @dataclass(frozen=True)
@@ -40,6 +52,7 @@ class BuildInput:
     # Cache mode "pvc": whether the download Job has succeeded. Until it has, the server
     # Deployment is built with 0 replicas, so pods do not hold GPUs while waiting.
     model_downloaded: bool = True
+    capabilities: Capabilities = Capabilities()
 
     @property
     def server_image(self) -> str:

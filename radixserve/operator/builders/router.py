@@ -21,6 +21,32 @@ DEFAULT_ROUTER_REQUESTS = {"cpu": "250m", "memory": "256Mi"}
 ROUTER_RULES: list[Manifest] = [
     {"apiGroups": ["discovery.k8s.io"], "resources": ["endpointslices"], "verbs": ["get", "list", "watch"]},
 ]
+# Scale from zero (spec.autoscaling.minReplicas 0): the router reads and patches the scale
+# subresource of its own InferenceServer, by name, to wake the first replica.
+SCALE_FROM_ZERO_VERBS = ["get", "patch"]
+# Seconds between the pod leaving the endpoints and SIGTERM (kube-proxy, load balancers and
+# ingress controllers see the EndpointSlice change first). The kubelet's own sleep action
+# (Kubernetes 1.30+): no `sleep` binary needed in the image.
+PRE_STOP_SLEEP_SECONDS = 5
+# After SIGTERM the router keeps serving new requests this long (`--drain-grace-seconds`), then
+# closes its listener and lets in-flight streams finish for the server's own drain budget
+# (`--drain-timeout-seconds` = spec.server.gracefulShutdownTimeoutSeconds).
+DRAIN_GRACE_SECONDS = 5
+TERMINATION_SLACK_SECONDS = 10
+
+
+def termination_grace_seconds(inp: BuildInput) -> int:
+    """The kubelet's SIGKILL deadline: pre-stop sleep, drain grace and drain timeout, plus slack."""
+    return (PRE_STOP_SLEEP_SECONDS + DRAIN_GRACE_SECONDS + inp.spec.server.graceful_shutdown_timeout_seconds
+            + TERMINATION_SLACK_SECONDS)
+
+
+def router_rules(inp: BuildInput) -> list[Manifest]:
+    rules = [dict(rule) for rule in ROUTER_RULES]
+    if inp.spec.scales_to_zero:
+        rules.append({"apiGroups": [names.GROUP], "resources": [f"{names.PLURAL}/scale"],
+                      "resourceNames": [inp.owner.name], "verbs": list(SCALE_FROM_ZERO_VERBS)})
+    return rules
 
 
 def router_args(inp: BuildInput) -> list[str]:
@@ -36,7 +62,19 @@ def router_args(inp: BuildInput) -> list[str]:
         "--balance-abs-threshold", str(router.balance_abs_threshold),
         "--balance-rel-threshold", str(router.balance_rel_threshold),
         "--max-tree-size", str(router.max_tree_size),
+        "--drain-grace-seconds", str(DRAIN_GRACE_SECONDS),
+        "--drain-timeout-seconds", str(inp.spec.server.graceful_shutdown_timeout_seconds),
+        *scale_from_zero_args(inp),
     ]
+
+
+def scale_from_zero_args(inp: BuildInput) -> list[str]:
+    """With minReplicas 0 the router holds requests while it scales the server up from zero, and
+    answers 503 with Retry-After when the first replica is not ready in time."""
+    if not inp.spec.scales_to_zero:
+        return []
+    return ["--scale-from-zero", f"{inp.owner.namespace}/{inp.owner.name}",
+            "--scale-from-zero-timeout", str(inp.spec.autoscaling.scale_from_zero_timeout_seconds)]
 
 
 def build_router_service_account(inp: BuildInput) -> Manifest:
@@ -52,7 +90,7 @@ def build_router_role(inp: BuildInput) -> Manifest:
         "apiVersion": "rbac.authorization.k8s.io/v1",
         "kind": "Role",
         "metadata": metadata(inp.owner, names.router_name(inp.owner.name), names.COMPONENT_ROUTER),
-        "rules": [dict(rule) for rule in ROUTER_RULES],
+        "rules": router_rules(inp),
     }
 
 
@@ -70,17 +108,23 @@ def build_router_role_binding(inp: BuildInput) -> Manifest:
 def router_container(inp: BuildInput) -> Manifest:
     spec = inp.spec
     requests = dict(spec.router.resources.requests) or dict(DEFAULT_ROUTER_REQUESTS)
-    # The router's probes check the port only: whether it has healthy replicas
-    # behind it is what the InferenceServer's Ready condition reports.
-    tcp_probe = {"tcpSocket": {"port": names.HTTP_PORT_NAME}}
+    # Readiness is /health: 503 from SIGTERM on (the router drains) and while no replica is
+    # healthy, except with --scale-from-zero, where it stays 200 so requests reach the router
+    # that wakes the server. Liveness is /liveness, 200 while the process runs (draining too).
+    def http_probe(path: str) -> Manifest:
+        return {"httpGet": {"path": path, "port": names.HTTP_PORT_NAME}, "timeoutSeconds": 3}
+
     container: Manifest = {
         "name": "router",
         "image": inp.router_image,
         "command": ["radixserve", "router"],
         "args": router_args(inp),
         "ports": [{"name": names.HTTP_PORT_NAME, "containerPort": names.HTTP_PORT, "protocol": "TCP"}],
-        "readinessProbe": {**tcp_probe, "periodSeconds": 5, "failureThreshold": 3},
-        "livenessProbe": {**tcp_probe, "periodSeconds": 15, "failureThreshold": 4},
+        "readinessProbe": {**http_probe("/health"), "periodSeconds": 5, "failureThreshold": 2},
+        "livenessProbe": {**http_probe("/liveness"), "periodSeconds": 15, "failureThreshold": 4},
+        # The endpoints drop a deleted pod at once; the sleep lets everyone who routes to it
+        # notice before SIGTERM starts the router's drain of in-flight streams.
+        "lifecycle": {"preStop": {"sleep": {"seconds": PRE_STOP_SLEEP_SECONDS}}},
         "resources": container_resources(requests, dict(spec.router.resources.limits)),
         "securityContext": restricted_container_security(),
     }
@@ -104,6 +148,16 @@ def build_router_deployment(inp: BuildInput) -> Manifest:
         "containers": [router_container(inp)],
         "enableServiceLinks": False,
         "securityContext": restricted_pod_security(),
+        # Streams through the router last as long as they do on a server: the same drain budget.
+        "terminationGracePeriodSeconds": termination_grace_seconds(inp),
+        # Spread over nodes, so one node's drain or failure takes one router at most.
+        "affinity": {"podAntiAffinity": {"preferredDuringSchedulingIgnoredDuringExecution": [{
+            "weight": 100,
+            "podAffinityTerm": {
+                "labelSelector": {"matchLabels": names.router_selector(inp.owner.name)},
+                "topologyKey": "kubernetes.io/hostname",
+            },
+        }]}},
     }
     if spec.image_pull_secrets:
         pod["imagePullSecrets"] = [{"name": s.name} for s in spec.image_pull_secrets]

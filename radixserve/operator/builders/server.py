@@ -28,10 +28,14 @@ GPU_RESOURCE = "nvidia.com/gpu"
 SHM_VOLUME = "dshm"
 # Seconds between the pod leaving the endpoints and SIGTERM: the router and kube-proxy
 # see the EndpointSlice change and stop sending new requests before the drain starts.
+# The kubelet's sleep action (beta and on by default from Kubernetes 1.30, GA in 1.34), so
+# images need no `sleep` binary.
 PRE_STOP_SLEEP_SECONDS = 5
 # Slack after the drain so the kubelet never SIGKILLs a server that is finishing on time.
 TERMINATION_SLACK_SECONDS = 10
 STARTUP_PERIOD_SECONDS = 10
+# progressDeadlineSeconds beyond the start-up budget: scheduling, image pull, probe periods.
+PROGRESS_DEADLINE_MARGIN_SECONDS = 120
 
 
 def shm_size(spec: InferenceServerSpec) -> int | str:
@@ -154,7 +158,7 @@ def server_container(inp: BuildInput) -> Manifest:
         "startupProbe": _probe("/health", STARTUP_PERIOD_SECONDS, 5, startup_failures),
         "readinessProbe": _probe("/health", 5, 3, 3),
         "livenessProbe": _probe("/health", 15, 10, 4),
-        "lifecycle": {"preStop": {"exec": {"command": ["sleep", str(PRE_STOP_SLEEP_SECONDS)]}}},
+        "lifecycle": {"preStop": {"sleep": {"seconds": PRE_STOP_SLEEP_SECONDS}}},
         "volumeMounts": mounts,
         "securityContext": restricted_container_security(),
     }
@@ -210,6 +214,14 @@ def server_pod_spec(inp: BuildInput) -> Manifest:
     return pod
 
 
+def progress_deadline_seconds(spec: InferenceServerSpec) -> int:
+    """How long a rollout may go without progress before the Deployment (and Degraded) says it
+    failed: spec.rollout.progressDeadlineSeconds, else the start-up budget plus a margin."""
+    if spec.rollout.progress_deadline_seconds is not None:
+        return spec.rollout.progress_deadline_seconds
+    return spec.server.startup_timeout_seconds + PROGRESS_DEADLINE_MARGIN_SECONDS
+
+
 def build_server_deployment(inp: BuildInput) -> Manifest:
     spec = inp.spec
     selector = names.server_selector(inp.owner.name)
@@ -232,7 +244,7 @@ def build_server_deployment(inp: BuildInput) -> Manifest:
             },
             # A pod may legitimately take the whole start-up budget to load its model
             # before the Deployment shows any progress.
-            "progressDeadlineSeconds": spec.server.startup_timeout_seconds + 120,
+            "progressDeadlineSeconds": progress_deadline_seconds(spec),
             "revisionHistoryLimit": 3,
             "template": {
                 "metadata": {"labels": labels(inp.owner, names.COMPONENT_SERVER)},
