@@ -1,12 +1,21 @@
-"""Prefix-cache reuse behind the router: real `radixserve serve` replicas, one policy at a time.
+"""Prefix-cache reuse behind the router: real `radixserve serve` replicas, one routing variant at a time.
 
 Starts --replicas servers of the embedded model (or --model-path) with small KV pools
 (--max-total-tokens) so that eviction matters, then for each --policies entry: flushes every
-replica's cache, starts the router in process with that policy, runs bench_serving's
-shared-prefix workload through it, stops the router, and reads the replicas' own Prometheus
-counters (`radixserve:prompt_tokens_total`, `radixserve:cached_tokens_total`). Reports, per
-policy: cache hit rate (cached / prompt tokens summed over replicas), request and token
-throughput, TTFT p50/p99, and how requests spread over the replicas.
+replica's cache, starts the router with that variant, runs bench_serving's shared-prefix workload
+(many tenants' system prompts, more than the pools hold: tenants' prefixes are evicted and come
+back) through it, stops the router, and reads the replicas' own Prometheus counters
+(`radixserve:prompt_tokens_total`, `radixserve:cached_tokens_total`). Variants:
+
+  exact          cache_aware on the engines' cache events (docs/router.md, "Cache events")
+  approximate    cache_aware on the router's own approximate tree (--cache-events off)
+  round_robin, power_of_two, random
+  sglang-router  `python -m sglang_router.launch_router --policy cache_aware` (its defaults), when
+                 the sglang_router module is installed in this environment (pip install sglang-router)
+
+Reports, per variant: cache hit rate (cached / prompt tokens summed over replicas), request and
+token throughput, TTFT p50/p99, and how requests spread over the replicas; ratios of exact over
+each other variant.
 
     python benchmarks/bench_router_cache.py --replicas 3 --num-groups 8 --prompts-per-group 12
 
@@ -17,6 +26,8 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import contextlib
+import importlib.util
 import os
 import signal
 import socket
@@ -24,7 +35,7 @@ import subprocess
 import sys
 import time
 import urllib.request
-from collections.abc import Sequence
+from collections.abc import AsyncIterator, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -36,7 +47,11 @@ if str(REPO_ROOT) not in sys.path:
 from benchmarks._common import machine_info, write_results  # noqa: E402
 from benchmarks.bench_serving import BenchConfig, run_benchmark  # noqa: E402
 
-POLICIES = ("cache_aware", "round_robin", "power_of_two", "random")
+POLICIES = ("exact", "approximate", "round_robin", "power_of_two", "random", "sglang-router")
+# variant -> (radixserve router policy, cache events on)
+VARIANTS = {"exact": ("cache_aware", True), "approximate": ("cache_aware", False),
+            "round_robin": ("round_robin", False), "power_of_two": ("power_of_two", False),
+            "random": ("random", False)}
 COUNTERS = ("radixserve:prompt_tokens_total", "radixserve:cached_tokens_total", "radixserve:num_requests_total")
 
 
@@ -116,26 +131,62 @@ def flush_cache(url: str) -> None:
         resp.read()
 
 
-async def run_policy(worker_urls: list[str], policy: str, cfg: BenchConfig) -> dict[str, Any]:
-    """One policy on fresh caches; the result has the replicas' own counts under `replicas`."""
+@contextlib.asynccontextmanager
+async def _sglang_router(worker_urls: list[str]) -> AsyncIterator[str]:
+    """sglang-router in cache_aware mode with its own defaults, as a subprocess on a free port."""
+    port = free_port()
+    cmd = [sys.executable, "-m", "sglang_router.launch_router", "--host", "127.0.0.1", "--port", str(port),
+           "--policy", "cache_aware", "--log-level", "error", "--worker-urls", *worker_urls]
+    proc = subprocess.Popen(cmd, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    url = f"http://127.0.0.1:{port}"
+    try:
+        deadline = time.monotonic() + 60
+        while not await asyncio.to_thread(_healthy, url):
+            if proc.poll() is not None or time.monotonic() > deadline:
+                raise RuntimeError(f"sglang-router did not start (exit {proc.poll()})")
+            await asyncio.sleep(0.5)
+        yield url
+    finally:
+        proc.terminate()
+        try:
+            proc.wait(10)
+        except subprocess.TimeoutExpired:
+            proc.kill()
+
+
+@contextlib.asynccontextmanager
+async def _our_router(worker_urls: list[str], variant: str) -> AsyncIterator[str]:
     from radixserve.router.app import start_router, stop_router
     from radixserve.router.config import RouterConfig
 
+    policy, events = VARIANTS[variant]
+    running = await start_router(RouterConfig(host="127.0.0.1", port=0, worker_urls=worker_urls, policy=policy,
+                                              cache_events=events, seed=0, health_check_interval_s=1.0))
+    try:
+        deadline = time.monotonic() + 30
+        while len(running.router.workers.healthy) < len(worker_urls) or (events and not _events_live(running)):
+            if time.monotonic() > deadline:
+                raise RuntimeError("router did not see every replica healthy (and its cache events live)")
+            await asyncio.sleep(0.1)
+        yield running.url
+    finally:
+        await stop_router(running)
+
+
+def _events_live(running: Any) -> bool:
+    info = [running.router.worker_info(w).get("cache_events") or {} for w in running.router.workers.all()]
+    return all(i.get("state") == "live" for i in info)
+
+
+async def run_policy(worker_urls: list[str], policy: str, cfg: BenchConfig) -> dict[str, Any]:
+    """One variant on fresh caches; the result has the replicas' own counts under `replicas`."""
     for url in worker_urls:
         await asyncio.to_thread(flush_cache, url)
     before = [await asyncio.to_thread(replica_counters, u) for u in worker_urls]
-    running = await start_router(RouterConfig(host="127.0.0.1", port=0, worker_urls=worker_urls, policy=policy,
-                                              seed=0, health_check_interval_s=1.0))
-    try:
-        deadline = time.monotonic() + 30
-        while len(running.router.workers.healthy) < len(worker_urls):
-            if time.monotonic() > deadline:
-                raise RuntimeError("router did not see every replica healthy")
-            await asyncio.sleep(0.1)
-        cfg.base_url = running.url
+    router = _sglang_router(worker_urls) if policy == "sglang-router" else _our_router(worker_urls, policy)
+    async with router as url:
+        cfg.base_url = url
         result = await run_benchmark(cfg)
-    finally:
-        await stop_router(running)
     after = [await asyncio.to_thread(replica_counters, u) for u in worker_urls]
     per = [{k: after[i][k] - before[i][k] for k in COUNTERS} for i in range(len(worker_urls))]
     prompt = sum(p["radixserve:prompt_tokens_total"] for p in per)
@@ -161,7 +212,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--replicas", type=int, default=3, help="radixserve serve replicas to start")
     p.add_argument("--model-path", default=None, help="model of the replicas (default: the embedded SmolLM2)")
     p.add_argument("--max-total-tokens", type=int, default=2048, help="KV pool of each replica, in tokens")
-    p.add_argument("--policies", nargs="+", choices=POLICIES, default=["cache_aware", "round_robin", "power_of_two"],
+    p.add_argument("--policies", nargs="+", choices=POLICIES,
+                   default=["exact", "approximate", "round_robin", "sglang-router"],
                    help="router policies to compare, in this order")
     p.add_argument("--num-groups", type=int, default=8, help="distinct system prompts")
     p.add_argument("--prompts-per-group", type=int, default=12, help="questions per system prompt")
@@ -183,19 +235,25 @@ def workload(args: argparse.Namespace) -> BenchConfig:
 
 async def _main(args: argparse.Namespace) -> dict[str, Any]:
     replicas = await asyncio.to_thread(start_replicas, args.replicas, args.max_total_tokens, args.model_path)
+    results: list[dict[str, Any]] = []
     try:
-        results = [await run_policy([r.url for r in replicas], policy, workload(args)) for policy in args.policies]
+        for policy in args.policies:
+            if policy == "sglang-router" and importlib.util.find_spec("sglang_router") is None:
+                results.append({"policy": policy, "skipped": "sglang_router is not installed in this environment "
+                                                             "(pip install sglang-router)"})
+                continue
+            results.append(await run_policy([r.url for r in replicas], policy, workload(args)))
     finally:
         stop_replicas(replicas)
-    base = {r["policy"]: r for r in results}
+    base = {r["policy"]: r for r in results if "skipped" not in r}
     ratios = {}
-    if "cache_aware" in base:
+    if "exact" in base:
         for other in base:
-            if other != "cache_aware" and base[other]["replica_cached_tokens"]:
-                ratios[f"cached_tokens_cache_aware_over_{other}"] = round(
-                    base["cache_aware"]["replica_cached_tokens"] / base[other]["replica_cached_tokens"], 2)
-                ratios[f"throughput_cache_aware_over_{other}"] = round(
-                    base["cache_aware"]["request_throughput"] / base[other]["request_throughput"], 2)
+            if other != "exact" and base[other]["replica_cached_tokens"]:
+                ratios[f"cached_tokens_exact_over_{other}"] = round(
+                    base["exact"]["replica_cached_tokens"] / base[other]["replica_cached_tokens"], 3)
+                ratios[f"throughput_exact_over_{other}"] = round(
+                    base["exact"]["request_throughput"] / base[other]["request_throughput"], 3)
     return {"benchmark": "router_cache", "command": " ".join([os.path.basename(sys.argv[0]), *sys.argv[1:]]),
             "config": {k: v for k, v in vars(args).items() if k != "output"},
             "machine": machine_info(("radixserve", "torch", "aiohttp")), "policies": results, "ratios": ratios}
@@ -206,6 +264,9 @@ def main(argv: Sequence[str] | None = None) -> int:
     out = asyncio.run(_main(args))
     path = write_results("router_cache", out, args.output)
     for r in out["policies"]:
+        if "skipped" in r:
+            print(f"{r['policy']:>13}: skipped, {r['skipped']}")
+            continue
         print(f"{r['policy']:>13}: hit rate {r['replica_cache_hit_rate']}, {r['request_throughput']} req/s, "
               f"TTFT p50 {r['ttft_ms']['p50']} ms p99 {r['ttft_ms']['p99']} ms, per replica {r['requests_per_replica']}")
     print(out["ratios"])

@@ -3,7 +3,8 @@
 Routes:
   POST /generate, /v1/completions, /v1/chat/completions   routed by the policy, proxied
   GET  /v1/models, /get_server_info, /get_model_info       proxied to any healthy worker
-  GET  /health     200 when at least one worker is healthy, else 503 (readiness)
+  GET  /health     200 when at least one worker is healthy (or scaled to zero with --scale-from-zero),
+                   else 503; 503 at once when draining (readiness)
   GET  /liveness   200 while the router process runs
   GET  /metrics    the router's Prometheus metrics
   GET  /workers    workers with state and load
@@ -21,15 +22,22 @@ from collections.abc import AsyncIterator, Awaitable, Callable
 from dataclasses import dataclass
 from typing import Any
 
+import aiohttp
 from aiohttp import web
 
+from radixserve.router.admission import Admission, AdmissionCollector
 from radixserve.router.config import RouterConfig
 from radixserve.router.discovery import EndpointSliceDiscovery
+from radixserve.router.drain import DrainState
 from radixserve.router.errors import error_response
+from radixserve.router.event_stream import EventSubscriber
 from radixserve.router.health import HealthChecker
-from radixserve.router.metrics import CONTENT_TYPE, RouterMetrics
+from radixserve.router.kv_index import KvIndex
+from radixserve.router.metrics import CONTENT_TYPE, PREFIX, RouterMetrics
 from radixserve.router.policies import make_policy
 from radixserve.router.proxy import Proxy
+from radixserve.router.scale import ScaleCollector, ScaleFromZero
+from radixserve.router.tokenize import PromptTokenizer, tokenizer_source_of
 from radixserve.router.workers import Worker, WorkerRegistry, WorkerSource
 
 log = logging.getLogger(__name__)
@@ -45,23 +53,47 @@ class Router:
     def __init__(self, config: RouterConfig) -> None:
         self.config = config
         self.workers = WorkerRegistry(config.health_failure_threshold, config.health_success_threshold)
-        self.policy = make_policy(config.policy, config.cache, config.seed)
-        self.metrics = RouterMetrics(self.workers, self.policy)
+        # Cache events only feed cache_aware: the other policies ignore prefixes.
+        self.kv_index = KvIndex() if config.cache_events and config.policy == "cache_aware" else None
+        self.policy = make_policy(config.policy, config.cache, config.seed, self.kv_index)
+        self.metrics = RouterMetrics(self.workers, self.policy, self.kv_index)
         self.proxy = Proxy(self.workers, self.policy, self.metrics, config.max_attempts, config.api_key)
         auth = {"Authorization": f"Bearer {config.api_key}"} if config.api_key else {}
         self.health = HealthChecker(self.workers, config.health_check_interval_s, config.health_check_timeout_s, auth)
         self.discovery = EndpointSliceDiscovery(config.kube, self.workers) if config.kube else None
         self.workers.subscribe(on_added=self.health.check_soon, on_removed=self.policy.remove_worker)
+        self.events: EventSubscriber | None = None
+        self._tokenizer_task: asyncio.Task[None] | None = None
+        if self.kv_index is not None:
+            self.events = EventSubscriber(self.workers, self.kv_index, config.events, auth)
+            self.workers.subscribe(on_added=self.events.add, on_removed=self.events.remove)
         self._eviction_task: asyncio.Task[None] | None = None
         self._expected_auth = f"Bearer {config.api_key}" if config.api_key else None
+        # Overload and lifecycle (admission.py, scale.py, drain.py).
+        self.admission = Admission(config.admission)
+        self.metrics.registry.register(AdmissionCollector(self.admission, PREFIX))
+        self.scaler = ScaleFromZero(config.scale_from_zero, self.workers) if config.scale_from_zero else None
+        if self.scaler is not None:
+            self.metrics.registry.register(ScaleCollector(self.scaler, PREFIX))
+        self.drain = DrainState()
 
     async def start(self) -> None:
+        if self.config.tokenizer and self.config.tokenizer != "auto" and self.kv_index is not None:
+            # Seconds for a GGUF vocabulary (cached after the first time): off the event loop.
+            self.proxy.prompt_tokenizer = await asyncio.to_thread(PromptTokenizer.load, self.config.tokenizer)
+            log.info("router tokenizes prompts with %s for exact cache matching", self.config.tokenizer)
         await self.proxy.start(self.config.request_timeout_s, self.config.connect_timeout_s)
         await self.health.start()
+        if self.events is not None:
+            await self.events.start()
+            if self.config.tokenizer == "auto":
+                self._tokenizer_task = asyncio.create_task(self._find_tokenizer(), name="router-tokenizer")
         for url in self.config.worker_urls:
             self.workers.add(url, WorkerSource.STATIC)
         if self.discovery is not None:
             await self.discovery.start()
+        if self.scaler is not None:
+            await self.scaler.start()
         self._eviction_task = asyncio.create_task(self._evict_loop(), name="router-tree-eviction")
 
     async def stop(self) -> None:
@@ -71,8 +103,41 @@ class Router:
                 await self._eviction_task
         if self.discovery is not None:
             await self.discovery.stop()
+        if self.events is not None:
+            await self.events.stop()
+        if self._tokenizer_task is not None:
+            self._tokenizer_task.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await self._tokenizer_task
+        if self.scaler is not None:
+            await self.scaler.stop()
         await self.health.stop()
         await self.proxy.stop()
+
+    async def _find_tokenizer(self) -> None:
+        """--tokenizer auto: ask healthy workers (/get_server_info) where their tokenizer is, until
+        one names a tokenizer this machine can load; meanwhile text prompts use the tree."""
+        asked: set[str] = set()
+        headers = {"Authorization": f"Bearer {self.config.api_key}"} if self.config.api_key else {}
+        while self.proxy.prompt_tokenizer is None:
+            for worker in self.workers.healthy:
+                if worker.url in asked or self.proxy.session is None:
+                    continue
+                asked.add(worker.url)
+                try:
+                    async with self.proxy.session.get(worker.url + "/get_server_info", headers=headers,
+                                                      timeout=aiohttp.ClientTimeout(total=10)) as resp:
+                        info = await resp.json(content_type=None) if resp.status == 200 else {}
+                    source = tokenizer_source_of(info) if isinstance(info, dict) else None
+                    if source is None:
+                        continue
+                    self.proxy.prompt_tokenizer = await asyncio.to_thread(PromptTokenizer.load, source)
+                    log.info("router tokenizes prompts with %s (from %s) for exact cache matching", source,
+                             worker.url)
+                    return
+                except Exception as exc:  # a worker's answer must not stop the search
+                    log.warning("no usable tokenizer from %s: %s", worker.url, exc)
+            await asyncio.sleep(0.5)
 
     async def _evict_loop(self) -> None:
         while True:
@@ -83,10 +148,12 @@ class Router:
 
     def build_app(self) -> web.Application:
         app = web.Application(client_max_size=self.config.max_payload_bytes)
+        # Key check, then per-key limits, then the scale-from-zero hold, then the proxy.
         for path in GENERATE_ROUTES:
-            app.router.add_post(path, self._guard(self.proxy.handle_generate))
+            app.router.add_post(path, self._guard(self.admission.guard(self._hold(self.proxy.handle_generate))))
         for path in PASSTHROUGH_GET_ROUTES:
-            app.router.add_get(path, self._guard(self.proxy.handle_get))
+            app.router.add_get(path, self._guard(self._hold(self.proxy.handle_get)))
+        app.on_response_prepare.append(self.drain.on_response_prepare)
         app.router.add_get("/health", self.handle_health)
         app.router.add_get("/liveness", self.handle_liveness)
         app.router.add_get("/metrics", self.handle_metrics)
@@ -104,14 +171,24 @@ class Router:
 
         async def guarded(request: web.Request) -> web.StreamResponse:
             given = request.headers.get("Authorization", "")
-            if not hmac.compare_digest(given.encode(), expected.encode()):
+            # The tenants file's keys are accepted too (each with its own limits).
+            if not hmac.compare_digest(given.encode(), expected.encode()) and not self.admission.is_tenant_key(given):
                 return error_response(401, "missing or invalid API key", headers={"WWW-Authenticate": "Bearer"})
             return await handler(request)
 
         return guarded
 
+    def _hold(self, handler: Handler) -> Handler:
+        return self.scaler.guard(handler) if self.scaler is not None else handler
+
     async def handle_health(self, request: web.Request) -> web.Response:
+        if self.drain.draining:
+            return error_response(503, "draining: the router is shutting down")
         healthy = len(self.workers.healthy)
+        if healthy == 0 and self.scaler is not None:
+            # Ready to take requests: they are held while the model scales up from zero.
+            return web.json_response({"status": "scaled_to_zero", "healthy_workers": 0, "workers": len(self.workers),
+                                      "held_requests": self.scaler.held})
         if healthy == 0:
             return error_response(503, "no healthy worker is available")
         return web.json_response({"status": "ok", "healthy_workers": healthy, "workers": len(self.workers)})
@@ -125,6 +202,8 @@ class Router:
     def worker_info(self, worker: Worker) -> dict[str, Any]:
         info = worker.to_dict()
         info["tree_size_chars"] = self.policy.tree_sizes().get(worker.url, 0)
+        idx = self.kv_index.get(worker.url) if self.kv_index is not None else None
+        info["cache_events"] = idx.to_dict() if idx is not None else {"state": "off"}
         return info
 
     async def handle_workers(self, request: web.Request) -> web.Response:
@@ -189,7 +268,9 @@ async def start_router(config: RouterConfig) -> RunningRouter:
     await router.start()
     # handler_cancellation: a client disconnect cancels the handler, which closes the
     # upstream connection (see proxy.py). access_log off: it costs ~10% of throughput.
-    runner = web.AppRunner(router.build_app(), access_log=None, handler_cancellation=True)
+    # shutdown_timeout: how long cleanup() lets in-flight requests finish (drain.py).
+    runner = web.AppRunner(router.build_app(), access_log=None, handler_cancellation=True,
+                           shutdown_timeout=config.drain.timeout_s)
     await runner.setup()
     site = web.TCPSite(runner, config.host, config.port, reuse_address=True, backlog=1024)
     try:

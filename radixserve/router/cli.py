@@ -12,13 +12,18 @@ import sys
 from collections.abc import Coroutine, Sequence
 from typing import Any
 
+from radixserve.router.admission import AdmissionConfig, Limits, load_tenants
 from radixserve.router.app import start_router, stop_router
 from radixserve.router.config import KubeDiscoveryConfig, RouterConfig
+from radixserve.router.drain import DrainConfig, drain
 from radixserve.router.policies import POLICIES, CacheAwareConfig
+from radixserve.router.scale import ScaleFromZeroConfig
 from radixserve.router.workers import normalize_url
 
 _DEFAULTS = RouterConfig()
 _CACHE = CacheAwareConfig()
+_DRAIN = DrainConfig()
+_SCALE = ScaleFromZeroConfig(namespace="", name="")
 # Not the server's 30000, so a router and a server started with defaults on one machine do not
 # collide (30080 is also the kind cluster's host port of the router, see deploy/kind/cluster.yaml).
 ROUTER_PORT = 30080
@@ -84,6 +89,22 @@ def build_parser() -> argparse.ArgumentParser:
     pol.add_argument("--eviction-interval", type=float, default=_DEFAULTS.eviction_interval_s,
                      help="seconds between prefix tree evictions")
 
+    ev = p.add_argument_group("cache events (exact cache_aware routing)")
+    ev.add_argument("--cache-events", choices=["auto", "off"], default="auto" if _DEFAULTS.cache_events else "off",
+                    help="auto: subscribe to each worker's GET /v1/cache/events and, while a worker's stream is "
+                         "live, match prompts against the blocks its engine reports and balance on the engine's "
+                         "load; workers without events (404, any OpenAI server) or with a broken stream use the "
+                         "approximate tree. off: the tree for every worker (default: auto)")
+    ev.add_argument("--tokenizer", metavar="PATH|HF_ID|auto|none", default=_DEFAULTS.tokenizer,
+                    help="the served model's tokenizer (GGUF file, HF directory or Hugging Face id), so that text "
+                         "and chat prompts are tokenized as the server does. auto (default): the tokenizer a "
+                         "radixserve worker reports in /get_server_info, when that path exists on this machine "
+                         "or is the embedded model. Without one (none, or auto finding nothing) only token-id "
+                         "prompts (input_ids) are matched exactly and text prompts use the tree")
+    ev.add_argument("--kv-balance-abs-threshold", type=float, default=_CACHE.kv_balance_abs_threshold,
+                    help="exact routing: engine KV usage is imbalanced when max - min exceeds this (0..1) and "
+                         "max > min * --balance-rel-threshold; then the emptiest cache wins")
+
     rel = p.add_argument_group("health and requests")
     rel.add_argument("--health-check-interval", type=float, default=_DEFAULTS.health_check_interval_s,
                      help="seconds between GET /health checks of every worker")
@@ -102,6 +123,41 @@ def build_parser() -> argparse.ArgumentParser:
     rel.add_argument("--api-key", default=os.environ.get("RADIXSERVE_API_KEY"),
                      help="required from clients as `Authorization: Bearer KEY` and sent to workers "
                           "(default: $RADIXSERVE_API_KEY; unset means no key)")
+    adm = p.add_argument_group(
+        "rate limits and priority",
+        "Per API key: the sha256 of the request's bearer token, or 'anonymous' without one. Over a limit the "
+        "router answers 429 with Retry-After. See docs/router.md, 'Rate limits and priority'.")
+    adm.add_argument("--rate-limit", type=float, metavar="RPS", default=None,
+                     help="requests per second per key, as a token bucket (default: no limit)")
+    adm.add_argument("--rate-limit-burst", type=int, metavar="N", default=None,
+                     help="token bucket size: requests a key may send at once after being idle (default: ceil(RPS))")
+    adm.add_argument("--max-concurrent-per-key", type=int, metavar="N", default=None,
+                     help="requests a key may have in flight (default: no cap)")
+    adm.add_argument("--tenants-file", metavar="YAML", default=None,
+                     help="per-key settings: a mapping of key (plain), 'sha256:<hex of the key>' or 'anonymous' "
+                          "to {name, rps, burst, max_concurrent, priority}; unset fields take the flags' values. "
+                          "With --api-key, the file's keys are accepted too")
+    adm.add_argument("--default-priority", type=int, metavar="N", default=None,
+                     help="priority written into the requests of keys whose entry sets none (the engines rank "
+                          "their queues by it with --enable-priority-scheduling, higher first; default: the "
+                          "client's own `priority` field passes)")
+
+    drn = p.add_argument_group("draining", "On SIGTERM: /health (readiness) answers 503 at once, /liveness stays 200.")
+    drn.add_argument("--drain-grace-seconds", type=float, metavar="SECONDS", default=_DRAIN.grace_s,
+                     help="after SIGTERM new requests are still served this long, while endpoints drop the pod")
+    drn.add_argument("--drain-timeout-seconds", type=float, metavar="SECONDS", default=_DRAIN.timeout_s,
+                     help="then the listener closes and in-flight requests and streams get up to this long to "
+                          "finish; the process then exits 0")
+
+    sfz = p.add_argument_group("scale from zero")
+    sfz.add_argument("--scale-from-zero", metavar="NAMESPACE/NAME", default=None,
+                     help="InferenceServer to scale from 0 to 1 replica (its scale subresource) when a request "
+                          "finds no healthy worker; requests are held meanwhile and /health stays 200 with no "
+                          "workers. Needs RBAC get and patch on inferenceservers/scale; uses --kube-api-server")
+    sfz.add_argument("--scale-from-zero-timeout", type=float, metavar="SECONDS", default=_SCALE.timeout_s,
+                     help="seconds a request is held before 503 with Retry-After")
+    sfz.add_argument("--scale-from-zero-max-held", type=int, metavar="N", default=_SCALE.max_held,
+                     help="requests held at once; more get 503 with Retry-After at once")
     p.add_argument("--log-level", default="info", choices=["debug", "info", "warning", "error"],
                    help="logging level")
     return p
@@ -122,7 +178,8 @@ def config_from_args(args: argparse.Namespace) -> RouterConfig:
                                    namespace=args.kube_namespace or _default_namespace(),
                                    port=args.kube_port, api_server=args.kube_api_server)
     cache = CacheAwareConfig(cache_threshold=args.cache_threshold, balance_abs_threshold=args.balance_abs_threshold,
-                             balance_rel_threshold=args.balance_rel_threshold, max_tree_size=args.max_tree_size)
+                             balance_rel_threshold=args.balance_rel_threshold, max_tree_size=args.max_tree_size,
+                             kv_balance_abs_threshold=args.kv_balance_abs_threshold)
     return RouterConfig(
         host=args.host, port=args.port, worker_urls=[normalize_url(u) for u in args.worker_urls], kube=kube, policy=args.policy,
         cache=cache, api_key=args.api_key or None, health_check_interval_s=args.health_check_interval,
@@ -130,20 +187,63 @@ def config_from_args(args: argparse.Namespace) -> RouterConfig:
         health_success_threshold=args.health_success_threshold, eviction_interval_s=args.eviction_interval,
         request_timeout_s=args.request_timeout, max_attempts=args.max_attempts,
         max_payload_bytes=args.max_payload_size,
+        admission=_admission_config(args), drain=_drain_config(args), scale_from_zero=_scale_config(args),
+        cache_events=args.cache_events == "auto",
+        tokenizer=None if args.tokenizer in (None, "", "none") else args.tokenizer,
     )
+
+
+def _admission_config(args: argparse.Namespace) -> AdmissionConfig:
+    if args.rate_limit is not None and args.rate_limit <= 0:
+        raise ValueError("--rate-limit must be > 0")
+    if args.rate_limit_burst is not None and args.rate_limit_burst < 1:
+        raise ValueError("--rate-limit-burst must be >= 1")
+    if args.max_concurrent_per_key is not None and args.max_concurrent_per_key < 1:
+        raise ValueError("--max-concurrent-per-key must be >= 1")
+    default = Limits(rps=args.rate_limit, burst=args.rate_limit_burst, max_concurrent=args.max_concurrent_per_key,
+                     priority=args.default_priority)
+    tenants = load_tenants(args.tenants_file, default) if args.tenants_file else {}
+    return AdmissionConfig(default=default, tenants=tenants)
+
+
+def _drain_config(args: argparse.Namespace) -> DrainConfig:
+    if args.drain_grace_seconds < 0 or args.drain_timeout_seconds < 0:
+        raise ValueError("--drain-grace-seconds and --drain-timeout-seconds must be >= 0")
+    return DrainConfig(grace_s=args.drain_grace_seconds, timeout_s=args.drain_timeout_seconds)
+
+
+def _scale_config(args: argparse.Namespace) -> ScaleFromZeroConfig | None:
+    if not args.scale_from_zero:
+        return None
+    if args.scale_from_zero_timeout <= 0 or args.scale_from_zero_max_held < 1:
+        raise ValueError("--scale-from-zero-timeout must be > 0 and --scale-from-zero-max-held >= 1")
+    return ScaleFromZeroConfig.parse(args.scale_from_zero, timeout_s=args.scale_from_zero_timeout,
+                                     max_held=args.scale_from_zero_max_held, api_server=args.kube_api_server)
 
 
 async def _serve(config: RouterConfig) -> None:
     running = await start_router(config)
     # Tests and scripts started with --port 0 read the chosen port from this line.
     print(f"router listening on {running.url}", flush=True)
-    stop = asyncio.Event()
+    received: list[signal.Signals] = []
+    got_signal = asyncio.Event()
+    cut_short = asyncio.Event()  # a second signal ends the drain's grace period early
+
+    def on_signal(sig: signal.Signals) -> None:
+        if received:
+            cut_short.set()
+        received.append(sig)
+        got_signal.set()
+
     loop = asyncio.get_running_loop()
     for sig in (signal.SIGINT, signal.SIGTERM):
-        loop.add_signal_handler(sig, stop.set)
+        loop.add_signal_handler(sig, on_signal, sig)
     try:
-        await stop.wait()
+        await got_signal.wait()
+        if received[0] is signal.SIGTERM:  # Kubernetes stopping the pod: drain (drain.py)
+            await drain(running.router.drain, config.drain, cut_short)
     finally:
+        # Closes the listener and lets in-flight requests finish for up to --drain-timeout-seconds.
         await stop_router(running)
 
 

@@ -4,7 +4,11 @@ from __future__ import annotations
 
 from dataclasses import dataclass, field
 
+from radixserve.router.admission import AdmissionConfig
+from radixserve.router.drain import DrainConfig
+from radixserve.router.event_stream import EventStreamConfig
 from radixserve.router.policies import CacheAwareConfig
+from radixserve.router.scale import ScaleFromZeroConfig
 
 
 @dataclass
@@ -42,3 +46,14 @@ class RouterConfig:
     max_attempts: int = 3  # one try plus retries on other workers after connection failures
     max_payload_bytes: int = 256 * 1024 * 1024
     seed: int | None = None  # for the random choices of policies (tests, benchmarks)
+    # cache_aware: subscribe to each worker's cache events (/v1/cache/events) and match exactly
+    # where they are live; workers without them keep the approximate tree.
+    cache_events: bool = True
+    # The model's tokenizer (GGUF file, HF directory or HF id), so that text and chat prompts
+    # are cut into the engine's blocks; "auto" asks the workers (tokenize.tokenizer_source_of);
+    # without one only token-id prompts match exactly.
+    tokenizer: str | None = "auto"
+    events: EventStreamConfig = field(default_factory=EventStreamConfig)
+    admission: AdmissionConfig = field(default_factory=AdmissionConfig)  # per-key limits and priority
+    drain: DrainConfig = field(default_factory=DrainConfig)  # SIGTERM: readiness off, then finish
+    scale_from_zero: ScaleFromZeroConfig | None = None  # hold requests while the InferenceServer scales up

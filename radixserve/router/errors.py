@@ -32,12 +32,14 @@ class _Error(msgspec.Struct):
 _encoder = msgspec.json.Encoder()
 
 
-def error_body(status: int, message: str, err_type: str | None = None, param: str | None = None) -> bytes:
-    detail = _ErrorDetail(message, err_type or _TYPES.get(status, "server_error"), param, status)
+def error_body(status: int, message: str, err_type: str | None = None, param: str | None = None,
+               code: str | None = None) -> bytes:
+    """`code` defaults to the HTTP status; OpenAI's own codes (e.g. rate_limit_exceeded) are strings."""
+    detail = _ErrorDetail(message, err_type or _TYPES.get(status, "server_error"), param, code or status)
     return _encoder.encode(_Error(detail))
 
 
 def error_response(status: int, message: str, err_type: str | None = None, param: str | None = None,
-                   headers: dict[str, str] | None = None) -> web.Response:
-    return web.Response(body=error_body(status, message, err_type, param), status=status,
+                   headers: dict[str, str] | None = None, code: str | None = None) -> web.Response:
+    return web.Response(body=error_body(status, message, err_type, param, code), status=status,
                         content_type="application/json", headers=headers)

@@ -14,7 +14,8 @@ from prometheus_client import CollectorRegistry, Histogram, generate_latest
 from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily, Metric
 from prometheus_client.registry import Collector
 
-from radixserve.router.policies import Decision, Policy
+from radixserve.router.kv_index import EventsState, KvIndex
+from radixserve.router.policies import CacheAwarePolicy, Decision, Policy
 from radixserve.router.workers import WorkerRegistry, WorkerState
 
 PREFIX = "radixserve_router"
@@ -23,13 +24,14 @@ ROUTES = ("/generate", "/v1/completions", "/v1/chat/completions")
 
 
 class RouterMetrics:
-    def __init__(self, workers: WorkerRegistry, policy: Policy) -> None:
+    def __init__(self, workers: WorkerRegistry, policy: Policy, index: KvIndex | None = None) -> None:
         self.registry = CollectorRegistry(auto_describe=True)
         self.decisions: Counter[str] = Counter({d.value: 0 for d in Decision})
         self.retries = 0
         self.errors: Counter[str] = Counter()
         self._workers = workers
         self._policy = policy
+        self._index = index
         self.registry.register(_StateCollector(self))
         hist = Histogram(
             f"{PREFIX}_request_duration_seconds",
@@ -40,6 +42,14 @@ class RouterMetrics:
         )
         # Bound once: `.labels()` per request would cost a dict lookup and a lock.
         self.duration = {route: hist.labels(route) for route in ROUTES}
+        if index is not None and isinstance(policy, CacheAwarePolicy):
+            match = Histogram(
+                f"{PREFIX}_cache_match_tokens",
+                "Prompt tokens the chosen worker holds, for requests routed on cache events.",
+                registry=self.registry,
+                buckets=(0, 16, 32, 64, 128, 256, 512, 1024, 2048, 4096, 8192, 16384, 32768),
+            )
+            policy.on_exact_match = match.observe
 
     def render(self) -> bytes:
         return generate_latest(self.registry)
@@ -86,3 +96,35 @@ class _StateCollector(Collector):
         yield errors
         yield GaugeMetricFamily(f"{PREFIX}_healthy_workers", "Workers receiving traffic.",
                                 value=len(m._workers.healthy))
+        if m._index is not None:
+            yield from _cache_event_metrics(m._index)
+
+
+def _cache_event_metrics(index: KvIndex) -> Iterable[Metric]:
+    applied = CounterMetricFamily(f"{PREFIX}_cache_events_applied", "Cache events applied to each worker's index.",
+                                  labels=["worker"])
+    resyncs = CounterMetricFamily(f"{PREFIX}_cache_events_resyncs",
+                                  "Snapshots loaded after the first (gaps, new epochs, broken streams).",
+                                  labels=["worker"])
+    fallbacks = CounterMetricFamily(f"{PREFIX}_cache_events_fallbacks",
+                                    "Times a worker left live events for the approximate tree.", labels=["worker"])
+    state = GaugeMetricFamily(f"{PREFIX}_cache_events_state", "1 for each worker's current cache-events state.",
+                              labels=["worker", "state"])
+    blocks = GaugeMetricFamily(f"{PREFIX}_cache_blocks_indexed", "Blocks of each worker's cache in the index.",
+                               labels=["worker"])
+    queue = GaugeMetricFamily(f"{PREFIX}_engine_requests", "Engine-reported requests, waiting or running.",
+                              labels=["worker", "phase"])
+    kv = GaugeMetricFamily(f"{PREFIX}_engine_kv_usage", "Engine-reported fraction of KV slots in use.",
+                           labels=["worker"])
+    for w in index.all():
+        applied.add_metric([w.url], w.events_applied)
+        resyncs.add_metric([w.url], w.resyncs)
+        fallbacks.add_metric([w.url], w.fallbacks)
+        for s in EventsState:
+            state.add_metric([w.url, s.value], 1 if w.state is s else 0)
+        blocks.add_metric([w.url], len(w.blocks))
+        if w.load is not None:
+            queue.add_metric([w.url, "waiting"], w.load.waiting)
+            queue.add_metric([w.url, "running"], w.load.running)
+            kv.add_metric([w.url], w.load.kv_usage)
+    yield from (applied, resyncs, fallbacks, state, blocks, queue, kv)

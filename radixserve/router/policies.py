@@ -8,16 +8,29 @@ passes `cache_threshold`, else to the least-loaded worker. The chosen worker's t
 learns the prompt either way.
 
 Load is the number of outstanding requests the router has on each worker.
+
+With cache events (radixserve/router/kv_index.py) `cache_aware` matches exactly for every worker
+whose event stream is live: the request's prompt tokens, cut into the engine's blocks, against
+the blocks the engine reports it holds, and load is what the engine reports (queue and KV usage)
+as well as the router's own count. Workers without live events keep the approximate tree, and
+every worker's tree keeps learning, so that a worker whose stream dies falls back on a warm
+tree. The exact path makes no random choice: ties go by load, then by a rendezvous hash of the
+URL and the prompt's first uncached block, so router replicas fed the same streams agree, and
+distinct new prefixes spread over the workers while repeats of one stick to one.
 """
 
 from __future__ import annotations
 
+import hashlib
 import random
-from collections.abc import Sequence
+from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass
 from enum import StrEnum
 from typing import Protocol
 
+from radixserve.cache_events.protocol import BLOCK_TOKENS, block_hash
+from radixserve.router.kv_index import KvIndex, WorkerIndex
+from radixserve.router.tokenize import RoutedPrompt
 from radixserve.router.tree import PrefixTree
 from radixserve.router.workers import Worker
 
@@ -36,13 +49,15 @@ class Choice:
     worker: Worker
     decision: Decision
     match_ratio: float = 0.0
+    matched_tokens: int | None = None  # exact match on the chosen worker; None when by the tree
 
 
 class Policy(Protocol):
     name: str
 
-    def select(self, workers: Sequence[Worker], text: str | None) -> Choice:
-        """Pick one of `workers` (non-empty, all healthy) for a request with prompt `text`."""
+    def select(self, workers: Sequence[Worker], text: str | None, prompt: RoutedPrompt | None = None) -> Choice:
+        """Pick one of `workers` (non-empty, all healthy) for a request with prompt `text`
+        (and its tokens in `prompt`, for policies that match exactly)."""
         ...
 
     def remove_worker(self, worker: Worker) -> None: ...
@@ -73,7 +88,7 @@ class RoundRobinPolicy(_Stateless):
     def __init__(self) -> None:
         self._next = 0
 
-    def select(self, workers: Sequence[Worker], text: str | None) -> Choice:
+    def select(self, workers: Sequence[Worker], text: str | None, prompt: RoutedPrompt | None = None) -> Choice:
         worker = workers[self._next % len(workers)]
         self._next += 1
         return Choice(worker, Decision.ROUND_ROBIN)
@@ -85,7 +100,7 @@ class RandomPolicy(_Stateless):
     def __init__(self, rng: random.Random | None = None) -> None:
         self._rng = rng or random.Random()
 
-    def select(self, workers: Sequence[Worker], text: str | None) -> Choice:
+    def select(self, workers: Sequence[Worker], text: str | None, prompt: RoutedPrompt | None = None) -> Choice:
         return Choice(self._rng.choice(workers), Decision.RANDOM)
 
 
@@ -97,7 +112,7 @@ class PowerOfTwoPolicy(_Stateless):
     def __init__(self, rng: random.Random | None = None) -> None:
         self._rng = rng or random.Random()
 
-    def select(self, workers: Sequence[Worker], text: str | None) -> Choice:
+    def select(self, workers: Sequence[Worker], text: str | None, prompt: RoutedPrompt | None = None) -> Choice:
         if len(workers) == 1:
             return Choice(workers[0], Decision.POWER_OF_TWO)
         a, b = self._rng.sample(workers, 2)
@@ -111,6 +126,10 @@ class CacheAwareConfig:
     balance_abs_threshold: int = 64
     balance_rel_threshold: float = 1.5
     max_tree_size: int = 2**26  # characters per worker tree
+    # Exact routing: KV usage (0..1, engine-reported) is imbalanced when max - min exceeds this and
+    # max > min * balance_rel_threshold. A warm RadixCache fills the pool, so warm workers sit near
+    # 1.0 and never trip it; it spreads content while caches warm up (or one restarted).
+    kv_balance_abs_threshold: float = 0.5
 
     def __post_init__(self) -> None:
         if not 0.0 <= self.cache_threshold <= 1.0:
@@ -119,15 +138,31 @@ class CacheAwareConfig:
             raise ValueError("balance thresholds must be >= 0 (absolute) and >= 1.0 (relative)")
         if self.max_tree_size < 0:
             raise ValueError(f"max tree size must be >= 0, got {self.max_tree_size}")
+        if not 0.0 <= self.kv_balance_abs_threshold <= 1.0:
+            raise ValueError(f"KV balance threshold must be in [0, 1], got {self.kv_balance_abs_threshold}")
+
+
+@dataclass(frozen=True, slots=True)
+class _WorkerView:
+    """What exact routing weighs for one worker."""
+
+    ratio: float  # matched fraction of the prompt (tokens when exact, characters by the tree)
+    matched: int | None  # matched prompt tokens; None for a worker routed by the tree
+    load: int  # requests: engine-reported waiting + running, or the router's own count
+    kv: float | None  # engine-reported KV usage; None when unknown
 
 
 class CacheAwarePolicy:
     name = "cache_aware"
 
-    def __init__(self, config: CacheAwareConfig | None = None, rng: random.Random | None = None) -> None:
+    def __init__(self, config: CacheAwareConfig | None = None, rng: random.Random | None = None,
+                 index: KvIndex | None = None) -> None:
         self.config = config or CacheAwareConfig()
         self._rng = rng or random.Random()
         self._trees: dict[str, PrefixTree] = {}
+        self.index = index  # cache events of the workers that have them; None: the tree only
+        self.on_exact_match: Callable[[int], None] | None = None  # matched tokens of exact choices
+        self.exact_choices = 0
 
     def tree(self, worker: Worker) -> PrefixTree:
         tree = self._trees.get(worker.url)
@@ -152,7 +187,11 @@ class CacheAwarePolicy:
         tied = [w for w in tied if self.tree(w).size == smallest]
         return tied[0] if len(tied) == 1 else self._rng.choice(tied)
 
-    def select(self, workers: Sequence[Worker], text: str | None) -> Choice:
+    def select(self, workers: Sequence[Worker], text: str | None, prompt: RoutedPrompt | None = None) -> Choice:
+        if self.index is not None and prompt is not None:
+            choice = self._select_exact(self.index, workers, text, prompt)
+            if choice is not None:
+                return choice
         if not text:
             return Choice(self._least_loaded(workers), Decision.CACHE_MISS)
         if len(workers) > 1 and self.is_imbalanced(workers):
@@ -177,6 +216,76 @@ class CacheAwarePolicy:
         self._learn(worker, text)
         return Choice(worker, decision, ratio)
 
+    def _select_exact(self, index: KvIndex, workers: Sequence[Worker], text: str | None,
+                      prompt: RoutedPrompt) -> Choice | None:
+        """Route on the engines' reported caches and load; None when no worker has live events
+        or the prompt has no tokens (then the tree decides, as without events)."""
+        live = {w.url: idx for w in workers if (idx := index.get(w.url)) is not None and idx.live}
+        if not live:
+            return None
+        tokens = prompt.tokens
+        if not tokens:
+            return None
+        view = {w.url: self._exact_view(w, live.get(w.url), len(tokens), text, prompt) for w in workers}
+        hashes = prompt.block_hashes(BLOCK_TOKENS)
+        # Rendezvous key: the prompt's first block that no worker holds (or its last block), so
+        # that a new prefix goes to one worker whichever router sees it first.
+        best_blocks = max((v.matched or 0 for v in view.values()), default=0) // BLOCK_TOKENS
+        key = hashes[min(best_blocks, len(hashes) - 1)] if hashes else block_hash(0, tokens)
+
+        def by_load(w: Worker) -> tuple[int, float, int]:
+            v = view[w.url]
+            return v.load, v.kv if v.kv is not None else 0.0, -_rendezvous(w.url, key)
+
+        def by_kv(w: Worker) -> tuple[float, int, int]:
+            v = view[w.url]
+            return v.kv if v.kv is not None else 1.0, v.load, -_rendezvous(w.url, key)
+
+        kv = [v.kv for v in view.values() if v.kv is not None]
+        best = max(v.ratio for v in view.values())
+        if len(workers) > 1 and self._loads_imbalanced(v.load for v in view.values()):
+            worker, decision = min(workers, key=by_load), Decision.BALANCE
+        elif len(kv) > 1 and self._kv_imbalanced(kv):
+            worker, decision = min(workers, key=by_kv), Decision.BALANCE
+        elif best > self.config.cache_threshold:
+            worker = min((w for w in workers if view[w.url].ratio == best), key=by_load)
+            decision = Decision.CACHE_HIT
+        else:
+            worker, decision = min(workers, key=by_load), Decision.CACHE_MISS
+        if text:
+            self._learn(worker, text)  # keeps the fallback warm should this worker's stream die
+        chosen = view[worker.url]
+        if chosen.matched is not None:
+            self.exact_choices += 1
+            if self.on_exact_match is not None:
+                self.on_exact_match(chosen.matched)
+        return Choice(worker, decision, chosen.ratio, chosen.matched)
+
+    def _exact_view(self, worker: Worker, idx: WorkerIndex | None, n_tokens: int, text: str | None,
+                    prompt: RoutedPrompt) -> _WorkerView:
+        if idx is None:  # no live events: the tree's character ratio stands in
+            ratio = self.tree(worker).match(text) / len(text) if text else 0.0
+            return _WorkerView(ratio, None, worker.outstanding, None)
+        bt = idx.block_tokens or BLOCK_TOKENS
+        matched = idx.matched_blocks(prompt.block_hashes(bt)) * bt
+        load = idx.load
+        if load is None:
+            return _WorkerView(matched / n_tokens, matched, worker.outstanding, None)
+        # The engine's report lags our own sends by up to a batch: a burst from this router shows
+        # in `outstanding` at once, the other routers' load in the report.
+        return _WorkerView(matched / n_tokens, matched, max(load.waiting + load.running, worker.outstanding),
+                           load.kv_usage)
+
+    def _loads_imbalanced(self, loads: Iterable[int]) -> bool:
+        values = list(loads)
+        hi, lo = max(values), min(values)
+        return hi - lo > self.config.balance_abs_threshold and hi > lo * self.config.balance_rel_threshold
+
+    def _kv_imbalanced(self, usage: Iterable[float]) -> bool:
+        values = list(usage)
+        hi, lo = max(values), min(values)
+        return hi - lo > self.config.kv_balance_abs_threshold and hi > lo * self.config.balance_rel_threshold
+
     def _learn(self, worker: Worker, text: str) -> None:
         tree = self.tree(worker)
         tree.insert(text)
@@ -195,13 +304,20 @@ class CacheAwarePolicy:
         return {url: tree.size for url, tree in self._trees.items()}
 
 
+def _rendezvous(url: str, key: int) -> int:
+    """A stable (not per-process salted) weight of a worker for a key: the highest weight wins ties."""
+    h = hashlib.blake2b(key.to_bytes(8, "little"), digest_size=8, key=url.encode()[-64:])
+    return int.from_bytes(h.digest(), "little")
+
+
 POLICIES = ("cache_aware", "round_robin", "random", "power_of_two")
 
 
-def make_policy(name: str, cache: CacheAwareConfig | None = None, seed: int | None = None) -> Policy:
+def make_policy(name: str, cache: CacheAwareConfig | None = None, seed: int | None = None,
+                index: KvIndex | None = None) -> Policy:
     rng = random.Random(seed)
     if name == "cache_aware":
-        return CacheAwarePolicy(cache, rng)
+        return CacheAwarePolicy(cache, rng, index)
     if name == "round_robin":
         return RoundRobinPolicy()
     if name == "random":

@@ -22,10 +22,12 @@ import aiohttp
 import msgspec
 from aiohttp import web
 
+from radixserve.router.admission import PRIORITY_KEY
 from radixserve.router.errors import error_body, error_response
 from radixserve.router.metrics import RouterMetrics
 from radixserve.router.policies import Policy
 from radixserve.router.request_text import routing_text
+from radixserve.router.tokenize import LONG_PROMPT_BYTES, PromptTokenizer, RoutedPrompt
 from radixserve.router.workers import Worker, WorkerRegistry
 
 log = logging.getLogger(__name__)
@@ -40,6 +42,7 @@ _BROKEN_ERRORS = (aiohttp.ServerDisconnectedError, aiohttp.ClientOSError, aiohtt
 _CLIENT_GONE = (ConnectionResetError, aiohttp.ClientConnectionResetError)
 
 _decode = msgspec.json.Decoder().decode
+_encode = msgspec.json.Encoder().encode
 
 
 class _Retryable(Exception):
@@ -58,6 +61,7 @@ class Proxy:
         if api_key:
             self._base_headers["Authorization"] = f"Bearer {api_key}"
         self._get_rr = 0
+        self.prompt_tokenizer: PromptTokenizer | None = None  # for exact matching on cache events
 
     async def start(self, request_timeout_s: float, connect_timeout_s: float) -> None:
         # keepalive_timeout under uvicorn's default 5 s, so that the router does not reuse a
@@ -105,9 +109,17 @@ class Proxy:
             return error_response(400, f"request body is not valid JSON: {exc}")
         if not isinstance(obj, dict):
             return error_response(400, "request body must be a JSON object")
+        priority = request.get(PRIORITY_KEY)
+        if priority is not None:
+            # The key's priority (admission.py) replaces the client's own.
+            obj["priority"] = priority
+            body = _encode(obj)
         text = routing_text(path, obj)
+        prompt = RoutedPrompt(path, obj, self.prompt_tokenizer)  # tokenized only if a policy asks
+        if self.prompt_tokenizer is not None and len(body) > LONG_PROMPT_BYTES:
+            await prompt.prepare()  # milliseconds of tokenizing: not on the event loop
         try:
-            return await self._forward(request, "POST", path, body, text)
+            return await self._forward(request, "POST", path, body, text, prompt)
         finally:
             hist = self.metrics.duration.get(path)
             if hist is not None:
@@ -117,17 +129,18 @@ class Proxy:
         """GET routes answered by any worker (/v1/models, /get_server_info, ...)."""
         return await self._forward(request, "GET", request.path_qs, None, None)
 
-    def _pick(self, candidates: Sequence[Worker], method: str, text: str | None) -> Worker:
+    def _pick(self, candidates: Sequence[Worker], method: str, text: str | None,
+              prompt: RoutedPrompt | None = None) -> Worker:
         if method == "GET":
             # Metadata requests should not shape the routing state or its metrics.
             self._get_rr += 1
             return candidates[self._get_rr % len(candidates)]
-        choice = self.policy.select(candidates, text)
+        choice = self.policy.select(candidates, text, prompt)
         self.metrics.decisions[choice.decision] += 1
         return choice.worker
 
     async def _forward(self, request: web.Request, method: str, path: str, body: bytes | None,
-                       text: str | None) -> web.StreamResponse:
+                       text: str | None, prompt: RoutedPrompt | None = None) -> web.StreamResponse:
         tried: list[Worker] = []
         for _ in range(self.max_attempts):
             candidates = self.workers.healthy
@@ -135,7 +148,7 @@ class Proxy:
                 candidates = [w for w in candidates if w not in tried]
             if not candidates:
                 break
-            worker = self._pick(candidates, method, text)
+            worker = self._pick(candidates, method, text, prompt)
             try:
                 return await self._attempt(request, worker, method, path, body)
             except _Retryable:

@@ -70,7 +70,7 @@ async def test_router_process_serves_and_stops_on_sigterm(fake_workers: MakeFake
     env = {**os.environ, "PYTHONPATH": str(REPO_ROOT)}
     proc = await asyncio.create_subprocess_exec(
         sys.executable, "-m", "radixserve", "router", "--port", "0", "--worker-urls", w.url,
-        "--health-check-interval", "0.2", cwd=REPO_ROOT, env=env,
+        "--health-check-interval", "0.2", "--drain-grace-seconds", "0", cwd=REPO_ROOT, env=env,
         stdout=asyncio.subprocess.PIPE, stderr=asyncio.subprocess.DEVNULL)
     try:
         assert proc.stdout is not None

@@ -8,41 +8,74 @@ import aiohttp
 import pytest
 
 from benchmarks.bench_router_cache import replica_command, run_policy
-from benchmarks.bench_serving import BenchConfig, run_benchmark
+from benchmarks.bench_serving import BenchConfig, _request_body, make_prompts, run_benchmark
+from radixserve.router.app import RunningRouter
+from radixserve.router.proxy import WORKER_HEADER
+from radixserve.router.request_text import routing_text
+from radixserve.router.tokenize import RoutedPrompt
 from radixserve.router.workers import WorkerState
 
 from .conftest import MakeRouter, StartWorkerProcesses, wait_until
 
 pytestmark = pytest.mark.slow
 
-# 7 system prompts of ~290 tokens (with the chat template) do not fit in one replica's 1536-token
-# pool, while the ~2-3 groups that cache_aware sends to each replica do.
+# 7 tenants' system prompts of ~290 tokens (with the chat template) do not fit in one replica's
+# 1536-token pool, while the ~2-3 tenants that affinity sends to each replica do: prefixes are evicted
+# and come back as tenants return (the workload interleaves them).
 WORKLOAD = BenchConfig(base_url="", dataset="shared-prefix", num_groups=7, prompts_per_group=5,
                        system_prompt_len=100, question_len=12, output_len=2, ignore_eos=True, max_concurrency=3,
                        disable_tqdm=True)
 
 
-async def test_cache_aware_reuses_more_prefix_than_round_robin(worker_processes: StartWorkerProcesses,
-                                                               make_router: MakeRouter,
-                                                               http: aiohttp.ClientSession) -> None:
+def _events_in_step(*routers: RunningRouter) -> bool:
+    """Every router has a live stream from every worker, at the same sequence number."""
+    seqs = []
+    for running in routers:
+        if running.router.proxy.prompt_tokenizer is None:  # loaded from the workers' model (--tokenizer auto)
+            return False
+        info = [running.router.worker_info(w)["cache_events"] for w in running.router.workers.all()]
+        if any(i.get("state") != "live" for i in info):
+            return False
+        seqs.append(sorted((i.get("epoch"), i.get("seq")) for i in info))
+    return all(s == seqs[0] for s in seqs)
+
+
+async def test_exact_routing_reuses_more_prefix_and_router_replicas_agree(
+        worker_processes: StartWorkerProcesses, make_router: MakeRouter, http: aiohttp.ClientSession) -> None:
     procs = await worker_processes(3, lambda port: replica_command(port, 1536), timeout=300)
     urls = [p.url for p in procs]
-    rr = await run_policy(urls, "round_robin", dataclasses.replace(WORKLOAD))
-    ca = await run_policy(urls, "cache_aware", dataclasses.replace(WORKLOAD))
-    for r in (rr, ca):
+    runs = {name: await run_policy(urls, name, dataclasses.replace(WORKLOAD))
+            for name in ("round_robin", "approximate", "exact")}
+    for r in runs.values():
         assert r["completed"] == 35 and r["failed"] == 0, r
         assert sum(r["requests_per_replica"]) == 35 and min(r["requests_per_replica"]) > 0, r
-    # The replicas' own counters: cache_aware keeps each system prompt on one replica.
-    assert ca["replica_cached_tokens"] >= 1.5 * rr["replica_cached_tokens"], (ca, rr)
-    assert ca["replica_cache_hit_rate"] > 0.5, ca
+    # The replicas' own counters: routing on the engines' cache events keeps more prefixes cached.
+    exact, approx, rr = (runs[n]["replica_cached_tokens"] for n in ("exact", "approximate", "round_robin"))
+    assert exact > approx and exact > rr, runs
+    assert runs["exact"]["replica_cache_hit_rate"] > 0.5, runs["exact"]
+
+    # Two router replicas on the same event streams make the same choice for each request.
+    a = await make_router(worker_urls=urls)
+    b = await make_router(worker_urls=list(reversed(urls)))
+    cfg = dataclasses.replace(WORKLOAD, num_groups=4, prompts_per_group=3, system_prompt_len=60)
+    for i, prompt in enumerate(make_prompts(cfg)):
+        await wait_until(lambda: _events_in_step(a, b), 20, what="both routers in step with the engines")
+        via, other = (a, b) if i % 2 == 0 else (b, a)
+        body = _request_body(cfg, "SmolLM2-135M-Instruct", prompt)  # what the benchmark sends
+        predicted = other.router.policy.select(other.router.workers.healthy, routing_text(cfg.endpoint, body),
+                                               RoutedPrompt(cfg.endpoint, body, other.router.proxy.prompt_tokenizer))
+        assert predicted.matched_tokens is not None  # decided on the engines' events, not the tree
+        async with http.post(via.url + cfg.endpoint, json=body) as resp:
+            assert resp.status == 200, await resp.text()
+            assert resp.headers[WORKER_HEADER] == predicted.worker.url, f"request {i}: the replicas disagree"
 
     # A replica killed behind the router: requests keep being served; it is ejected, then re-admitted.
-    running = await make_router(worker_urls=urls, policy="cache_aware", health_check_interval_s=0.5,
-                                health_failure_threshold=2, health_success_threshold=1)
+    running = await make_router(worker_urls=urls, health_check_interval_s=0.5, health_failure_threshold=2,
+                                health_success_threshold=1)
     victim = procs[0]
     victim.kill()
-    cfg = dataclasses.replace(WORKLOAD, base_url=running.url, num_groups=3, prompts_per_group=4)
-    result = await run_benchmark(cfg)
+    result = await run_benchmark(dataclasses.replace(WORKLOAD, base_url=running.url, num_groups=3,
+                                                     prompts_per_group=4))
     assert result["completed"] == 12 and result["failed"] == 0, result["errors"]
     worker = running.router.workers.get(victim.url)
     assert worker is not None
