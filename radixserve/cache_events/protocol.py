@@ -18,6 +18,7 @@ one object for the snapshot.
 from __future__ import annotations
 
 import hashlib
+import struct
 from collections.abc import Iterator, Sequence
 
 import msgspec
@@ -33,10 +34,10 @@ ROOT_HASH = 0  # the parent of a sequence's first block
 
 def block_hash(parent: int, tokens: Sequence[int]) -> int:
     """The name of a block: blake2b over the parent's name and the block's token ids."""
-    h = hashlib.blake2b(digest_size=8)
-    h.update(parent.to_bytes(8, "little"))
-    for t in tokens:
-        h.update(int(t).to_bytes(4, "little", signed=False))
+    h = hashlib.blake2b(parent.to_bytes(8, "little"), digest_size=8)
+    # One pack of little-endian uint32s: the same bytes as a per-token loop, at half the cost (the
+    # engine hashes every block it caches).
+    h.update(struct.pack(f"<{len(tokens)}I", *tokens))
     return int.from_bytes(h.digest(), "little") & _HASH_MASK
 
 
@@ -47,6 +48,20 @@ def iter_block_hashes(tokens: Sequence[int], block_tokens: int = BLOCK_TOKENS,
         h = block_hash(parent, tokens[start:start + block_tokens])
         yield parent, h
         parent = h
+
+
+def chain_hashes(parent: int, tokens: Sequence[int], block_tokens: int = BLOCK_TOKENS) -> list[int]:
+    """The hashes of every full block of `tokens` chained from `parent`: what `iter_block_hashes`
+    gives, computed with one pack of all the tokens (the engine's per-insert path)."""
+    step = 4 * block_tokens
+    data = memoryview(struct.pack(f"<{len(tokens)}I", *tokens))
+    out: list[int] = []
+    for start in range(0, len(data) - step + 1, step):
+        h = hashlib.blake2b(parent.to_bytes(8, "little"), digest_size=8)
+        h.update(data[start:start + step])
+        parent = int.from_bytes(h.digest(), "little") & _HASH_MASK
+        out.append(parent)
+    return out
 
 
 def prefix_block_hashes(tokens: Sequence[int], block_tokens: int = BLOCK_TOKENS) -> list[int]:

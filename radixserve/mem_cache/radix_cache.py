@@ -5,6 +5,9 @@ Invariants (checked by `check_integrity`):
   exactly one running request beyond its matched prefix;
 - a node with lock_ref > 0 (and so all its ancestors) is never evicted;
 - evictable_size + protected_size == the number of slots the tree owns.
+
+With a `BlockTracker` attached (`track_blocks`, the server's rank 0 does it) every change of the
+tree's token paths is also recorded as cache events (radixserve/cache_events/tracker.py).
 """
 
 from __future__ import annotations
@@ -12,9 +15,11 @@ from __future__ import annotations
 import heapq
 import itertools
 import time
+from collections.abc import Sequence
 
 import torch
 
+from radixserve.cache_events.tracker import BlockTracker, tree_blocks
 from radixserve.mem_cache.base_prefix_cache import BasePrefixCache, CacheReq
 from radixserve.mem_cache.memory_pool import CHECK_SLOTS
 
@@ -22,7 +27,7 @@ _counter = itertools.count()
 
 
 class TreeNode:
-    __slots__ = ("children", "id", "key", "last_access", "lock_ref", "parent", "value")
+    __slots__ = ("blocks", "children", "depth", "id", "key", "last_access", "lock_ref", "parent", "value")
 
     def __init__(self, parent: TreeNode | None = None, key: list[int] | None = None,
                  value: torch.Tensor | None = None) -> None:
@@ -33,6 +38,8 @@ class TreeNode:
         self.lock_ref = 0
         self.last_access = time.monotonic()
         self.id = next(_counter)  # tie-breaker for the eviction heap
+        self.depth: int = parent.depth + len(parent.key) if parent is not None else 0  # path position of key[0]
+        self.blocks: Sequence[int] = ()  # hashes of the blocks ending inside this node (with a BlockTracker)
 
     def __lt__(self, other: TreeNode) -> bool:
         return (self.last_access, self.id) < (other.last_access, other.id)
@@ -48,11 +55,19 @@ def _common_prefix_len(a: list[int], b: list[int]) -> int:
 
 class RadixCache(BasePrefixCache):
     shares_prefixes = True
+    block_tracker: BlockTracker | None = None
 
     def reset(self) -> None:
         super().reset()
         self.root = TreeNode()
         self.root.lock_ref = 1  # the root is never evicted
+        if self.block_tracker is not None:
+            self.block_tracker.on_reset()
+
+    def track_blocks(self, tracker: BlockTracker) -> None:
+        """Record block events from now on (what the tree already holds is announced first)."""
+        self.block_tracker = tracker
+        tracker.on_attach(self.root)
 
     # ---- lookup and insert -----------------------------------------------------------------
     def match_prefix(self, key: list[int]) -> tuple[torch.Tensor, TreeNode]:
@@ -89,6 +104,8 @@ class RadixCache(BasePrefixCache):
                 leaf = TreeNode(node, list(key[pos:]), value[pos:].clone())
                 node.children[key[pos]] = leaf
                 self._evictable += leaf.value.numel()
+                if self.block_tracker is not None:
+                    self.block_tracker.on_insert(leaf)
                 return pos
             n = _common_prefix_len(child.key, key[pos:])
             if n < len(child.key):
@@ -107,8 +124,11 @@ class RadixCache(BasePrefixCache):
         child.parent.children[child.key[0]] = upper
         child.key = child.key[n:]
         child.value = child.value[n:]
+        child.depth += n
         child.parent = upper
         upper.children[child.key[0]] = child
+        if self.block_tracker is not None:
+            self.block_tracker.on_split(upper, child)
         return upper
 
     # ---- locks -------------------------------------------------------------------------------
@@ -145,6 +165,8 @@ class RadixCache(BasePrefixCache):
             self._evictable -= leaf.value.numel()
             parent = leaf.parent
             del parent.children[leaf.key[0]]
+            if self.block_tracker is not None:
+                self.block_tracker.on_evict(leaf)
             if parent is not self.root and not parent.children and parent.lock_ref == 0:
                 heapq.heappush(heap, parent)
         return freed
@@ -205,4 +227,8 @@ class RadixCache(BasePrefixCache):
         for n in self.nodes():
             assert n.parent is not None and n.parent.children.get(n.key[0]) is n
             assert n.parent is self.root or n.parent.lock_ref >= n.lock_ref
+        if self.block_tracker is not None:
+            held = sorted(h for n in self.nodes() for h in n.blocks)
+            assert held == sorted(tree_blocks(self.root, self.block_tracker.block_tokens)), \
+                "the nodes' block hashes differ from the tree's paths"
 

@@ -118,7 +118,7 @@ class Reference:
         pool = self.cache.token_to_kv_pool
         need = len(key) - self.cache.match_prefix(key)[0].numel()
         if pool.available_size() < need:
-            self.cache.evict(need - pool.available_size())
+            self._forget_evicted(self.cache.evict(need - pool.available_size()))
         if pool.available_size() < need:
             return
         value = put(self.cache, key)
@@ -135,12 +135,15 @@ class Reference:
         if self.locks:
             self.cache.dec_lock_ref(self.locks.pop(i % len(self.locks))[0])
 
-    def op_evict(self, n: int) -> None:
-        freed = self.cache.evict(n)
+    def _forget_evicted(self, freed: int) -> None:
+        # Evicted prefixes leave the reference too; their slots are free and may be handed out again.
         free = set(self.cache.token_to_kv_pool.free_slots().tolist())
         before = len(self.ref)
         self.ref = {k: v for k, v in self.ref.items() if v not in free}
         assert before - len(self.ref) == freed
+
+    def op_evict(self, n: int) -> None:
+        self._forget_evicted(self.cache.evict(n))
 
     def op_match(self, key: list[int]) -> None:
         assert self.cache.match_prefix(key)[0].tolist() == self.match(key)
