@@ -266,6 +266,9 @@ def build_parser() -> argparse.ArgumentParser:
                     help="Comma-separated subset of: " + ",".join(WORKLOAD_NAMES))
     ap.add_argument("--max-total-tokens", type=int, default=None, help="KV pool size for the Engine.")
     ap.add_argument("--attention-backend", default="auto", help="Engine attention backend: auto | torch | triton")
+    ap.add_argument("--quantization", default=None, choices=["fp8"],
+                    help="fp8: the Engine quantizes the linear layers to FP8 at load (W8A8); the roofline counts "
+                         "their weights at 1 byte and their FLOPs at the measured FP8 matmul rate.")
     ap.add_argument("--mem-fraction-static", type=float, default=None,
                     help="GPU memory fraction for weights plus KV pool (when --max-total-tokens is not given).")
     ap.add_argument("--cuda-graph-max-bs", type=int, default=None, help="Largest decode batch replayed as a CUDA graph.")
@@ -491,14 +494,15 @@ def main(argv: list[str] | None = None) -> int:
                                      "log_level": "warning", "max_total_tokens": args.max_total_tokens,
                                      "attention_backend": args.attention_backend,
                                      "tokenizer_path": args.tokenizer_path, "tp_size": args.tp_size}
-    for name in ("mem_fraction_static", "cuda_graph_max_bs", "max_running_requests", "overlap_schedule"):
+    for name in ("mem_fraction_static", "cuda_graph_max_bs", "max_running_requests", "overlap_schedule",
+                 "quantization"):
         if getattr(args, name) is not None:
             engine_kwargs[name] = getattr(args, name)
     # The rates are measured before the Engine takes its share of GPU memory for the KV pool, in
     # the dtype the Engine will run (its `auto`: bfloat16 on CUDA, float32 on the CPU).
     want_cuda = args.device == "cuda" or (args.device == "auto" and torch.cuda.is_available())
     rate_dtype = _dtype_of(args.dtype) if args.dtype != "auto" else (torch.bfloat16 if want_cuda else torch.float32)
-    rates = rl.measure_rates("cuda" if want_cuda else "cpu", rate_dtype)
+    rates = rl.measure_rates("cuda" if want_cuda else "cpu", rate_dtype, fp8=args.quantization == "fp8")
     print("rates", rates.to_json(), flush=True)
     engine = Engine(model_path=args.model_path, **engine_kwargs)
     info = engine_info(engine)
@@ -507,7 +511,7 @@ def main(argv: list[str] | None = None) -> int:
         raise SystemExit(f"the Engine runs on {device}, the rates were measured on the other device")
     cfg = model_config(engine)
     dtype_bytes = _dtype_of(info["dtype"]).itemsize
-    cost = rl.ModelCost.from_config(cfg, dtype_bytes)
+    cost = rl.ModelCost.from_config(cfg, dtype_bytes, fp8_linears=args.quantization == "fp8")
     # Random ids stay in the base vocabulary: added/special tokens sit above it.
     vocab_hi = min(cfg.vocab_size, getattr(engine.tokenizer, "vocab_size", None) or len(engine.tokenizer))
     machine = machine_info(("torch", "transformers", "triton", "radixserve"))
@@ -517,6 +521,7 @@ def main(argv: list[str] | None = None) -> int:
         "device_name": torch.cuda.get_device_name() if device == "cuda" else machine["cpu"],
         "gpu_count": torch.cuda.device_count() if device == "cuda" else 0,
         "tp_size": args.tp_size, "engine_dtype": info["dtype"], "hf_dtype": args.hf_dtype,
+        "quantization": args.quantization,
         "versions": machine["versions"], "git_commit": machine["git_commit"], "machine": machine,
         "torch_threads": torch.get_num_threads(), "prompts": "distinct random ids (benchmarks/workloads.py)",
         **{k: v for k, v in info.items() if k not in ("device", "dtype")},
@@ -529,8 +534,10 @@ def main(argv: list[str] | None = None) -> int:
         "workloads": {},
     }
     if hasattr(engine, "model_runner"):  # the count the bound uses, against the tensors actually loaded
+        model = engine.model_runner.model
         results["roofline_model"]["loaded_parameter_bytes"] = sum(
-            p.numel() * p.element_size() for p in engine.model_runner.model.parameters())
+            p.numel() * p.element_size() for p in model.parameters()) + sum(  # plus FP8 / packed weights
+            q.nbytes() for q in (getattr(m, "quant", None) for m in model.modules()) if q is not None)
     hf = None if args.skip_hf else load_hf(args, device)
     # warm up both (first calls allocate and dispatch slowly); these prompts are no workload's
     warm = random_prompts(2, 16, VOCAB_LO, vocab_hi, args.seed + SEEDS["warmup"])

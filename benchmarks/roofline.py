@@ -100,17 +100,44 @@ class DeviceRates:
     copy_bytes_s: float  # bytes read + written per second
     device: str
     dtype: str
+    # FLOP/s of the row-wise scaled FP8 product (torch._scaled_mm), measured when the model's linear
+    # layers run in FP8 (--quantization fp8 or an FP8 checkpoint); None otherwise.
+    fp8_matmul_flops: float | None = None
 
     def to_json(self) -> dict[str, Any]:
-        return {"matmul_tflops": round(self.matmul_flops / 1e12, 2), "copy_gb_s": round(self.copy_bytes_s / 1e9, 1),
-                "rates_device": self.device, "rates_dtype": self.dtype}
+        d = {"matmul_tflops": round(self.matmul_flops / 1e12, 2), "copy_gb_s": round(self.copy_bytes_s / 1e9, 1),
+             "rates_device": self.device, "rates_dtype": self.dtype}
+        if self.fp8_matmul_flops is not None:
+            d["fp8_matmul_tflops"] = round(self.fp8_matmul_flops / 1e12, 2)
+        return d
+
+    def matmul_seconds(self, flops: float, fp8_flops: float = 0.0) -> float:
+        """Time of `flops` of matmuls of which `fp8_flops` run in FP8 (at the FP8 rate when measured)."""
+        fp8_rate = self.fp8_matmul_flops or self.matmul_flops
+        return (flops - fp8_flops) / self.matmul_flops + fp8_flops / fp8_rate
 
 
-def measure_rates(device: torch.device | str, dtype: torch.dtype) -> DeviceRates:
-    """Both rates on `device`; on a GPU the buffers are freed again before the Engine sizes its pool."""
+def measure_fp8_matmul_flops(device: torch.device | str, n: int | None = None, iters: int = 10) -> float:
+    """FLOP/s of an n x n x n FP8 (e4m3) product with row-wise scales and bf16 output, as the FP8 linear
+    layers run it (activation quantization not included)."""
+    device = torch.device(device)
+    n = n or (GPU_GEMM_N if device.type == "cuda" else CPU_GEMM_N)
+    a = torch.randn(n, n, device=device).to(torch.float8_e4m3fn)
+    b = torch.randn(n, n, device=device).to(torch.float8_e4m3fn)
+    sa, sb = torch.ones(n, 1, device=device), torch.ones(1, n, device=device)
+    seconds = statistics.median(_timed(
+        lambda: torch._scaled_mm(a, b.t(), scale_a=sa, scale_b=sb, out_dtype=torch.bfloat16), device, iters,
+        warmup=3))
+    return 2 * n**3 / seconds
+
+
+def measure_rates(device: torch.device | str, dtype: torch.dtype, fp8: bool = False) -> DeviceRates:
+    """Both rates on `device` (and the FP8 product's with `fp8`); on a GPU the buffers are freed again
+    before the Engine sizes its pool."""
     device = torch.device(device)
     rates = DeviceRates(measure_matmul_flops(device, dtype), measure_copy_bytes_s(device),
-                        str(device), str(dtype).removeprefix("torch."))
+                        str(device), str(dtype).removeprefix("torch."),
+                        measure_fp8_matmul_flops(device) if fp8 else None)
     if device.type == "cuda":
         torch.cuda.empty_cache()
     return rates
@@ -128,9 +155,12 @@ class ModelCost:
     lm_head_params: int
     weight_bytes: int  # read once per decode step
     kv_bytes_per_token: int  # all layers, K and V
+    fp8_linears: bool = False  # the layers' matmuls run in FP8 (1 byte per weight, the FP8 matmul rate)
 
     @classmethod
-    def from_config(cls, cfg: ModelConfig, dtype_bytes: int) -> ModelCost:
+    def from_config(cls, cfg: ModelConfig, dtype_bytes: int, fp8_linears: bool = False) -> ModelCost:
+        """With `fp8_linears` the decoder's linear weights count 1 byte each plus a float32 scale per output
+        row; the embedding, the LM head and the norms stay in `dtype_bytes`."""
         h, hd = cfg.hidden_size, cfg.head_dim
         q_dim, kv_dim = cfg.num_attention_heads * hd, cfg.num_key_value_heads * hd
         per_layer = h * q_dim + 2 * h * kv_dim + q_dim * h + 3 * h * cfg.intermediate_size
@@ -138,9 +168,15 @@ class ModelCost:
         lm_head = h * cfg.vocab_size
         norms = cfg.num_hidden_layers * 2 * h + h + (cfg.num_hidden_layers * 2 * hd if cfg.qk_norm else 0)
         biases = cfg.num_hidden_layers * (q_dim + 2 * kv_dim) if cfg.attention_bias else 0
+        if fp8_linears:
+            rows = cfg.num_hidden_layers * (q_dim + 2 * kv_dim + h + 3 * cfg.intermediate_size)
+            weight_bytes = layer_params + 4 * rows + (lm_head + norms + biases) * dtype_bytes
+        else:
+            weight_bytes = (layer_params + lm_head + norms + biases) * dtype_bytes
         return cls(layers=cfg.num_hidden_layers, q_dim=q_dim, layer_matmul_params=layer_params,
-                   lm_head_params=lm_head, weight_bytes=(layer_params + lm_head + norms + biases) * dtype_bytes,
-                   kv_bytes_per_token=cfg.kv_bytes_per_token_per_layer * cfg.num_hidden_layers * dtype_bytes)
+                   lm_head_params=lm_head, weight_bytes=weight_bytes,
+                   kv_bytes_per_token=cfg.kv_bytes_per_token_per_layer * cfg.num_hidden_layers * dtype_bytes,
+                   fp8_linears=fp8_linears)
 
     def attention_flops(self, new: int, cached: int = 0) -> int:
         """QK^T and PV for `new` tokens after `cached` ones: 4 * layers * q_dim per attended position."""
@@ -224,8 +260,12 @@ def workload_bound(cost: ModelCost, rates: DeviceRates, reqs: Sequence[ReqShape]
     total_decode_tokens = sum(max(r.output_len - 1, 0) for r in reqs)
     decode_steps = max(math.ceil(total_decode_tokens / max_batch), max(max(r.output_len - 1, 0) for r in reqs))
     w = cost.weight_bytes / tp
-    prefill_s = max(prefill_flops / tp / rates.matmul_flops, prefill_passes * w / rates.copy_bytes_s)
-    decode_s = max(decode_flops / tp / rates.matmul_flops, (decode_steps * w + kv_bytes / tp) / rates.copy_bytes_s)
+    # The layers' matmul FLOPs (2 per weight per token) run at the FP8 rate when the linears are FP8.
+    fp8_share = 2 * cost.layer_matmul_params if cost.fp8_linears else 0
+    prefill_fp8 = fp8_share * sum(r.input_len - r.cached_len for r in reqs)
+    prefill_s = max(rates.matmul_seconds(prefill_flops, prefill_fp8) / tp, prefill_passes * w / rates.copy_bytes_s)
+    decode_s = max(rates.matmul_seconds(decode_flops, fp8_share * total_decode_tokens) / tp,
+                   (decode_steps * w + kv_bytes / tp) / rates.copy_bytes_s)
     return Bound(prefill_flops=prefill_flops // tp, prefill_passes=prefill_passes, decode_flops=decode_flops // tp,
                  decode_steps=decode_steps, decode_kv_bytes=kv_bytes // tp, weight_bytes=int(w), tp=tp,
                  prefill_s=prefill_s if prefill_flops else 0.0, decode_s=decode_s if decode_steps else 0.0)
@@ -246,6 +286,7 @@ def achieved_fraction(bound_s: float, measured_s: float) -> float:
 def decode_roofline_tok_s(cost: ModelCost, rates: DeviceRates, ctx: int, batch: int = 1, tp: int = 1) -> float:
     """Steady decode tokens/s at `batch` requests of context `ctx`: bytes bound or FLOPs bound, the slower."""
     step_bytes = cost.decode_step_bytes([ctx] * batch) / tp
-    step_flops = batch * cost.decode_token_flops(ctx) / tp
-    step_s = max(step_bytes / rates.copy_bytes_s, step_flops / rates.matmul_flops)
+    step_flops = batch * cost.decode_token_flops(ctx)
+    fp8_flops = batch * 2 * cost.layer_matmul_params if cost.fp8_linears else 0
+    step_s = max(step_bytes / rates.copy_bytes_s, rates.matmul_seconds(step_flops, fp8_flops) / tp)
     return batch / step_s

@@ -4,7 +4,8 @@ Each parameter carries a `weight_loader(param, full_tensor, shard_id)` that copi
 slice of a full checkpoint tensor, so the model file reads like the HF original and TP>1
 changes nothing in it.
 
-A quantized checkpoint tensor (`GroupQuantized`) goes through `load_quantized` instead: the layer
+A quantized checkpoint tensor (`GroupQuantized` from GGUF, `Fp8Weight` from an FP8 checkpoint) goes
+through `load_quantized` instead: the layer
 takes this rank's slice of it the same way, and once every fused projection has arrived packs the
 whole slice into `self.quant` (a `QuantMethod`), which forward then calls in place of F.linear.
 """
@@ -19,8 +20,10 @@ from torch import nn
 
 from radixserve.distributed.parallel_state import SINGLE, ParallelGroup, divide
 from radixserve.layers.quantization.base import GroupQuantized, QuantMethod
+from radixserve.layers.quantization.fp8 import Fp8Linear, Fp8Weight
 
 WeightLoader = Callable[..., None]
+QuantizedTensor = GroupQuantized | Fp8Weight
 
 
 def _param(shape: Sequence[int], loader: WeightLoader) -> nn.Parameter:
@@ -35,10 +38,20 @@ def _copy(param: torch.Tensor, src: torch.Tensor, what: str) -> None:
     param.data.copy_(src)
 
 
-def _pack(w: GroupQuantized, like: nn.Parameter) -> QuantMethod:
+def _pack(w: QuantizedTensor, like: nn.Parameter) -> QuantMethod:
+    if isinstance(w, Fp8Weight):
+        return Fp8Linear(w, like.device)
     from radixserve.layers.quantization.int4_cpu import pack_for_device
 
     return pack_for_device(w, like.device)
+
+
+def _cat_rows(parts: list[QuantizedTensor]) -> QuantizedTensor:
+    if all(isinstance(p, Fp8Weight) for p in parts):
+        return Fp8Weight.cat_rows([p for p in parts if isinstance(p, Fp8Weight)])
+    if all(isinstance(p, GroupQuantized) for p in parts):
+        return GroupQuantized.cat_rows([p for p in parts if isinstance(p, GroupQuantized)])
+    raise ValueError(f"cannot fuse {[p.source for p in parts]}: FP8 and integer-coded projections mixed")
 
 
 def _drop_dense(param: nn.Parameter) -> None:
@@ -59,7 +72,7 @@ class ColumnParallelLinear(nn.Module):
         self.weight = _param((self.out_per_rank, in_features), self._load_rows)
         self.bias = _param((self.out_per_rank,), self._load_rows) if bias else None
         self.quant: QuantMethod | None = None
-        self._pending: dict[int, GroupQuantized] = {}  # quantized shards by row offset, until all arrived
+        self._pending: dict[int, QuantizedTensor] = {}  # quantized shards by row offset, until all arrived
 
     def _load_rows(self, param: nn.Parameter, loaded: torch.Tensor, shard_id: object = None) -> None:
         n = param.shape[0]
@@ -69,7 +82,7 @@ class ColumnParallelLinear(nn.Module):
         """(row offset in this rank's weight, rows, index of this rank's slice in the checkpoint tensor)."""
         return 0, self.out_per_rank, self.tp.rank
 
-    def load_quantized(self, loaded: GroupQuantized, shard_id: object = None) -> None:
+    def load_quantized(self, loaded: QuantizedTensor, shard_id: object = None) -> None:
         """Take this rank's rows of a quantized projection; pack once all fused projections are in."""
         offset, size, index = self._shard_rows(shard_id)
         if loaded.shape[0] < (index + 1) * size or loaded.shape[1] != self.in_features:
@@ -80,7 +93,7 @@ class ColumnParallelLinear(nn.Module):
             return
         parts = [self._pending[k] for k in sorted(self._pending)]
         self._pending = {}
-        self.quant = _pack(GroupQuantized.cat_rows(parts), self.weight)
+        self.quant = _pack(_cat_rows(parts), self.weight)
         _drop_dense(self.weight)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
@@ -178,7 +191,7 @@ class RowParallelLinear(nn.Module):
         self.bias = _param((out_features,), self._load_full) if bias else None
         self.quant: QuantMethod | None = None
 
-    def load_quantized(self, loaded: GroupQuantized, shard_id: object = None) -> None:
+    def load_quantized(self, loaded: QuantizedTensor, shard_id: object = None) -> None:
         """Take this rank's input columns of a quantized weight and pack them. The slice must fall on the
         format's groups; otherwise `narrow` raises UnsupportedQuantizationError and the caller loads it dequantized."""
         n = self.in_per_rank

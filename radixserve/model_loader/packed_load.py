@@ -1,4 +1,4 @@
-"""Load a checkpoint stream in which some tensors are `GroupQuantized`: those go to their linear
+"""Load a checkpoint stream in which some tensors are quantized (`GroupQuantized`, `Fp8Weight`): those go to their linear
 layer's `load_quantized` (which packs them), the rest through the model's own `load_weights`.
 
 A quantized tensor that has no layer able to take it packed (another module type, or a row-parallel
@@ -16,6 +16,9 @@ import torch
 from torch import nn
 
 from radixserve.layers.quantization.base import GroupQuantized, UnsupportedQuantizationError
+from radixserve.layers.quantization.fp8 import Fp8Weight
+
+Quantized = GroupQuantized | Fp8Weight
 
 logger = logging.getLogger(__name__)
 
@@ -40,14 +43,15 @@ def _quant_layer(model: nn.Module, param_name: str) -> Any:
 
 
 def load_weights_packed(model: nn.Module,
-                        weights: Iterable[tuple[str, torch.Tensor | GroupQuantized]]) -> set[str]:
-    """Like `model.load_weights(weights)`, packing the GroupQuantized tensors; returns the parameters loaded."""
+                        weights: Iterable[tuple[str, torch.Tensor | Quantized]]) -> set[str]:
+    """Like `model.load_weights(weights)`, packing the quantized tensors (GGUF's GroupQuantized, FP8
+    checkpoints' Fp8Weight); returns the parameters loaded."""
     packed: set[str] = set()
     dequantized: list[str] = []
 
-    def dense(stream: Iterable[tuple[str, torch.Tensor | GroupQuantized]]) -> Iterator[tuple[str, torch.Tensor]]:
+    def dense(stream: Iterable[tuple[str, torch.Tensor | Quantized]]) -> Iterator[tuple[str, torch.Tensor]]:
         for name, tensor in stream:
-            if isinstance(tensor, GroupQuantized):
+            if isinstance(tensor, GroupQuantized | Fp8Weight):
                 target, shard = _target(model, name)
                 layer = _quant_layer(model, target)
                 in_stage = getattr(model, "_in_this_stage", None)

@@ -10,8 +10,10 @@ from typing import Any
 import torch
 
 from radixserve.configs.model_config import NAMED_SHAPES, ModelConfig, UnsupportedModelError
-from radixserve.layers.quantization.base import GroupQuantized
+from radixserve.layers.quantization.base import GroupQuantized, UnsupportedQuantizationError
+from radixserve.layers.quantization.fp8 import Fp8Weight
 from radixserve.model_loader.default_model import DEFAULT_MODEL_NAME, ModelNotFoundError, default_model_path
+from radixserve.model_loader.fp8_checkpoint import Fp8Scheme, checkpoint_scheme, iter_fp8_checkpoint
 from radixserve.model_loader.generation_config import gguf_generation_defaults, hf_generation_defaults
 from radixserve.model_loader.gguf_loader import gguf_model_config, iter_gguf_weights, open_gguf
 from radixserve.model_loader.hf_loader import hf_model_config, iter_safetensors_weights, safetensors_files
@@ -32,13 +34,20 @@ class ModelSource:
     _gguf_reader: Any = None
     # Sampling defaults for fields a request leaves unset (generation_config.py).
     generation_defaults: dict[str, float | int] = field(default_factory=dict)
+    # An FP8 checkpoint's scheme (its config.json's quantization_config); None: float weights.
+    fp8: Fp8Scheme | None = None
 
-    def iter_weights(self, pack_quantized: bool = False) -> Iterator[tuple[str, torch.Tensor | GroupQuantized]]:
-        """(name, tensor) pairs; with `pack_quantized`, GGUF's packable linear weights come as GroupQuantized."""
+    def iter_weights(self, pack_quantized: bool = False
+                     ) -> Iterator[tuple[str, torch.Tensor | GroupQuantized | Fp8Weight]]:
+        """(name, tensor) pairs; with `pack_quantized`, GGUF's packable linear weights come as GroupQuantized
+        and an FP8 checkpoint's weights as Fp8Weight (without, FP8 weights are dequantized here)."""
         if self.kind == "gguf":
             return iter_gguf_weights(self._gguf_reader, self.config, pack=pack_quantized)
         if self.kind == "safetensors":
             assert self.path is not None
+            if self.fp8 is not None:
+                stream = iter_fp8_checkpoint(self.path, safetensors_files(self.path), self.fp8)
+                return stream if pack_quantized else _dequantized(stream)
             return iter_safetensors_weights(self.path)
         raise ValueError("dummy models have no weights to read")
 
@@ -47,6 +56,18 @@ class ModelSource:
         if self.kind == "gguf":
             return len(self._gguf_reader.tensors)
         return 0
+
+
+def _fp8_scheme(path: Path) -> Fp8Scheme | None:
+    try:
+        return checkpoint_scheme(path)
+    except UnsupportedQuantizationError as e:
+        raise UnsupportedModelError(f"{str(path / 'config.json')!r}: {e}") from e
+
+
+def _dequantized(stream: Iterator[tuple[str, torch.Tensor | Fp8Weight]]) -> Iterator[tuple[str, torch.Tensor]]:
+    for name, tensor in stream:
+        yield name, tensor.dequantize() if isinstance(tensor, Fp8Weight) else tensor
 
 
 # GGUF architectures of mixture-of-experts models -> the HF architecture we serve from safetensors.
@@ -101,7 +122,8 @@ def resolve_model_source(
         reject_gguf_moe(reader, path)
         return ModelSource(kind, path, name, gguf_model_config(reader, path), tok, reader,
                            gguf_generation_defaults(reader, embedded=not model_path))
-    return ModelSource(kind, path, name, hf_model_config(path), tok, generation_defaults=hf_generation_defaults(path))
+    return ModelSource(kind, path, name, hf_model_config(path), tok, generation_defaults=hf_generation_defaults(path),
+                       fp8=_fp8_scheme(path))
 
 
 def _resolve_dummy(model_path: str | None, tokenizer_path: str | None) -> ModelSource:
