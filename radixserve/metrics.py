@@ -16,6 +16,7 @@ from dataclasses import dataclass
 from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram, generate_latest
 from prometheus_client import multiprocess as prom_multiprocess
 
+from radixserve.cache_events.protocol import BLOCK_TOKENS
 from radixserve.managers.processes import MULTIPROC_ENV
 
 # Buckets as SGLang's (seconds), covering CPU-speed decoding too.
@@ -108,9 +109,32 @@ class SchedulerMetrics:
         self.cache_hit_rate = gauge("radixserve:cache_hit_rate",
                                     "Prompt tokens served from the radix cache / prompt tokens (since start).")
         self.max_total_num_tokens = gauge("radixserve:max_total_num_tokens", "KV pool size in tokens.")
+        # The names the Gateway API Inference Extension's endpoint picker scrapes (its model server
+        # protocol, docs/proposals/003-model-server-protocol: TotalQueuedRequests,
+        # TotalRunningRequests, KVCacheUtilization, BlockSize/NumGPUBlocks), from the same values.
+        self.gie_waiting = gauge("vllm:num_requests_waiting", "Requests waiting to be scheduled (queue).")
+        self.gie_running = gauge("vllm:num_requests_running", "Requests being decoded or prefilled.")
+        self.gie_kv_usage = gauge("vllm:kv_cache_usage_perc",
+                                  "KV cache usage, 1 means 100 percent (as radixserve:token_usage).")
+        self.gie_kv_usage_legacy = gauge("vllm:gpu_cache_usage_perc",
+                                         "KV cache usage (the name older endpoint pickers read).")
+        self.cache_config = Gauge("vllm:cache_config_info", "KV cache block size (the cache events' block, "
+                                  "in tokens) and the pool's size in such blocks; the value is 1.",
+                                  ["model_name", "block_size", "num_gpu_blocks"], multiprocess_mode="livemostrecent",
+                                  registry=self.registry)
+        self.model_name = model_name
+        self._cache_config_set = False
 
     def update(self, load: dict[str, float]) -> None:
         total = max(1.0, load["kv_total_tokens"])
+        self.gie_waiting.set(load["num_waiting_reqs"])
+        self.gie_running.set(load["num_running_reqs"])
+        self.gie_kv_usage.set(load["kv_used_tokens"] / total)
+        self.gie_kv_usage_legacy.set(load["kv_used_tokens"] / total)
+        if not self._cache_config_set:  # a constant: the pool never changes size
+            blocks = int(load["kv_total_tokens"]) // BLOCK_TOKENS
+            self.cache_config.labels(self.model_name, str(BLOCK_TOKENS), str(blocks)).set(1)
+            self._cache_config_set = True
         self.num_running_reqs.set(load["num_running_reqs"])
         self.num_queue_reqs.set(load["num_waiting_reqs"])
         self.token_usage.set(load["kv_used_tokens"] / total)

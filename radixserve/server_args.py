@@ -14,6 +14,7 @@ from typing import Any
 
 SCHEDULE_POLICIES = ("lpm", "fcfs")
 SAMPLING_DEFAULTS = ("model", "openai")
+QUANTIZATIONS = ("fp8",)
 LOAD_FORMATS = ("auto", "gguf", "safetensors", "dummy")
 DTYPES = ("auto", "float32", "bfloat16", "float16")
 DEVICES = ("auto", "cpu", "cuda")
@@ -65,9 +66,18 @@ class ServerArgs:
         "GGUF on CPU: expand every quantized tensor to --dtype (the reference path) instead of keeping the "
         "Q4_0/Q4_1/Q4_K linear weights packed as int4 (docs/quantization.md). On CUDA GGUF is always "
         "dequantized."))
+    quantization: str | None = field(default=None, metadata=_help(
+        "fp8: quantize the linear layers' float weights to FP8 (e4m3, one scale per output channel) at load "
+        "time and run them as W8A8 with per-token activation scales. FP8 checkpoints (compressed-tensors, "
+        "fbgemm_fp8, fp8) are detected from their config.json without this flag (docs/quantization.md).",
+        choices=QUANTIZATIONS))
     # HTTP
     host: str = field(default="127.0.0.1", metadata=_server_help("Address the HTTP server binds."))
     port: int = field(default=30000, metadata=_server_help("Port the HTTP server binds."))
+    grpc_port: int | None = field(default=None, metadata=_server_help(
+        "Also serve the gRPC API (radixserve/grpc/radixserve.proto: Generate, Abort, HealthCheck, GetModelInfo, "
+        "GetServerInfo; docs/grpc.md) on this port of --host, beside HTTP; 0 picks a free port, which the log "
+        "and /get_server_info's grpc_port show (default: no gRPC server)."))
     api_key: str | None = field(default=None, metadata=_server_help(
         f"Require 'Authorization: Bearer KEY' on API routes (default: the {API_KEY_ENV} environment variable)."))
     # Parallelism
@@ -76,6 +86,19 @@ class ServerArgs:
     pipeline_parallel_size: int = field(default=1, metadata=_help(
         "Pipeline-parallel stages: the layers split evenly over this many stages, each its own "
         "tp ranks (tp x pp processes and GPUs).", flags=("--pp", "--pipeline-parallel-size")))
+    nnodes: int = field(default=1, metadata=_server_help(
+        "Machines (or pods) the tp x pp ranks span; each node runs tp x pp / nnodes of them "
+        "(docs/parallelism.md, 'Several nodes')."))
+    node_rank: int = field(default=0, metadata=_server_help(
+        "This node's index in [0, nnodes): node 0 runs the HTTP server and world rank 0, node R runs "
+        "ranks [R x local, (R + 1) x local) and no HTTP server."))
+    dist_init_addr: str | None = field(default=None, metadata=_server_help(
+        "HOST:PORT of node 0 where the ranks meet (a TCP store node 0 listens on); required with "
+        "--nnodes > 1. One node: a file store in the server's private directory, no port."))
+    dist_timeout: float = field(default=600.0, metadata=_server_help(
+        "With --nnodes > 1: seconds a rank waits for its peers in one collective before it gives up and the "
+        "server exits non-zero, for a node that vanished without closing its connections (a peer process that "
+        "exits is noticed at once). Joining at start-up waits up to 30 minutes, or this if longer."))
     # Memory
     mem_fraction_static: float = field(default=0.88, metadata=_help(
         "Fraction of GPU memory for weights plus the KV pool (GPU only)."))
@@ -103,6 +126,9 @@ class ServerArgs:
         choices=ATTENTION_BACKENDS))
     disable_cuda_graph: bool = field(default=False, metadata=_help(
         "Do not capture CUDA graphs for decode (CUDA only)."))
+    enable_priority_scheduling: bool = field(default=False, metadata=_help(
+        "Order the waiting queue by each request's `priority` field first (higher values first; equal "
+        "priorities keep the --schedule-policy order). Off: `priority` is accepted and ignored."))
     enable_mixed_chunk: bool = field(default=False, metadata=_help(
         "Run the running requests' decode step inside each prefill batch (SGLang's mixed chunked "
         "prefill): decodes advance while prompts prefill, so a token waits at most one prefill chunk; "
@@ -144,6 +170,9 @@ class ServerArgs:
     request_timeout: float | None = field(default=None, metadata=_server_help(
         "Seconds a request may take in all (queueing included); past it the request is aborted and answers "
         "504, or an error event if streaming (default: no limit)."))
+    disable_cache_events: bool = field(default=False, metadata=_server_help(
+        "Do not publish the RadixCache's contents and the load on GET /v1/cache/events and "
+        "/v1/cache/snapshot (what a cache-aware router subscribes to; docs/router.md)."))
 
     def __post_init__(self) -> None:
         if self.api_key is None:
@@ -171,8 +200,11 @@ class ServerArgs:
         check(self.attention_backend in ATTENTION_BACKENDS, "attention_backend",
               f"{self.attention_backend!r} is not one of {ATTENTION_BACKENDS}")
         check(0 < self.port < 65536, "port", f"{self.port} is not a TCP port")
+        check(self.grpc_port is None or 0 <= self.grpc_port < 65536, "grpc_port",
+              f"{self.grpc_port} is not a TCP port (or 0 for any free one)")
         check(self.tensor_parallel_size >= 1, "tensor_parallel_size", "must be >= 1")
         check(self.pipeline_parallel_size >= 1, "pipeline_parallel_size", "must be >= 1")
+        _check_nodes(self)
         check(0.0 < self.mem_fraction_static < 1.0, "mem_fraction_static", "must be in (0, 1)")
         check(self.context_length is None or self.context_length > 1, "context_length", "must be > 1")
         check(self.max_total_tokens is None or self.max_total_tokens >= 16, "max_total_tokens", "must be >= 16")
@@ -219,6 +251,35 @@ class ServerArgs:
 
     def replace(self, **changes: Any) -> ServerArgs:
         return dataclasses.replace(self, **changes)
+
+    @property
+    def ranks_per_node(self) -> int:
+        return self.tensor_parallel_size * self.pipeline_parallel_size // self.nnodes
+
+    @property
+    def local_ranks(self) -> range:
+        """The world ranks this node runs."""
+        return range(self.node_rank * self.ranks_per_node, (self.node_rank + 1) * self.ranks_per_node)
+
+
+def _check_nodes(args: ServerArgs) -> None:
+    """--nnodes / --node-rank / --dist-init-addr: the world splits evenly over the nodes."""
+    world = args.tensor_parallel_size * args.pipeline_parallel_size
+    if args.nnodes < 1:
+        raise ServerArgsError("nnodes", "must be >= 1")
+    if world % args.nnodes != 0:
+        raise ServerArgsError("nnodes", f"tp x pp = {world} ranks do not split evenly over {args.nnodes} nodes")
+    if not 0 <= args.node_rank < args.nnodes:
+        raise ServerArgsError("node_rank", f"{args.node_rank} is not in [0, {args.nnodes})")
+    if args.dist_timeout <= 0:
+        raise ServerArgsError("dist_timeout", "must be > 0")
+    if args.dist_init_addr is None:
+        if args.nnodes > 1:
+            raise ServerArgsError("dist_init_addr", "is required with --nnodes > 1 (HOST:PORT of node 0)")
+        return
+    host, _, port = args.dist_init_addr.rpartition(":")
+    if not host or not port.isdigit() or not 0 < int(port) < 65536:
+        raise ServerArgsError("dist_init_addr", f"{args.dist_init_addr!r} is not HOST:PORT")
 
 
 def _check_parser(name: str | None, field_name: str) -> None:

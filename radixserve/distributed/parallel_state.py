@@ -8,12 +8,18 @@ World rank = pp_rank * tp_size + tp_rank; world rank 0 owns the sockets and deci
 
 from __future__ import annotations
 
+import datetime
 from dataclasses import dataclass
 from typing import Any
 
 import msgspec
 import torch
 import torch.distributed as dist
+
+# torch's own default for gloo and NCCL; `radixserve serve --dist-timeout` sets it per server.
+DEFAULT_TIMEOUT_S = 1800.0
+# How long the ranks of several nodes wait for each other at the rendezvous (node 0's TCP store).
+JOIN_TIMEOUT_S = 1800.0
 
 
 @dataclass(frozen=True)
@@ -138,20 +144,39 @@ ONE_PROCESS = DistGroups(tp=SINGLE, pp=NO_PIPELINE, world=SINGLE)
 
 
 def init_distributed(world_rank: int, tp_size: int, pp_size: int, store_path: str,
-                     device: torch.device) -> DistGroups:
-    """Join the process groups of one server through a file store in its private ipc directory:
-    no TCP port to pick, so several servers on one machine never collide."""
+                     device: torch.device, init_addr: str | None = None,
+                     timeout_s: float = DEFAULT_TIMEOUT_S) -> DistGroups:
+    """Join the process groups of one server.
+
+    On one node through a file store in its private ipc directory: no TCP port to pick, so
+    several servers on one machine never collide. Across nodes (`init_addr`, node 0's
+    HOST:PORT) through a TCP store that world rank 0 serves there. `timeout_s` bounds how long
+    a rank waits at the rendezvous and in any one collective, so a peer that vanished without
+    closing its sockets ends the server instead of hanging it (a peer that exits is noticed at
+    once: its connections close). Joining the TCP store waits up to JOIN_TIMEOUT_S (or
+    `timeout_s` if longer)."""
     backend = "nccl" if device.type == "cuda" else "gloo"
     world_size = tp_size * pp_size
-    dist.init_process_group(backend=backend, init_method=f"file://{store_path}", rank=world_rank,
-                            world_size=world_size)
-    world_cpu = dist.new_group(backend="gloo") if backend != "gloo" else dist.group.WORLD
+    timeout = datetime.timedelta(seconds=timeout_s)
+    if init_addr:
+        host, _, port = init_addr.rpartition(":")
+        # Joining gets its own, longer wait: the nodes' processes may start minutes apart (an image
+        # pull, a model copy), which is no sign of a dead peer.
+        store = dist.TCPStore(host, int(port), world_size, is_master=world_rank == 0,
+                              timeout=datetime.timedelta(seconds=max(timeout_s, JOIN_TIMEOUT_S)))
+        dist.init_process_group(backend=backend, store=store, rank=world_rank, world_size=world_size,
+                                timeout=timeout)
+    else:
+        dist.init_process_group(backend=backend, init_method=f"file://{store_path}", rank=world_rank,
+                                world_size=world_size, timeout=timeout)
+    world_cpu = dist.new_group(backend="gloo", timeout=timeout) if backend != "gloo" else dist.group.WORLD
     pp_rank, tp_rank = divmod(world_rank, tp_size)
     tp_group: Any = dist.group.WORLD
     if pp_size > 1:
         # Every rank creates every stage's group, in the same order (a collective call).
         for stage in range(pp_size):
-            g = dist.new_group(ranks=list(range(stage * tp_size, (stage + 1) * tp_size)), backend=backend)
+            g = dist.new_group(ranks=list(range(stage * tp_size, (stage + 1) * tp_size)), backend=backend,
+                               timeout=timeout)
             if stage == pp_rank:
                 tp_group = g
     tp = ParallelGroup(rank=tp_rank, size=tp_size, group=tp_group)

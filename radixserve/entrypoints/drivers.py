@@ -65,7 +65,8 @@ class ProcessDriver:
         self.recv = bind_pull(self.ctx, self.port_args.detokenizer_input)
         self.control = bind_pull(self.ctx, self.port_args.tokenizer_input)  # replies to control messages
         self.send = connect_push(self.ctx, self.port_args.scheduler_input)
-        self.procs = ServerProcesses(server_args, self.port_args)
+        # No HTTP side reads cache events here (docs/router.md, "Cache events").
+        self.procs = ServerProcesses(server_args.replace(disable_cache_events=True), self.port_args)
         try:
             self.info: dict[str, Any] = self.procs.start(with_detokenizer=False)
         except BaseException:

@@ -26,6 +26,7 @@ from radixserve.managers.scheduler_process import build_scheduler
 from radixserve.model_loader.source import resolve_model_source
 from radixserve.model_loader.tokenizer import load_tokenizer
 from radixserve.model_store.local import materialize_model_path
+from radixserve.sampling.input_logprobs import format_input_token_logprobs
 from radixserve.sampling.sampling_params import SamplingParams
 from radixserve.server_args import ServerArgs
 
@@ -45,6 +46,8 @@ class MetaInfo(TypedDict):
     finish_reason: dict[str, Any]
     output_token_logprobs: NotRequired[list[tuple[float, int]]]  # (logprob, token id)
     output_top_logprobs: NotRequired[list[list[tuple[float, int]]]]
+    # With logprob_start_len >= 0: (logprob, token id) of prompt positions from there (position 0: None).
+    input_token_logprobs: NotRequired[list[tuple[float | None, int]]]
 
 
 class GenerateOutput(TypedDict):
@@ -59,6 +62,7 @@ class _Pending:
     ids: list[int] = field(default_factory=list)
     logprobs: list[float] = field(default_factory=list)
     top: list[list[tuple[int, float]]] = field(default_factory=list)
+    input_logprobs: list[float] = field(default_factory=list)
     final: BatchTokenIDOut | None = None  # the output that finished it
     index: int = 0  # its row in `final`
 
@@ -106,24 +110,28 @@ class Engine:
     # ---- API ---------------------------------------------------------------------------------
     @overload
     def generate(self, prompt: str, sampling_params: dict[str, Any] | None = None, *, return_logprob: bool = ...,
-                 top_logprobs_num: int = ..., show_progress: bool | None = ...) -> GenerateOutput: ...
+                 top_logprobs_num: int = ..., show_progress: bool | None = ...,
+                 logprob_start_len: int = ...) -> GenerateOutput: ...
     @overload
     def generate(self, prompt: list[str], sampling_params: Params = None, *, return_logprob: bool = ...,
-                 top_logprobs_num: int = ..., show_progress: bool | None = ...) -> list[GenerateOutput]: ...
+                 top_logprobs_num: int = ..., show_progress: bool | None = ...,
+                 logprob_start_len: int = ...) -> list[GenerateOutput]: ...
     @overload
     def generate(self, prompt: None = None, sampling_params: dict[str, Any] | None = None, *, input_ids: list[int],
                  return_logprob: bool = ..., top_logprobs_num: int = ...,
-                 show_progress: bool | None = ...) -> GenerateOutput: ...
+                 show_progress: bool | None = ..., logprob_start_len: int = ...) -> GenerateOutput: ...
     @overload
     def generate(self, prompt: None = None, sampling_params: Params = None, *, input_ids: list[list[int]],
                  return_logprob: bool = ..., top_logprobs_num: int = ...,
-                 show_progress: bool | None = ...) -> list[GenerateOutput]: ...
+                 show_progress: bool | None = ..., logprob_start_len: int = ...) -> list[GenerateOutput]: ...
 
     def generate(self, prompt: str | list[str] | None = None, sampling_params: Params = None,
                  input_ids: list[int] | list[list[int]] | None = None, return_logprob: bool = False,
-                 top_logprobs_num: int = 0, show_progress: bool | None = None) -> GenerateOutput | list[GenerateOutput]:
+                 top_logprobs_num: int = 0, show_progress: bool | None = None,
+                 logprob_start_len: int = -1) -> GenerateOutput | list[GenerateOutput]:
         """One prompt (a string or a list of ids) gives one output; a list of prompts gives a list
-        with n outputs per prompt, in order."""
+        with n outputs per prompt, in order. `logprob_start_len` >= 0 adds the prompt tokens'
+        logprobs from that position on (`meta_info.input_token_logprobs`; SGLang's parameter)."""
         if self._closed:
             raise RuntimeError("the engine is shut down")
         single = isinstance(prompt, str) or (bool(input_ids) and isinstance(input_ids[0], int))  # type: ignore[index]
@@ -134,8 +142,8 @@ class Engine:
         reqs: list[TokenizedGenerateReqInput] = []
         for i, (ids, p) in enumerate(zip(prompts, params, strict=True)):
             try:
-                reqs += self.builder.build(ids, p, return_logprob=return_logprob,
-                                           top_logprobs_num=top_logprobs_num).reqs
+                reqs += self.builder.build(ids, p, return_logprob=return_logprob, top_logprobs_num=top_logprobs_num,
+                                           logprob_start_len=logprob_start_len).reqs
             except InvalidRequestError as e:
                 raise InvalidRequestError(f"invalid value for {e.param!r} #{i}: {e}", e.param, e.code) from e
         pending = self._run(reqs, show_progress)
@@ -238,6 +246,8 @@ class Engine:
             st.ids.extend(out.new_token_ids[i])
             st.logprobs.extend(out.new_token_logprobs[i])
             st.top.extend(out.new_top_logprobs[i])
+            if out.input_token_logprobs:
+                st.input_logprobs.extend(out.input_token_logprobs[i])
             if out.finished_reasons[i] is not None:
                 st.final, st.index = out, i
                 done += 1
@@ -254,8 +264,12 @@ class Engine:
         meta = MetaInfo(id=req.rid, prompt_tokens=st.final.prompt_tokens[st.index],
                         completion_tokens=st.final.completion_tokens[st.index],
                         cached_tokens=st.final.cached_tokens[st.index], finish_reason=reason.to_json())
+        if req.logprob_start_len >= 0:
+            meta["input_token_logprobs"] = format_input_token_logprobs(req.input_ids, req.logprob_start_len,
+                                                                st.input_logprobs)
         if req.return_logprob:
             meta["output_token_logprobs"] = list(zip(st.logprobs, st.ids, strict=False))
             if req.top_logprobs_num:
                 meta["output_top_logprobs"] = [[(lp, tid) for tid, lp in row] for row in st.top]
         return GenerateOutput(text="".join(st.text), output_ids=st.ids, meta_info=meta)
+

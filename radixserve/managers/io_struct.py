@@ -10,6 +10,7 @@ from typing import Any
 
 import msgspec
 
+from radixserve.cache_events.protocol import CacheEvent, EngineLoad
 from radixserve.sampling.sampling_params import SamplingParams
 
 
@@ -37,6 +38,9 @@ class TokenizedGenerateReqInput(msgspec.Struct, tag=True):
     stream: bool = False
     return_logprob: bool = False
     top_logprobs_num: int = 0
+    priority: int = 0  # higher first, with --enable-priority-scheduling (schedule_policy.py)
+    # Score the prompt's tokens from this position on (SGLang's logprob_start_len); -1: none.
+    logprob_start_len: int = -1
 
 
 class AbortReq(msgspec.Struct, tag=True):
@@ -70,6 +74,15 @@ class CheckMemoryReqOutput(msgspec.Struct, tag=True):
     pool_slots: int
 
 
+class CacheEventsOut(msgspec.Struct, tag=True):
+    """Rank 0's RadixCache changes since its last such message, and its load (docs/router.md,
+    "Cache events"): sent after a step that changed the tree, else every second as a heartbeat."""
+
+    events: list[CacheEvent]
+    load: EngineLoad
+    ts: float  # wall clock, seconds
+
+
 # ---- Scheduler -> Detokenizer (and the Engine) -------------------------------------------
 class DecodeSettings(msgspec.Struct):
     """How to turn one request's ids into text; sent once, with the request's first output."""
@@ -89,6 +102,9 @@ class BatchTokenIDOut(msgspec.Struct, tag=True):
     new_token_logprobs: list[list[float]]
     new_top_logprobs: list[list[list[tuple[int, float]]]]
     new_reqs: list[DecodeSettings] = []  # requests reported for the first time
+    # Per row: the prompt tokens' logprobs, from position max(logprob_start_len, 1) on; sent
+    # once, with the request's first report (empty otherwise or when not asked for).
+    input_token_logprobs: list[list[float]] = []
 
 
 # ---- Detokenizer -> TokenizerManager -----------------------------------------------------
@@ -100,4 +116,5 @@ class BatchStrOut(msgspec.Struct, tag=True):
 
 
 SchedulerInput = TokenizedGenerateReqInput | AbortReq | FlushCacheReq | GetLoadReq | CheckMemoryReq
-TokenizerManagerInput = BatchStrOut | FlushCacheReqOutput | GetLoadReqOutput | CheckMemoryReqOutput
+TokenizerManagerInput = (BatchStrOut | FlushCacheReqOutput | GetLoadReqOutput | CheckMemoryReqOutput
+                         | CacheEventsOut)

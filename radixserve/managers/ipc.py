@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import logging
+import multiprocessing
 import os
 import shutil
 import signal
@@ -88,7 +89,10 @@ def init_child_process(interval_s: float = 1.0) -> None:
 
 def watch_parent(interval_s: float = 1.0) -> None:
     """Exit this process when its parent is gone (SIGKILL of the server leaves no orphans on the GPU)."""
-    parent = os.getppid()
+    # The pid multiprocessing recorded at spawn: a parent that died before this line ran is
+    # already replaced by init in getppid(), and the child would otherwise live on.
+    spawner = multiprocessing.parent_process()
+    parent = spawner.pid if spawner is not None and spawner.pid is not None else os.getppid()
 
     def loop() -> None:
         while True:

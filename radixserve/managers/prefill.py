@@ -61,7 +61,8 @@ class PrefillManager:
         return self._build(adder) if adder.can_run else None
 
     def _admit(self, adder: PrefillAdder) -> None:
-        order_waiting_queue(self.waiting_queue, self.server_args.schedule_policy, self.tree_cache)
+        order_waiting_queue(self.waiting_queue, self.server_args.schedule_policy, self.tree_cache,
+                            by_priority=self.server_args.enable_priority_scheduling)
         free_req_slots = self.req_to_token_pool.available_size()
         for req in self.waiting_queue:
             if len(adder.can_run) >= free_req_slots + (1 if self.chunked_req else 0):

@@ -1,4 +1,5 @@
-"""The server's child processes: one scheduler per rank (tp x pp) and the detokenizer.
+"""The server's child processes: one scheduler per rank of this node (tp x pp / nnodes) and the
+detokenizer.
 
 Started with the spawn method, each reports {"status": "ready", ...} or {"status": "error", ...}
 on a pipe; a watchdog waits on their sentinels. `radixserve serve` and the offline Engine's
@@ -38,16 +39,15 @@ class ServerProcesses:
         self.stopping = False
 
     def start(self, with_detokenizer: bool = True) -> dict[str, Any]:
-        """Start one scheduler process per rank, tp x pp of them (and the detokenizer); return world
-        rank 0's model info."""
+        """Start one scheduler process per rank of this node, tp x pp / nnodes of them (and the
+        detokenizer); return world rank 0's model info (node 0 only: other nodes get the pids)."""
         from radixserve.managers.detokenizer_process import run_detokenizer_process
         from radixserve.managers.scheduler_process import rank_name, run_scheduler_process
 
         sa = self.server_args
-        world = sa.tensor_parallel_size * sa.pipeline_parallel_size
         leader = rank_name(sa, 0)
         targets: list[tuple[str, Any, tuple[Any, ...]]] = [
-            (rank_name(sa, rank), run_scheduler_process, (rank,)) for rank in range(world)]
+            (rank_name(sa, rank), run_scheduler_process, (rank,)) for rank in sa.local_ranks]
         if with_detokenizer:
             targets.append(("detokenizer", run_detokenizer_process, ()))
         pipes: list[tuple[str, Connection, BaseProcess]] = []

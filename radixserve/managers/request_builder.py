@@ -65,6 +65,14 @@ def check_text(text: object, param: str) -> str:
     return text
 
 
+def check_logprob_start_len(value: object, prompt_len: int) -> None:
+    """-1 (no prompt logprobs) or a position inside the prompt."""
+    if not isinstance(value, int) or isinstance(value, bool) or not -1 <= value < prompt_len:
+        raise InvalidRequestError(
+            f"invalid value for 'logprob_start_len': must be -1 (no prompt logprobs) or a position in "
+            f"[0, {prompt_len}) of the {prompt_len}-token prompt, got {value!r}", param="logprob_start_len")
+
+
 @dataclass
 class GenerateRequest:
     """One API request, validated: its id and its n scheduler requests (`rid` or `rid-i`)."""
@@ -109,14 +117,17 @@ class RequestBuilder:
 
     def build(self, input_ids: list[int], params: SamplingParams, *, rid: str | None = None, stream: bool = False,
               return_logprob: bool = False, top_logprobs_num: int = 0, input_text: str | None = None,
-              prompt_param: str = "prompt", max_tokens_param: str | None = None) -> GenerateRequest:
+              prompt_param: str = "prompt", max_tokens_param: str | None = None,
+              logprob_start_len: int = -1, priority: int = 0) -> GenerateRequest:
         """Validate one prompt and fan it out. `max_tokens_param`: the caller set max_new_tokens
-        itself (under that name), so prompt + max_new_tokens over the context is an error, not a clamp."""
+        itself (under that name), so prompt + max_new_tokens over the context is an error, not a clamp.
+        `logprob_start_len` >= 0 asks for the prompt tokens' logprobs from that position on."""
         if not (isinstance(top_logprobs_num, int) and 0 <= top_logprobs_num <= MAX_TOP_LOGPROBS):
             raise InvalidRequestError(f"top_logprobs must be in [0, {MAX_TOP_LOGPROBS}]", param="top_logprobs")
         if not all(isinstance(t, int) and not isinstance(t, bool) for t in input_ids):
             raise InvalidRequestError("input_ids must be integers", prompt_param, "invalid_token_id")
         check_prompt(input_ids, self.context_len, self.vocab_size, prompt_param)
+        check_logprob_start_len(logprob_start_len, len(input_ids))
         params.validate()
         params.check_vocab(self.vocab_size)
         check_grammar(params, self.grammar_backend)
@@ -130,7 +141,7 @@ class RequestBuilder:
         subs = [rid] if params.n == 1 else [f"{rid}-{i}" for i in range(params.n)]
         return GenerateRequest(rid, [TokenizedGenerateReqInput(
             rid=sub, input_ids=input_ids, input_text=input_text, stream=stream, return_logprob=return_logprob,
-            top_logprobs_num=top_logprobs_num,
+            top_logprobs_num=top_logprobs_num, logprob_start_len=logprob_start_len, priority=priority,
             sampling_params=msgspec.structs.replace(params, n=1, seed=None if params.seed is None
                                                     else (params.seed + i) % (MAX_SEED + 1)))
             for i, sub in enumerate(subs)])

@@ -16,6 +16,7 @@ import torch
 from radixserve.errors import InvalidRequestError
 from radixserve.managers.io_struct import FinishReason
 from radixserve.model_executor.forward_batch import ForwardBatch, ForwardMode
+from radixserve.sampling.input_logprobs import InputLogprobPlan
 from radixserve.sampling.sampler import SamplingBatchInfo
 from radixserve.sampling.sampling_params import SamplingParams
 from radixserve.utils.detokenize import IncrementalDecoder
@@ -44,6 +45,8 @@ class Req:
     return_logprob: bool = False
     top_logprobs_num: int = 0
     eos_token_ids: frozenset[int] = frozenset()
+    logprob_start_len: int = -1  # score the prompt from this position (-1: not at all)
+    priority: int = 0  # waiting-queue rank with --enable-priority-scheduling: higher first
 
     output_ids: list[int] = field(default_factory=list)
     # KV state
@@ -60,6 +63,8 @@ class Req:
     generator: torch.Generator | None = None
     output_logprobs: list[float] = field(default_factory=list)
     output_top_logprobs: list[list[tuple[int, float]]] = field(default_factory=list)
+    # Logprobs of the prompt tokens at positions max(logprob_start_len, 1), ... (position 0 has none).
+    input_logprobs: list[float] = field(default_factory=list)
     send_offset: int = 0  # output tokens already reported
     reported: bool = False  # its DecodeSettings went out with a first output
     stop_decoder: IncrementalDecoder | None = None  # finds stop strings in the output text
@@ -76,11 +81,25 @@ class Req:
     def finished(self) -> bool:
         return self.finished_reason is not None
 
+    def input_logprob_row(self) -> int | None:
+        """The prompt position whose logits score the next unscored prompt token; None when no
+        (more) prompt logprobs are wanted."""
+        if self.logprob_start_len < 0:
+            return None
+        row = max(self.logprob_start_len, 1) - 1 + len(self.input_logprobs)
+        return row if row < len(self.origin_input_ids) - 1 else None
+
     def init_next_round_input(self, tree_cache: BasePrefixCache) -> None:
-        """Match the cache for the tokens still to compute; at least one token is left to run."""
+        """Match the cache for the tokens still to compute; at least one token is left to run.
+        A prompt still to be scored is matched only up to its first scored row: a cached token's
+        logits are gone, so the forward must recompute from there."""
         self.fill_ids = self.origin_input_ids + self.output_ids
         if self.req_pool_idx is None:
-            self.prefix_indices, node = tree_cache.match_prefix(self.fill_ids[:-1])
+            key = self.fill_ids[:-1]
+            row = self.input_logprob_row()
+            if row is not None:
+                key = key[:row]
+            self.prefix_indices, node = tree_cache.match_prefix(key)
             self.last_node = node
         self.extend_input_len = len(self.fill_ids) - self.prefix_indices.numel()
 
@@ -115,6 +134,7 @@ class ScheduleBatch:
     # feeds the previous step's tokens to the grammars here, so their masks are up to date.
     before_sample: Callable[[], None] | None = None
     num_mixed_decode: int = 0  # running requests whose decode step rides in this prefill batch (last rows)
+    input_logprob_plan: InputLogprobPlan | None = None  # prompt tokens this prefill scores
 
     def alloc_token_slots(self, n: int) -> torch.Tensor:
         out = self.token_to_kv_pool.alloc(n)
@@ -154,10 +174,13 @@ class ScheduleBatch:
         self.extend_lens_cpu = [r.extend_input_len for r in self.reqs]
         self.seq_lens_cpu = [p + e for p, e in zip(self.prefix_lens_cpu, self.extend_lens_cpu, strict=True)]
         tokens: list[int] = []
+        spans: list[tuple[int, list[int]]] = []
         for r, p, s in zip(self.reqs, self.prefix_lens_cpu, self.seq_lens_cpu, strict=True):
             r.fill_ids = r.fill_ids[:s]
             r.kv_len = s
+            spans.append(_scored_span(r, p, s, len(tokens)))
             tokens.extend(r.fill_ids[p:s])
+        self.input_logprob_plan = InputLogprobPlan.build(spans, self.device)
         loc = self.alloc_token_slots(len(tokens))
         self._write_req_to_token(self.extend_lens_cpu, self.prefix_lens_cpu, loc)
         lens_t = torch.tensor(self.extend_lens_cpu, dtype=torch.int64)
@@ -172,6 +195,7 @@ class ScheduleBatch:
         """One new token per request: its last output token, or `input_ids` already on the device
         (the overlap schedule feeds the previous step's samples before they reach the host)."""
         self.forward_mode = ForwardMode.DECODE
+        self.input_logprob_plan = None
         bs = len(self.reqs)
         loc = self.alloc_token_slots(bs)
         kv_lens = [r.kv_len for r in self.reqs]
@@ -214,6 +238,14 @@ class ScheduleBatch:
     def filter(self, keep: list[Req]) -> None:
         self.reqs = keep
 
+    def record_input_logprobs(self, values: list[float]) -> None:
+        """Hand each request its share of the prompt logprobs this step computed (plan order)."""
+        assert self.input_logprob_plan is not None
+        at = 0
+        for r, n in zip(self.reqs, self.input_logprob_plan.counts, strict=False):
+            r.input_logprobs.extend(values[at : at + n])
+            at += n
+
     @property
     def sampled_reqs(self) -> list[Req]:
         """Requests that get a token from this step: all but a prompt still being chunked."""
@@ -246,6 +278,17 @@ class ScheduleBatch:
             attn_backend=attn_backend,
             num_decode_rows=self.num_mixed_decode,
         )
+
+
+def _scored_span(req: Req, prefix_len: int, seq_len: int, first_row: int) -> tuple[int, list[int]]:
+    """The rows of this step (its tokens start at flattened row `first_row`) that score `req`'s
+    prompt, as (first row, tokens they predict); empty when none. The cache match was capped at
+    the first wanted position, so the wanted positions start inside this step's tokens."""
+    row = req.input_logprob_row()
+    if row is None or row < prefix_len:
+        return first_row, []
+    end = min(seq_len, len(req.origin_input_ids) - 1)  # the last prompt row predicts the output
+    return first_row + row - prefix_len, req.origin_input_ids[row + 1 : end + 1] if end > row else []
 
 
 def check_prompt(input_ids: list[int], context_len: int, vocab_size: int, param: str = "prompt") -> None:

@@ -24,8 +24,15 @@ class AddResult(Enum):
     STOP = auto()  # nothing more fits in this batch
 
 
-def order_waiting_queue(queue: list[Req], policy: str, tree_cache: BasePrefixCache) -> None:
-    """Compute each request's cached prefix and sort the queue in place by the policy."""
+def order_waiting_queue(queue: list[Req], policy: str, tree_cache: BasePrefixCache,
+                        by_priority: bool = False) -> None:
+    """Compute each request's cached prefix and sort the queue in place by the policy.
+
+    `by_priority` (--enable-priority-scheduling): higher `Req.priority` first, as SGLang's default
+    (vLLM ranks the other way); within one priority the policy's order stands (stable sort).
+    Waiting requests are only reordered, running ones are never preempted, so a steady stream
+    of high-priority work can starve lower priorities: the router's per-key limits bound that.
+    """
     if policy == "lpm" and len(queue) <= LPM_MAX_QUEUE and tree_cache.shares_prefixes:
         for r in queue:
             r.init_next_round_input(tree_cache)
@@ -34,6 +41,8 @@ def order_waiting_queue(queue: list[Req], policy: str, tree_cache: BasePrefixCac
     else:
         for r in queue:
             r.init_next_round_input(tree_cache)
+    if by_priority:
+        queue.sort(key=lambda r: -r.priority)
 
 
 def reserved_decode_tokens(req: Req, new_token_ratio: float) -> int:

@@ -29,6 +29,8 @@ from typing import Any
 import torch
 from torch.profiler import record_function
 
+from radixserve.cache_events.protocol import EngineLoad
+from radixserve.cache_events.tracker import BlockTracker
 from radixserve.constrained.base import GrammarError
 from radixserve.constrained.manager import GrammarManager
 from radixserve.errors import InvalidRequestError
@@ -36,6 +38,7 @@ from radixserve.managers.decode import DecodeManager
 from radixserve.managers.io_struct import (
     AbortReq,
     BatchTokenIDOut,
+    CacheEventsOut,
     CheckMemoryReq,
     CheckMemoryReqOutput,
     FinishReason,
@@ -50,7 +53,7 @@ from radixserve.managers.prefill import PrefillManager
 from radixserve.managers.processes import SERVER_ADMISSION_ENV
 from radixserve.managers.schedule_batch import Req, ScheduleBatch, check_prompt
 from radixserve.managers.scheduler_output import SchedulerStats, check_finished, pack_outputs
-from radixserve.mem_cache import make_prefix_cache
+from radixserve.mem_cache import RadixCache, make_prefix_cache
 from radixserve.model_executor.forward_batch import ForwardMode
 from radixserve.model_executor.model_runner import ModelRunner, NextTokens
 from radixserve.sampling.sampling_params import SamplingParams
@@ -118,6 +121,8 @@ class Scheduler:
             self.grammar = GrammarManager(backend, tokenizer, self.vocab_size, sorted(self.eos_token_ids))
         self.profiler = StepProfiler.from_env(model_runner.world.rank)  # RADIXSERVE_PROFILE_DIR
         self.step_log = StepLog.from_env(f"rank{model_runner.world.rank}")  # RADIXSERVE_STEP_LOG
+        self.block_tracker: BlockTracker | None = None  # cache events: the server's rank 0 only
+        self._cache_events_at = 0.0
 
     @property
     def waiting_queue(self) -> list[Req]:
@@ -151,7 +156,8 @@ class Scheduler:
     def add_request(self, recv: TokenizedGenerateReqInput) -> None:
         params = recv.sampling_params
         req = Req(recv.rid, list(recv.input_ids), params, recv.stream, recv.return_logprob,
-                  recv.top_logprobs_num, self.eos_token_ids)
+                  recv.top_logprobs_num, self.eos_token_ids,
+                  logprob_start_len=recv.logprob_start_len, priority=recv.priority)
         refusal = self._refusal(req)
         if refusal is None:
             try:
@@ -171,9 +177,7 @@ class Scheduler:
             req.generator = torch.Generator(device=self.model_runner.device).manual_seed(seed)
         if params.stop and self.tokenizer is not None:
             req.stop_decoder = IncrementalDecoder(self.tokenizer, params.stop, params.skip_special_tokens)
-        if params.max_new_tokens == 0:
-            self._report_unqueued(req, FinishReason("length"))
-            return
+        # max_new_tokens 0 still runs the prefill (SGLang's way to score a prompt or warm the cache).
         if params.grammar is not None and self.grammar is not None:
             try:
                 self.grammar.submit(req, *params.grammar)  # joins the waiting queue once compiled
@@ -313,6 +317,9 @@ class Scheduler:
         for i, r in enumerate(step.reqs):
             if r.finished:
                 continue  # finished at the step before: a surplus overlap token
+            if r.sampling_params.max_new_tokens == 0:
+                self._finish(r, FinishReason("length"))  # the prompt is prefilled (and scored): done
+                continue
             if r.grammar is not None:
                 early = step.accepted[i] if step.accepted is not None else None
                 if not (early if early is not None else r.grammar.accept_token(ids[i])):
@@ -449,6 +456,29 @@ class Scheduler:
             "kv_total_tokens": self.token_to_kv_pool.size,
             "cache_hit_rate": self.tree_cache.stats.hit_rate,
         }
+
+    # ---- cache events (docs/router.md, "Cache events") ------------------------------------------
+    def enable_cache_events(self) -> None:
+        """Record the RadixCache's block changes for `cache_events`; without a radix cache the
+        messages carry only the load."""
+        self.block_tracker = BlockTracker()
+        if isinstance(self.tree_cache, RadixCache):
+            self.tree_cache.track_blocks(self.block_tracker)
+
+    def cache_events(self, now: float, heartbeat_s: float = 1.0) -> CacheEventsOut | None:
+        """The block events since the last call, with the load: when there are any, else once
+        `heartbeat_s` has passed (so a subscriber sees the load, and that we are alive)."""
+        tracker = self.block_tracker
+        if tracker is None or (not tracker.pending and now - self._cache_events_at < heartbeat_s):
+            return None
+        self._cache_events_at = now
+        load, pool = self.get_load(), self.token_to_kv_pool
+        return CacheEventsOut(tracker.drain(), EngineLoad(
+            waiting=int(load["num_waiting_reqs"]), running=int(load["num_running_reqs"]),
+            # Requests and cache, as the protocol says: a warm cache fills the pool (unlike
+            # radixserve:token_usage, which counts evictable cached slots as free).
+            kv_usage=1.0 - pool.available_size() / max(1, pool.size),
+            cached_tokens=int(load["kv_cached_tokens"]), max_running=self.max_running_requests), time.time())
 
     def held_slots(self) -> torch.Tensor:
         """KV slots held by requests beyond their cached prefix (for integrity checks)."""

@@ -56,6 +56,8 @@ def pack_outputs(reqs: list[Req]) -> BatchTokenIDOut:
         new_top_logprobs=[r.output_top_logprobs[r.send_offset :] for r in reqs],
         new_reqs=[DecodeSettings(r.rid, r.sampling_params.stop, r.sampling_params.skip_special_tokens)
                   for r in reqs if not r.reported],
+        # A request's first report comes once its prompt is prefilled, so its prompt logprobs are complete.
+        input_token_logprobs=[r.input_logprobs if not r.reported else [] for r in reqs],
     )
     for r in reqs:
         r.send_offset = len(r.output_ids)

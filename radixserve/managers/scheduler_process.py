@@ -54,6 +54,7 @@ logger = logging.getLogger(__name__)
 
 IDLE_POLL_MS = 500
 METRICS_INTERVAL_S = 0.5
+CACHE_EVENTS_HEARTBEAT_S = 1.0  # a load-only batch this often when the cache does not change
 WARMUP_TOKENS = 4
 
 
@@ -179,15 +180,19 @@ def run_scheduler_process(server_args: ServerArgs, port_args: PortArgs, ready: C
             import torch
 
             from radixserve.distributed.device_comm import disable_multicast
-            from radixserve.distributed.parallel_state import init_distributed
+            from radixserve.distributed.parallel_state import DEFAULT_TIMEOUT_S, init_distributed
             from radixserve.model_executor.model_runner import resolve_device
 
             device = resolve_device(server_args.device)
             if device.type == "cuda":
-                torch.cuda.set_device(world_rank)
+                # The GPU index on this node: world ranks past the first node start again at 0.
+                torch.cuda.set_device(world_rank - server_args.local_ranks.start)
                 disable_multicast()
+            multinode = server_args.nnodes > 1
             groups = init_distributed(world_rank, server_args.tensor_parallel_size,
-                                      server_args.pipeline_parallel_size, port_args.dist_store, device)
+                                      server_args.pipeline_parallel_size, port_args.dist_store, device,
+                                      init_addr=server_args.dist_init_addr if multinode else None,
+                                      timeout_s=server_args.dist_timeout if multinode else DEFAULT_TIMEOUT_S)
             # Same RNG state on every rank: unseeded sampling draws the same numbers everywhere.
             torch.manual_seed(server_args.random_seed if server_args.random_seed is not None else 0)
         source = resolve_model_source(server_args.model_path, server_args.load_format, server_args.tokenizer_path)
@@ -208,6 +213,8 @@ def run_scheduler_process(server_args: ServerArgs, port_args: PortArgs, ready: C
     from radixserve.metrics import SchedulerMetrics
 
     metrics = SchedulerMetrics(model_name) if world_rank == 0 else None
+    if world_rank == 0 and not server_args.disable_cache_events:
+        scheduler.enable_cache_events()  # after the warm-up, which left the cache empty
     freeze_startup_heap("scheduler")
     ready.send({"status": "ready", **model_info(scheduler, model_name)})
     ready.close()
@@ -271,6 +278,14 @@ class StatsLogger:
         self.last, self.last_at = dataclasses.replace(cur), now
 
 
+def send_cache_events(scheduler: Scheduler, io: SchedulerIO, now: float | None = None,
+                      heartbeat_s: float = CACHE_EVENTS_HEARTBEAT_S) -> None:
+    """To the TokenizerManager's CacheEventHub, on the socket its replies take (so they stay in order)."""
+    out = scheduler.cache_events(time.monotonic() if now is None else now, heartbeat_s)
+    if out is not None:
+        io.to_tokenizer.send(ENCODER.encode(out))
+
+
 def event_loop(scheduler: Scheduler, world: ParallelGroup, io: SchedulerIO | None, metrics: Any) -> None:
     last_metrics = 0.0
     stats_log = StatsLogger(scheduler, scheduler.server_args.stats_log_interval) if io is not None else None
@@ -292,6 +307,7 @@ def event_loop(scheduler: Scheduler, world: ParallelGroup, io: SchedulerIO | Non
                 continue
             reply = scheduler.handle(msg)
             if reply is not None and io is not None:
+                send_cache_events(scheduler, io, heartbeat_s=float("inf"))  # a flush's events before its reply
                 io.to_tokenizer.send(ENCODER.encode(reply))
         with record_function("scheduler.step"):
             out = scheduler.step()
@@ -301,6 +317,7 @@ def event_loop(scheduler: Scheduler, world: ParallelGroup, io: SchedulerIO | Non
             with record_function("scheduler.send_outputs"):
                 io.to_detokenizer.send(ENCODER.encode(out))
         now = time.monotonic()
+        send_cache_events(scheduler, io, now=now)
         if metrics is not None and now - last_metrics >= METRICS_INTERVAL_S:
             metrics.update(scheduler.get_load())
             last_metrics = now

@@ -22,10 +22,12 @@ from typing import Any, TypeVar
 import zmq
 import zmq.asyncio
 
+from radixserve.cache_events.hub import CacheEventHub
 from radixserve.errors import EngineError, InvalidRequestError, UnavailableError, refusal
 from radixserve.managers.io_struct import (
     AbortReq,
     BatchStrOut,
+    CacheEventsOut,
     CheckMemoryReq,
     CheckMemoryReqOutput,
     FinishReason,
@@ -70,6 +72,7 @@ class ChoiceChunk:
     cached_tokens: int
     logprobs: list[float] = field(default_factory=list)
     top_logprobs: list[list[tuple[int, float]]] = field(default_factory=list)
+    input_logprobs: list[float] = field(default_factory=list)  # the prompt's (logprob_start_len), once
 
 
 @dataclass
@@ -107,6 +110,10 @@ class TokenizerManager:
         self.states: dict[str, ReqState] = {}
         self.groups: dict[str, list[str]] = {}  # API request id -> its scheduler request ids
         self.metrics = TokenizerMetrics(self.model_name)
+        # The RadixCache as block events for routers (docs/router.md, "Cache events").
+        self.cache_events: CacheEventHub | None = None
+        if not getattr(server_args, "disable_cache_events", False):
+            self.cache_events = CacheEventHub(max_running=int(info.get("max_running_requests", 0)))
         self.draining = False
         self._control: dict[type, list[asyncio.Future[Any]]] = {
             FlushCacheReqOutput: [], GetLoadReqOutput: [], CheckMemoryReqOutput: []}
@@ -128,6 +135,8 @@ class TokenizerManager:
                 self._probe_task = self.loop.create_task(self.step_log.probe_event_loop())
 
     async def close(self) -> None:
+        if self.cache_events is not None:
+            self.cache_events.close()
         if self._loop_task is not None:
             self._loop_task.cancel()
         if self._probe_task is not None:
@@ -267,6 +276,9 @@ class TokenizerManager:
                 self._handle_batch(msg)
                 if self.step_log is not None:
                     self.step_log.output_batch(len(msg.tokens.rids), (time.perf_counter() - started) * 1e3)
+            elif isinstance(msg, CacheEventsOut):
+                if self.cache_events is not None:
+                    self.cache_events.publish(msg.events, msg.load, msg.ts)
             else:
                 waiters = self._control[type(msg)]
                 while waiters:
@@ -287,7 +299,8 @@ class TokenizerManager:
                 index=st.index, text=batch.new_texts[i], token_ids=ids, finish_reason=reason,
                 prompt_tokens=out.prompt_tokens[i], completion_tokens=out.completion_tokens[i],
                 cached_tokens=out.cached_tokens[i], logprobs=out.new_token_logprobs[i],
-                top_logprobs=[[(int(t), float(lp)) for t, lp in row] for row in out.new_top_logprobs[i]])
+                top_logprobs=[[(int(t), float(lp)) for t, lp in row] for row in out.new_top_logprobs[i]],
+                input_logprobs=out.input_token_logprobs[i] if out.input_token_logprobs else [])
             rec = st.record
             if ids:
                 if st.last_token_at is None:

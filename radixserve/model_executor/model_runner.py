@@ -27,6 +27,7 @@ from radixserve.model_loader.packed_load import load_weights_packed
 from radixserve.model_loader.source import ModelSource
 from radixserve.models.llama import LlamaForCausalLM
 from radixserve.models.registry import MODEL_CLASSES
+from radixserve.sampling.input_logprobs import InputLogprobPlan, compute_input_logprobs
 from radixserve.sampling.sampler import SamplingBatchInfo, sample
 from radixserve.server_args import ServerArgs
 
@@ -65,8 +66,11 @@ class PoolSizes:
 class StepBatch(Protocol):
     """What a step needs of the scheduler's batch (managers.schedule_batch.ScheduleBatch)."""
 
+    input_logprob_plan: InputLogprobPlan | None  # prompt tokens to score (prefill only)
+
     def get_forward_batch(self, attn_backend: AttentionBackend) -> ForwardBatch: ...
     def sampling_info(self, device: torch.device) -> SamplingBatchInfo: ...
+    def record_input_logprobs(self, values: list[float]) -> None: ...
 
 
 @dataclass
@@ -147,13 +151,24 @@ class ModelRunner:
             missing = sorted(model.expected_params() - loaded)
             if missing:
                 raise ValueError(f"{self.source.path}: checkpoint lacks {len(missing)} tensors, e.g. {missing[:3]}")
+        if self.server_args.quantization == "fp8":
+            from radixserve.layers.quantization.online import quantize_linears_fp8
+
+            n = quantize_linears_fp8(model)
+            logger.info("--quantization fp8: %d linear layers quantized to FP8 at load", n)
         model.eval()
         logger.info("loaded %s (%s) in %.1fs on %s as %s", self.source.name, self.config.architecture,
                     time.monotonic() - start, self.device, self.dtype)
         return model
 
     def _pack_quantized(self) -> bool:
-        """Keep GGUF's 4-bit linear weights packed (CPU int4 kernel) unless told not to or not on CPU."""
+        """FP8 checkpoints stay FP8 (W8A8 on CUDA, the float32 reference on CPU). GGUF's 4-bit linear
+        weights stay packed (CPU int4 kernel) unless told not to or not on CPU."""
+        if self.source.fp8 is not None:
+            logger.info("%s checkpoint: linear weights stay FP8%s", self.source.fp8.describe(),
+                        "; its static input scales are ignored (dynamic per-token activations)"
+                        if self.source.fp8.static_activations else "")
+            return True
         if self.source.kind != "gguf":
             return False
         if self.server_args.gguf_dequantize:
@@ -232,15 +247,21 @@ class ModelRunner:
     def forward(self, batch: StepBatch) -> NextTokens:
         """Run the model on the batch and sample each request's next token."""
         fb = batch.get_forward_batch(self.attn_backend)
-        logits = self._logits(fb)
+        plan = batch.input_logprob_plan
+        logits, input_logprobs = self._logits(fb, plan)
         out = None if logits is None else sample(logits, batch.sampling_info(self.device))
         if self.pp.size > 1:
             # Every stage gets the last stage's samples now, so all ranks stay in step.
-            sent = None if out is None else (out.next_token_ids.tolist(), out.logprobs, out.top_logprobs)
-            host_ids, logprobs, top = self.pp.broadcast_from_last(sent)
+            sent = None if out is None else (out.next_token_ids.tolist(), out.logprobs, out.top_logprobs,
+                                             input_logprobs)
+            host_ids, logprobs, top, input_logprobs = self.pp.broadcast_from_last(sent)
+            if plan is not None and input_logprobs is not None:
+                batch.record_input_logprobs(input_logprobs)
             ids = torch.tensor(host_ids, dtype=torch.int64)
             return NextTokens(ids.to(self.device), ids, None, logprobs, top)
         assert out is not None
+        if plan is not None and input_logprobs is not None:
+            batch.record_input_logprobs(input_logprobs)
         ids = out.next_token_ids
         if not ids.is_cuda:
             return NextTokens(ids, ids, None, out.logprobs, out.top_logprobs)
@@ -250,13 +271,15 @@ class ModelRunner:
         ready.record()
         return NextTokens(ids, host, ready, out.logprobs, out.top_logprobs)
 
-    def _logits(self, fb: ForwardBatch) -> torch.Tensor | None:
-        """Logits of each request's last token; None on pipeline stages other than the last."""
+    def _logits(self, fb: ForwardBatch, plan: InputLogprobPlan | None = None
+                ) -> tuple[torch.Tensor | None, list[float] | None]:
+        """Logits of each request's last token, and the planned prompt logprobs; (None, None) on
+        pipeline stages other than the last."""
         if self.graph_runner is not None and self.graph_runner.can_run(fb):
-            return self.graph_runner.replay(fb)
+            return self.graph_runner.replay(fb), None
         self.attn_backend.init_forward_metadata(fb)
-        if self.pp.size == 1:
-            return self.model(fb.input_ids, fb.positions, fb)  # type: ignore[no-any-return]
+        if self.pp.size == 1 and plan is None:
+            return self.model(fb.input_ids, fb.positions, fb), None
         hidden = residual = None
         if not self.pp.is_first:
             shape = (fb.input_ids.shape[0], self.config.hidden_size)
@@ -265,8 +288,13 @@ class ModelRunner:
         if not self.pp.is_last:
             assert residual is not None
             self.pp.send_next([hidden, residual])
-            return None
-        return self.model.compute_logits(hidden, fb)
+            return None, None
+        # The prompt rows' hidden states are at hand only here: score them before they are dropped.
+        input_logprobs = None if plan is None else compute_input_logprobs(hidden, plan, self._lm_head)
+        return self.model.compute_logits(hidden, fb), input_logprobs
+
+    def _lm_head(self, hidden: torch.Tensor) -> torch.Tensor:
+        return self.model.lm_head.compute_logits(hidden)  # type: ignore[operator,no-any-return]
 
 
 def _available() -> float:

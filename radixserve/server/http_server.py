@@ -10,17 +10,21 @@ from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
 from typing import Any
 
-from fastapi import APIRouter, Depends, FastAPI, Request
-from fastapi.responses import JSONResponse, Response
+from fastapi import APIRouter, Depends, FastAPI, Query, Request
+from fastapi.responses import JSONResponse, Response, StreamingResponse
 from fastapi.security import HTTPAuthorizationCredentials, HTTPBearer
 from prometheus_client import CONTENT_TYPE_LATEST
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
 from radixserve import __version__
+from radixserve.cache_events.hub import CacheEventHub, GapError
+from radixserve.cache_events.protocol import ENCODER as CACHE_EVENTS_ENCODER
+from radixserve.cache_events.protocol import EVENTS_PATH, SNAPSHOT_PATH
 from radixserve.errors import QueueFullError
 from radixserve.managers.request_builder import GenerateRequest
 from radixserve.managers.tokenizer_manager import RequestTimeoutError, TokenizerManager
 from radixserve.metrics import render_metrics
+from radixserve.sampling.input_logprobs import format_input_token_logprobs
 from radixserve.sampling.sampling_params import SamplingParams
 from radixserve.server import openai_serving
 from radixserve.server.access_log import AccessLog
@@ -184,6 +188,7 @@ def build_app(tm: TokenizerManager, api_key: str | None, state: ServerState | No
     auth = [Depends(require_key)] if api_key is not None else []
     app.include_router(_openai_routes(tm, auth))
     app.include_router(_native_routes(tm, state, auth))
+    app.include_router(_cache_event_routes(tm, auth))
     app.include_router(_open_routes(tm, state))
     return app
 
@@ -273,6 +278,55 @@ def _native_routes(tm: TokenizerManager, state: ServerState, auth: list[Any]) ->
     return api
 
 
+def _cache_event_routes(tm: TokenizerManager, auth: list[Any]) -> APIRouter:
+    """The RadixCache as block events for cache-aware routers (docs/router.md, "Cache events")."""
+    api = APIRouter(dependencies=auth, tags=["cache"], responses={
+        **ERRORS, 404: {"model": ErrorResponse, "description": "Cache events are off (--disable-cache-events)."}})
+
+    def hub() -> CacheEventHub:
+        if tm.cache_events is None:
+            raise APIError(404, "cache events are turned off on this server (--disable-cache-events)",
+                           code="cache_events_disabled")
+        return tm.cache_events
+
+    @api.get(EVENTS_PATH, response_class=StreamingResponse, responses={
+        200: {"content": {"application/x-ndjson": {}},
+              "description": "One EventBatch (radixserve/cache_events/protocol.py) per line, for as long as the "
+                             "client reads; a load-only batch at least every second."},
+        410: {"model": ErrorResponse, "description": "`since` or `epoch` cannot be served: take a snapshot."}})
+    async def cache_events(
+            since: int | None = Query(None, ge=0, description="Replay the retained batches after this seq first."),
+            epoch: str | None = Query(None, description="The epoch `since` belongs to; another one answers 410.")
+    ) -> StreamingResponse:
+        """The cache's block events and the engine's load as NDJSON, live; with `since`, the retained
+        batches after it first. 410 when they are not retained (or the server restarted)."""
+        h = hub()
+        try:
+            sub = h.subscribe(since, epoch)
+        except GapError as e:
+            raise APIError(410, str(e), param=e.param, code="cache_events_gap",
+                           error_type="invalid_request_error") from None
+
+        async def lines() -> AsyncIterator[bytes]:
+            try:
+                async for line in sub.lines(stop=lambda: tm.draining):
+                    yield line
+            finally:
+                h.unsubscribe(sub)
+
+        return StreamingResponse(lines(), media_type="application/x-ndjson",
+                                 headers={"Cache-Control": "no-cache", "x-radixserve-cache-epoch": h.epoch})
+
+    @api.get(SNAPSHOT_PATH, response_class=Response, responses={
+        200: {"content": {"application/json": {}},
+              "description": "A Snapshot: every block as of batch `seq`; continue with the stream at `since=seq`."}})
+    async def cache_snapshot() -> Response:
+        """Every block in the RadixCache now, with the epoch and seq it is consistent with."""
+        return Response(CACHE_EVENTS_ENCODER.encode(hub().snapshot()), media_type="application/json")
+
+    return api
+
+
 def _open_routes(tm: TokenizerManager, state: ServerState) -> APIRouter:
     """Probes and scrapers carry no key."""
     open_routes = APIRouter()
@@ -307,7 +361,8 @@ async def _native_generate(tm: TokenizerManager, body: GenerateRequestBody, requ
     grs = await tm.run_blocking(lambda: [
         tm.builder.build(ids, params, rid=body.rid if len(batch) == 1 else None, stream=body.stream,
                          return_logprob=body.return_logprob, top_logprobs_num=body.top_logprobs_num,
-                         input_text=text, prompt_param="text" if text is not None else "input_ids")
+                         priority=body.priority or 0,
+                         logprob_start_len=body.logprob_start_len, input_text=text, prompt_param="text" if text is not None else "input_ids")
         for ids, text in batch])
     return await _native_respond(tm, body, request, grs, single)
 
@@ -339,14 +394,16 @@ async def _native_respond(tm: TokenizerManager, body: GenerateRequestBody, reque
                           grs: list[GenerateRequest], single: bool) -> Response:
     started = time.monotonic()
 
-    def meta(s: ChoiceState, rid: str, want_lp: bool) -> GenerateMetaInfo:
+    def meta(s: ChoiceState, rid: str, want_lp: bool, prompt_ids: list[int]) -> GenerateMetaInfo:
         return GenerateMetaInfo(
             id=rid, prompt_tokens=s.prompt_tokens, completion_tokens=s.completion_tokens,
             cached_tokens=s.cached_tokens, finish_reason=s.reason.to_json() if s.reason else None,
             e2e_latency=round(time.monotonic() - started, 6),
             output_token_logprobs=list(zip(s.logprobs, s.token_ids, strict=False)) if want_lp else None,
             output_top_logprobs=[[(lp, t) for t, lp in row] for row in s.top_logprobs]
-            if want_lp and body.top_logprobs_num else None)
+            if want_lp and body.top_logprobs_num else None,
+            input_token_logprobs=format_input_token_logprobs(prompt_ids, body.logprob_start_len, s.input_logprobs)
+            if body.logprob_start_len >= 0 else None)
 
     if body.stream:
         if len(grs) != 1:
@@ -361,7 +418,7 @@ async def _native_respond(tm: TokenizerManager, body: GenerateRequestBody, reque
                 s = states[c.index]
                 s.add(c)
                 yield sse(GenerateResponse(text=s.text, output_ids=s.token_ids, index=c.index,
-                                           meta_info=meta(s, rid, body.return_logprob)))
+                                           meta_info=meta(s, rid, body.return_logprob, gr.reqs[0].input_ids)))
 
         return sse_response(sse_stream(events(), rest))
 
@@ -370,6 +427,6 @@ async def _native_respond(tm: TokenizerManager, body: GenerateRequestBody, reque
 
     groups = await until_disconnect(request, run_all())
     outs = [GenerateResponse(text=s.text, output_ids=s.token_ids, index=i,
-                             meta_info=meta(s, gr.rid, body.return_logprob)).model_dump()
+                             meta_info=meta(s, gr.rid, body.return_logprob, gr.reqs[0].input_ids)).model_dump()
             for g, gr in zip(groups, grs, strict=True) for i, s in enumerate(g)]
     return JSONResponse(outs[0] if single and len(outs) == 1 else outs)

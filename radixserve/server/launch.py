@@ -7,7 +7,9 @@ detokenizer process; wait until both report ready; serve HTTP with uvicorn.
 A watchdog thread waits on the children's sentinels: if one dies, /health turns 503, every
 request in flight ends with a 503 (an error event then [DONE] if streaming), and after at most
 DEATH_FLUSH_TIMEOUT_S for those to reach their clients the server exits with status 1, so
-Kubernetes restarts the pod instead of a hung replica taking traffic. SIGTERM (or Ctrl-C) makes uvicorn stop accepting connections and wait up to
+Kubernetes restarts the pod instead of a hung replica taking traffic. With --nnodes > 1 node 0 does
+all of this for the ranks of every node; the other nodes run only their schedulers (see
+`_serve_worker_node`). SIGTERM (or Ctrl-C) makes uvicorn stop accepting connections and wait up to
 --graceful-shutdown-timeout for in-flight requests; new requests meanwhile get 503.
 """
 
@@ -17,12 +19,14 @@ import argparse
 import logging
 import os
 import shutil
+import signal
 import sys
 import tempfile
+import threading
 import time
 from collections.abc import Sequence
 from multiprocessing.process import BaseProcess
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 # Only modules that do not import prometheus_client: the env var must be set before it is imported.
 from radixserve.managers.ipc import PortArgs
@@ -31,6 +35,10 @@ from radixserve.model_store.base import SourceError
 from radixserve.model_store.local import ModelPathError, materialize_model_path
 from radixserve.server_args import ServerArgs, ServerArgsError
 from radixserve.utils.log import configure_logging
+
+if TYPE_CHECKING:
+    from radixserve.grpc.server import GrpcServer
+    from radixserve.managers.tokenizer_manager import TokenizerManager
 
 logger = logging.getLogger("radixserve.server")
 # After a child dies: how long the requests in flight get to send their error to their clients.
@@ -75,6 +83,8 @@ def main(argv: Sequence[str] | None = None) -> int:
     port_args = PortArgs.new()
     procs = ServerProcesses(server_args, port_args)
     try:
+        if server_args.node_rank > 0:
+            return _serve_worker_node(server_args, procs)
         return _serve(server_args, port_args, procs)
     except RuntimeError as e:
         logger.error("%s", e)
@@ -123,8 +133,51 @@ def _serve(server_args: ServerArgs, port_args: PortArgs, procs: ServerProcesses)
         os._exit(1)
 
     procs.watch(on_death)
+    grpc_server = None
+    if server_args.grpc_port is not None:
+        from radixserve.grpc.server import GrpcServer
+
+        grpc_server = GrpcServer(tm, state, server_args.api_key, server_args.host, server_args.grpc_port)
+
+    config = uvicorn.Config(app, host=server_args.host, port=server_args.port, log_config=None,
+                            log_level=server_args.log_level.lower(), access_log=False,
+                            timeout_graceful_shutdown=int(server_args.graceful_shutdown_timeout) or None)
+    server = _uvicorn_server(config, server_args, tm, grpc_server)
+    url = f"http://{server_args.host}:{server_args.port}"
+    logger.info("stage 4/4: serving %r at %s (OpenAI base URL %s/v1)", info["model_name"], url, url)
+    from radixserve.utils.gc_freeze import freeze_startup_heap
+
+    freeze_startup_heap("http")
+    server.run()
+    if not server.started:
+        raise RuntimeError(f"the HTTP server could not start on {server_args.host}:{server_args.port}")
+    if grpc_server is not None and grpc_server.failure is not None:
+        raise RuntimeError(f"the gRPC server could not start: {grpc_server.failure}")
+    logger.info("server stopped")
+    return 0
+
+
+def _uvicorn_server(config: Any, server_args: ServerArgs, tm: TokenizerManager,
+                    grpc_server: GrpcServer | None) -> Any:
+    """uvicorn's Server, which drains on SIGTERM and runs the gRPC server (if any) beside HTTP."""
+    import uvicorn
 
     class Server(uvicorn.Server):
+        async def startup(self, sockets: list[Any] | None = None) -> None:
+            # gRPC starts after uvicorn's lifespan has started the TokenizerManager, on its loop.
+            await super().startup(sockets=sockets)
+            if grpc_server is not None and not self.should_exit and not await grpc_server.start_serving():
+                self.should_exit = True
+
+        async def shutdown(self, sockets: list[Any] | None = None) -> None:
+            # gRPC first: the TokenizerManager closes with the HTTP app. Its calls in flight get the
+            # grace period; HTTP requests meanwhile keep running and get what is left of it.
+            if grpc_server is not None:
+                left = await grpc_server.stop_within(server_args.graceful_shutdown_timeout)
+                if self.config.timeout_graceful_shutdown is not None:
+                    self.config.timeout_graceful_shutdown = max(1, int(left))
+            await super().shutdown(sockets=sockets)
+
         def handle_exit(self, sig: int, frame: Any) -> None:
             if not tm.draining:
                 logger.info("signal %d: refusing new requests, waiting up to %.0fs for %d in flight", sig,
@@ -135,19 +188,36 @@ def _serve(server_args: ServerArgs, port_args: PortArgs, procs: ServerProcesses)
             # it stops the children and removes its directories; a drained server exits 0 instead.
             self._captured_signals.clear()
 
-    config = uvicorn.Config(app, host=server_args.host, port=server_args.port, log_config=None,
-                            log_level=server_args.log_level.lower(), access_log=False,
-                            timeout_graceful_shutdown=int(server_args.graceful_shutdown_timeout) or None)
-    server = Server(config)
-    url = f"http://{server_args.host}:{server_args.port}"
-    logger.info("stage 4/4: serving %r at %s (OpenAI base URL %s/v1)", info["model_name"], url, url)
-    from radixserve.utils.gc_freeze import freeze_startup_heap
+    return Server(config)
 
-    freeze_startup_heap("http")
-    server.run()
-    if not server.started:
-        raise RuntimeError(f"the HTTP server could not start on {server_args.host}:{server_args.port}")
-    logger.info("server stopped")
+
+def _serve_worker_node(server_args: ServerArgs, procs: ServerProcesses) -> int:
+    """Node R > 0 of a multi-node server: its ranks' schedulers only (node 0 serves HTTP and
+    broadcasts every input to them). Exits 1 when one of them dies, which is how the group
+    breaking shows here: a rank on another node that dies ends every rank's collectives with an
+    error. SIGTERM (or Ctrl-C) stops the ranks and exits 0."""
+    ranks = server_args.local_ranks
+    logger.info("node %d of %d: starting world ranks %d-%d, meeting node 0 at %s", server_args.node_rank,
+                server_args.nnodes, ranks.start, ranks.stop - 1, server_args.dist_init_addr)
+    procs.start(with_detokenizer=False)
+    logger.info("node %d ready: serving ranks %d-%d for node 0", server_args.node_rank, ranks.start, ranks.stop - 1)
+    done = threading.Event()
+    died: list[BaseProcess] = []
+
+    def on_death(proc: BaseProcess) -> None:
+        died.append(proc)
+        done.set()
+
+    procs.watch(on_death)
+    for sig in (signal.SIGTERM, signal.SIGINT):
+        signal.signal(sig, lambda *_: done.set())
+    while not done.wait(1.0):
+        pass
+    if died:
+        logger.error("the %s process died (exit code %s): the multi-node group is broken; exiting",
+                     died[0].name, died[0].exitcode)
+        return 1
+    logger.info("signal received: stopping")
     return 0
 
 

@@ -84,6 +84,7 @@ class ChoiceState:
     token_ids: list[int] = field(default_factory=list)
     logprobs: list[float] = field(default_factory=list)
     top_logprobs: list[list[tuple[int, float]]] = field(default_factory=list)
+    input_logprobs: list[float] = field(default_factory=list)  # the prompt's, with logprob_start_len
     reason: FinishReason | None = None
     prompt_tokens: int = 0
     completion_tokens: int = 0
@@ -94,6 +95,7 @@ class ChoiceState:
         self.token_ids += c.token_ids
         self.logprobs += c.logprobs
         self.top_logprobs += c.top_logprobs
+        self.input_logprobs += c.input_logprobs
         self.reason = c.finish_reason or self.reason
         self.prompt_tokens, self.completion_tokens, self.cached_tokens = (
             c.prompt_tokens, c.completion_tokens, c.cached_tokens)
@@ -181,6 +183,7 @@ def chat_request(tm: TokenizerManager, req: ChatCompletionRequest) -> ChatPlan:
         params = tm.builder.sampling_params(d)
         gr = tm.builder.build(ids, params, rid=req.rid, stream=req.stream, return_logprob=req.logprobs,
                               top_logprobs_num=req.top_logprobs or 0, prompt_param="messages",
+                              priority=req.priority or 0,
                               max_tokens_param=None if explicit is None else "max_tokens")
     # A constrained output is all content (the constraint starts at the first token): no reasoning split.
     reasoning = getattr(tm.server_args, "reasoning_parser", None) if not grammar else None
@@ -276,7 +279,8 @@ def completion_requests(tm: TokenizerManager, req: CompletionRequest) -> list[tu
                                                           tm.vocab_size, grammar))
         return [(tm.builder.build(ids, params, rid=req.rid if len(prompts) == 1 else None, stream=req.stream,
                                   return_logprob=req.logprobs is not None, top_logprobs_num=req.logprobs or 0,
-                                  input_text=text, max_tokens_param=None if req.max_tokens is None else "max_tokens"),
+                                  input_text=text, max_tokens_param=None if req.max_tokens is None else "max_tokens",
+                                  priority=req.priority or 0),
                  text) for ids, text in prompts]
 
 

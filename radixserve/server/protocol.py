@@ -60,6 +60,11 @@ Name = Annotated[str, Field(max_length=MAX_ID_CHARS), AfterValidator(_utf8)]
 StopString = Annotated[str, Field(min_length=1, max_length=MAX_STOP_STRING_CHARS), AfterValidator(_utf8)]
 TokenId = Annotated[int, Field(ge=0, le=MAX_TOKEN_ID)]
 TokenIds = Annotated[list[TokenId], Field(min_length=1)]
+# Extension (SGLang, vLLM): the request's rank in the waiting queue with --enable-priority-scheduling,
+# higher first (SGLang's default order); 0 when unset. A router in front may set it per API key.
+Priority = Annotated[int, Field(ge=-(2**31), le=2**31 - 1, description="Extension: waiting-queue rank with "
+                                "--enable-priority-scheduling, higher values first (default 0; ignored "
+                                "without that flag).")]
 
 
 def _shape(v: Any) -> str | None:
@@ -217,6 +222,7 @@ class SamplingFields(_Request):
         None, description="Extension (SGLang): the output matches this EBNF (GBNF) grammar.")
     user: Name | None = Field(None, description="An end-user id; logged with the request (--log-requests).")
     rid: Name | None = Field(None, description="Extension: request id, for /abort_request.")
+    priority: Priority | None = None
 
 
 # ---- chat ----------------------------------------------------------------------------------
@@ -505,7 +511,12 @@ class GenerateRequestBody(_Request):
     stream: bool = Field(False, description="Server-sent events, each with the text so far.")
     return_logprob: bool = False
     top_logprobs_num: int = Field(0, ge=0, le=20)
+    logprob_start_len: int = Field(
+        -1, description="Return `meta_info.input_token_logprobs` for the prompt's positions from this one on "
+        "(-1: none; must be less than the prompt's length). The cache is matched only up to it, so the "
+        "forward recomputes from there.")
     rid: Name | None = Field(None, description="Request id, for /abort_request.")
+    priority: Priority | None = None
 
 
 class GenerateMetaInfo(BaseModel):
@@ -517,6 +528,8 @@ class GenerateMetaInfo(BaseModel):
     e2e_latency: float | None = None
     output_token_logprobs: list[tuple[float, int]] | None = None
     output_top_logprobs: list[list[tuple[float, int]]] | None = None
+    # (logprob, token id) per prompt position from logprob_start_len; position 0 has no logprob (null).
+    input_token_logprobs: list[tuple[float | None, int]] | None = None
 
 
 class GenerateResponse(BaseModel):

@@ -18,7 +18,9 @@ def smol_server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[ServerProc
     # (64 concurrent streams == sequential). The packed int4 path rounds each linear layer's input to
     # bf16, which turns the fp32 batch-order noise of the other ops into rare flips at greedy near-ties
     # (docs/quantization.md); it is tested in tests/model_loader/test_gguf_packed.py.
-    server = ServerProcess(["--log-level", "warning", "--gguf-dequantize"], log, api_key=API_KEY).wait_ready()
+    # --grpc-port 0: gRPC beside HTTP (tests/server/test_grpc.py learns the port from /get_server_info).
+    server = ServerProcess(["--log-level", "warning", "--gguf-dequantize", "--grpc-port", "0"], log,
+                           api_key=API_KEY).wait_ready()
     yield server
     server.stop()
 
