@@ -11,6 +11,8 @@
 #      READY_TIMEOUT (default 15m); SKIP_MODEL_DELIVERY=1 skips the second stage (it downloads
 #      about 270 MB from huggingface.co); SKIP_MULTINODE=1 skips the multi-node stage (it
 #      installs LeaderWorkerSet LWS_VERSION, default v0.7.0, from github.com).
+# Not covered here: spec.gateway.inferencePool (no Gateway or Inference Extension is installed;
+# tests/operator/test_operator_gateway.py checks the InferencePool against the extension's CRDs).
 set -euo pipefail
 cd "$(dirname "$0")/.."
 

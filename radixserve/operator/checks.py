@@ -15,6 +15,12 @@ from radixserve.model_store.uri import HFModel, OCIModel, PVCModel, S3Model
 from radixserve.operator import names
 from radixserve.operator.builders.autoscaling import KEDA_API_VERSION, choose_autoscaler
 from radixserve.operator.builders.common import BuildInput, Capabilities
+from radixserve.operator.builders.gateway import (
+    POOL_PLURAL,
+    POOL_V1_API_VERSION,
+    POOL_V1ALPHA2_API_VERSION,
+    choose_pool,
+)
 from radixserve.operator.builders.model import credential_keys
 from radixserve.operator.builders.monitoring import MONITORING_API_VERSION, choose_monitoring
 from radixserve.operator.builders.multinode import LWS_API_VERSION, LWS_PLURAL, MAX_MULTINODE_NAME_LENGTH
@@ -65,12 +71,17 @@ class ClusterLookups(ApiDiscovery, Protocol):
 
 
 def capabilities(lookups: ApiDiscovery) -> Capabilities:
-    """Which optional APIs (CRDs of KEDA and the Prometheus operator) the cluster serves."""
-    keda = lookups.api_resources(KEDA_API_VERSION) or set()
+    """Which optional APIs (CRDs of KEDA, the Prometheus operator, LeaderWorkerSet and the Gateway
+    API Inference Extension) the cluster serves."""
+    def serves(api_version: str, plural: str) -> bool:
+        return plural in (lookups.api_resources(api_version) or set())
+
     monitoring = lookups.api_resources(MONITORING_API_VERSION) or set()
-    return Capabilities(keda="scaledobjects" in keda,
+    return Capabilities(keda=serves(KEDA_API_VERSION, "scaledobjects"),
                         prometheus_operator={"podmonitors", "prometheusrules"} <= monitoring,
-                        leader_worker_set=LWS_PLURAL in (lookups.api_resources(LWS_API_VERSION) or set()))
+                        leader_worker_set=serves(LWS_API_VERSION, LWS_PLURAL),
+                        inference_pool_v1=serves(POOL_V1_API_VERSION, POOL_PLURAL),
+                        inference_pool_v1alpha2=serves(POOL_V1ALPHA2_API_VERSION, POOL_PLURAL))
 
 
 @dataclass(frozen=True)
@@ -84,7 +95,8 @@ class FeatureCondition:
 
 
 def feature_conditions(inp: BuildInput) -> list[FeatureCondition]:
-    """PodSecurity always; Autoscaling and Monitoring when asked for (or, monitoring, unset)."""
+    """PodSecurity always; Autoscaling, Monitoring and InferencePool when asked for (or, monitoring,
+    unset)."""
     spec = inp.spec
     out = []
     host_path = spec.uses_host_path
@@ -102,6 +114,9 @@ def feature_conditions(inp: BuildInput) -> list[FeatureCondition]:
     if spec.monitoring.enabled is not False:
         monitoring = choose_monitoring(inp)
         out.append(FeatureCondition("Monitoring", monitoring.enabled, monitoring.reason, monitoring.message))
+    if spec.gateway.inference_pool.enabled:
+        pool = choose_pool(inp)
+        out.append(FeatureCondition("InferencePool", pool.version is not None, pool.reason, pool.message))
     return out
 
 

@@ -8,7 +8,8 @@ fails on a kind missing from this list). From this list come:
 - drift repair (`reconcile.py` compares every desired object with its live state),
 - the RBAC rules' watch verbs (`permissions.py`).
 
-`optional` marks kinds whose CRD may be missing (KEDA, the Prometheus operator, LeaderWorkerSet):
+`optional` marks kinds whose CRD may be missing (KEDA, the Prometheus operator, LeaderWorkerSet,
+the Gateway API Inference Extension):
 the watch is still registered, and kopf serves it only when the resource exists at start-up, so
 a missing CRD never blocks the operator (an operator restart picks up a CRD installed later).
 """
@@ -56,6 +57,9 @@ OWNED_KINDS: tuple[OwnedKind, ...] = (
     OwnedKind("monitoring.coreos.com/v1", "PrometheusRule", "prometheusrules", optional=True),
     # Multi-node replicas (builders/multinode.py).
     OwnedKind("leaderworkerset.x-k8s.io/v1", "LeaderWorkerSet", "leaderworkersets", optional=True),
+    # Gateway API Inference Extension (builders/gateway.py): GA and the older alpha group.
+    OwnedKind("inference.networking.k8s.io/v1", "InferencePool", "inferencepools", optional=True),
+    OwnedKind("inference.networking.x-k8s.io/v1alpha2", "InferencePool", "inferencepools", optional=True),
 )
 
 

@@ -75,6 +75,12 @@ RULES: tuple[Rule, ...] = (
     Rule("leaderworkerset.x-k8s.io", "leaderworkersets", ("get", "list", "watch", "create", "patch", "delete"),
          "the LeaderWorkerSet of multi-node replicas (spec.nodesPerReplica > 1, server-side apply); its status "
          "is the replicas' readiness; deleted when nodesPerReplica goes back to 1"),
+    Rule("inference.networking.k8s.io", "inferencepools", ("get", "list", "watch", "create", "patch", "delete"),
+         "the InferencePool of spec.gateway.inferencePool (Gateway API Inference Extension v1); deleted when "
+         "turned off"),
+    Rule("inference.networking.x-k8s.io", "inferencepools", ("get", "list", "watch", "create", "patch", "delete"),
+         "the InferencePool of spec.gateway.inferencePool where only the older v1alpha2 CRD is installed; "
+         "deleted when turned off or once the v1 CRD is served"),
     Rule(names.GROUP, f"{names.PLURAL}/scale", ("get", "patch"),
          "never called: the router's Role grants it for scale from zero (spec.autoscaling.minReplicas 0), and "
          "Kubernetes lets a subject create a Role only with the permissions it holds (RBAC escalation check)"),

@@ -327,6 +327,37 @@ class MonitoringSpec(_Model):
     labels: dict[str, str] = Field(default_factory=dict)
 
 
+class EndpointPickerSpec(_Model):
+    """The Service of the user's endpoint picker (EPP): an Envoy ext_proc gRPC server of the Gateway
+    API Inference Extension that picks a replica per request. radixserve's router is not one."""
+
+    name: str = Field(min_length=1, max_length=253)
+    port: int = Field(default=9002, ge=1, le=65535)
+    # What the gateway does while the EPP does not answer: FailClose refuses requests, FailOpen
+    # sends them to a replica of its own choice.
+    failure_mode: Literal["FailOpen", "FailClose"] = "FailClose"
+
+
+class InferencePoolSpec(_Model):
+    """An InferencePool of the server pods (builders/gateway.py)."""
+
+    enabled: bool = False
+    endpoint_picker: EndpointPickerSpec | None = None
+
+    @model_validator(mode="after")
+    def _picker_when_enabled(self) -> InferencePoolSpec:
+        if self.enabled and self.endpoint_picker is None:
+            raise ValueError("endpointPicker is required when enabled: the InferencePool must name the Service of "
+                             "an endpoint picker (radixserve's router is not one)")
+        return self
+
+
+class GatewaySpec(_Model):
+    """Gateway API Inference Extension integration (docs/operator.md, "Behind a Gateway")."""
+
+    inference_pool: InferencePoolSpec = Field(default_factory=InferencePoolSpec)
+
+
 def _embedded() -> ModelSpec:
     return ModelSpec(embedded=EmbeddedModel())
 
@@ -354,6 +385,7 @@ class InferenceServerSpec(_Model):
     network_policy: NetworkPolicySpec = Field(default_factory=NetworkPolicySpec)
     autoscaling: AutoscalingSpec = Field(default_factory=AutoscalingSpec)
     monitoring: MonitoringSpec = Field(default_factory=MonitoringSpec)
+    gateway: GatewaySpec = Field(default_factory=GatewaySpec)
 
     @model_validator(mode="after")
     def _deadline_covers_startup(self) -> InferenceServerSpec:

@@ -1,5 +1,6 @@
-"""Validation of KEDA and Prometheus-operator objects against their CRDs' own schemas (vendored
-in schemas/, see schemas/README.md), as the API server would with those CRDs installed."""
+"""Validation of KEDA, Prometheus-operator and Gateway API Inference Extension objects against
+their CRDs' own schemas (vendored in schemas/, see schemas/README.md), as the API server would
+with those CRDs installed."""
 
 from __future__ import annotations
 
@@ -17,6 +18,9 @@ FILES = {
     ("keda.sh/v1alpha1", "ScaledObject"): "keda.sh_v1alpha1_scaledobject.json",
     ("monitoring.coreos.com/v1", "PodMonitor"): "monitoring.coreos.com_v1_podmonitor.json",
     ("monitoring.coreos.com/v1", "PrometheusRule"): "monitoring.coreos.com_v1_prometheusrule.json",
+    ("inference.networking.k8s.io/v1", "InferencePool"): "inference.networking.k8s.io_v1_inferencepool.json",
+    ("inference.networking.x-k8s.io/v1alpha2", "InferencePool"):
+        "inference.networking.x-k8s.io_v1alpha2_inferencepool.json",
 }
 
 

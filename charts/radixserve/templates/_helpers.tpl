@@ -110,6 +110,10 @@ the same rules with the reason for each; a test keeps the two equal.
 - apiGroups: ["leaderworkerset.x-k8s.io"]
   resources: ["leaderworkersets"]
   verbs: ["get", "list", "watch", "create", "patch", "delete"]
+# spec.gateway.inferencePool: GA (v1) and the older alpha (v1alpha2) group.
+- apiGroups: ["inference.networking.k8s.io", "inference.networking.x-k8s.io"]
+  resources: ["inferencepools"]
+  verbs: ["get", "list", "watch", "create", "patch", "delete"]
 # Never called: the routers' Role grants it for scale from zero (RBAC escalation check).
 - apiGroups: ["radixserve.io"]
   resources: ["inferenceservers/scale"]

@@ -22,6 +22,12 @@ from radixserve.operator.builders.disruption import (
     build_server_budget,
 )
 from radixserve.operator.builders.endpoint import build_endpoint_service, endpoint_url
+from radixserve.operator.builders.gateway import (
+    POOL_KIND,
+    POOL_V1_API_VERSION,
+    POOL_V1ALPHA2_API_VERSION,
+    build_inference_pool,
+)
 from radixserve.operator.builders.model import build_download_job, build_model_cache_claim
 from radixserve.operator.builders.monitoring import (
     MONITORING_API_VERSION,
@@ -92,7 +98,7 @@ def desired_objects(inp: BuildInput) -> list[Manifest]:
     objects.append(build_endpoint_service(inp))
     # Optional APIs last (each built only when the cluster serves it, see Capabilities).
     objects += _present(build_hpa(inp), build_scaled_object(inp), build_server_pod_monitor(inp),
-                        build_router_pod_monitor(inp), build_prometheus_rule(inp))
+                        build_router_pod_monitor(inp), build_prometheus_rule(inp), build_inference_pool(inp))
     return span_nodes(objects, inp)  # spec.nodesPerReplica > 1: a LeaderWorkerSet, not a Deployment
 
 
@@ -103,6 +109,12 @@ def optional_objects(inp: BuildInput) -> list[ObjectRef]:
     name = inp.owner.name
     server, router = names.server_name(name), names.router_name(name)
     refs = []
+    # The pool first: a gateway stops sending requests before anything behind it goes. Both
+    # versions, so a pool of the alpha group goes once the cluster serves v1 (and the v1 one is built).
+    if inp.capabilities.inference_pool_v1:
+        refs.append(ObjectRef(POOL_V1_API_VERSION, POOL_KIND, name))
+    if inp.capabilities.inference_pool_v1alpha2:
+        refs.append(ObjectRef(POOL_V1ALPHA2_API_VERSION, POOL_KIND, name))
     if inp.capabilities.prometheus_operator:
         refs += [ObjectRef(MONITORING_API_VERSION, "PrometheusRule", name),
                  ObjectRef(MONITORING_API_VERSION, "PodMonitor", router),

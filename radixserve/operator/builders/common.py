@@ -42,6 +42,9 @@ class Capabilities:
     keda: bool = False  # keda.sh/v1alpha1 scaledobjects
     prometheus_operator: bool = False  # monitoring.coreos.com/v1 podmonitors and prometheusrules
     leader_worker_set: bool = False  # leaderworkerset.x-k8s.io/v1 leaderworkersets (spec.nodesPerReplica > 1)
+    # Gateway API Inference Extension InferencePools (spec.gateway.inferencePool), GA and the older alpha.
+    inference_pool_v1: bool = False  # inference.networking.k8s.io/v1
+    inference_pool_v1alpha2: bool = False  # inference.networking.x-k8s.io/v1alpha2
 
 
 @dataclass(frozen=True)
