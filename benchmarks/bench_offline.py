@@ -530,7 +530,11 @@ def main(argv: list[str] | None = None) -> int:
         "copy_bandwidth_gb_s": rates.to_json()["copy_gb_s"],
         "roofline_model": {"weight_bytes": cost.weight_bytes, "kv_bytes_per_token": cost.kv_bytes_per_token,
                            "layer_matmul_params": cost.layer_matmul_params, "lm_head_params": cost.lm_head_params,
-                           "definition": "benchmarks/roofline.py; per GPU with tp_size ranks, communication excluded"},
+                           "definition": "benchmarks/roofline.py; per GPU with tp_size ranks, communication excluded",
+                           **({"moe_layers": cost.moe_layers, "experts": cost.experts, "top_k": cost.top_k,
+                               "expert_bytes": cost.expert_bytes,
+                               "batch1_step_weight_bytes": round(cost.step_weight_bytes(1))}
+                              if cost.moe_layers else {})},
         "workloads": {},
     }
     if hasattr(engine, "model_runner"):  # the count the bound uses, against the tensors actually loaded

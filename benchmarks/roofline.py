@@ -13,7 +13,8 @@ ranks; the all-reduces and the logits all-gather that TP adds are not in the bou
                   token, ctx counted causally: a prompt of L new tokens after c cached ones attends
                   L*c + L*(L+1)/2 key positions in all
   decode bytes    per step: all weights once (incl. lm_head; the embedding table only where tied,
-                  since untied it is gathered row by row), plus the KV read: for every running
+                  since untied it is gathered row by row; of a mixture of experts, the experts the
+                  step's tokens are expected to use, ModelCost.step_weight_bytes), plus the KV read: for every running
                   request its context (prompt + tokens so far, incl. the new one) * KV bytes per
                   token (2 * layers * kv_heads * head_dim * dtype size)
   decode FLOPs    2 * (layer + lm_head params) per token plus attention over its context
@@ -157,26 +158,53 @@ class ModelCost:
     kv_bytes_per_token: int  # all layers, K and V
     fp8_linears: bool = False  # the layers' matmuls run in FP8 (1 byte per weight, the FP8 matmul rate)
 
+    # Mixture of experts: MoE layers, experts per layer, experts per token, bytes of one expert's
+    # three matrices. `layer_matmul_params` then counts the experts a token uses (top-k), and
+    # `weight_bytes` the weights without the experts; a step reads the experts its tokens touch.
+    moe_layers: int = 0
+    experts: int = 0
+    top_k: int = 0
+    expert_bytes: int = 0
+
     @classmethod
     def from_config(cls, cfg: ModelConfig, dtype_bytes: int, fp8_linears: bool = False) -> ModelCost:
         """With `fp8_linears` the decoder's linear weights count 1 byte each plus a float32 scale per output
         row; the embedding, the LM head and the norms stay in `dtype_bytes`."""
         h, hd = cfg.hidden_size, cfg.head_dim
         q_dim, kv_dim = cfg.num_attention_heads * hd, cfg.num_key_value_heads * hd
-        per_layer = h * q_dim + 2 * h * kv_dim + q_dim * h + 3 * h * cfg.intermediate_size
-        layer_params = cfg.num_hidden_layers * per_layer
+        attn = h * q_dim + 2 * h * kv_dim + q_dim * h
+        moe_layers = sum(cfg.is_moe_layer(i) for i in range(cfg.num_hidden_layers))
+        dense_layers = cfg.num_hidden_layers - moe_layers
+        expert = 3 * h * cfg.moe_intermediate_size
+        # Per MoE layer, always read: the router and a shared expert (Qwen2-MoE).
+        moe_fixed = h * cfg.num_experts + 3 * h * cfg.shared_expert_intermediate_size
+        layer_params = (cfg.num_hidden_layers * attn + dense_layers * 3 * h * cfg.intermediate_size
+                        + moe_layers * (moe_fixed + cfg.num_experts_per_tok * expert))
+        resident = layer_params - moe_layers * cfg.num_experts_per_tok * expert  # all but the experts
         lm_head = h * cfg.vocab_size
         norms = cfg.num_hidden_layers * 2 * h + h + (cfg.num_hidden_layers * 2 * hd if cfg.qk_norm else 0)
         biases = cfg.num_hidden_layers * (q_dim + 2 * kv_dim) if cfg.attention_bias else 0
         if fp8_linears:
+            if moe_layers:
+                raise ValueError("FP8 linears with mixture-of-experts layers are not modelled (experts stay bf16)")
             rows = cfg.num_hidden_layers * (q_dim + 2 * kv_dim + h + 3 * cfg.intermediate_size)
             weight_bytes = layer_params + 4 * rows + (lm_head + norms + biases) * dtype_bytes
         else:
-            weight_bytes = (layer_params + lm_head + norms + biases) * dtype_bytes
+            weight_bytes = (resident + lm_head + norms + biases) * dtype_bytes
         return cls(layers=cfg.num_hidden_layers, q_dim=q_dim, layer_matmul_params=layer_params,
                    lm_head_params=lm_head, weight_bytes=weight_bytes,
                    kv_bytes_per_token=cfg.kv_bytes_per_token_per_layer * cfg.num_hidden_layers * dtype_bytes,
-                   fp8_linears=fp8_linears)
+                   fp8_linears=fp8_linears, moe_layers=moe_layers, experts=cfg.num_experts,
+                   top_k=cfg.num_experts_per_tok, expert_bytes=expert * dtype_bytes)
+
+    def step_weight_bytes(self, tokens: int) -> float:
+        """Weights one forward pass over `tokens` tokens reads: everything but the experts, plus per MoE
+        layer the experts those tokens are expected to use, with routing spread evenly over the experts
+        (random weights route that way): E * (1 - (1 - k/E)^tokens). A dense model: all weights."""
+        if not self.moe_layers or tokens <= 0:
+            return float(self.weight_bytes)
+        touched = self.experts * (1 - (1 - self.top_k / self.experts) ** tokens)
+        return self.weight_bytes + self.moe_layers * touched * self.expert_bytes
 
     def attention_flops(self, new: int, cached: int = 0) -> int:
         """QK^T and PV for `new` tokens after `cached` ones: 4 * layers * q_dim per attended position."""
@@ -193,9 +221,9 @@ class ModelCost:
         """One decode token whose context (incl. itself) is `ctx` positions."""
         return 2 * (self.layer_matmul_params + self.lm_head_params) + 4 * self.layers * self.q_dim * ctx
 
-    def decode_step_bytes(self, contexts: Sequence[int]) -> int:
-        """One decode step over running requests with these contexts: all weights plus their KV."""
-        return self.weight_bytes + self.kv_bytes_per_token * sum(contexts)
+    def decode_step_bytes(self, contexts: Sequence[int]) -> float:
+        """One decode step over running requests with these contexts: the weights it reads plus their KV."""
+        return self.step_weight_bytes(len(contexts)) + self.kv_bytes_per_token * sum(contexts)
 
 
 # --- workload bounds ---
@@ -259,13 +287,16 @@ def workload_bound(cost: ModelCost, rates: DeviceRates, reqs: Sequence[ReqShape]
         kv_bytes += cost.kv_bytes_per_token * ctx_sum
     total_decode_tokens = sum(max(r.output_len - 1, 0) for r in reqs)
     decode_steps = max(math.ceil(total_decode_tokens / max_batch), max(max(r.output_len - 1, 0) for r in reqs))
-    w = cost.weight_bytes / tp
+    # Weights per pass: a prefill pass runs its prompts' tokens at once (every expert of an MoE layer, for
+    # any real prompt); a decode step runs up to max_batch tokens (for MoE: the experts they touch).
+    w = cost.step_weight_bytes(sum(r.input_len - r.cached_len for r in reqs[:max_batch])) / tp
+    w_decode = cost.step_weight_bytes(min(max_batch, len(reqs))) / tp
     # The layers' matmul FLOPs (2 per weight per token) run at the FP8 rate when the linears are FP8.
     fp8_share = 2 * cost.layer_matmul_params if cost.fp8_linears else 0
     prefill_fp8 = fp8_share * sum(r.input_len - r.cached_len for r in reqs)
     prefill_s = max(rates.matmul_seconds(prefill_flops, prefill_fp8) / tp, prefill_passes * w / rates.copy_bytes_s)
     decode_s = max(rates.matmul_seconds(decode_flops, fp8_share * total_decode_tokens) / tp,
-                   (decode_steps * w + kv_bytes / tp) / rates.copy_bytes_s)
+                   (decode_steps * w_decode + kv_bytes / tp) / rates.copy_bytes_s)
     return Bound(prefill_flops=prefill_flops // tp, prefill_passes=prefill_passes, decode_flops=decode_flops // tp,
                  decode_steps=decode_steps, decode_kv_bytes=kv_bytes // tp, weight_bytes=int(w), tp=tp,
                  prefill_s=prefill_s if prefill_flops else 0.0, decode_s=decode_s if decode_steps else 0.0)
