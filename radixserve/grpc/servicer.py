@@ -58,6 +58,8 @@ def request_body(request: Any) -> GenerateRequestBody:
         body["input_ids"] = list(request.input_ids.ids)
     if request.rid:
         body["rid"] = request.rid
+    if request.priority:
+        body["priority"] = request.priority
     return GenerateRequestBody.model_validate(body)
 
 
@@ -99,7 +101,7 @@ class RadixServeServicer:
             ids = [int(t) for t in body.input_ids or []]  # type: ignore[arg-type]  # a single prompt
         params = tm.builder.sampling_params(body.sampling_params)
         return await tm.run_blocking(lambda: tm.builder.build(
-            ids, params, rid=body.rid, stream=True, return_logprob=body.return_logprob,
+            ids, params, rid=body.rid, stream=True, return_logprob=body.return_logprob, priority=body.priority or 0,
             top_logprobs_num=body.top_logprobs_num, input_text=text,
             prompt_param="text" if text is not None else "input_ids"))
 

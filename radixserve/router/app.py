@@ -76,6 +76,15 @@ class Router:
         if self.scaler is not None:
             self.metrics.registry.register(ScaleCollector(self.scaler, PREFIX))
         self.drain = DrainState()
+        if config.worker_protocol == "grpc":
+            if config.grpc_port is None:
+                raise ValueError("worker_protocol 'grpc' needs grpc_port (the workers' --grpc-port)")
+            # Imported here: grpcio and the server's response models only when asked for.
+            from radixserve.router.grpc_client import GrpcWorkers
+
+            self.proxy.grpc = GrpcWorkers(config.grpc_port, config.api_key, self.workers, self.metrics,
+                                          config.request_timeout_s)
+            self.workers.subscribe(on_added=self.proxy.grpc.add, on_removed=self.proxy.grpc.remove)
 
     async def start(self) -> None:
         if self.config.tokenizer and self.config.tokenizer != "auto" and self.kv_index is not None:
@@ -113,6 +122,8 @@ class Router:
             await self.scaler.stop()
         await self.health.stop()
         await self.proxy.stop()
+        if self.proxy.grpc is not None:
+            await self.proxy.grpc.close()
 
     async def _find_tokenizer(self) -> None:
         """--tokenizer auto: ask healthy workers (/get_server_info) where their tokenizer is, until
@@ -204,6 +215,8 @@ class Router:
         info["tree_size_chars"] = self.policy.tree_sizes().get(worker.url, 0)
         idx = self.kv_index.get(worker.url) if self.kv_index is not None else None
         info["cache_events"] = idx.to_dict() if idx is not None else {"state": "off"}
+        if self.proxy.grpc is not None:
+            info["grpc_target"] = self.proxy.grpc.target(worker)
         return info
 
     async def handle_workers(self, request: web.Request) -> web.Response:

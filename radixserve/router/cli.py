@@ -69,6 +69,14 @@ def build_parser() -> argparse.ArgumentParser:
                          help="port of the workers on each discovered endpoint address")
     workers.add_argument("--kube-api-server", metavar="URL", default=None,
                          help="Kubernetes API URL (default: in-cluster config, else ~/.kube/config)")
+    workers.add_argument("--worker-protocol", choices=["http", "grpc"], default=_DEFAULTS.worker_protocol,
+                         help="how POST /generate reaches the workers: http, or grpc to the Generate RPC of "
+                              "radixserve workers started with --grpc-port (at each worker URL's host and "
+                              "--grpc-port). Bodies gRPC cannot carry as they are (batches, logprob_start_len, "
+                              "logit_bias), the OpenAI routes, health checks and cache events stay on HTTP")
+    workers.add_argument("--grpc-port", type=int, metavar="N", default=None,
+                         help="with --worker-protocol grpc (required then): the workers' gRPC port, the same "
+                              "on every worker")
 
     pol = p.add_argument_group("routing policy")
     pol.add_argument("--policy", choices=POLICIES, default=_DEFAULTS.policy,
@@ -190,7 +198,18 @@ def config_from_args(args: argparse.Namespace) -> RouterConfig:
         admission=_admission_config(args), drain=_drain_config(args), scale_from_zero=_scale_config(args),
         cache_events=args.cache_events == "auto",
         tokenizer=None if args.tokenizer in (None, "", "none") else args.tokenizer,
+        worker_protocol=args.worker_protocol, grpc_port=_grpc_port(args),
     )
+
+
+def _grpc_port(args: argparse.Namespace) -> int | None:
+    if args.worker_protocol != "grpc":
+        if args.grpc_port is not None:
+            raise ValueError("--grpc-port is for --worker-protocol grpc")
+        return None
+    if args.grpc_port is None or not 0 < args.grpc_port < 65536:
+        raise ValueError("--worker-protocol grpc needs --grpc-port N (1-65535), the workers' gRPC port")
+    return int(args.grpc_port)
 
 
 def _admission_config(args: argparse.Namespace) -> AdmissionConfig:

@@ -57,3 +57,7 @@ class RouterConfig:
     admission: AdmissionConfig = field(default_factory=AdmissionConfig)  # per-key limits and priority
     drain: DrainConfig = field(default_factory=DrainConfig)  # SIGTERM: readiness off, then finish
     scale_from_zero: ScaleFromZeroConfig | None = None  # hold requests while the InferenceServer scales up
+    # How POST /generate reaches the workers: "http", or "grpc" to each worker's host at grpc_port
+    # (their `radixserve serve --grpc-port`); health checks, cache events and the other routes stay HTTP.
+    worker_protocol: str = "http"
+    grpc_port: int | None = None

@@ -9,6 +9,9 @@ the stream with an SSE error event instead.
 Client disconnects: the server runs with `handler_cancellation`, so a client that goes
 away cancels the handler; the `finally` below then closes the upstream connection (not
 returns it to the pool), which the worker sees as a disconnect and aborts the request.
+
+With `--worker-protocol grpc`, a POST /generate that gRPC carries exactly goes to the worker's
+Generate RPC instead (grpc_client.py), with the same picking, retries and load accounting.
 """
 
 from __future__ import annotations
@@ -17,6 +20,7 @@ import contextlib
 import logging
 import time
 from collections.abc import Sequence
+from typing import TYPE_CHECKING
 
 import aiohttp
 import msgspec
@@ -29,6 +33,9 @@ from radixserve.router.policies import Policy
 from radixserve.router.request_text import routing_text
 from radixserve.router.tokenize import LONG_PROMPT_BYTES, PromptTokenizer, RoutedPrompt
 from radixserve.router.workers import Worker, WorkerRegistry
+
+if TYPE_CHECKING:  # grpc_client imports grpcio and the server's models: only with --worker-protocol grpc
+    from radixserve.router.grpc_client import GrpcGenerate, GrpcWorkers
 
 log = logging.getLogger(__name__)
 
@@ -62,6 +69,7 @@ class Proxy:
             self._base_headers["Authorization"] = f"Bearer {api_key}"
         self._get_rr = 0
         self.prompt_tokenizer: PromptTokenizer | None = None  # for exact matching on cache events
+        self.grpc: GrpcWorkers | None = None  # --worker-protocol grpc: generation over gRPC
 
     async def start(self, request_timeout_s: float, connect_timeout_s: float) -> None:
         # keepalive_timeout under uvicorn's default 5 s, so that the router does not reuse a
@@ -118,8 +126,9 @@ class Proxy:
         prompt = RoutedPrompt(path, obj, self.prompt_tokenizer)  # tokenized only if a policy asks
         if self.prompt_tokenizer is not None and len(body) > LONG_PROMPT_BYTES:
             await prompt.prepare()  # milliseconds of tokenizing: not on the event loop
+        call = self.grpc.translate(path, obj, request.headers.get("X-Request-Id")) if self.grpc is not None else None
         try:
-            return await self._forward(request, "POST", path, body, text, prompt)
+            return await self._forward(request, "POST", path, body, text, prompt, call)
         finally:
             hist = self.metrics.duration.get(path)
             if hist is not None:
@@ -140,7 +149,8 @@ class Proxy:
         return choice.worker
 
     async def _forward(self, request: web.Request, method: str, path: str, body: bytes | None,
-                       text: str | None, prompt: RoutedPrompt | None = None) -> web.StreamResponse:
+                       text: str | None, prompt: RoutedPrompt | None = None,
+                       call: GrpcGenerate | None = None) -> web.StreamResponse:
         tried: list[Worker] = []
         for _ in range(self.max_attempts):
             candidates = self.workers.healthy
@@ -150,6 +160,8 @@ class Proxy:
                 break
             worker = self._pick(candidates, method, text, prompt)
             try:
+                if call is not None:
+                    return await self._attempt_grpc(request, worker, call)
                 return await self._attempt(request, worker, method, path, body)
             except _Retryable:
                 tried.append(worker)
@@ -200,6 +212,19 @@ class Proxy:
                     resp.release()
                 else:
                     resp.close()
+
+    async def _attempt_grpc(self, request: web.Request, worker: Worker, call: GrpcGenerate) -> web.StreamResponse:
+        from radixserve.router.grpc_client import WorkerUnreachable
+
+        assert self.grpc is not None
+        worker.outstanding += 1
+        worker.requests_total += 1
+        try:
+            return await self.grpc.relay(request, worker, call, {WORKER_HEADER: worker.url})
+        except WorkerUnreachable as exc:
+            raise _Retryable from exc
+        finally:
+            worker.outstanding -= 1
 
     async def _relay_stream(self, request: web.Request, resp: aiohttp.ClientResponse,
                             worker: Worker) -> web.StreamResponse:
