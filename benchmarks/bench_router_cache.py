@@ -33,6 +33,7 @@ import signal
 import socket
 import subprocess
 import sys
+import tempfile
 import time
 import urllib.request
 from collections.abc import AsyncIterator, Sequence
@@ -105,6 +106,14 @@ def stop_replicas(replicas: Sequence[Replica]) -> None:
             r.proc.kill()
 
 
+def _answers(url: str) -> bool:
+    try:
+        with urllib.request.urlopen(url, timeout=5) as resp:
+            return bool(resp.status == 200)
+    except OSError:
+        return False
+
+
 def _healthy(url: str) -> bool:
     try:
         with urllib.request.urlopen(url + "/health", timeout=2) as resp:
@@ -131,19 +140,39 @@ def flush_cache(url: str) -> None:
         resp.read()
 
 
+def _saved_tokenizer() -> str:
+    """The replicas' tokenizer as a directory sglang-router can read (it would otherwise try to fetch one
+    by the model's name, and nothing here can be downloaded)."""
+    from radixserve.model_loader.default_model import default_model_path
+    from radixserve.model_loader.tokenizer import load_tokenizer
+
+    path = tempfile.mkdtemp(prefix="bench-router-cache-tok-")
+    load_tokenizer(default_model_path()).save_pretrained(path)
+    return path
+
+
 @contextlib.asynccontextmanager
 async def _sglang_router(worker_urls: list[str]) -> AsyncIterator[str]:
     """sglang-router in cache_aware mode with its own defaults, as a subprocess on a free port."""
     port = free_port()
     cmd = [sys.executable, "-m", "sglang_router.launch_router", "--host", "127.0.0.1", "--port", str(port),
-           "--policy", "cache_aware", "--log-level", "error", "--worker-urls", *worker_urls]
-    proc = subprocess.Popen(cmd, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+           "--policy", "cache_aware", "--log-level", "error", "--tokenizer-path", _saved_tokenizer(),
+           "--prometheus-port", str(free_port()),  # its default 29000 would collide between two replicas
+           "--worker-urls", *worker_urls]
+    log = tempfile.TemporaryFile()  # noqa: SIM115 - closed in the finally below, after the process
+    # No proxy may leak it onto the network (a blackhole proxy, as bench_router.py does).
+    env = {**os.environ, "HTTP_PROXY": "http://127.0.0.1:9", "HTTPS_PROXY": "http://127.0.0.1:9",
+           "NO_PROXY": "127.0.0.1,localhost", "no_proxy": "127.0.0.1,localhost"}
+    proc = subprocess.Popen(cmd, stdout=log, stderr=subprocess.STDOUT, env=env)
     url = f"http://127.0.0.1:{port}"
     try:
         deadline = time.monotonic() + 60
-        while not await asyncio.to_thread(_healthy, url):
+        # Healthy and its workers registered (it adds them in the background after it starts listening).
+        while not (await asyncio.to_thread(_healthy, url) and await asyncio.to_thread(_answers, url + "/v1/models")):
             if proc.poll() is not None or time.monotonic() > deadline:
-                raise RuntimeError(f"sglang-router did not start (exit {proc.poll()})")
+                log.seek(0)
+                raise RuntimeError(f"sglang-router did not start (exit {proc.poll()}): "
+                                   f"{log.read().decode(errors='replace')[-1500:]}")
             await asyncio.sleep(0.5)
         yield url
     finally:
@@ -152,6 +181,7 @@ async def _sglang_router(worker_urls: list[str]) -> AsyncIterator[str]:
             proc.wait(10)
         except subprocess.TimeoutExpired:
             proc.kill()
+        log.close()
 
 
 @contextlib.asynccontextmanager
@@ -164,9 +194,11 @@ async def _our_router(worker_urls: list[str], variant: str) -> AsyncIterator[str
                                               cache_events=events, seed=0, health_check_interval_s=1.0))
     try:
         deadline = time.monotonic() + 30
-        while len(running.router.workers.healthy) < len(worker_urls) or (events and not _events_live(running)):
+        while len(running.router.workers.healthy) < len(worker_urls) or (events and not _events_live(running)) \
+                or (events and running.router.proxy.prompt_tokenizer is None):
             if time.monotonic() > deadline:
-                raise RuntimeError("router did not see every replica healthy (and its cache events live)")
+                raise RuntimeError("router did not see every replica healthy (and its cache events live, "
+                                   "its tokenizer loaded)")
             await asyncio.sleep(0.1)
         yield running.url
     finally:
@@ -178,13 +210,28 @@ def _events_live(running: Any) -> bool:
     return all(i.get("state") == "live" for i in info)
 
 
-async def run_policy(worker_urls: list[str], policy: str, cfg: BenchConfig) -> dict[str, Any]:
-    """One variant on fresh caches; the result has the replicas' own counts under `replicas`."""
+@contextlib.asynccontextmanager
+async def _routers(worker_urls: list[str], variant: str, n: int) -> AsyncIterator[str]:
+    """`n` router replicas of one variant behind a round-robin front (what a Kubernetes Service in front
+    of a router Deployment does: each replica sees only its share of the requests); one router: itself."""
+    async with contextlib.AsyncExitStack() as stack:
+        urls = [await stack.enter_async_context(
+            _sglang_router(worker_urls) if variant == "sglang-router" else _our_router(worker_urls, variant))
+            for _ in range(n)]
+        if n == 1:
+            yield urls[0]
+            return
+        front = await stack.enter_async_context(_our_router(urls, "round_robin"))
+        yield front
+
+
+async def run_policy(worker_urls: list[str], policy: str, cfg: BenchConfig, routers: int = 1) -> dict[str, Any]:
+    """One variant on fresh caches, through `routers` router replicas; the result has the replicas' own
+    counts."""
     for url in worker_urls:
         await asyncio.to_thread(flush_cache, url)
     before = [await asyncio.to_thread(replica_counters, u) for u in worker_urls]
-    router = _sglang_router(worker_urls) if policy == "sglang-router" else _our_router(worker_urls, policy)
-    async with router as url:
+    async with _routers(worker_urls, policy, routers) as url:
         cfg.base_url = url
         result = await run_benchmark(cfg)
     after = [await asyncio.to_thread(replica_counters, u) for u in worker_urls]
@@ -193,6 +240,7 @@ async def run_policy(worker_urls: list[str], policy: str, cfg: BenchConfig) -> d
     cached = sum(p["radixserve:cached_tokens_total"] for p in per)
     return {
         "policy": policy,
+        "router_replicas": routers,
         "replica_prompt_tokens": prompt,
         "replica_cached_tokens": cached,
         "replica_cache_hit_rate": round(cached / prompt, 4) if prompt else None,
@@ -203,6 +251,7 @@ async def run_policy(worker_urls: list[str], policy: str, cfg: BenchConfig) -> d
         "output_token_throughput": result["output_token_throughput"],
         "total_token_throughput": result["total_token_throughput"],
         "ttft_ms": result["ttft_ms"],
+        "errors": (result.get("errors") or [])[:5],  # the first few, when requests failed
         "e2e_latency_ms": result["e2e_latency_ms"],
     }
 
@@ -215,6 +264,9 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--policies", nargs="+", choices=POLICIES,
                    default=["exact", "approximate", "round_robin", "sglang-router"],
                    help="router policies to compare, in this order")
+    p.add_argument("--routers", type=int, default=2,
+                   help="router replicas per variant, behind a round-robin front as a Service spreads clients over "
+                        "a router Deployment (the operator renders 2 by default); 1: a single router")
     p.add_argument("--num-groups", type=int, default=8, help="distinct system prompts")
     p.add_argument("--prompts-per-group", type=int, default=12, help="questions per system prompt")
     p.add_argument("--system-prompt-len", type=int, default=120, help="system prompt length in words (~2.7 tokens each)")
@@ -242,7 +294,10 @@ async def _main(args: argparse.Namespace) -> dict[str, Any]:
                 results.append({"policy": policy, "skipped": "sglang_router is not installed in this environment "
                                                              "(pip install sglang-router)"})
                 continue
-            results.append(await run_policy([r.url for r in replicas], policy, workload(args)))
+            try:
+                results.append(await run_policy([r.url for r in replicas], policy, workload(args), args.routers))
+            except RuntimeError as e:  # a peer that would not start: say so, keep the other variants
+                results.append({"policy": policy, "skipped": str(e)})
     finally:
         stop_replicas(replicas)
     base = {r["policy"]: r for r in results if "skipped" not in r}

@@ -5,6 +5,9 @@
 # cache, two replicas) -> ModelReady -> node label -> Ready -> one chat completion; then
 # multi-node: LeaderWorkerSet installed before the operator starts, examples/inferenceserver-multinode.yaml
 # (one replica as a leader pod and a worker pod, a pipeline stage each) -> Ready -> one chat completion.
+# Between the first two stages: the namespace enforces Pod Security "restricted"; PodDisruptionBudgets,
+# two router replicas, no finalizer on the InferenceServer, the operator's leader Lease, and a deleted
+# router Deployment re-created with a DriftRepaired event.
 #
 # Needs: docker (a running engine), kind, kubectl, helm, curl.
 # Env: KEEP_CLUSTER=1 keeps the cluster afterwards; CLUSTER_NAME (default radixserve);
@@ -57,6 +60,32 @@ kubectl config use-context "kind-$CLUSTER_NAME"
 log "loading images into the cluster"
 kind load docker-image --name "$CLUSTER_NAME" "$SERVER_IMAGE" "$OPERATOR_IMAGE"
 
+log "production pieces (issue 20): PodDisruptionBudgets, two router replicas, no finalizer, drift repair"
+kubectl -n "$NAMESPACE" get pdb "$NAME-server" "$NAME-router"
+kubectl -n "$NAMESPACE" rollout status "deployment/$NAME-router" --timeout=5m
+[ "$(kubectl -n "$NAMESPACE" get deployment "$NAME-router" -o jsonpath='{.status.readyReplicas}')" = 2 ] \
+  || { echo "the router should run 2 ready replicas" >&2; exit 1; }
+[ -z "$(kubectl -n "$NAMESPACE" get rsvc "$NAME" -o jsonpath='{.metadata.finalizers}')" ] \
+  || { echo "the InferenceServer carries a finalizer" >&2; exit 1; }
+kubectl -n radixserve-system get lease -o name | grep -q . || { echo "no leader-election Lease" >&2; exit 1; }
+# The namespace enforces Pod Security "restricted" (labelled before the InferenceServer was applied):
+# its pods were admitted, so they pass it.
+kubectl get namespace "$NAMESPACE" -o jsonpath='{.metadata.labels.pod-security\.kubernetes\.io/enforce}' | grep -q restricted
+kubectl -n "$NAMESPACE" delete deployment "$NAME-router" --wait=true
+for attempt in $(seq 1 60); do  # the operator re-creates it on the Deployment's watch event
+  kubectl -n "$NAMESPACE" get deployment "$NAME-router" >/dev/null 2>&1 && break
+  [ "$attempt" = 60 ] && { echo "the deleted router Deployment was not re-created" >&2; exit 1; }
+  sleep 2
+done
+kubectl -n "$NAMESPACE" get events --field-selector reason=DriftRepaired | grep -q "$NAME" \
+  || { echo "no DriftRepaired event" >&2; exit 1; }
+kubectl -n "$NAMESPACE" rollout status "deployment/$NAME-router" --timeout=5m
+log "OK: PDBs, 2 routers, no finalizer, Lease, Pod Security restricted, drift repaired"
+# The node model cache below is a hostPath (opted in with allowHostPath), which "restricted" refuses.
+kubectl label namespace "$NAMESPACE" pod-security.kubernetes.io/enforce-
+# Not covered here: autoscaling (needs prometheus-adapter or KEDA), PodMonitors (need the Prometheus
+# operator): their objects are validated against those projects' CRD schemas in tests/operator.
+
 if [ "${SKIP_MULTINODE:-0}" != "1" ]; then
   # Before the operator starts: it watches LeaderWorkerSets only if their API exists then.
   log "installing LeaderWorkerSet ${LWS_VERSION:-v0.7.0} (multi-node replicas)"
@@ -75,6 +104,7 @@ helm upgrade --install radixserve charts/radixserve \
 log "applying the CPU example"
 # The images were loaded into the node under a non-latest tag, so the default pull
 # policy (IfNotPresent) finds them. The Service becomes a NodePort to reach it from here.
+kubectl label namespace "$NAMESPACE" pod-security.kubernetes.io/enforce=restricted --overwrite
 kubectl -n "$NAMESPACE" apply -f examples/inferenceserver-cpu.yaml
 kubectl -n "$NAMESPACE" patch rsvc "$NAME" --type merge -p '{"spec": {"service": {"type": "NodePort"}}}'
 

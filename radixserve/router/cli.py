@@ -111,7 +111,8 @@ def build_parser() -> argparse.ArgumentParser:
                          "prompts (input_ids) are matched exactly and text prompts use the tree")
     ev.add_argument("--kv-balance-abs-threshold", type=float, default=_CACHE.kv_balance_abs_threshold,
                     help="exact routing: engine KV usage is imbalanced when max - min exceeds this (0..1) and "
-                         "max > min * --balance-rel-threshold; then the emptiest cache wins")
+                         "max > min * --balance-rel-threshold; then a weak cache hit (below twice "
+                         "--cache-threshold, e.g. a shared preamble) goes to the emptiest cache")
 
     rel = p.add_argument_group("health and requests")
     rel.add_argument("--health-check-interval", type=float, default=_DEFAULTS.health_check_interval_s,

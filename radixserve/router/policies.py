@@ -241,17 +241,24 @@ class CacheAwarePolicy:
             v = view[w.url]
             return v.kv if v.kv is not None else 1.0, v.load, -_rendezvous(w.url, key)
 
-        kv = [v.kv for v in view.values() if v.kv is not None]
         best = max(v.ratio for v in view.values())
+        kv = [v.kv for v in view.values() if v.kv is not None]
+        # A weak hit (only a preamble every prompt shares, e.g. a third of it) does not hold a prompt
+        # where the cache is crowded: that is how SGLang's threshold piles every prompt onto one replica.
+        # A strong hit (the prompt's own long prefix) does: sending it away to even out cache occupancy
+        # only loses the prefix (seen on three real replicas, tests/router/test_real_replicas.py).
+        strong = best >= min(1.0, 2 * self.config.cache_threshold)
         if len(workers) > 1 and self._loads_imbalanced(v.load for v in view.values()):
             worker, decision = min(workers, key=by_load), Decision.BALANCE
-        elif len(kv) > 1 and self._kv_imbalanced(kv):
-            worker, decision = min(workers, key=by_kv), Decision.BALANCE
-        elif best > self.config.cache_threshold:
+        elif best > self.config.cache_threshold and (strong or len(kv) < 2 or not self._kv_imbalanced(kv)):
             worker = min((w for w in workers if view[w.url].ratio == best), key=by_load)
             decision = Decision.CACHE_HIT
+        elif len(kv) > 1 and self._kv_imbalanced(kv):
+            worker, decision = min(workers, key=by_kv), Decision.BALANCE
         else:
-            worker, decision = min(workers, key=by_load), Decision.CACHE_MISS
+            # A prefix nobody holds goes where the cache has the most room (SGLang's tree policy sends it
+            # to the smallest tree), so tenants spread instead of evicting each other on one replica.
+            worker, decision = min(workers, key=by_kv), Decision.CACHE_MISS
         if text:
             self._learn(worker, text)  # keeps the fallback warm should this worker's stream die
         chosen = view[worker.url]

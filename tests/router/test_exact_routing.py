@@ -233,8 +233,11 @@ def test_exact_policy_weighs_the_match_against_engine_load() -> None:
     ws[0].outstanding = 9  # a burst the engine has not reported yet counts too
     assert policy.select(ws, None, _prompt(tokens)).worker.url == "http://w1"
     ws[0].outstanding = 0
-    _report(index, "http://w1", kv=0.2)  # 0.9 vs 0.2: one cache far emptier, content goes there
-    kv_choice = policy.select(ws, None, _prompt(tokens))
+    _report(index, "http://w1", kv=0.2)  # 0.9 vs 0.2: one cache far emptier
+    own = policy.select(ws, None, _prompt(tokens))  # a strong hit (its whole prompt) stays with its cache
+    assert (own.worker.url, own.decision) == ("http://w0", Decision.CACHE_HIT)
+    shared_half = tokens[:32] + list(range(1000, 1032))  # a weak hit: only a shared first half is cached
+    kv_choice = policy.select(ws, None, _prompt(shared_half))
     assert (kv_choice.worker.url, kv_choice.decision) == ("http://w1", Decision.BALANCE)
 
 
