@@ -15,7 +15,10 @@ back) through it, stops the router, and reads the replicas' own Prometheus count
 
 Reports, per variant: cache hit rate (cached / prompt tokens summed over replicas), request and
 token throughput, TTFT p50/p99, and how requests spread over the replicas; ratios of exact over
-each other variant.
+each other variant. The bound: the cached tokens of one replica with an unbounded cache that
+had seen every earlier request of the trace (each prompt's longest common token prefix with any
+earlier prompt, in sending order, tokenized as the server does); every variant is reported as a
+fraction of it.
 
     python benchmarks/bench_router_cache.py --replicas 3 --num-groups 8 --prompts-per-group 12
 
@@ -46,7 +49,7 @@ if str(REPO_ROOT) not in sys.path:
     sys.path.insert(0, str(REPO_ROOT))
 
 from benchmarks._common import machine_info, write_results  # noqa: E402
-from benchmarks.bench_serving import BenchConfig, run_benchmark  # noqa: E402
+from benchmarks.bench_serving import BenchConfig, _request_body, make_prompts, run_benchmark  # noqa: E402
 
 POLICIES = ("exact", "approximate", "round_robin", "power_of_two", "random", "sglang-router")
 # variant -> (radixserve router policy, cache events on)
@@ -149,6 +152,31 @@ def _saved_tokenizer() -> str:
     path = tempfile.mkdtemp(prefix="bench-router-cache-tok-")
     load_tokenizer(default_model_path()).save_pretrained(path)
     return path
+
+
+def cache_bound_tokens(token_lists: Sequence[Sequence[int]]) -> int:
+    """Cached prompt tokens if one unbounded cache had served the trace in order: each prompt's
+    longest common prefix with any earlier prompt (no routing can cache more)."""
+    total = 0
+    for i, ids in enumerate(token_lists):
+        best = 0
+        for earlier in token_lists[:i]:
+            n = 0
+            for a, b in zip(ids, earlier, strict=False):
+                if a != b:
+                    break
+                n += 1
+            best = max(best, n)
+        total += min(best, len(ids) - 1)  # an engine recomputes at least the last prompt token
+    return total
+
+
+def trace_bound(cfg: BenchConfig, tokenizer_dir: str) -> dict[str, int]:
+    from radixserve.router.tokenize import PromptTokenizer
+
+    tok = PromptTokenizer.load(tokenizer_dir)
+    lists = [tok.chat(_request_body(cfg, "m", p)) for p in make_prompts(cfg)]
+    return {"trace_prompt_tokens": sum(len(ids) for ids in lists), "cache_bound_tokens": cache_bound_tokens(lists)}
 
 
 @contextlib.asynccontextmanager
@@ -301,7 +329,11 @@ async def _main(args: argparse.Namespace) -> dict[str, Any]:
     finally:
         stop_replicas(replicas)
     base = {r["policy"]: r for r in results if "skipped" not in r}
-    ratios = {}
+    tok_dir = await asyncio.to_thread(_saved_tokenizer)
+    bound = await asyncio.to_thread(trace_bound, workload(args), tok_dir)
+    for r in base.values():
+        r["fraction_of_cache_bound"] = round(r["replica_cached_tokens"] / bound["cache_bound_tokens"], 4)
+    ratios: dict[str, float] = {}
     if "exact" in base:
         for other in base:
             if other != "exact" and base[other]["replica_cached_tokens"]:
@@ -311,7 +343,8 @@ async def _main(args: argparse.Namespace) -> dict[str, Any]:
                     base["exact"]["request_throughput"] / base[other]["request_throughput"], 3)
     return {"benchmark": "router_cache", "command": " ".join([os.path.basename(sys.argv[0]), *sys.argv[1:]]),
             "config": {k: v for k, v in vars(args).items() if k != "output"},
-            "machine": machine_info(("radixserve", "torch", "aiohttp")), "policies": results, "ratios": ratios}
+            "machine": machine_info(("radixserve", "torch", "aiohttp")), "bound": bound, "policies": results,
+            "ratios": ratios}
 
 
 def main(argv: Sequence[str] | None = None) -> int:
@@ -322,9 +355,10 @@ def main(argv: Sequence[str] | None = None) -> int:
         if "skipped" in r:
             print(f"{r['policy']:>13}: skipped, {r['skipped']}")
             continue
-        print(f"{r['policy']:>13}: hit rate {r['replica_cache_hit_rate']}, {r['request_throughput']} req/s, "
+        print(f"{r['policy']:>13}: hit rate {r['replica_cache_hit_rate']}, "
+              f"{r.get('fraction_of_cache_bound')} of the bound, {r['request_throughput']} req/s, "
               f"TTFT p50 {r['ttft_ms']['p50']} ms p99 {r['ttft_ms']['p99']} ms, per replica {r['requests_per_replica']}")
-    print(out["ratios"])
+    print(out["bound"], out["ratios"])
     print(f"wrote {path}")
     return 0
 

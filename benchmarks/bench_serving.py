@@ -92,6 +92,10 @@ class BenchConfig:
     timeout_s: float = 600.0
     disable_tqdm: bool = False
     extra_body: dict[str, Any] = field(default_factory=dict)
+    # Load-generator processes: one Python process parses a few thousand SSE chunks a second, and
+    # past that its own lateness shows up as inter-token latency. Requests are dealt round robin,
+    # each keeping its arrival time; --max-concurrency is split between them.
+    client_processes: int = 1
 
 
 @dataclass
@@ -373,23 +377,51 @@ async def run_benchmark(cfg: BenchConfig, command: str | None = None) -> dict[st
     base_url = cfg.base_url.rstrip("/")
     prompts = make_prompts(cfg)
     headers = {"Authorization": f"Bearer {cfg.api_key}"} if cfg.api_key else {}
-    connector = aiohttp.TCPConnector(limit=0)
-    timeout = aiohttp.ClientTimeout(total=cfg.timeout_s)
     rng = random.Random(cfg.seed + 1)
-    async with aiohttp.ClientSession(connector=connector, timeout=timeout, headers=headers) as session:
+    async with aiohttp.ClientSession(timeout=aiohttp.ClientTimeout(total=60), headers=headers) as session:
         model = cfg.model or await _resolve_model(session, base_url)
         server = await _server_info(session, base_url)
         bodies = [_request_body(cfg, model, p) for p in prompts]
         est_tokens = [len(p.ids) if p.ids is not None else len(((p.system or "") + " " + p.user).split())
                       for p in prompts]
-        semaphore = asyncio.Semaphore(cfg.max_concurrency) if cfg.max_concurrency else None
-        bar = None
-        if not cfg.disable_tqdm:
-            from tqdm.asyncio import tqdm
+        offsets = _arrival_offsets(len(prompts), cfg.request_rate, rng)
+    if cfg.client_processes <= 1:
+        start = time.perf_counter()
+        results = await _drive(cfg, base_url + cfg.endpoint, headers, bodies, est_tokens, list(range(len(prompts))),
+                               offsets, cfg.max_concurrency, not cfg.disable_tqdm)
+        duration = time.perf_counter() - start
+    else:
+        results, duration = await asyncio.to_thread(_drive_in_processes, cfg, base_url + cfg.endpoint, headers,
+                                                    bodies, est_tokens, offsets)
+    out = {"benchmark": "serving", "command": command, "config": _config_dict(cfg), "model": model, "server": server,
+           "machine": machine_info(("radixserve", "aiohttp", "sglang-router"))}
+    out.update(summarize(cfg, list(results), duration))
+    return out
 
-            bar = tqdm(total=len(prompts), desc="requests", unit="req")
-        url = base_url + cfg.endpoint
 
+def _arrival_offsets(n: int, rate: float, rng: random.Random) -> list[float]:
+    """Seconds from the start at which each request is sent (Poisson arrivals; all at 0 for inf)."""
+    offsets, t = [], 0.0
+    for _ in range(n):
+        offsets.append(t)
+        if rate != math.inf:
+            t += rng.expovariate(rate)
+    return offsets
+
+
+async def _drive(cfg: BenchConfig, url: str, headers: dict[str, str], bodies: list[dict[str, Any]],
+                 est_tokens: list[int], indices: list[int], offsets: list[float], max_concurrency: int | None,
+                 progress: bool, start_wall: float | None = None) -> list[RequestResult]:
+    """Send requests `indices` at their offsets from now (or from `start_wall`, a time.time())."""
+    connector = aiohttp.TCPConnector(limit=0)
+    timeout = aiohttp.ClientTimeout(total=cfg.timeout_s)
+    semaphore = asyncio.Semaphore(max_concurrency) if max_concurrency else None
+    bar = None
+    if progress:
+        from tqdm.asyncio import tqdm
+
+        bar = tqdm(total=len(indices), desc="requests", unit="req")
+    async with aiohttp.ClientSession(connector=connector, timeout=timeout, headers=headers) as session:
         async def one(i: int) -> RequestResult:
             if semaphore is None:
                 res = await send_request(session, url, bodies[i], cfg.stream, est_tokens[i])
@@ -400,20 +432,46 @@ async def run_benchmark(cfg: BenchConfig, command: str | None = None) -> dict[st
                 bar.update(1)
             return res
 
+        if start_wall is not None:
+            await asyncio.sleep(max(0.0, start_wall - time.time()))
         start = time.perf_counter()
         tasks = []
-        for i in range(len(prompts)):
+        for i in indices:
+            delay = offsets[i] - (time.perf_counter() - start)
+            if delay > 0:
+                await asyncio.sleep(delay)
             tasks.append(asyncio.create_task(one(i)))
-            if cfg.request_rate != math.inf:
-                await asyncio.sleep(rng.expovariate(cfg.request_rate))
         results = await asyncio.gather(*tasks)
-        duration = time.perf_counter() - start
-        if bar is not None:
-            bar.close()
-    out = {"benchmark": "serving", "command": command, "config": _config_dict(cfg), "model": model, "server": server,
-           "machine": machine_info(("radixserve", "aiohttp", "sglang-router"))}
-    out.update(summarize(cfg, list(results), duration))
-    return out
+    if bar is not None:
+        bar.close()
+    return list(results)
+
+
+def _drive_shard(args: tuple[Any, ...]) -> list[RequestResult]:
+    return asyncio.run(_drive(*args))
+
+
+def _drive_in_processes(cfg: BenchConfig, url: str, headers: dict[str, str], bodies: list[dict[str, Any]],
+                        est_tokens: list[int], offsets: list[float]) -> tuple[list[RequestResult], float]:
+    """cfg.client_processes load generators, request i in process i mod n, all started on one clock."""
+    import concurrent.futures
+    import multiprocessing
+
+    n = cfg.client_processes
+    shards = [list(range(k, len(bodies), n)) for k in range(n)]
+    per_process = -(-cfg.max_concurrency // n) if cfg.max_concurrency else None
+    start_wall = time.time() + 2.0  # every process is up and connected-ready by then
+    ctx = multiprocessing.get_context("spawn")  # no forked event loop or sockets
+    with concurrent.futures.ProcessPoolExecutor(n, mp_context=ctx) as pool:
+        futures = [pool.submit(_drive_shard, (cfg, url, headers, bodies, est_tokens, shard, offsets, per_process,
+                                              False, start_wall)) for shard in shards]
+        parts = [f.result() for f in futures]
+    duration = time.time() - start_wall
+    results: list[RequestResult | None] = [None] * len(bodies)
+    for shard, part in zip(shards, parts, strict=True):
+        for i, res in zip(shard, part, strict=True):
+            results[i] = res
+    return [r for r in results if r is not None], duration
 
 
 def _config_dict(cfg: BenchConfig) -> dict[str, Any]:
@@ -459,6 +517,10 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--output", default=None, help="JSON path (default benchmarks/results/serving_<time>.json)")
     p.add_argument("--no-save", action="store_true", help="print the result only, write no JSON")
     p.add_argument("--disable-tqdm", action="store_true", help="no progress bar")
+    p.add_argument("--client-processes", type=int, default=1,
+                   help="load-generator processes (requests dealt round robin, arrival times kept): one Python "
+                        "process parses a few thousand stream chunks a second, past which its own lateness "
+                        "reads as inter-token latency")
     return p
 
 
@@ -471,7 +533,7 @@ def config_from_args(args: argparse.Namespace) -> BenchConfig:
         system_prompt_len=args.system_prompt_len, question_len=args.question_len, output_len=args.output_len,
         request_rate=args.request_rate, max_concurrency=args.max_concurrency, stream=not args.disable_stream,
         ignore_eos=args.ignore_eos, seed=args.seed, timeout_s=args.timeout, disable_tqdm=args.disable_tqdm,
-        extra_body=args.extra_body,
+        extra_body=args.extra_body, client_processes=args.client_processes,
     )
 
 

@@ -4,6 +4,8 @@
 # 500 distinct 1024-token prompts (256 out) at $RATES, once per server configuration in $CONFIGS
 # ("name:flags" entries separated by ';'; leading VAR=value words are the server's environment);
 # each run writes serving_cuda_llama3_8b_itl_<name>.json; STEP_LOG=1 adds a step-time log per run.
+# RUNS="16@1 16@4 inf@4" runs several loads per server ("rates@load-generator processes", each with
+# its own seed), to tell the server's inter-token gaps from a saturated one-process client.
 # Run through the device tool with carry [".whl", ".gpu_assets"]; results land in $OUT.
 set -uo pipefail
 OUT=${OUT:-/tmp/gpu-out}
@@ -30,10 +32,17 @@ for entry in "${configs[@]}"; do
   pid=$!
   up=0; for _ in $(seq 240); do curl -sf "http://127.0.0.1:$PORT/health" >/dev/null && { up=1; break; }; sleep 1; done
   if [ $up = 1 ]; then
-    timeout 240 python3 benchmarks/bench_serving.py --base-url "http://127.0.0.1:$PORT" --disable-tqdm \
-      --dataset random --endpoint /v1/completions --token-ids --vocab-lo 100 --vocab-hi 32000 --ignore-eos \
-      --num-prompts 500 --random-input-len 1024 --output-len 256 --request-rates "$RATES" --seed 1 \
-      --output "$OUT/serving_cuda_llama3_8b_itl_$name.json" > "$OUT/bench_itl_$name.log" 2>&1 || echo "bench $name failed"
+    # RUNS: "rates@client_processes" entries; each run its own seed (distinct prompts: nothing cached).
+    seed=1
+    for run in ${RUNS:-"$RATES@1"}; do
+      rates=${run%@*}; procs=${run#*@}; suffix=""; [ "$procs" != 1 ] && suffix="_clients$procs"
+      timeout 300 python3 benchmarks/bench_serving.py --base-url "http://127.0.0.1:$PORT" --disable-tqdm \
+        --dataset random --endpoint /v1/completions --token-ids --vocab-lo 100 --vocab-hi 32000 --ignore-eos \
+        --num-prompts 500 --random-input-len 1024 --output-len 256 --request-rates "$rates" --seed $seed \
+        --client-processes "$procs" --output "$OUT/serving_cuda_llama3_8b_itl_$name$suffix.json" \
+        > "$OUT/bench_itl_$name$suffix.log" 2>&1 || echo "bench $name$suffix failed"
+      seed=$((seed + 100000))
+    done
   else
     tail -20 "$OUT/server_itl_$name.log"
   fi

@@ -90,6 +90,7 @@ class Router:
         if self.config.tokenizer and self.config.tokenizer != "auto" and self.kv_index is not None:
             # Seconds for a GGUF vocabulary (cached after the first time): off the event loop.
             self.proxy.prompt_tokenizer = await asyncio.to_thread(PromptTokenizer.load, self.config.tokenizer)
+            self.metrics.prompt_tokenizer_loaded = True
             log.info("router tokenizes prompts with %s for exact cache matching", self.config.tokenizer)
         await self.proxy.start(self.config.request_timeout_s, self.config.connect_timeout_s)
         await self.health.start()
@@ -143,6 +144,7 @@ class Router:
                     if source is None:
                         continue
                     self.proxy.prompt_tokenizer = await asyncio.to_thread(PromptTokenizer.load, source)
+                    self.metrics.prompt_tokenizer_loaded = True
                     log.info("router tokenizes prompts with %s (from %s) for exact cache matching", source,
                              worker.url)
                     return

@@ -32,6 +32,7 @@ class RouterMetrics:
         self._workers = workers
         self._policy = policy
         self._index = index
+        self.prompt_tokenizer_loaded = False  # set by the app once text prompts can be tokenized
         self.registry.register(_StateCollector(self))
         hist = Histogram(
             f"{PREFIX}_request_duration_seconds",
@@ -97,6 +98,10 @@ class _StateCollector(Collector):
         yield GaugeMetricFamily(f"{PREFIX}_healthy_workers", "Workers receiving traffic.",
                                 value=len(m._workers.healthy))
         if m._index is not None:
+            yield GaugeMetricFamily(f"{PREFIX}_prompt_tokenizer_loaded",
+                                    "1 once the router tokenizes text prompts for exact cache matching "
+                                    "(until then they are routed by the approximate tree).",
+                                    value=1 if m.prompt_tokenizer_loaded else 0)
             yield from _cache_event_metrics(m._index)
 
 

@@ -143,6 +143,9 @@ class ServerState:
     healthy: bool = True
     started_at: float = dataclasses.field(default_factory=time.time)
     server_args: dict[str, Any] = dataclasses.field(default_factory=dict)
+    # The model and tokenizer as resolved at start (the embedded default has no --model-path).
+    model_path: str | None = None
+    tokenizer_path: str | None = None
 
 def build_app(tm: TokenizerManager, api_key: str | None, state: ServerState | None = None) -> FastAPI:
     state = state or ServerState()
@@ -263,6 +266,18 @@ def _native_routes(tm: TokenizerManager, state: ServerState, auth: list[Any]) ->
         """Server arguments (API key hidden), model facts, load and version."""
         return {**state.server_args, **tm.info, "load": await tm.get_load(), "version": __version__,
                 "uptime_s": round(time.time() - state.started_at, 1)}
+
+    @api.get("/get_model_info", tags=["control"])
+    @api.get("/model_info", tags=["control"], include_in_schema=False)
+    async def get_model_info() -> dict[str, Any]:
+        """SGLang's model facts, for clients and routers written against SGLang: sglang-router reads the
+        model's name here, and without it rewrites every request's `model` to `unknown`."""
+        model_path = state.model_path or state.server_args.get("model_path")
+        tokenizer_path = state.tokenizer_path or state.server_args.get("tokenizer_path") or model_path
+        return {"model_path": model_path, "tokenizer_path": tokenizer_path,
+                "served_model_name": tm.model_name, "is_generation": True, "preferred_sampling_params": None,
+                "weight_version": "default", "max_context_length": tm.context_len, "vocab_size": tm.vocab_size,
+                "architectures": [tm.info["architecture"]] if tm.info.get("architecture") else None}
 
     @api.get("/health_generate", response_model=HealthResponse, tags=["health"])
     async def health_generate() -> HealthResponse:

@@ -121,7 +121,8 @@ def _serve(server_args: ServerArgs, port_args: PortArgs, procs: ServerProcesses)
     logger.info("stage 3/4: model %s ready: context %d, KV pool %d tokens, %s %s", info["model_name"],
                 info["context_length"], info["max_total_num_tokens"], info["device"], info["dtype"])
     tm = TokenizerManager(server_args, port_args, tokenizer, info)
-    state = ServerState(server_args=public_args(server_args))
+    state = ServerState(server_args=public_args(server_args), tokenizer_path=str(source.tokenizer_source),
+                        model_path=str(source.path) if source.path is not None else server_args.model_path)
     app = build_app(tm, server_args.api_key, state)
 
     def on_death(proc: BaseProcess) -> None:

@@ -6,10 +6,9 @@ from __future__ import annotations
 import contextlib
 import json
 from collections.abc import AsyncGenerator, Iterator
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from radixserve.errors import InvalidRequestError
-from radixserve.managers.tokenizer_manager import ChoiceChunk
 from radixserve.sampling.sampling_params import SamplingParams
 from radixserve.server.errors import APIError
 from radixserve.server.protocol import (
@@ -18,6 +17,9 @@ from radixserve.server.protocol import (
     ResponseFormatText,
     SamplingFields,
 )
+
+if TYPE_CHECKING:  # the manager imports the engine's modules (torch): the router loads this file
+    from radixserve.managers.tokenizer_manager import ChoiceChunk
 
 JSON_TYPES = frozenset(("string", "number", "integer", "boolean", "object", "array", "null"))
 # Keywords whose value is a schema, a list of schemas, or a map of name -> schema.

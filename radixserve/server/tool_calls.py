@@ -7,9 +7,8 @@ import functools
 import json
 import uuid
 from dataclasses import dataclass
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
-from radixserve.managers.tokenizer_manager import TokenizerManager
 from radixserve.server.errors import APIError
 from radixserve.server.protocol import (
     ChatCompletionRequest,
@@ -17,6 +16,9 @@ from radixserve.server.protocol import (
     NamedToolChoice,
 )
 from radixserve.server.structured_output import schema_problem
+
+if TYPE_CHECKING:  # the manager imports the engine's modules (torch): the router loads this file
+    from radixserve.managers.tokenizer_manager import TokenizerManager
 
 # Tool-call parsers whose markers are special tokens (`<|python_tag|>`, `[TOOL_CALLS]`): their
 # requests are detokenized with special tokens kept.

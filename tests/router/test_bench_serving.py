@@ -81,6 +81,21 @@ async def test_non_streaming_poisson_completions_direct(fake_workers: MakeFakeWo
     assert w.worker.stats.paths == {"/v1/completions": 20}
 
 
+async def test_load_generator_in_several_processes(fake_workers: MakeFakeWorkers) -> None:
+    """--client-processes: every request is sent once, by one of the processes, and its result lands
+    at its own index (the summary matches a one-process run of the same prompts)."""
+    (w,) = await fake_workers(1)
+    cfg = BenchConfig(base_url=w.url, endpoint="/v1/completions", dataset="random", num_prompts=24,
+                      random_input_len=16, output_len=4, request_rate=200.0, disable_tqdm=True, seed=3)
+    one = await run_benchmark(cfg)
+    two = await run_benchmark(dataclasses.replace(cfg, client_processes=2))
+    assert (two["completed"], two["failed"]) == (24, 0)
+    assert w.worker.stats.paths == {"/v1/completions": 48}
+    assert two["prompt_tokens_total"] == one["prompt_tokens_total"]
+    assert two["completion_tokens_total"] == one["completion_tokens_total"] == 96
+    assert two["itl_ms"]["p50"] is not None and two["config"]["client_processes"] == 2
+
+
 def test_unknown_endpoint_is_refused() -> None:
     with pytest.raises(SystemExit):
         bench_serving.build_parser().parse_args(["--endpoint", "/v2/x"])

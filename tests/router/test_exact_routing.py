@@ -161,6 +161,23 @@ def test_router_tokenizes_like_the_server(prompt_tokenizer: PromptTokenizer) -> 
     assert prompt_tokenizer("/v1/chat/completions", {"messages": "not a list"}) is None
 
 
+def test_router_loads_its_tokenizer_without_torch(prompt_tokenizer: PromptTokenizer) -> None:
+    """Importing torch (a second of the GIL, ~300 MB) while the router relayed requests halved its
+    throughput for the first seconds after it found the workers' tokenizer (docs/router.md)."""
+    import subprocess
+    import sys
+
+    # The fixture built the GGUF's tokenizer cache; from there the router needs no torch.
+    code = ("import sys; from radixserve.router.tokenize import PromptTokenizer; "
+            f"t = PromptTokenizer.load({str(tokenizer_source())!r}); "
+            "print(t('/v1/chat/completions', {'messages': [{'role': 'user', 'content': 'hi'}]})); "
+            "print(sorted(m for m in ('torch', 'radixserve.managers.tokenizer_manager') if m in sys.modules))")
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=120, check=True)
+    ids, loaded = out.stdout.strip().splitlines()[-2:]
+    assert loaded == "[]", out.stderr[-2000:]
+    assert ids == str(prompt_tokenizer("/v1/chat/completions", {"messages": [{"role": "user", "content": "hi"}]}))
+
+
 def test_tokenizer_source_of_a_worker(tmp_path: Path) -> None:
     assert tokenizer_source_of({"model_path": None, "tokenizer_path": None}) == str(tokenizer_source())
     assert tokenizer_source_of({"model_path": str(tmp_path), "tokenizer_path": None}) == str(tmp_path)

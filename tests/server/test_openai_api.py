@@ -45,6 +45,17 @@ def test_models_and_health(smol_server: ServerProcess) -> None:
     assert r.status_code == 200
 
 
+def test_sglang_model_info(smol_server: ServerProcess) -> None:
+    """SGLang's /get_model_info, where sglang-router learns the model's name (without it, it sends
+    `model: unknown`, which this server refuses with 404 as OpenAI does)."""
+    served = httpx.get(f"{smol_server.url}/v1/models", headers=smol_server.headers).json()["data"][0]["id"]
+    for path in ("/get_model_info", "/model_info"):
+        info = httpx.get(f"{smol_server.url}{path}", headers=smol_server.headers).json()
+        assert info["served_model_name"] == served and info["is_generation"] is True
+        assert info["model_path"] and info["tokenizer_path"] and info["max_context_length"] > 0
+        assert info["vocab_size"] == 49152 and info["architectures"] == ["LlamaForCausalLM"]
+
+
 def test_chat_plain(smol_server: ServerProcess) -> None:
     r = client(smol_server).chat.completions.create(
         model=model_name(smol_server), messages=[{"role": "system", "content": "You are terse."},
