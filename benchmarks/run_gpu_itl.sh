@@ -35,7 +35,7 @@ for entry in "${configs[@]}"; do
     # RUNS: "rates@client_processes" entries; each run its own seed (distinct prompts: nothing cached).
     seed=1
     for run in ${RUNS:-"$RATES@1"}; do
-      rates=${run%@*}; procs=${run#*@}; suffix=""; [ "$procs" != 1 ] && suffix="_clients$procs"
+      rates=${run%@*}; procs=${run#*@}; suffix="_rate${rates//,/-}_clients$procs"
       timeout 300 python3 benchmarks/bench_serving.py --base-url "http://127.0.0.1:$PORT" --disable-tqdm \
         --dataset random --endpoint /v1/completions --token-ids --vocab-lo 100 --vocab-hi 32000 --ignore-eos \
         --num-prompts 500 --random-input-len 1024 --output-len 256 --request-rates "$rates" --seed $seed \
