@@ -304,7 +304,13 @@ async def _server_info(session: aiohttp.ClientSession, base_url: str) -> dict[st
             data = await resp.json(content_type=None)
     except (aiohttp.ClientError, ValueError):
         return None
-    return {k: data[k] for k in SERVER_INFO_KEYS if isinstance(data, dict) and k in data}
+    if not isinstance(data, dict):
+        return None
+    info = {k: data[k] for k in SERVER_INFO_KEYS if k in data}
+    load = data.get("load")
+    if isinstance(load, dict) and "num_retractions" in load:
+        info["num_retractions"] = load["num_retractions"]  # since the server started
+    return info
 
 
 async def _resolve_model(session: aiohttp.ClientSession, base_url: str) -> str:
@@ -393,9 +399,17 @@ async def run_benchmark(cfg: BenchConfig, command: str | None = None) -> dict[st
     else:
         results, duration = await asyncio.to_thread(_drive_in_processes, cfg, base_url + cfg.endpoint, headers,
                                                     bodies, est_tokens, offsets)
-    out = {"benchmark": "serving", "command": command, "config": _config_dict(cfg), "model": model, "server": server,
+    out: dict[str, Any] = {"benchmark": "serving", "command": command, "config": _config_dict(cfg), "model": model,
+                           "server": server,
            "machine": machine_info(("radixserve", "aiohttp", "sglang-router"))}
     out.update(summarize(cfg, list(results), duration))
+    if server is not None and "num_retractions" in server:
+        # Requests the server sent back to its queue during the run (KV pool full): each such
+        # stream stalls while it waits and is prefilled again, which the ITL tail shows.
+        async with aiohttp.ClientSession(timeout=aiohttp.ClientTimeout(total=60), headers=headers) as session:
+            after = await _server_info(session, base_url)
+        if after is not None and "num_retractions" in after:
+            out["server_retractions"] = int(after["num_retractions"] - server["num_retractions"])
     return out
 
 

@@ -122,6 +122,11 @@ class SchedulerMetrics:
                                   "in tokens) and the pool's size in such blocks; the value is 1.",
                                   ["model_name", "block_size", "num_gpu_blocks"], multiprocess_mode="livemostrecent",
                                   registry=self.registry)
+        self.retractions = Counter("radixserve:num_retractions",
+                                   "Running requests sent back to the queue because the KV pool ran out "
+                                   "(each is prefilled again: a stall of its stream).", ["model_name"],
+                                   registry=self.registry).labels(model_name)
+        self._retractions_seen = 0.0
         self.model_name = model_name
         self._cache_config_set = False
 
@@ -135,6 +140,10 @@ class SchedulerMetrics:
             blocks = int(load["kv_total_tokens"]) // BLOCK_TOKENS
             self.cache_config.labels(self.model_name, str(BLOCK_TOKENS), str(blocks)).set(1)
             self._cache_config_set = True
+        retractions = load.get("num_retractions", 0.0)
+        if retractions > self._retractions_seen:
+            self.retractions.inc(retractions - self._retractions_seen)
+            self._retractions_seen = retractions
         self.num_running_reqs.set(load["num_running_reqs"])
         self.num_queue_reqs.set(load["num_waiting_reqs"])
         self.token_usage.set(load["kv_used_tokens"] / total)

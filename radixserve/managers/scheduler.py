@@ -455,6 +455,9 @@ class Scheduler:
             "kv_cached_tokens": self.tree_cache.total_size(),
             "kv_total_tokens": self.token_to_kv_pool.size,
             "cache_hit_rate": self.tree_cache.stats.hit_rate,
+            # Since start: each retraction sends a running request back to the queue to be
+            # prefilled again (the KV pool ran out), a stall of its stream.
+            "num_retractions": float(self.stats.num_retractions),
         }
 
     # ---- cache events (docs/router.md, "Cache events") ------------------------------------------

@@ -49,6 +49,18 @@ def test_kv_exhaustion_retracts_and_finishes_correctly(smol_engine: Any) -> None
         outs = tiny_pool.generate(input_ids=prompts, sampling_params=params)
         sched = tiny_pool.scheduler
         assert sched.stats.num_retractions > 0
+        # Reported with the load, and as the Prometheus counter radixserve:num_retractions_total.
+        load = sched.get_load()
+        assert load["num_retractions"] == sched.stats.num_retractions
+        from prometheus_client import CollectorRegistry
+
+        from radixserve.metrics import SchedulerMetrics
+
+        metrics = SchedulerMetrics("m", CollectorRegistry())
+        metrics.update(load)
+        metrics.update(load)  # the same total again: no double count
+        assert metrics.registry.get_sample_value("radixserve:num_retractions_total",
+                                                 {"model_name": "m"}) == sched.stats.num_retractions
         assert all(len(o["output_ids"]) == 40 for o in outs)
         assert [o["output_ids"] for o in outs[:8]] == expected
         sched.check_memory()

@@ -218,7 +218,8 @@ def test_metrics(smol_server: ServerProcess) -> None:
     for name in ("radixserve:prompt_tokens_total", "radixserve:generation_tokens_total",
                  "radixserve:num_running_reqs", "radixserve:num_queue_reqs", "radixserve:token_usage",
                  "radixserve:cache_hit_rate", "radixserve:time_to_first_token_seconds_bucket",
-                 "radixserve:inter_token_latency_seconds_bucket", "radixserve:e2e_request_latency_seconds_bucket"):
+                 "radixserve:inter_token_latency_seconds_bucket", "radixserve:e2e_request_latency_seconds_bucket",
+                 "radixserve:num_retractions_total"):
         assert f'{name}{{' in text or f"{name} " in text, name
     gen = [line for line in text.splitlines() if line.startswith("radixserve:generation_tokens_total{")]
     assert 'model_name="SmolLM2-135M-Instruct"' in gen[0] and float(gen[0].split()[-1]) >= 3
