@@ -112,7 +112,13 @@ class RequestResult:
     ok: bool = False
     ttft_s: float | None = None
     latency_s: float = 0.0
-    itl_s: list[float] = field(default_factory=list)
+    itl_s: list[float] = field(default_factory=list)  # gaps between chunks with text
+    # The same gaps spread over the tokens each chunk carries (known when the server reports usage
+    # in every chunk): a detokenizer holds text back while a character is incomplete, so one chunk
+    # can carry several tokens. SGLang's bench_serving splits such gaps the same way.
+    itl_token_s: list[float] = field(default_factory=list)
+    multi_token_chunks: int = 0
+    text_chunks: int = 0
     prompt_tokens: int = 0
     completion_tokens: int = 0
     cached_tokens: int | None = None
@@ -169,7 +175,7 @@ def make_prompts(cfg: BenchConfig) -> list[Prompt]:
     return prompts
 
 
-def _request_body(cfg: BenchConfig, model: str, prompt: Prompt) -> dict[str, Any]:
+def _request_body(cfg: BenchConfig, model: str, prompt: Prompt, continuous_usage: bool = False) -> dict[str, Any]:
     max_tokens = prompt.output_len if prompt.output_len is not None else cfg.output_len
     body: dict[str, Any] = {"model": model, "max_tokens": max_tokens, "temperature": 0.0, "stream": cfg.stream}
     if cfg.endpoint == "/v1/chat/completions":
@@ -181,6 +187,8 @@ def _request_body(cfg: BenchConfig, model: str, prompt: Prompt) -> dict[str, Any
         body["prompt"] = f"{prompt.system}\n{prompt.user}" if prompt.system else prompt.user
     if cfg.stream:
         body["stream_options"] = {"include_usage": True}
+        if continuous_usage:  # usage in every chunk (vLLM's option): tokens per chunk, for itl_per_token_ms
+            body["stream_options"]["continuous_usage_stats"] = True
     if cfg.ignore_eos:
         body["ignore_eos"] = True
     body.update(cfg.extra_body)
@@ -245,6 +253,7 @@ async def _read_stream(resp: aiohttp.ClientResponse, result: RequestResult, star
     """An SSE stream: TTFT at the first chunk with text, ITL between such chunks, ok at [DONE]."""
     last = start
     chunks = 0
+    tokens_seen = 0  # completion tokens reported up to the previous text chunk
     async for raw in resp.content:
         line = raw.strip()
         if not line.startswith(b"data:"):
@@ -260,14 +269,22 @@ async def _read_stream(resp: aiohttp.ClientResponse, result: RequestResult, star
             result.error = str(obj["error"].get("message") if isinstance(obj["error"], dict) else obj["error"])
             return
         now = time.perf_counter()
+        usage = obj.get("usage")
         if _chunk_text(obj):
             chunks += 1
+            tokens = int(usage.get("completion_tokens") or 0) if usage else 0
             if result.ttft_s is None:
                 result.ttft_s = now - start
             else:
-                result.itl_s.append(now - last)
+                gap = now - last
+                result.itl_s.append(gap)
+                carried = tokens - tokens_seen if usage else 1
+                result.itl_token_s.extend([gap / carried] * carried if carried > 0 else [gap])
+                result.multi_token_chunks += carried > 1
+                result.text_chunks += 1
+            tokens_seen = tokens
             last = now
-        _apply_usage(result, obj.get("usage"))
+        _apply_usage(result, usage)
     result.error = "stream ended without [DONE]"
 
 
@@ -328,6 +345,7 @@ def summarize(cfg: BenchConfig, results: list[RequestResult], duration_s: float)
     cached = sum(reported) if reported else None
     tpot = [(r.latency_s - r.ttft_s) / (r.completion_tokens - 1) for r in ok
             if r.ttft_s is not None and r.completion_tokens > 1]
+    text_chunks = sum(r.text_chunks for r in ok)
     return {
         "completed": len(ok),
         "failed": len(results) - len(ok),
@@ -343,6 +361,9 @@ def summarize(cfg: BenchConfig, results: list[RequestResult], duration_s: float)
         "cache_hit_rate": round(cached / prompt_tokens, 4) if cached is not None and prompt_tokens else None,
         "ttft_ms": _percentiles([r.ttft_s for r in ok if r.ttft_s is not None]),
         "itl_ms": _percentiles([x for r in ok for x in r.itl_s]),
+        "itl_per_token_ms": _percentiles([x for r in ok for x in r.itl_token_s]),
+        "multi_token_chunk_fraction": round(sum(r.multi_token_chunks for r in ok) / text_chunks, 4)
+        if text_chunks else None,
         "tpot_ms": _percentiles(tpot),
         "e2e_latency_ms": _percentiles([r.latency_s for r in ok]),
         "errors": [r.error for r in results if not r.ok][:10],
@@ -387,7 +408,8 @@ async def run_benchmark(cfg: BenchConfig, command: str | None = None) -> dict[st
     async with aiohttp.ClientSession(timeout=aiohttp.ClientTimeout(total=60), headers=headers) as session:
         model = cfg.model or await _resolve_model(session, base_url)
         server = await _server_info(session, base_url)
-        bodies = [_request_body(cfg, model, p) for p in prompts]
+        # A radixserve server (it answered /get_server_info) reports usage in every chunk on request.
+        bodies = [_request_body(cfg, model, p, continuous_usage=server is not None) for p in prompts]
         est_tokens = [len(p.ids) if p.ids is not None else len(((p.system or "") + " " + p.user).split())
                       for p in prompts]
         offsets = _arrival_offsets(len(prompts), cfg.request_rate, rng)

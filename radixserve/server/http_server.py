@@ -262,10 +262,12 @@ def _native_routes(tm: TokenizerManager, state: ServerState, auth: list[Any]) ->
         return SuccessResponse(success=True, message=f"{out.message} ({out.pool_slots} slots)")
 
     @api.get("/get_server_info", tags=["control"])
+    @api.get("/server_info", tags=["control"], include_in_schema=False)  # SGLang's newer name
     async def get_server_info() -> dict[str, Any]:
-        """Server arguments (API key hidden), model facts, load and version."""
-        return {**state.server_args, **tm.info, "load": await tm.get_load(), "version": __version__,
-                "uptime_s": round(time.time() - state.started_at, 1)}
+        """Server arguments (API key hidden), model facts, load and version. `served_model_name` is the
+        name requests use (sglang-router takes its model id from it)."""
+        return {**state.server_args, **tm.info, "served_model_name": tm.model_name, "load": await tm.get_load(),
+                "version": __version__, "uptime_s": round(time.time() - state.started_at, 1)}
 
     @api.get("/get_model_info", tags=["control"])
     @api.get("/model_info", tags=["control"], include_in_schema=False)

@@ -213,6 +213,7 @@ async def _stream_chat(tm: TokenizerManager, req: ChatCompletionRequest, plan: C
     first, rest = await streaming.first_and_rest(request, gen)
     rid, created, n = f"chatcmpl-{uuid.uuid4().hex}", int(time.time()), req.n
     include_usage = bool(req.stream_options and req.stream_options.include_usage)
+    continuous = include_usage and bool(req.stream_options and req.stream_options.continuous_usage_stats)
     tt = TokenText(tm)
     top = req.top_logprobs or 0
 
@@ -235,13 +236,14 @@ async def _stream_chat(tm: TokenizerManager, req: ChatCompletionRequest, plan: C
                 if req.logprobs and c.token_ids else None
             if logprobs is not None and not out:
                 out = [DeltaMessage()]
+            so_far = usage_of([states]) if continuous else None
             for k, delta in enumerate(out):
                 yield chunk([ChatCompletionStreamChoice(index=c.index, delta=delta,
-                                                        logprobs=logprobs if k == 0 else None)])
+                                                        logprobs=logprobs if k == 0 else None)], so_far)
             if c.finish_reason is not None:
                 yield chunk([ChatCompletionStreamChoice(
                     index=c.index, delta=DeltaMessage(), finish_reason=d.finish_reason(finish_reason(c.finish_reason)),
-                    matched_stop=c.finish_reason.matched)])
+                    matched_stop=c.finish_reason.matched)], so_far)
         if include_usage:
             yield chunk([], usage_of([states]))
 
@@ -324,6 +326,7 @@ async def _stream_completion(tm: TokenizerManager, req: CompletionRequest, gr: G
     n = len(gr.reqs)
     rid, created = f"cmpl-{uuid.uuid4().hex}", int(time.time())
     include_usage = bool(req.stream_options and req.stream_options.include_usage)
+    continuous = include_usage and bool(req.stream_options and req.stream_options.continuous_usage_stats)
     tt = TokenText(tm)
 
     def chunk(choices: list[CompletionChoice], usage: UsageInfo | None = None) -> str:
@@ -345,7 +348,7 @@ async def _stream_completion(tm: TokenizerManager, req: CompletionRequest, gr: G
                     offsets[c.index] += sum(len(t) for t in lp.tokens)
                 yield chunk([CompletionChoice(index=c.index, text=c.text, finish_reason=finish_reason(
                     c.finish_reason), matched_stop=c.finish_reason.matched if c.finish_reason else None,
-                    logprobs=lp)])
+                    logprobs=lp)], usage_of([states]) if continuous else None)
         if include_usage:
             yield chunk([], usage_of([states]))
 

@@ -137,6 +137,9 @@ class ErrorResponse(BaseModel):
 # ---- shared --------------------------------------------------------------------------------
 class StreamOptions(_Request):
     include_usage: bool = Field(False, description="Send a last chunk with `usage` (and empty `choices`).")
+    continuous_usage_stats: bool = Field(
+        False, description="vLLM's option: with `include_usage`, every chunk also carries `usage` so far "
+                           "(completion tokens generated up to that chunk).")
 
 
 class PromptTokensDetails(BaseModel):

@@ -168,3 +168,43 @@ async def test_token_id_prompts_have_exact_lengths(fake_workers: MakeFakeWorkers
     assert all(p.ids is not None and p.output_len is not None for p in sharegpt)
     with pytest.raises(ValueError, match="completions"):
         await run_benchmark(dataclasses.replace(cfg, endpoint="/v1/chat/completions"))
+
+
+async def test_itl_per_token_spreads_a_chunk_over_its_tokens() -> None:
+    """A chunk that carries several tokens (text held back for an incomplete character) counts as
+    one gap in itl_ms and as that gap split over its tokens in itl_per_token_ms."""
+    import asyncio
+
+    import aiohttp
+    from aiohttp import web
+
+    async def stream(request: web.Request) -> web.StreamResponse:
+        resp = web.StreamResponse(headers={"Content-Type": "text/event-stream"})
+        await resp.prepare(request)
+        for text, tokens in (("a", 1), ("b", 2), ("cde", 5)):
+            body = {"choices": [{"index": 0, "text": text}],
+                    "usage": {"prompt_tokens": 4, "completion_tokens": tokens, "total_tokens": 4 + tokens}}
+            await resp.write(f"data: {json.dumps(body)}\n\n".encode())
+            await asyncio.sleep(0.06)
+        await resp.write(b"data: [DONE]\n\n")
+        return resp
+
+    app = web.Application()
+    app.router.add_post("/v1/completions", stream)
+    runner = web.AppRunner(app)
+    await runner.setup()
+    site = web.TCPSite(runner, "127.0.0.1", 0)
+    await site.start()
+    port = site._server.sockets[0].getsockname()[1]  # type: ignore[union-attr]
+    try:
+        async with aiohttp.ClientSession() as session:
+            res = await bench_serving.send_request(session, f"http://127.0.0.1:{port}/v1/completions", {}, True, 4)
+    finally:
+        await runner.cleanup()
+    assert res.ok and res.completion_tokens == 5 and len(res.itl_s) == 2
+    assert len(res.itl_token_s) == 4 and (res.multi_token_chunks, res.text_chunks) == (1, 2)
+    assert res.itl_token_s[0] == res.itl_s[0]
+    assert res.itl_token_s[1:] == [res.itl_s[1] / 3] * 3
+    summary = bench_serving.summarize(BenchConfig(base_url="x"), [res], 1.0)
+    assert summary["multi_token_chunk_fraction"] == 0.5
+    assert summary["itl_per_token_ms"]["max"] < summary["itl_ms"]["max"]

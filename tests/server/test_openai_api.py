@@ -46,14 +46,17 @@ def test_models_and_health(smol_server: ServerProcess) -> None:
 
 
 def test_sglang_model_info(smol_server: ServerProcess) -> None:
-    """SGLang's /get_model_info, where sglang-router learns the model's name (without it, it sends
-    `model: unknown`, which this server refuses with 404 as OpenAI does)."""
+    """SGLang's /get_model_info, and `served_model_name` in /get_server_info, where sglang-router learns
+    the model's name (without it, it lists and sends `model: unknown`, which this server refuses with
+    404 as OpenAI does)."""
     served = httpx.get(f"{smol_server.url}/v1/models", headers=smol_server.headers).json()["data"][0]["id"]
     for path in ("/get_model_info", "/model_info"):
         info = httpx.get(f"{smol_server.url}{path}", headers=smol_server.headers).json()
         assert info["served_model_name"] == served and info["is_generation"] is True
         assert info["model_path"] and info["tokenizer_path"] and info["max_context_length"] > 0
         assert info["vocab_size"] == 49152 and info["architectures"] == ["LlamaForCausalLM"]
+    for path in ("/get_server_info", "/server_info"):  # where sglang-router 0.3 looks first
+        assert httpx.get(f"{smol_server.url}{path}", headers=smol_server.headers).json()["served_model_name"] == served
 
 
 def test_chat_plain(smol_server: ServerProcess) -> None:
@@ -92,6 +95,33 @@ def test_stream_ends_with_done(smol_server: ServerProcess) -> None:
         lines = [line for line in r.iter_lines() if line]
     assert lines[-1] == "data: [DONE]"
     assert all(line.startswith("data: ") for line in lines)
+
+
+@pytest.mark.parametrize("route", ["/v1/completions", "/v1/chat/completions"])
+def test_continuous_usage_stats(smol_server: ServerProcess, route: str) -> None:
+    """vLLM's stream_options.continuous_usage_stats: every chunk with text carries the usage so far,
+    so a client can tell how many tokens a chunk holds (bench_serving's per-token ITL)."""
+    body: dict[str, object] = {"max_tokens": 12, "temperature": 0, "stream": True, "ignore_eos": True,
+                               "stream_options": {"include_usage": True, "continuous_usage_stats": True}}
+    if route == "/v1/completions":
+        body["prompt"] = "The capital of France is"
+    else:
+        body["messages"] = [{"role": "user", "content": "Name three colours."}]
+    with httpx.stream("POST", f"{smol_server.url}{route}", json=body, headers=smol_server.headers, timeout=60) as r:
+        chunks = [json.loads(line[6:]) for line in r.iter_lines() if line.startswith("data: {")]
+    text_chunks = [c for c in chunks if c["choices"] and (c["choices"][0].get("text")
+                                                          or (c["choices"][0].get("delta") or {}).get("content"))]
+    assert text_chunks and all(c["usage"] is not None for c in text_chunks)
+    counts = [c["usage"]["completion_tokens"] for c in text_chunks]
+    assert counts == sorted(counts) and counts[0] >= 1 and counts[-1] <= 12
+    assert chunks[-1]["choices"] == [] and chunks[-1]["usage"]["completion_tokens"] == 12
+    prompt_tokens = {c["usage"]["prompt_tokens"] for c in chunks if c.get("usage")}
+    assert len(prompt_tokens) == 1
+    # Without the option (include_usage alone) only the last chunk has usage.
+    body["stream_options"] = {"include_usage": True}
+    with httpx.stream("POST", f"{smol_server.url}{route}", json=body, headers=smol_server.headers, timeout=60) as r:
+        plain = [json.loads(line[6:]) for line in r.iter_lines() if line.startswith("data: {")]
+    assert [c.get("usage") is not None for c in plain] == [False] * (len(plain) - 1) + [True]
 
 
 def test_completions_n_and_logprobs(smol_server: ServerProcess) -> None:
