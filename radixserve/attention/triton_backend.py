@@ -35,6 +35,8 @@ class TritonAttnBackend(AttentionBackend):
         self._extend_lens = torch.empty(0, dtype=torch.int64, device=device)
         self._extend_start = torch.empty(0, dtype=torch.int64, device=device)
         self._max_extend = 0
+        self._dec_pool = torch.empty(0, dtype=torch.int64, device=device)  # a mixed batch's decode rows
+        self._dec_seq_lens = torch.empty(0, dtype=torch.int64, device=device)
         # The split-KV scratch that captured CUDA graphs write to. Graphs hold raw addresses, so
         # these must stay allocated for the graphs' lifetime even when eager decode outgrows them:
         # freed, the allocator hands the memory to other tensors and every replay scribbles on them.
@@ -76,6 +78,11 @@ class TritonAttnBackend(AttentionBackend):
                 self._num_splits = decode_num_splits(self.context_len, fb.num_decode_rows, self.num_kv_heads,
                                                      self.num_sms, MAX_SPLITS)
                 self._ensure_mid(fb.num_decode_rows)
+                # Copies, not views at row n_ext: Triton compiles a kernel variant per 16-byte
+                # alignment of each pointer argument, and a view starting at an odd row compiled new
+                # variants in front of live requests (0.4-0.9 s stalls of mixed steps, docs/gpu.md).
+                self._dec_pool = fb.req_pool_indices[n_ext:].clone()
+                self._dec_seq_lens = fb.seq_lens[n_ext:].clone()
 
     def rotate_and_store(self, q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, positions: torch.Tensor,
                          rotary: RotaryEmbedding, layer: RadixAttention, fb: ForwardBatch) -> torch.Tensor:
@@ -100,8 +107,8 @@ class TritonAttnBackend(AttentionBackend):
                              self._prefix_lens, self._extend_lens, self._extend_start, self._max_extend,
                              layer.scaling)
         if n_dec:
-            decode_attention(q[t_ext:], k_buf, v_buf, o[t_ext:], table, fb.req_pool_indices[n_ext:],
-                             fb.seq_lens[n_ext:], layer.scaling, self._num_splits, self._mid_o, self._mid_lse)
+            decode_attention(q[t_ext:], k_buf, v_buf, o[t_ext:], table, self._dec_pool, self._dec_seq_lens,
+                             layer.scaling, self._num_splits, self._mid_o, self._mid_lse)
         return o
 
     def forward_decode(self, q: torch.Tensor, layer: RadixAttention, fb: ForwardBatch) -> torch.Tensor:
