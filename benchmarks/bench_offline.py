@@ -266,6 +266,9 @@ def build_parser() -> argparse.ArgumentParser:
                     help="Comma-separated subset of: " + ",".join(WORKLOAD_NAMES))
     ap.add_argument("--max-total-tokens", type=int, default=None, help="KV pool size for the Engine.")
     ap.add_argument("--attention-backend", default="auto", help="Engine attention backend: auto | torch | triton")
+    ap.add_argument("--kv-cache-dtype", default=None, choices=["auto", "fp8_e4m3"],
+                    help="fp8_e4m3: the Engine's KV cache in e4m3 (twice the tokens per byte); the roofline "
+                         "counts KV reads at 1 byte per element.")
     ap.add_argument("--quantization", default=None, choices=["fp8"],
                     help="fp8: the Engine quantizes the linear layers to FP8 at load (W8A8); the roofline counts "
                          "their weights at 1 byte and their FLOPs at the measured FP8 matmul rate.")
@@ -495,7 +498,7 @@ def main(argv: list[str] | None = None) -> int:
                                      "attention_backend": args.attention_backend,
                                      "tokenizer_path": args.tokenizer_path, "tp_size": args.tp_size}
     for name in ("mem_fraction_static", "cuda_graph_max_bs", "max_running_requests", "overlap_schedule",
-                 "quantization"):
+                 "quantization", "kv_cache_dtype"):
         if getattr(args, name) is not None:
             engine_kwargs[name] = getattr(args, name)
     # The rates are measured before the Engine takes its share of GPU memory for the KV pool, in
@@ -511,7 +514,8 @@ def main(argv: list[str] | None = None) -> int:
         raise SystemExit(f"the Engine runs on {device}, the rates were measured on the other device")
     cfg = model_config(engine)
     dtype_bytes = _dtype_of(info["dtype"]).itemsize
-    cost = rl.ModelCost.from_config(cfg, dtype_bytes, fp8_linears=args.quantization == "fp8")
+    cost = rl.ModelCost.from_config(cfg, dtype_bytes, fp8_linears=args.quantization == "fp8",
+                                    kv_dtype_bytes=1 if args.kv_cache_dtype == "fp8_e4m3" else None)
     # Random ids stay in the base vocabulary: added/special tokens sit above it.
     vocab_hi = min(cfg.vocab_size, getattr(engine.tokenizer, "vocab_size", None) or len(engine.tokenizer))
     machine = machine_info(("torch", "transformers", "triton", "radixserve"))
@@ -521,7 +525,7 @@ def main(argv: list[str] | None = None) -> int:
         "device_name": torch.cuda.get_device_name() if device == "cuda" else machine["cpu"],
         "gpu_count": torch.cuda.device_count() if device == "cuda" else 0,
         "tp_size": args.tp_size, "engine_dtype": info["dtype"], "hf_dtype": args.hf_dtype,
-        "quantization": args.quantization,
+        "quantization": args.quantization, "kv_cache_dtype": args.kv_cache_dtype or "auto",
         "versions": machine["versions"], "git_commit": machine["git_commit"], "machine": machine,
         "torch_threads": torch.get_num_threads(), "prompts": "distinct random ids (benchmarks/workloads.py)",
         **{k: v for k, v in info.items() if k not in ("device", "dtype")},

@@ -167,9 +167,11 @@ class ModelCost:
     expert_bytes: int = 0
 
     @classmethod
-    def from_config(cls, cfg: ModelConfig, dtype_bytes: int, fp8_linears: bool = False) -> ModelCost:
+    def from_config(cls, cfg: ModelConfig, dtype_bytes: int, fp8_linears: bool = False,
+                    kv_dtype_bytes: int | None = None) -> ModelCost:
         """With `fp8_linears` the decoder's linear weights count 1 byte each plus a float32 scale per output
-        row; the embedding, the LM head and the norms stay in `dtype_bytes`."""
+        row; the embedding, the LM head and the norms stay in `dtype_bytes`. `kv_dtype_bytes`: bytes per
+        KV element when the cache has its own dtype (1 for --kv-cache-dtype fp8_e4m3)."""
         h, hd = cfg.hidden_size, cfg.head_dim
         q_dim, kv_dim = cfg.num_attention_heads * hd, cfg.num_key_value_heads * hd
         attn = h * q_dim + 2 * h * kv_dim + q_dim * h
@@ -193,7 +195,8 @@ class ModelCost:
             weight_bytes = (resident + lm_head + norms + biases) * dtype_bytes
         return cls(layers=cfg.num_hidden_layers, q_dim=q_dim, layer_matmul_params=layer_params,
                    lm_head_params=lm_head, weight_bytes=weight_bytes,
-                   kv_bytes_per_token=cfg.kv_bytes_per_token_per_layer * cfg.num_hidden_layers * dtype_bytes,
+                   kv_bytes_per_token=cfg.kv_bytes_per_token_per_layer * cfg.num_hidden_layers
+                   * (kv_dtype_bytes or dtype_bytes),
                    fp8_linears=fp8_linears, moe_layers=moe_layers, experts=cfg.num_experts,
                    top_k=cfg.num_experts_per_tok, expert_bytes=expert * dtype_bytes)
 

@@ -5,6 +5,8 @@
 # Run through the device tool with carry [".whl", ".gpu_assets"]; results land in $OUT.
 #   PART=tests bash benchmarks/run_gpu_fp8.sh    # tests + GEMM table (~3 min)
 #   PART=offline bash benchmarks/run_gpu_fp8.sh  # the two offline runs (~5 min)
+#   PART=kv bash benchmarks/run_gpu_fp8.sh       # FP8 KV cache: its GPU tests, then bf16 weights with a
+#                                                # bf16 and an e4m3 KV cache, pools sized by free memory (~5 min)
 set -uo pipefail
 OUT=${OUT:-/tmp/gpu-out}
 PART=${PART:-all}
@@ -14,6 +16,25 @@ export PYTHONPATH=$PWD:/tmp/site PYTHONUNBUFFERED=1 RADIXSERVE_CACHE=/tmp/radixs
 export NCCL_NVLS_ENABLE=0 TORCH_SYMM_MEM_DISABLE_MULTICAST=1 NVSHMEM_DISABLE_NVLS=1  # NVLink multicast off
 export RADIXSERVE_TEST_TOKENIZER=$PWD/.gpu_assets/tokenizer
 nvidia-smi --query-gpu=name,memory.total,driver_version --format=csv,noheader
+if [ "$PART" = kv ]; then
+  timeout 150 python3 -m pytest -q -m gpu -p no:cacheprovider -rs tests/kernels/test_triton_attention.py \
+    tests/kernels/test_fused_ops.py 2>&1 | tee "$OUT/gpu_fp8_kv_tests.log" | tail -5
+  common=(--device cuda --model-path llama-3-8b --load-format dummy --tokenizer-path "$RADIXSERVE_TEST_TOKENIZER"
+          --skip-hf --workloads batch1,throughput --input-len 512 --output-len 128 --batch1-prompts 2
+          --throughput-requests 1000 --throughput-input 1024 --throughput-output 256)
+  for kv in auto fp8_e4m3; do
+    timeout 200 python3 benchmarks/bench_offline.py "${common[@]}" --kv-cache-dtype $kv \
+      --output "$OUT/bench_offline_cuda_llama3_8b_kv_$kv.json" > "$OUT/offline_kv_$kv.log" 2>&1 || tail -8 "$OUT/offline_kv_$kv.log"
+  done
+  python3 - "$OUT" <<'PY'
+import json, pathlib, sys
+for f in sorted(pathlib.Path(sys.argv[1]).glob("bench_offline_cuda_llama3_8b_kv_*.json")):
+    d = json.loads(f.read_text())
+    print(f.name, "pool", d.get("kv_pool_tokens"), {w: (r.get("engine_tok_s"), r.get("achieved_fraction"),
+                                                        r.get("cached_fraction")) for w, r in d["workloads"].items()})
+PY
+  exit 0
+fi
 if [ "$PART" != offline ]; then
   timeout 240 python3 -m pytest -q -m gpu -p no:cacheprovider -rs tests/gpu/test_fp8_gpu.py tests/layers/test_fp8.py \
     2>&1 | tee "$OUT/gpu_fp8_tests.log" | tail -15

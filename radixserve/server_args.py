@@ -15,6 +15,7 @@ from typing import Any
 SCHEDULE_POLICIES = ("lpm", "fcfs")
 SAMPLING_DEFAULTS = ("model", "openai")
 QUANTIZATIONS = ("fp8",)
+KV_CACHE_DTYPES = ("auto", "fp8_e4m3")
 LOAD_FORMATS = ("auto", "gguf", "safetensors", "dummy")
 DTYPES = ("auto", "float32", "bfloat16", "float16")
 DEVICES = ("auto", "cpu", "cuda")
@@ -71,6 +72,14 @@ class ServerArgs:
         "time and run them as W8A8 with per-token activation scales. FP8 checkpoints (compressed-tensors, "
         "fbgemm_fp8, fp8) are detected from their config.json without this flag (docs/quantization.md).",
         choices=QUANTIZATIONS))
+    kv_cache_dtype: str = field(default="auto", metadata=_help(
+        "KV cache element type: auto (the model's dtype) or fp8_e4m3 (one byte per element, twice the tokens "
+        "in the same memory; K and V stored divided by a scale, 1.0 unless set, and clamped to +-448). "
+        "Lossy: about 3 significant bits per element (docs/quantization.md).", choices=KV_CACHE_DTYPES))
+    kv_cache_k_scale: float = field(default=1.0, metadata=_help(
+        "With --kv-cache-dtype fp8_e4m3: K is stored as K / scale (a per-model calibration; 1.0 as vLLM's default)."))
+    kv_cache_v_scale: float = field(default=1.0, metadata=_help(
+        "With --kv-cache-dtype fp8_e4m3: V is stored as V / scale."))
     # HTTP
     host: str = field(default="127.0.0.1", metadata=_server_help("Address the HTTP server binds."))
     port: int = field(default=30000, metadata=_server_help("Port the HTTP server binds."))
@@ -186,6 +195,13 @@ class ServerArgs:
 
         check(self.load_format in LOAD_FORMATS, "load_format", f"{self.load_format!r} is not one of {LOAD_FORMATS}")
         check(self.dtype in DTYPES, "dtype", f"{self.dtype!r} is not one of {DTYPES}")
+        check(self.kv_cache_dtype in KV_CACHE_DTYPES, "kv_cache_dtype",
+              f"{self.kv_cache_dtype!r} is not one of {KV_CACHE_DTYPES}")
+        for name in ("kv_cache_k_scale", "kv_cache_v_scale"):
+            value = getattr(self, name)
+            check(isinstance(value, (int, float)) and 0 < value < float("inf"), name,
+                  f"must be a positive finite number, got {value!r}")
+            check(value == 1.0 or self.kv_cache_dtype == "fp8_e4m3", name, "only with --kv-cache-dtype fp8_e4m3")
         check(self.device in DEVICES, "device", f"{self.device!r} is not one of {DEVICES}")
         check(self.overlap_schedule in OVERLAP_MODES, "overlap_schedule",
               f"{self.overlap_schedule!r} is not one of {OVERLAP_MODES}")

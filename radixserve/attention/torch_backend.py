@@ -23,28 +23,38 @@ def decode_kv_indices(req_to_token: torch.Tensor, req_pool_indices: torch.Tensor
     return torch.where(valid, idx, torch.zeros_like(idx)), valid[:, None, None, :]
 
 
+def _read(buf: torch.Tensor, slots: torch.Tensor, dtype: torch.dtype, scale: float) -> torch.Tensor:
+    """Rows of a pool buffer in the activation dtype (an FP8 pool's rows times its scale)."""
+    if buf.dtype == torch.float8_e4m3fn:  # byte views: index_select has no float8 kernel on CPU
+        rows = buf.view(torch.uint8).index_select(0, slots).view(torch.float8_e4m3fn).to(dtype)
+    else:
+        rows = buf.index_select(0, slots).to(dtype)
+    return rows * scale if scale != 1.0 else rows
+
+
 def decode_attention_ref(q: torch.Tensor, k_buf: torch.Tensor, v_buf: torch.Tensor, kv_indices: torch.Tensor,
-                         mask: torch.Tensor, scale: float) -> torch.Tensor:
+                         mask: torch.Tensor, scale: float, k_scale: float = 1.0, v_scale: float = 1.0) -> torch.Tensor:
     """q: [bs, H, D] -> [bs, H, D], attending to each request's slots."""
     # index_select on flat indices copies whole rows; advanced indexing is several times slower on CPU.
     flat = kv_indices.reshape(-1)
     shape = (*kv_indices.shape, *k_buf.shape[1:])
-    k = k_buf.index_select(0, flat).view(shape).to(q.dtype)  # [bs, L, KVH, D]
-    v = v_buf.index_select(0, flat).view(shape).to(q.dtype)
+    k = _read(k_buf, flat, q.dtype, k_scale).view(shape)  # [bs, L, KVH, D]
+    v = _read(v_buf, flat, q.dtype, v_scale).view(shape)
     o = F.scaled_dot_product_attention(q.unsqueeze(2), k.transpose(1, 2), v.transpose(1, 2), attn_mask=mask,
                                        scale=scale, enable_gqa=True)
     return o.squeeze(2)
 
 
 def extend_attention_ref(q: torch.Tensor, k_buf: torch.Tensor, v_buf: torch.Tensor, rows: Sequence[torch.Tensor],
-                         prefix_lens: Sequence[int], extend_lens: Sequence[int], scale: float) -> torch.Tensor:
+                         prefix_lens: Sequence[int], extend_lens: Sequence[int], scale: float,
+                         k_scale: float = 1.0, v_scale: float = 1.0) -> torch.Tensor:
     """q: [tokens, H, D] of the new tokens back to back; rows[i]: request i's slots (prefix + new)."""
     out = torch.empty_like(q)
     start = 0
     for slots, prefix, ext in zip(rows, prefix_lens, extend_lens, strict=True):
         qi = q[start : start + ext].transpose(0, 1).unsqueeze(0)  # [1, H, ext, D]
-        ki = k_buf.index_select(0, slots).transpose(0, 1).unsqueeze(0).to(q.dtype)  # [1, KVH, seq, D]
-        vi = v_buf.index_select(0, slots).transpose(0, 1).unsqueeze(0).to(q.dtype)
+        ki = _read(k_buf, slots, q.dtype, k_scale).transpose(0, 1).unsqueeze(0)  # [1, KVH, seq, D]
+        vi = _read(v_buf, slots, q.dtype, v_scale).transpose(0, 1).unsqueeze(0)
         if prefix == 0:
             o = F.scaled_dot_product_attention(qi, ki, vi, is_causal=True, scale=scale, enable_gqa=True)
         else:
@@ -73,11 +83,14 @@ class TorchAttnBackend(AttentionBackend):
             self._extend_rows = [table[p, :n] for p, n in zip(pools, fb.seq_lens_cpu, strict=True)]
 
     def forward_extend(self, q: torch.Tensor, layer: RadixAttention, fb: ForwardBatch) -> torch.Tensor:
-        k_buf, v_buf = fb.token_to_kv_pool.get_kv_buffer(layer.layer_id)
+        pool = fb.token_to_kv_pool
+        k_buf, v_buf = pool.get_kv_buffer(layer.layer_id)
         return extend_attention_ref(q, k_buf, v_buf, self._extend_rows, fb.extend_prefix_lens_cpu,
-                                    fb.extend_seq_lens_cpu, layer.scaling)
+                                    fb.extend_seq_lens_cpu, layer.scaling, pool.k_scale, pool.v_scale)
 
     def forward_decode(self, q: torch.Tensor, layer: RadixAttention, fb: ForwardBatch) -> torch.Tensor:
         assert self._kv_indices is not None and self._mask is not None
-        k_buf, v_buf = fb.token_to_kv_pool.get_kv_buffer(layer.layer_id)
-        return decode_attention_ref(q, k_buf, v_buf, self._kv_indices, self._mask, layer.scaling)
+        pool = fb.token_to_kv_pool
+        k_buf, v_buf = pool.get_kv_buffer(layer.layer_id)
+        return decode_attention_ref(q, k_buf, v_buf, self._kv_indices, self._mask, layer.scaling, pool.k_scale,
+                                    pool.v_scale)

@@ -46,9 +46,9 @@ def add_rmsnorm(x: torch.Tensor, residual: torch.Tensor | None, weight: torch.Te
 
 
 @triton.jit
-def _rope_kernel(Q, K, V, Pos, Cos, Sin, KBuf, VBuf, Loc, stride_qt, stride_qh, stride_kt, stride_kh, stride_vt,
-                 stride_vh, stride_c, stride_bt, stride_bh, n_qh, n_kh, HALF: tl.constexpr, STORE_KV: tl.constexpr,
-                 BLOCK_H: tl.constexpr, BLOCK_D: tl.constexpr):
+def _rope_kernel(Q, K, V, Pos, Cos, Sin, KBuf, VBuf, Loc, k_inv_scale, v_inv_scale, stride_qt, stride_qh, stride_kt,
+                 stride_kh, stride_vt, stride_vh, stride_c, stride_bt, stride_bh, n_qh, n_kh, HALF: tl.constexpr,
+                 STORE_KV: tl.constexpr, FP8_KV: tl.constexpr, BLOCK_H: tl.constexpr, BLOCK_D: tl.constexpr):
     t = tl.program_id(0).to(tl.int64)
     pos = tl.load(Pos + t).to(tl.int64)
     d = tl.arange(0, BLOCK_D)
@@ -82,17 +82,28 @@ def _rope_kernel(Q, K, V, Pos, Cos, Sin, KBuf, VBuf, Loc, stride_qt, stride_qh, 
             # index_copy launches per layer fewer on the decode path.
             slot = tl.load(Loc + t).to(tl.int64)
             kb = KBuf + slot * stride_bt + h[:, None] * stride_bh + d[None, :]
-            tl.store(kb, o1.to(KBuf.dtype.element_ty), mask=m)
-            tl.store(kb + HALF, o2.to(KBuf.dtype.element_ty), mask=m)
             pv = V + t * stride_vt + h[:, None] * stride_vh + d[None, :]
             vb = VBuf + slot * stride_bt + h[:, None] * stride_bh + d[None, :]
-            tl.store(vb, tl.load(pv, mask=m, other=0.0).to(VBuf.dtype.element_ty), mask=m)
-            tl.store(vb + HALF, tl.load(pv + HALF, mask=m, other=0.0).to(VBuf.dtype.element_ty), mask=m)
+            v1 = tl.load(pv, mask=m, other=0.0)
+            v2 = tl.load(pv + HALF, mask=m, other=0.0)
+            if FP8_KV:
+                # As memory_pool.to_fp8: the value over its scale, saturated at e4m3's +-448.
+                k1 = tl.clamp(o1.to(tl.float32) * k_inv_scale, -448.0, 448.0)
+                k2 = tl.clamp(o2.to(tl.float32) * k_inv_scale, -448.0, 448.0)
+                v1 = tl.clamp(v1.to(tl.float32) * v_inv_scale, -448.0, 448.0)
+                v2 = tl.clamp(v2.to(tl.float32) * v_inv_scale, -448.0, 448.0)
+                tl.store(kb, k1.to(KBuf.dtype.element_ty), mask=m)
+                tl.store(kb + HALF, k2.to(KBuf.dtype.element_ty), mask=m)
+            else:
+                tl.store(kb, o1.to(KBuf.dtype.element_ty), mask=m)
+                tl.store(kb + HALF, o2.to(KBuf.dtype.element_ty), mask=m)
+            tl.store(vb, v1.to(VBuf.dtype.element_ty), mask=m)
+            tl.store(vb + HALF, v2.to(VBuf.dtype.element_ty), mask=m)
 
 
 def rotary_inplace(q: torch.Tensor, k: torch.Tensor, positions: torch.Tensor, cos: torch.Tensor,
                    sin: torch.Tensor, store: tuple[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor] | None = None,
-                   ) -> None:
+                   kv_scales: tuple[float, float] = (1.0, 1.0)) -> None:
     """q: [T, H, D], k: [T, KVH, D] (last dim contiguous); rotated in place.
 
     With `store = (v, k_buf, v_buf, loc)` the rotated k and v of token t are also written to
@@ -106,10 +117,12 @@ def rotary_inplace(q: torch.Tensor, k: torch.Tensor, positions: torch.Tensor, co
         (v, k_buf, v_buf, loc), store_kv = store, True
         assert v.stride(-1) == 1 and k_buf.is_contiguous() and v_buf.is_contiguous()
         assert k_buf.shape[1:] == k.shape[1:] and v.shape == k.shape
+    fp8 = store_kv and k_buf.dtype == torch.float8_e4m3fn
     _rope_kernel[(tokens,)](
-        q, k, v, positions, cos, sin, k_buf, v_buf, loc, q.stride(0), q.stride(1), k.stride(0), k.stride(1),
-        v.stride(0), v.stride(1), cos.stride(0), k_buf.stride(0), k_buf.stride(1), heads, k.shape[1],
-        HALF=dim // 2, STORE_KV=store_kv, BLOCK_H=block_h, BLOCK_D=triton.next_power_of_2(dim // 2), num_warps=4)
+        q, k, v, positions, cos, sin, k_buf, v_buf, loc, 1.0 / kv_scales[0], 1.0 / kv_scales[1],
+        q.stride(0), q.stride(1), k.stride(0), k.stride(1), v.stride(0), v.stride(1), cos.stride(0),
+        k_buf.stride(0), k_buf.stride(1), heads, k.shape[1], HALF=dim // 2, STORE_KV=store_kv, FP8_KV=fp8,
+        BLOCK_H=block_h, BLOCK_D=triton.next_power_of_2(dim // 2), num_warps=4)
 
 
 @triton.jit

@@ -19,7 +19,7 @@ import triton.language as tl
 
 @triton.jit
 def _decode_stage1_grouped(
-    Q, K, V, ReqToToken, ReqPool, SeqLens, MidO, MidLse, sm_scale, num_splits,
+    Q, K, V, ReqToToken, ReqPool, SeqLens, MidO, MidLse, sm_scale, v_scale, num_splits,
     stride_qb, stride_qh, stride_kt, stride_kh, stride_vt, stride_vh, stride_rt,
     stride_mb, stride_mh, stride_ms, stride_lb, stride_lh,
     GROUP: tl.constexpr, HEAD_DIM: tl.constexpr, BLOCK_D: tl.constexpr, BLOCK_N: tl.constexpr,
@@ -50,7 +50,7 @@ def _decode_stage1_grouped(
         nmask = offs_n < end
         slots = tl.load(ReqToToken + pool * stride_rt + offs_n, mask=nmask, other=0).to(tl.int64)
         kt = tl.load(K + slots[None, :] * stride_kt + kvh * stride_kh + offs_d[:, None],
-                     mask=nmask[None, :] & dmask[:, None], other=0.0)
+                     mask=nmask[None, :] & dmask[:, None], other=0.0).to(Q.dtype.element_ty)
         if IEEE:
             qk = tl.dot(q, kt, input_precision="ieee")
         else:
@@ -60,7 +60,7 @@ def _decode_stage1_grouped(
         p = tl.exp(qk - m_new[:, None])
         alpha = tl.exp(m_i - m_new)
         v = tl.load(V + slots[:, None] * stride_vt + kvh * stride_vh + offs_d[None, :],
-                    mask=nmask[:, None] & dmask[None, :], other=0.0)
+                    mask=nmask[:, None] & dmask[None, :], other=0.0).to(Q.dtype.element_ty)
         if IEEE:
             pv = tl.dot(p.to(v.dtype), v, input_precision="ieee")
         else:
@@ -70,7 +70,7 @@ def _decode_stage1_grouped(
         m_i = m_new
     has = end > start
     safe_l = tl.where(l_i > 0, l_i, 1.0)
-    out = tl.where(has, acc / safe_l[:, None], 0.0)
+    out = tl.where(has, acc / safe_l[:, None] * v_scale, 0.0)
     lse = tl.where(has, m_i + tl.log(safe_l), -float("inf"))
     tl.store(MidO + b * stride_mb + heads[:, None] * stride_mh + s * stride_ms + offs_d[None, :], out,
              mask=hmask[:, None] & dmask[None, :])
@@ -115,13 +115,16 @@ def decode_attention(
     q: torch.Tensor, k_buf: torch.Tensor, v_buf: torch.Tensor, o: torch.Tensor,
     req_to_token: torch.Tensor, req_pool_indices: torch.Tensor, seq_lens: torch.Tensor,
     sm_scale: float, num_splits: int, mid_o: torch.Tensor, mid_lse: torch.Tensor,
+    k_scale: float = 1.0, v_scale: float = 1.0,
 ) -> None:
-    """q, o: [bs, H, D]; k_buf, v_buf: [slots, KVH, D]; mid_o: [bs, H, >=splits, D] f32; mid_lse: [bs, H, >=splits]."""
+    """q, o: [bs, H, D]; k_buf, v_buf: [slots, KVH, D]; mid_o: [bs, H, >=splits, D] f32; mid_lse: [bs, H, >=splits].
+    An FP8 pool holds K / k_scale and V / v_scale: the scores take k_scale, the output v_scale."""
     bs, heads, dim = q.shape
     kv_heads = k_buf.shape[1]
     group = heads // kv_heads
     block_d = triton.next_power_of_2(dim)
-    args = (q, k_buf, v_buf, req_to_token, req_pool_indices, seq_lens, mid_o, mid_lse, sm_scale, num_splits,
+    args = (q, k_buf, v_buf, req_to_token, req_pool_indices, seq_lens, mid_o, mid_lse, sm_scale * k_scale, v_scale,
+            num_splits,
             q.stride(0), q.stride(1), k_buf.stride(0), k_buf.stride(1), v_buf.stride(0), v_buf.stride(1),
             req_to_token.stride(0), mid_o.stride(0), mid_o.stride(1), mid_o.stride(2),
             mid_lse.stride(0), mid_lse.stride(1))
@@ -139,7 +142,7 @@ def decode_attention(
 
 @triton.jit
 def _extend_kernel(
-    Q, K, V, Out, ReqToToken, ReqPool, PrefixLens, ExtendLens, ExtendStart, sm_scale,
+    Q, K, V, Out, ReqToToken, ReqPool, PrefixLens, ExtendLens, ExtendStart, sm_scale, v_scale,
     stride_qt, stride_qh, stride_kt, stride_kh, stride_vt, stride_vh, stride_ot, stride_oh, stride_rt,
     GROUP: tl.constexpr, HEAD_DIM: tl.constexpr, BLOCK_D: tl.constexpr,
     BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr, IEEE: tl.constexpr,
@@ -170,7 +173,7 @@ def _extend_kernel(
         nmask = offs_n < kv_end
         slots = tl.load(ReqToToken + pool * stride_rt + offs_n, mask=nmask, other=0).to(tl.int64)
         kt = tl.load(K + slots[None, :] * stride_kt + kvh * stride_kh + offs_d[:, None],
-                     mask=nmask[None, :] & dmask[:, None], other=0.0)
+                     mask=nmask[None, :] & dmask[:, None], other=0.0).to(Q.dtype.element_ty)
         if IEEE:
             qk = tl.dot(q, kt, input_precision="ieee")
         else:
@@ -183,7 +186,7 @@ def _extend_kernel(
         p = tl.exp(qk - m_new[:, None])
         alpha = tl.exp(m_i - m_new)
         v = tl.load(V + slots[:, None] * stride_vt + kvh * stride_vh + offs_d[None, :],
-                    mask=nmask[:, None] & dmask[None, :], other=0.0)
+                    mask=nmask[:, None] & dmask[None, :], other=0.0).to(Q.dtype.element_ty)
         if IEEE:
             pv = tl.dot(p.to(v.dtype), v, input_precision="ieee")
         else:
@@ -191,7 +194,7 @@ def _extend_kernel(
         acc = acc * alpha[:, None] + pv
         l_i = l_i * alpha + tl.sum(p, 1)
         m_i = m_new
-    out = acc / l_i[:, None]
+    out = acc / l_i[:, None] * v_scale
     tl.store(Out + (q_start + offs_m)[:, None] * stride_ot + h * stride_oh + offs_d[None, :],
              out.to(Out.dtype.element_ty), mask=mmask[:, None] & dmask[None, :])
 
@@ -200,6 +203,7 @@ def extend_attention(
     q: torch.Tensor, k_buf: torch.Tensor, v_buf: torch.Tensor, o: torch.Tensor,
     req_to_token: torch.Tensor, req_pool_indices: torch.Tensor, prefix_lens: torch.Tensor,
     extend_lens: torch.Tensor, extend_start: torch.Tensor, max_extend_len: int, sm_scale: float,
+    k_scale: float = 1.0, v_scale: float = 1.0,
 ) -> None:
     """q, o: [tokens, H, D] (requests' new tokens back to back); K/V of those tokens already in the pool."""
     heads, dim = q.shape[1], q.shape[2]
@@ -209,8 +213,8 @@ def extend_attention(
     block_m, block_n = (32, 32) if fp32 or block_d > 128 else (64, 64)
     grid = (req_pool_indices.shape[0], heads, triton.cdiv(max_extend_len, block_m))
     _extend_kernel[grid](
-        q, k_buf, v_buf, o, req_to_token, req_pool_indices, prefix_lens, extend_lens, extend_start, sm_scale,
-        q.stride(0), q.stride(1), k_buf.stride(0), k_buf.stride(1), v_buf.stride(0), v_buf.stride(1),
+        q, k_buf, v_buf, o, req_to_token, req_pool_indices, prefix_lens, extend_lens, extend_start,
+        sm_scale * k_scale, v_scale, q.stride(0), q.stride(1), k_buf.stride(0), k_buf.stride(1), v_buf.stride(0), v_buf.stride(1),
         o.stride(0), o.stride(1), req_to_token.stride(0),
         GROUP=group, HEAD_DIM=dim, BLOCK_D=block_d, BLOCK_M=block_m, BLOCK_N=block_n, IEEE=fp32,
         num_warps=4, num_stages=2,

@@ -47,9 +47,13 @@ class TokenToKVPool:
     """Per-layer K and V buffers of [size + 1, num_kv_heads, head_dim] plus a free-slot allocator."""
 
     def __init__(self, size: int, dtype: torch.dtype, num_layers: int, num_kv_heads: int, head_dim: int,
-                 device: torch.device | str) -> None:
+                 device: torch.device | str, k_scale: float = 1.0, v_scale: float = 1.0) -> None:
         self.size = size
         self.dtype = dtype
+        # FP8 (e4m3) pools hold K / k_scale and V / v_scale, clamped to the format's range (a cast
+        # past +-448 would give NaN); readers multiply back. Float pools keep scales of 1.
+        self.is_fp8 = dtype == torch.float8_e4m3fn
+        self.k_scale, self.v_scale = (k_scale, v_scale) if self.is_fp8 else (1.0, 1.0)
         self.device = torch.device(device)
         self.num_layers = num_layers
         shape = (size + 1, num_kv_heads, head_dim)
@@ -104,5 +108,19 @@ class TokenToKVPool:
 
     def set_kv_buffer(self, layer_id: int, loc: torch.Tensor, k: torch.Tensor, v: torch.Tensor) -> None:
         # index_copy_ is several times faster than index_put on CPU for a few hundred rows.
+        if self.is_fp8:
+            # Byte views: index_copy_ has no float8 kernel on CPU.
+            self.k_buffer[layer_id].view(torch.uint8).index_copy_(0, loc, to_fp8(k, self.k_scale).view(torch.uint8))
+            self.v_buffer[layer_id].view(torch.uint8).index_copy_(0, loc, to_fp8(v, self.v_scale).view(torch.uint8))
+            return
         self.k_buffer[layer_id].index_copy_(0, loc, k.to(self.dtype))
         self.v_buffer[layer_id].index_copy_(0, loc, v.to(self.dtype))
+
+
+FP8_E4M3_MAX = 448.0
+
+
+def to_fp8(x: torch.Tensor, scale: float) -> torch.Tensor:
+    """x / scale as float8 e4m3, saturated at the format's largest finite value."""
+    y = x.float() * (1.0 / scale) if scale != 1.0 else x.float()  # as the Triton store kernel
+    return y.clamp(-FP8_E4M3_MAX, FP8_E4M3_MAX).to(torch.float8_e4m3fn)

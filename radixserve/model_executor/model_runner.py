@@ -100,6 +100,7 @@ class ModelRunner:
         self.pp = pp
         self.device = resolve_device(server_args.device)
         self.dtype = resolve_dtype(server_args.dtype, self.device)
+        self.kv_dtype = torch.float8_e4m3fn if server_args.kv_cache_dtype == "fp8_e4m3" else self.dtype
         if tp.size > 1 and self.device.type == "cuda" and not server_args.disable_custom_all_reduce:
             from radixserve.distributed.device_comm import DeviceAllReduce
 
@@ -111,8 +112,9 @@ class ModelRunner:
         self.req_to_token_pool = ReqToTokenPool(
             self.sizes.max_running_requests + 1, self.sizes.context_len, self.device)
         self.token_to_kv_pool = TokenToKVPool(
-            self.sizes.max_total_tokens, self.dtype, self.model.num_local_layers,
-            self.model.num_kv_heads_per_rank, self.config.head_dim, self.device)
+            self.sizes.max_total_tokens, self.kv_dtype, self.model.num_local_layers,
+            self.model.num_kv_heads_per_rank, self.config.head_dim, self.device,
+            server_args.kv_cache_k_scale, server_args.kv_cache_v_scale)
         self.attn_backend: AttentionBackend = self._attention_backend()
         self.graph_runner: CudaGraphRunner | None = None
         if self.device.type == "cuda" and not server_args.disable_cuda_graph and pp.size > 1:
@@ -214,7 +216,7 @@ class ModelRunner:
         sa = self.server_args
         per_token = TokenToKVPool.bytes_per_token(
             self.model.num_local_layers, self.model.num_kv_heads_per_rank,
-            self.config.head_dim, self.dtype)
+            self.config.head_dim, self.kv_dtype)
         if sa.max_total_tokens is not None:
             tokens = sa.max_total_tokens
         elif self.device.type == "cuda":

@@ -101,3 +101,36 @@ def check_backend_rotate_and_store(device: str, dtype: torch.dtype, gen: torch.G
         results.append((q, *(buf[loc] for buf in pool.get_kv_buffer(0))))  # other slots hold garbage
     for what, fused, ref in zip(("q", "k pool", "v pool"), *results, strict=True):
         _close(fused.cpu(), ref.cpu(), dtype, f"backend rotate_and_store {what}")
+
+
+def check_fp8_rotate_and_store(device: str, gen: torch.Generator) -> None:
+    """--kv-cache-dtype fp8_e4m3: the Triton backend's fused rotary + store writes the same e4m3 values
+    (K / k_scale, V / v_scale, saturated) as the pool's own torch write does."""
+    from radixserve.attention.triton_backend import TritonAttnBackend
+
+    tokens, heads, kv_heads, dim = 6, 8, 2, 128
+    rope = RotaryEmbedding(dim, 256, 10000.0).to(device)
+    positions = torch.randint(0, 256, (tokens,), generator=gen).to(device)
+    qkv = (8 * torch.randn(tokens, (heads + 2 * kv_heads) * dim, generator=gen)).to(torch.bfloat16)
+    qkv[0, heads * dim] = 3000.0  # past e4m3's range after scaling: saturates, no NaN
+    loc = (torch.randperm(15, generator=gen)[:tokens] + 1).to(device)
+    layer = RadixAttention(0, heads, kv_heads, dim, dim**-0.5)
+    results = []
+    for backend in (TritonAttnBackend(heads, kv_heads, dim, torch.device(device), 64), TorchAttnBackend()):
+        pool = TokenToKVPool(16, torch.float8_e4m3fn, 1, kv_heads, dim, device, k_scale=0.5, v_scale=2.0)
+        z = torch.zeros(1, dtype=torch.int64, device=device)
+        fb = ForwardBatch(ForwardMode.EXTEND, 1, z, positions, z, z + tokens, loc, [tokens], [0], [tokens],
+                          ReqToTokenPool(1, 64, device), pool, backend)
+        q, k, v = qkv.to(device).clone().split([heads * dim, kv_heads * dim, kv_heads * dim], dim=-1)
+        backend.rotate_and_store(q.reshape(tokens, heads, dim), k.reshape(tokens, kv_heads, dim),
+                                 v.reshape(tokens, kv_heads, dim), positions, rope, layer, fb)
+        results.append([buf.view(torch.uint8)[loc].view(torch.float8_e4m3fn).float().cpu()
+                        for buf in pool.get_kv_buffer(0)])
+    for what, fused, ref in zip(("k pool", "v pool"), *results, strict=True):
+        assert not torch.isnan(fused).any(), what
+        assert fused.abs().max() <= 448.0, what
+        # Both round to nearest e4m3; allow one step (2^-3 relative) where the bf16 inputs of the
+        # two paths differ in their last bit.
+        err = float((fused - ref).abs().max() / ref.abs().max())
+        assert err <= 0.125, f"{what}: {err}"
+        assert float((fused == ref).float().mean()) > 0.99, what

@@ -61,7 +61,7 @@ def reference(case: PagedCase) -> tuple[torch.Tensor, torch.Tensor]:
     return dec, ext
 
 
-def run_triton(case: PagedCase) -> tuple[torch.Tensor, torch.Tensor]:
+def run_triton(case: PagedCase, k_scale: float = 1.0, v_scale: float = 1.0) -> tuple[torch.Tensor, torch.Tensor]:
     from radixserve.kernels.triton_attention import decode_attention, decode_num_splits, extend_attention
 
     c = case
@@ -73,12 +73,12 @@ def run_triton(case: PagedCase) -> tuple[torch.Tensor, torch.Tensor]:
     mid_lse = torch.full((bs, heads, 16), float("nan"), dtype=torch.float32, device=dev)
     dec = torch.full_like(c.q_decode, float("nan"))  # poisoned: every element must be written
     decode_attention(c.q_decode, c.k_buf, c.v_buf, dec, c.req_to_token, c.pool_idx, seq, c.scale, splits,
-                     mid_o, mid_lse)
+                     mid_o, mid_lse, k_scale, v_scale)
     ext = torch.full_like(c.q_extend, float("nan"))
     lens = torch.tensor(c.extend_lens)
     extend_attention(c.q_extend, c.k_buf, c.v_buf, ext, c.req_to_token, c.pool_idx,
                      torch.tensor(c.prefix_lens, device=dev), lens.to(dev), (torch.cumsum(lens, 0) - lens).to(dev),
-                     max(c.extend_lens), c.scale)
+                     max(c.extend_lens), c.scale, k_scale, v_scale)
     return dec, ext
 
 
@@ -107,7 +107,7 @@ def run_backend_mixed(case: PagedCase, num_decode_rows: int) -> tuple[torch.Tens
     pool = torch.cat([c.pool_idx, c.pool_idx[dec]])
     q = torch.cat([c.q_extend, c.q_decode[dec]])
     pools: Any = SimpleNamespace(req_to_token=c.req_to_token)
-    kv: Any = SimpleNamespace(get_kv_buffer=lambda layer_id: (c.k_buf, c.v_buf))
+    kv: Any = SimpleNamespace(get_kv_buffer=lambda layer_id: (c.k_buf, c.v_buf), k_scale=1.0, v_scale=1.0)
     backend_unused: Any = None  # forward_extend is called on the backend directly
     fb = ForwardBatch(forward_mode=ForwardMode.EXTEND, batch_size=len(seqs), input_ids=torch.zeros(len(q)),
                       positions=torch.zeros(len(q)), req_pool_indices=pool, seq_lens=torch.tensor(seqs, device=dev),

@@ -7,13 +7,18 @@ import os
 import pytest
 import torch
 
-from tests.kernels.fused_cases import check_fused_ops
+from tests.kernels.fused_cases import check_fp8_rotate_and_store, check_fused_ops
 
 
 @pytest.mark.gpu
 @pytest.mark.parametrize("dtype", [torch.bfloat16, torch.float16, torch.float32], ids=str)
 def test_fused_ops_on_gpu(dtype: torch.dtype) -> None:
     check_fused_ops("cuda", dtype, torch.Generator().manual_seed(int.from_bytes(os.urandom(4), "little")))
+
+
+@pytest.mark.gpu
+def test_fp8_kv_store_on_gpu() -> None:
+    check_fp8_rotate_and_store("cuda", torch.Generator().manual_seed(int.from_bytes(os.urandom(4), "little")))
 
 
 INTERPRETER_RUN = r"""

@@ -34,6 +34,26 @@ def test_kernels_match_reference_on_gpu(shape: tuple[int, int, int, int, int], d
         assert rel_err(ext, ref_ext) < BOUNDS[dtype]
 
 
+@pytest.mark.gpu
+@pytest.mark.parametrize("shape", SHAPES[:3], ids=lambda s: "x".join(map(str, s)))
+def test_fp8_kv_kernels_match_reference_on_gpu(shape: tuple[int, int, int, int, int]) -> None:
+    """--kv-cache-dtype fp8_e4m3: the kernels read e4m3 K/V, times their scales, as bf16. Against the
+    float64 reference over the same (dequantized) K/V, the error is the bf16 path's, not FP8's."""
+    import dataclasses
+
+    from radixserve.mem_cache.memory_pool import to_fp8
+
+    gen = torch.Generator().manual_seed(int.from_bytes(os.urandom(4), "little"))
+    k_scale, v_scale = 0.5, 2.0  # not 1: the scales must be applied where they belong
+    case = make_case(*shape, dtype=torch.bfloat16, device="cuda", gen=gen)
+    k8, v8 = to_fp8(case.k_buf, k_scale), to_fp8(case.v_buf, v_scale)
+    dec, ext = run_triton(dataclasses.replace(case, k_buf=k8, v_buf=v8), k_scale, v_scale)
+    torch.cuda.synchronize()
+    ref_dec, ref_ext = reference(dataclasses.replace(case, k_buf=k8.double() * k_scale, v_buf=v8.double() * v_scale))
+    assert rel_err(dec, ref_dec) < BOUNDS[torch.bfloat16]
+    assert rel_err(ext, ref_ext) < BOUNDS[torch.bfloat16]
+
+
 INTERPRETER_RUN = r"""
 import sys, torch
 sys.path.insert(0, sys.argv[1])
