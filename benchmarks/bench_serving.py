@@ -422,8 +422,7 @@ async def run_benchmark(cfg: BenchConfig, command: str | None = None) -> dict[st
         results, duration = await asyncio.to_thread(_drive_in_processes, cfg, base_url + cfg.endpoint, headers,
                                                     bodies, est_tokens, offsets)
     out: dict[str, Any] = {"benchmark": "serving", "command": command, "config": _config_dict(cfg), "model": model,
-                           "server": server,
-           "machine": machine_info(("radixserve", "aiohttp", "sglang-router"))}
+                           "server": server, "machine": machine_info(("radixserve", "aiohttp", "sglang-router"))}
     out.update(summarize(cfg, list(results), duration))
     if server is not None and "num_retractions" in server:
         # Requests the server sent back to its queue during the run (KV pool full): each such

@@ -214,7 +214,8 @@ def extend_attention(
     grid = (req_pool_indices.shape[0], heads, triton.cdiv(max_extend_len, block_m))
     _extend_kernel[grid](
         q, k_buf, v_buf, o, req_to_token, req_pool_indices, prefix_lens, extend_lens, extend_start,
-        sm_scale * k_scale, v_scale, q.stride(0), q.stride(1), k_buf.stride(0), k_buf.stride(1), v_buf.stride(0), v_buf.stride(1),
+        sm_scale * k_scale, v_scale, q.stride(0), q.stride(1), k_buf.stride(0), k_buf.stride(1),
+        v_buf.stride(0), v_buf.stride(1),
         o.stride(0), o.stride(1), req_to_token.stride(0),
         GROUP=group, HEAD_DIM=dim, BLOCK_D=block_d, BLOCK_M=block_m, BLOCK_N=block_n, IEEE=fp32,
         num_warps=4, num_stages=2,

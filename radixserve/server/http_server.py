@@ -147,6 +147,7 @@ class ServerState:
     model_path: str | None = None
     tokenizer_path: str | None = None
 
+
 def build_app(tm: TokenizerManager, api_key: str | None, state: ServerState | None = None) -> FastAPI:
     state = state or ServerState()
 
@@ -272,8 +273,7 @@ def _native_routes(tm: TokenizerManager, state: ServerState, auth: list[Any]) ->
     @api.get("/get_model_info", tags=["control"])
     @api.get("/model_info", tags=["control"], include_in_schema=False)
     async def get_model_info() -> dict[str, Any]:
-        """SGLang's model facts, for clients and routers written against SGLang: sglang-router reads the
-        model's name here, and without it rewrites every request's `model` to `unknown`."""
+        """SGLang's model facts, for clients written against SGLang (its native API's /get_model_info)."""
         model_path = state.model_path or state.server_args.get("model_path")
         tokenizer_path = state.tokenizer_path or state.server_args.get("tokenizer_path") or model_path
         return {"model_path": model_path, "tokenizer_path": tokenizer_path,
