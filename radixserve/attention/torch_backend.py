@@ -86,11 +86,11 @@ class TorchAttnBackend(AttentionBackend):
         pool = fb.token_to_kv_pool
         k_buf, v_buf = pool.get_kv_buffer(layer.layer_id)
         return extend_attention_ref(q, k_buf, v_buf, self._extend_rows, fb.extend_prefix_lens_cpu,
-                                    fb.extend_seq_lens_cpu, layer.scaling, pool.k_scale, pool.v_scale)
+                                    fb.extend_seq_lens_cpu, layer.scaling, *pool.scales(layer.layer_id))
 
     def forward_decode(self, q: torch.Tensor, layer: RadixAttention, fb: ForwardBatch) -> torch.Tensor:
         assert self._kv_indices is not None and self._mask is not None
         pool = fb.token_to_kv_pool
         k_buf, v_buf = pool.get_kv_buffer(layer.layer_id)
-        return decode_attention_ref(q, k_buf, v_buf, self._kv_indices, self._mask, layer.scaling, pool.k_scale,
-                                    pool.v_scale)
+        return decode_attention_ref(q, k_buf, v_buf, self._kv_indices, self._mask, layer.scaling,
+                                    *pool.scales(layer.layer_id))

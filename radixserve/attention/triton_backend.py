@@ -94,7 +94,7 @@ class TritonAttnBackend(AttentionBackend):
             return super().rotate_and_store(q, k, v, positions, rotary, layer, fb)
         pool = fb.token_to_kv_pool
         rotary_inplace(q, k, positions, rotary.cos_cache, rotary.sin_cache,
-                       store=(v, k_buf, v_buf, fb.out_cache_loc), kv_scales=(pool.k_scale, pool.v_scale))
+                       store=(v, k_buf, v_buf, fb.out_cache_loc), kv_scales=pool.scales(layer.layer_id))
         return q
 
     def forward_extend(self, q: torch.Tensor, layer: RadixAttention, fb: ForwardBatch) -> torch.Tensor:
@@ -103,7 +103,7 @@ class TritonAttnBackend(AttentionBackend):
         table = fb.req_to_token_pool.req_to_token
         n_dec = fb.num_decode_rows
         n_ext, t_ext = fb.batch_size - n_dec, q.shape[0] - n_dec  # decode rows: the last n_dec tokens
-        ks, vs = fb.token_to_kv_pool.k_scale, fb.token_to_kv_pool.v_scale
+        ks, vs = fb.token_to_kv_pool.scales(layer.layer_id)
         if n_ext:
             extend_attention(q[:t_ext], k_buf, v_buf, o[:t_ext], table, fb.req_pool_indices[:n_ext],
                              self._prefix_lens, self._extend_lens, self._extend_start, self._max_extend,
@@ -117,6 +117,6 @@ class TritonAttnBackend(AttentionBackend):
         k_buf, v_buf = fb.token_to_kv_pool.get_kv_buffer(layer.layer_id)
         o = torch.empty_like(q)
         decode_attention(q, k_buf, v_buf, o, fb.req_to_token_pool.req_to_token, fb.req_pool_indices, fb.seq_lens,
-                         layer.scaling, self._num_splits, self._mid_o, self._mid_lse, fb.token_to_kv_pool.k_scale,
-                         fb.token_to_kv_pool.v_scale)
+                         layer.scaling, self._num_splits, self._mid_o, self._mid_lse,
+                         *fb.token_to_kv_pool.scales(layer.layer_id))
         return o

@@ -53,7 +53,8 @@ class TokenToKVPool:
         # FP8 (e4m3) pools hold K / k_scale and V / v_scale, clamped to the format's range (a cast
         # past +-448 would give NaN); readers multiply back. Float pools keep scales of 1.
         self.is_fp8 = dtype == torch.float8_e4m3fn
-        self.k_scale, self.v_scale = (k_scale, v_scale) if self.is_fp8 else (1.0, 1.0)
+        self.k_scales = [k_scale if self.is_fp8 else 1.0] * num_layers  # per (local) layer
+        self.v_scales = [v_scale if self.is_fp8 else 1.0] * num_layers
         self.device = torch.device(device)
         self.num_layers = num_layers
         shape = (size + 1, num_kv_heads, head_dim)
@@ -106,12 +107,22 @@ class TokenToKVPool:
     def get_kv_buffer(self, layer_id: int) -> tuple[torch.Tensor, torch.Tensor]:
         return self.k_buffer[layer_id], self.v_buffer[layer_id]
 
+    def scales(self, layer_id: int) -> tuple[float, float]:
+        """(k_scale, v_scale) of a layer: what its stored K and V are to be multiplied by (1 for float pools)."""
+        return self.k_scales[layer_id], self.v_scales[layer_id]
+
+    def set_scales(self, layer_id: int, k_scale: float, v_scale: float) -> None:
+        if not self.is_fp8:
+            raise ValueError("KV-cache scales only apply to an FP8 pool")
+        self.k_scales[layer_id], self.v_scales[layer_id] = k_scale, v_scale
+
     def set_kv_buffer(self, layer_id: int, loc: torch.Tensor, k: torch.Tensor, v: torch.Tensor) -> None:
         # index_copy_ is several times faster than index_put on CPU for a few hundred rows.
         if self.is_fp8:
             # Byte views: index_copy_ has no float8 kernel on CPU.
-            self.k_buffer[layer_id].view(torch.uint8).index_copy_(0, loc, to_fp8(k, self.k_scale).view(torch.uint8))
-            self.v_buffer[layer_id].view(torch.uint8).index_copy_(0, loc, to_fp8(v, self.v_scale).view(torch.uint8))
+            ks, vs = self.scales(layer_id)
+            self.k_buffer[layer_id].view(torch.uint8).index_copy_(0, loc, to_fp8(k, ks).view(torch.uint8))
+            self.v_buffer[layer_id].view(torch.uint8).index_copy_(0, loc, to_fp8(v, vs).view(torch.uint8))
             return
         self.k_buffer[layer_id].index_copy_(0, loc, k.to(self.dtype))
         self.v_buffer[layer_id].index_copy_(0, loc, v.to(self.dtype))

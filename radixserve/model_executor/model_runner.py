@@ -115,6 +115,8 @@ class ModelRunner:
             self.sizes.max_total_tokens, self.kv_dtype, self.model.num_local_layers,
             self.model.num_kv_heads_per_rank, self.config.head_dim, self.device,
             server_args.kv_cache_k_scale, server_args.kv_cache_v_scale)
+        if self.token_to_kv_pool.is_fp8:
+            self._apply_kv_scales()
         self.attn_backend: AttentionBackend = self._attention_backend()
         self.graph_runner: CudaGraphRunner | None = None
         if self.device.type == "cuda" and not server_args.disable_cuda_graph and pp.size > 1:
@@ -210,6 +212,26 @@ class ModelRunner:
             return TritonAttnBackend(heads, self.model.num_kv_heads_per_rank, self.config.head_dim, self.device,
                                      self.sizes.context_len)
         return TorchAttnBackend()
+
+    def _apply_kv_scales(self) -> None:
+        """An FP8 KV cache takes the checkpoint's per-layer K/V scales where it publishes them
+        (kv_scales.py); layers without keep --kv-cache-k-scale / --kv-cache-v-scale."""
+        if self.source.kind != "safetensors":
+            return
+        published = self.source.kv_cache_scales()
+        if not published:
+            logger.info("FP8 KV cache: the checkpoint has no KV scales; using k_scale %s, v_scale %s for every layer",
+                        self.server_args.kv_cache_k_scale, self.server_args.kv_cache_v_scale)
+            return
+        start = getattr(getattr(self.model, "model", None), "start_layer", 0)  # pipeline stages hold a slice
+        used = 0
+        for local in range(self.model.num_local_layers):
+            scales = published.get(start + local)
+            if scales is not None:
+                self.token_to_kv_pool.set_scales(local, *scales)
+                used += 1
+        logger.info("FP8 KV cache: K/V scales of %d of %d layers from the checkpoint", used,
+                    self.model.num_local_layers)
 
     # ---- sizing ------------------------------------------------------------------------------
     def _pool_sizes(self) -> PoolSizes:

@@ -12,7 +12,8 @@ The granularity is read from the scale's shape (one value: tensor; one per row: 
 block of the configured size), so the three methods share one reader. Activations are always
 quantized dynamically per token when the layer runs: a checkpoint's static `input_scale`s are not
 used (a static scale saves one reduction per layer and clips what it did not see in calibration;
-the load log says they are ignored). KV-cache scales (`k_scale`, `v_scale`) are skipped the same way.
+the load log says they are ignored). KV-cache scales (`k_scale`, `v_scale`) are not weights either:
+kv_scales.py reads them for an FP8 KV cache.
 """
 
 from __future__ import annotations

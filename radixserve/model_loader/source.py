@@ -17,6 +17,7 @@ from radixserve.model_loader.fp8_checkpoint import Fp8Scheme, checkpoint_scheme,
 from radixserve.model_loader.generation_config import gguf_generation_defaults, hf_generation_defaults
 from radixserve.model_loader.gguf_loader import gguf_model_config, iter_gguf_weights, open_gguf
 from radixserve.model_loader.hf_loader import hf_model_config, iter_safetensors_weights, safetensors_files
+from radixserve.model_loader.kv_scales import is_kv_scale, read_kv_scales
 
 EXPECTED = (
     "expected a GGUF file, an HF directory with config.json and *.safetensors, "
@@ -48,8 +49,15 @@ class ModelSource:
             if self.fp8 is not None:
                 stream = iter_fp8_checkpoint(self.path, safetensors_files(self.path), self.fp8)
                 return stream if pack_quantized else _dequantized(stream)
-            return iter_safetensors_weights(self.path)
+            # KV-cache scales are not weights: kv_cache_scales() reads them.
+            return ((n, t) for n, t in iter_safetensors_weights(self.path) if not is_kv_scale(n))
         raise ValueError("dummy models have no weights to read")
+
+    def kv_cache_scales(self) -> dict[int, tuple[float, float]]:
+        """{layer: (k_scale, v_scale)} the checkpoint publishes for an FP8 KV cache (kv_scales.py)."""
+        if self.kind != "safetensors" or self.path is None:
+            return {}
+        return read_kv_scales(safetensors_files(self.path))
 
     @property
     def num_weight_files(self) -> int:

@@ -76,3 +76,16 @@ def test_fp8_model_on_cuda_within_bound_of_bf16_twin(layout: str, fp8_models: di
         assert len(common) >= TOP // 2, (g, w)
         # bf16 activations and outputs add their own rounding to the FP8 rounding of the CPU bound.
         assert max(abs(g[t] - w[t]) for t in common) <= LOGPROB_TOL + 0.2, (g, w)
+
+
+def test_fp8_kv_cache_through_cuda_graphs_within_bound(fp8_models: dict[str, tuple[Path, Path]]) -> None:
+    """--kv-cache-dtype fp8_e4m3 on the GPU path: the fused rotary store, the Triton extend and decode
+    kernels and the captured decode graphs, against the same bf16 model with a bf16 KV cache."""
+    src, _ = fp8_models["online"]
+    got, ids = _first_token_logprobs(src, kv_cache_dtype="fp8_e4m3", kv_cache_v_scale=0.5)
+    want, _ = _first_token_logprobs(src)
+    assert all(len(x) == 24 for x in ids)
+    for g, w in zip(got, want, strict=True):
+        common = set(g) & set(w)
+        assert len(common) >= TOP // 2, (g, w)
+        assert max(abs(g[t] - w[t]) for t in common) <= LOGPROB_TOL + 0.2, (g, w)

@@ -107,7 +107,7 @@ def run_backend_mixed(case: PagedCase, num_decode_rows: int) -> tuple[torch.Tens
     pool = torch.cat([c.pool_idx, c.pool_idx[dec]])
     q = torch.cat([c.q_extend, c.q_decode[dec]])
     pools: Any = SimpleNamespace(req_to_token=c.req_to_token)
-    kv: Any = SimpleNamespace(get_kv_buffer=lambda layer_id: (c.k_buf, c.v_buf), k_scale=1.0, v_scale=1.0)
+    kv: Any = SimpleNamespace(get_kv_buffer=lambda layer_id: (c.k_buf, c.v_buf), scales=lambda layer_id: (1.0, 1.0))
     backend_unused: Any = None  # forward_extend is called on the backend directly
     fb = ForwardBatch(forward_mode=ForwardMode.EXTEND, batch_size=len(seqs), input_ids=torch.zeros(len(q)),
                       positions=torch.zeros(len(q)), req_pool_indices=pool, seq_lens=torch.tensor(seqs, device=dev),

@@ -3,6 +3,7 @@ reads them back times their scales; the Triton path is checked on the GPU (tests
 
 from __future__ import annotations
 
+import shutil
 from pathlib import Path
 
 import pytest
@@ -28,7 +29,7 @@ def test_pool_writes_scaled_bytes_and_the_torch_backend_reads_them_back() -> Non
     gen = torch.Generator().manual_seed(0)
     slots, kvh, dim, heads = 40, 2, 16, 4
     fp8 = TokenToKVPool(slots, torch.float8_e4m3fn, 1, kvh, dim, "cpu", k_scale=0.25, v_scale=3.0)
-    assert fp8.is_fp8 and (fp8.k_scale, fp8.v_scale) == (0.25, 3.0)
+    assert fp8.is_fp8 and fp8.scales(0) == (0.25, 3.0)
     assert TokenToKVPool.bytes_per_token(1, kvh, dim, torch.float8_e4m3fn) * 4 == \
         TokenToKVPool.bytes_per_token(1, kvh, dim, torch.float32)
     loc = torch.randperm(slots, generator=gen)[:30] + 1
@@ -46,11 +47,11 @@ def test_pool_writes_scaled_bytes_and_the_torch_backend_reads_them_back() -> Non
     pools, seq = torch.tensor([0, 1]), torch.tensor([15, 9])
     idx, mask = decode_kv_indices(table, pools, seq, 15)
     q = torch.randn(2, heads, dim, generator=gen)
-    got = decode_attention_ref(q, k_buf, v_buf, idx, mask, 0.25, fp8.k_scale, fp8.v_scale)
+    got = decode_attention_ref(q, k_buf, v_buf, idx, mask, 0.25, *fp8.scales(0))
     assert torch.equal(got, decode_attention_ref(q, dk, dv, idx, mask, 0.25))
     rows = [table[0, :15], table[1, :9]]
     qe = torch.randn(7, heads, dim, generator=gen)
-    got_e = extend_attention_ref(qe, k_buf, v_buf, rows, [10, 7], [5, 2], 0.25, fp8.k_scale, fp8.v_scale)
+    got_e = extend_attention_ref(qe, k_buf, v_buf, rows, [10, 7], [5, 2], 0.25, *fp8.scales(0))
     assert torch.equal(got_e, extend_attention_ref(qe, dk, dv, rows, [10, 7], [5, 2], 0.25))
 
 
@@ -83,3 +84,27 @@ def test_engine_with_an_fp8_kv_cache_stays_close_to_float(tiny_models: dict[str,
                                     got["meta_info"]["output_token_logprobs"][:n], strict=True):
             assert abs(lr - lg) < 0.15  # seen: at most 0.066
     assert same_first == len(prompts)
+
+
+def test_checkpoint_kv_scales_are_used_per_layer(tiny_models: dict[str, Path], tmp_path: Path) -> None:
+    """Scales a checkpoint publishes (llm-compressor's k_scale/v_scale, older vLLM's kv_scale) set
+    each layer's FP8 pool scales; they are not weights, so a float KV cache loads the same model."""
+    from safetensors.torch import save_file
+
+    model = tmp_path / "llama-kv-scales"
+    shutil.copytree(tiny_models["llama"], model)
+    save_file({"model.layers.0.self_attn.k_scale": torch.tensor(0.5),
+               "model.layers.0.self_attn.v_scale": torch.tensor([0.25, 2.0, 1.0, 0.5]),  # per head: the largest
+               "model.layers.1.self_attn.kv_scale": torch.tensor(1.5)}, str(model / "kv_scales.safetensors"))
+    prompt, params = [[5, 17, 230, 41, 9]], {"max_new_tokens": 6, "temperature": 0, "ignore_eos": True}
+    with Engine(model_path=str(model), max_total_tokens=512, log_level="warning", kv_cache_dtype="fp8_e4m3",
+                kv_cache_k_scale=3.0) as engine:
+        pool = engine.model_runner.token_to_kv_pool
+        assert (pool.scales(0), pool.scales(1)) == ((0.5, 2.0), (1.5, 1.5))  # the checkpoint's, not the flag's
+        assert len(engine.generate(input_ids=prompt, sampling_params=params)[0]["output_ids"]) == 6
+    outs = []
+    for path in (model, tiny_models["llama"]):
+        with Engine(model_path=str(path), max_total_tokens=512, log_level="warning") as engine:
+            assert engine.model_runner.token_to_kv_pool.scales(1) == (1.0, 1.0)
+            outs.append(engine.generate(input_ids=prompt, sampling_params=params)[0]["output_ids"])
+    assert outs[0] == outs[1]
