@@ -39,6 +39,7 @@ from radixserve.router.proxy import Proxy
 from radixserve.router.scale import ScaleCollector, ScaleFromZero
 from radixserve.router.tokenize import PromptTokenizer, tokenizer_source_of
 from radixserve.router.workers import Worker, WorkerRegistry, WorkerSource
+from radixserve.utils.tasks import cancel_and_wait
 
 log = logging.getLogger(__name__)
 
@@ -107,18 +108,12 @@ class Router:
         self._eviction_task = asyncio.create_task(self._evict_loop(), name="router-tree-eviction")
 
     async def stop(self) -> None:
-        if self._eviction_task is not None:
-            self._eviction_task.cancel()
-            with contextlib.suppress(asyncio.CancelledError):
-                await self._eviction_task
+        await cancel_and_wait([self._eviction_task])
         if self.discovery is not None:
             await self.discovery.stop()
         if self.events is not None:
             await self.events.stop()
-        if self._tokenizer_task is not None:
-            self._tokenizer_task.cancel()
-            with contextlib.suppress(asyncio.CancelledError):
-                await self._tokenizer_task
+        await cancel_and_wait([self._tokenizer_task])
         if self.scaler is not None:
             await self.scaler.stop()
         await self.health.stop()

@@ -25,6 +25,7 @@ from collections.abc import Iterator
 from typing import Any
 
 from radixserve.router.config import KubeDiscoveryConfig
+from radixserve.router.kube import api_client
 from radixserve.router.workers import WorkerRegistry, WorkerSource
 
 log = logging.getLogger(__name__)
@@ -108,18 +109,9 @@ class EndpointSliceDiscovery:
             await asyncio.to_thread(self._thread.join, 5.0)
 
     def _make_api(self) -> Any:
-        from kubernetes import client, config
+        from kubernetes import client
 
-        if self.config.api_server:
-            configuration = client.Configuration()
-            configuration.host = self.config.api_server
-        else:
-            try:
-                config.load_incluster_config()
-            except config.ConfigException:
-                config.load_kube_config()
-            configuration = client.Configuration.get_default_copy()
-        return client.DiscoveryV1Api(client.ApiClient(configuration))
+        return client.DiscoveryV1Api(api_client(self.config.api_server))
 
     # --- watch thread ---
 

@@ -22,7 +22,6 @@ when the same engine still holds the batches, else through 410 and a snapshot.
 from __future__ import annotations
 
 import asyncio
-import contextlib
 import logging
 from dataclasses import dataclass
 
@@ -32,6 +31,7 @@ import msgspec
 from radixserve.cache_events.protocol import BATCH_DECODER, EVENTS_PATH, SNAPSHOT_DECODER, SNAPSHOT_PATH
 from radixserve.router.kv_index import Applied, EventsState, KvIndex, WorkerIndex
 from radixserve.router.workers import Worker, WorkerRegistry
+from radixserve.utils.tasks import cancel_and_wait
 
 log = logging.getLogger(__name__)
 
@@ -86,11 +86,7 @@ class EventSubscriber:
     async def stop(self) -> None:
         tasks = list(self._tasks.values())
         self._tasks.clear()
-        for task in tasks:
-            task.cancel()
-        for task in tasks:
-            with contextlib.suppress(asyncio.CancelledError):
-                await task
+        await cancel_and_wait(tasks)
         if self._session is not None:
             await self._session.close()
 

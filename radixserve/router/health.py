@@ -8,12 +8,12 @@ accepting connections.
 from __future__ import annotations
 
 import asyncio
-import contextlib
 import logging
 
 import aiohttp
 
 from radixserve.router.workers import Worker, WorkerRegistry
+from radixserve.utils.tasks import cancel_and_wait
 
 log = logging.getLogger(__name__)
 
@@ -39,12 +39,7 @@ class HealthChecker:
         self._task = asyncio.create_task(self._loop(), name="router-health-checks")
 
     async def stop(self) -> None:
-        tasks = [t for t in (self._task, *self._pending) if t is not None]
-        for task in tasks:
-            task.cancel()
-        for task in tasks:
-            with contextlib.suppress(asyncio.CancelledError):
-                await task
+        await cancel_and_wait([self._task, *self._pending])
         if self._session is not None:
             await self._session.close()
 

@@ -27,6 +27,7 @@ from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily, Metri
 from prometheus_client.registry import Collector
 
 from radixserve.router.errors import error_response
+from radixserve.router.kube import api_client
 from radixserve.router.workers import WorkerRegistry
 
 log = logging.getLogger(__name__)
@@ -58,18 +59,9 @@ class ScaleFromZeroConfig:
 
 
 def _make_api(api_server: str | None) -> Any:
-    from kubernetes import client, config
+    from kubernetes import client
 
-    if api_server:
-        configuration = client.Configuration()
-        configuration.host = api_server
-    else:
-        try:
-            config.load_incluster_config()
-        except config.ConfigException:
-            config.load_kube_config()
-        configuration = client.Configuration.get_default_copy()
-    return client.CustomObjectsApi(client.ApiClient(configuration))
+    return client.CustomObjectsApi(api_client(api_server))
 
 
 class ScaleFromZero:
