@@ -46,6 +46,19 @@ def test_tp2_equals_tp1_single_and_batched(tiny_models: dict[str, Path], name: s
         _assert_same(_outputs(two, PROMPTS, True), ref_batch, 1e-4)
 
 
+def test_tp4_and_tp8_equal_tp1(tmp_path: Path) -> None:
+    """Issue 22 on CPU: 4 and 8 ranks over gloo (more processes than cores) give TP=1's greedy tokens
+    and log-probs, on a tiny Llama with 8 query and 8 KV heads so that both divide its heads."""
+    from tests.conftest import _save_tiny, tokenizer_source
+
+    path = str(_save_tiny(tmp_path, "llama", tokenizer_source(), num_attention_heads=8, num_key_value_heads=8))
+    with Engine(model_path=path, max_total_tokens=1024, log_level="warning") as one:
+        ref = _outputs(one, PROMPTS, True)
+    for tp in (4, 8):
+        with Engine(model_path=path, max_total_tokens=1024, log_level="warning", tp_size=tp) as many:
+            _assert_same(_outputs(many, PROMPTS, True), ref, 1e-4)
+
+
 def test_seeded_sampling_agrees_across_ranks(tiny_models: dict[str, Path]) -> None:
     """Sampled tokens come out of every rank's own sampler: the ranks must draw the same ones."""
     params = {"max_new_tokens": 16, "temperature": 1.0, "top_p": 0.9, "seed": 3, "ignore_eos": True}
