@@ -140,7 +140,9 @@ def _serve(server_args: ServerArgs, port_args: PortArgs, procs: ServerProcesses)
 
         grpc_server = GrpcServer(tm, state, server_args.api_key, server_args.host, server_args.grpc_port)
 
-    config = uvicorn.Config(app, host=server_args.host, port=server_args.port, log_config=None,
+    # loop="asyncio": uvloop is installed for the router (router/cli.py); the server's gRPC front end
+    # shares this loop and is only tested on asyncio's.
+    config = uvicorn.Config(app, host=server_args.host, port=server_args.port, log_config=None, loop="asyncio",
                             log_level=server_args.log_level.lower(), access_log=False,
                             timeout_graceful_shutdown=int(server_args.graceful_shutdown_timeout) or None)
     server = _uvicorn_server(config, server_args, tm, grpc_server)

@@ -46,6 +46,13 @@ def read_batches(server: ServerProcess, since: int, until_seq: int, epoch: str) 
 def test_prompt_blocks_appear_in_the_snapshot_and_stream_then_leave_on_flush(smol_server: ServerProcess) -> None:
     server = smol_server
     before = snapshot(server)
+    deadline = time.monotonic() + 10
+    while before.seq == 0:
+        # A fresh server's first batch (AllCleared, then its tree as the warm-up left it) may still be
+        # on its way from the scheduler when /health first answers; start from after it.
+        assert time.monotonic() < deadline, "no cache-events batch from a running server"
+        time.sleep(0.1)
+        before = snapshot(server)
     assert before.block_tokens == 16 and before.load.max_running > 0
     r = httpx.post(server.url + "/generate", headers=server.headers, timeout=60, json={
         "input_ids": PROMPT, "sampling_params": {"max_new_tokens": 3, "temperature": 0}})
