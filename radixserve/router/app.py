@@ -59,6 +59,7 @@ class Router:
         self.policy = make_policy(config.policy, config.cache, config.seed, self.kv_index)
         self.metrics = RouterMetrics(self.workers, self.policy, self.kv_index)
         self.proxy = Proxy(self.workers, self.policy, self.metrics, config.max_attempts, config.api_key)
+        self.metrics.prompt_tokenizer_loaded = lambda: self.proxy.prompt_tokenizer is not None
         auth = {"Authorization": f"Bearer {config.api_key}"} if config.api_key else {}
         self.health = HealthChecker(self.workers, config.health_check_interval_s, config.health_check_timeout_s, auth)
         self.discovery = EndpointSliceDiscovery(config.kube, self.workers) if config.kube else None
@@ -91,7 +92,6 @@ class Router:
         if self.config.tokenizer and self.config.tokenizer != "auto" and self.kv_index is not None:
             # Seconds for a GGUF vocabulary (cached after the first time): off the event loop.
             self.proxy.prompt_tokenizer = await asyncio.to_thread(PromptTokenizer.load, self.config.tokenizer)
-            self.metrics.prompt_tokenizer_loaded = True
             log.info("router tokenizes prompts with %s for exact cache matching", self.config.tokenizer)
         await self.proxy.start(self.config.request_timeout_s, self.config.connect_timeout_s)
         await self.health.start()
@@ -139,7 +139,6 @@ class Router:
                     if source is None:
                         continue
                     self.proxy.prompt_tokenizer = await asyncio.to_thread(PromptTokenizer.load, source)
-                    self.metrics.prompt_tokenizer_loaded = True
                     log.info("router tokenizes prompts with %s (from %s) for exact cache matching", source,
                              worker.url)
                     return

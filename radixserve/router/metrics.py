@@ -8,7 +8,7 @@ not a labelled-metric lookup.
 from __future__ import annotations
 
 from collections import Counter
-from collections.abc import Iterable
+from collections.abc import Callable, Iterable
 
 from prometheus_client import CollectorRegistry, Histogram, generate_latest
 from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily, Metric
@@ -32,7 +32,8 @@ class RouterMetrics:
         self._workers = workers
         self._policy = policy
         self._index = index
-        self.prompt_tokenizer_loaded = False  # set by the app once text prompts can be tokenized
+        # Whether text prompts are tokenized for exact matching; the app points it at its proxy.
+        self.prompt_tokenizer_loaded: Callable[[], bool] = lambda: False
         self.registry.register(_StateCollector(self))
         hist = Histogram(
             f"{PREFIX}_request_duration_seconds",
@@ -101,7 +102,7 @@ class _StateCollector(Collector):
             yield GaugeMetricFamily(f"{PREFIX}_prompt_tokenizer_loaded",
                                     "1 once the router tokenizes text prompts for exact cache matching "
                                     "(until then they are routed by the approximate tree).",
-                                    value=1 if m.prompt_tokenizer_loaded else 0)
+                                    value=1 if m.prompt_tokenizer_loaded() else 0)
             yield from _cache_event_metrics(m._index)
 
 

@@ -199,6 +199,8 @@ async def test_chat_requests_route_exactly_with_the_workers_tokenizer(
     router = await make_router(worker_urls=[_url(e) for e in es], events=FAST)  # --tokenizer auto
     await wait_until(lambda: router.router.proxy.prompt_tokenizer is not None, 5, what="tokenizer found")
     assert loaded == [str(tokenizer_source())]
+    async with http.get(router.url + "/metrics") as r:  # what bench_router.py waits for
+        assert "radixserve_router_prompt_tokenizer_loaded 1.0" in await r.text()
     # ~5 KB, ~700 tokens: long enough to be tokenized on the tokenizer's thread (LONG_PROMPT_BYTES)
     system = {"role": "system", "content": "You answer questions about geography in one short sentence. " * 80}
     offloaded = prompt_tokenizer.offloaded
