@@ -216,9 +216,7 @@ class ModelRunner:
     def _apply_kv_scales(self) -> None:
         """An FP8 KV cache takes the checkpoint's per-layer K/V scales where it publishes them
         (kv_scales.py); layers without keep --kv-cache-k-scale / --kv-cache-v-scale."""
-        if self.source.kind != "safetensors":
-            return
-        published = self.source.kv_cache_scales()
+        published = self.source.kv_cache_scales()  # {} for a source that cannot carry any (GGUF, dummy)
         if not published:
             logger.info("FP8 KV cache: the checkpoint has no KV scales; using k_scale %s, v_scale %s for every layer",
                         self.server_args.kv_cache_k_scale, self.server_args.kv_cache_v_scale)
