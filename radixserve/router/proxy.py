@@ -1,6 +1,7 @@
 """Forwarding one request to a worker: pick, send, relay, retry on connection failures.
 
-Streams are relayed chunk by chunk as they arrive (`readany`), never buffered. The
+Requests go out through `upstream.UpstreamPool` (keep-alive HTTP/1.1, see there why not
+aiohttp's client). Streams are relayed chunk by chunk as they arrive (`readany`), never buffered. The
 client's response is started only when the worker's first body chunk has arrived, so a
 worker that dies before producing anything costs the client nothing: the request is
 retried on another worker. After the first byte has gone to the client, a failure ends
@@ -32,6 +33,7 @@ from radixserve.router.metrics import RouterMetrics
 from radixserve.router.policies import Policy
 from radixserve.router.request_text import routing_text
 from radixserve.router.tokenize import LONG_PROMPT_BYTES, PromptTokenizer, RoutedPrompt
+from radixserve.router.upstream import ConnectFailed, ConnectionBroken, UpstreamPool, UpstreamResponse
 from radixserve.router.workers import Worker, WorkerRegistry
 
 if TYPE_CHECKING:  # grpc_client imports grpcio and the server's models: only with --worker-protocol grpc
@@ -41,10 +43,6 @@ log = logging.getLogger(__name__)
 
 WORKER_HEADER = "x-radixserve-worker"
 
-# The worker could not be reached at all: it is gone, eject it at once.
-_CONNECT_ERRORS = (aiohttp.ClientConnectorError, aiohttp.ConnectionTimeoutError)
-# The connection broke before the worker answered in full.
-_BROKEN_ERRORS = (aiohttp.ServerDisconnectedError, aiohttp.ClientOSError, aiohttp.ClientPayloadError)
 # Writing to a client that went away.
 _CLIENT_GONE = (ConnectionResetError, aiohttp.ClientConnectionResetError)
 
@@ -63,7 +61,8 @@ class Proxy:
         self.policy = policy
         self.metrics = metrics
         self.max_attempts = max_attempts
-        self.session: aiohttp.ClientSession | None = None
+        self.session: aiohttp.ClientSession | None = None  # control-plane calls (app.py)
+        self.upstream: UpstreamPool | None = None  # the requests it forwards
         self._base_headers = {"Content-Type": "application/json"}
         if api_key:
             self._base_headers["Authorization"] = f"Bearer {api_key}"
@@ -82,7 +81,11 @@ class Proxy:
             skip_auto_headers=("User-Agent",),
         )
 
+        self.upstream = UpstreamPool(request_timeout_s, connect_timeout_s, keepalive_timeout_s=4.0)
+
     async def stop(self) -> None:
+        if self.upstream is not None:
+            self.upstream.close()
         if self.session is not None:
             await self.session.close()
 
@@ -95,9 +98,9 @@ class Proxy:
         return headers
 
     @staticmethod
-    def _downstream_headers(resp: aiohttp.ClientResponse, worker: Worker) -> dict[str, str]:
+    def _downstream_headers(resp: UpstreamResponse, worker: Worker) -> dict[str, str]:
         headers = {WORKER_HEADER: worker.url}
-        for key, value in resp.headers.items():
+        for key, value in resp.headers:
             lower = key.lower()
             if lower == "content-type" or lower.startswith("x-") or lower == "cache-control":
                 headers[key] = value
@@ -177,27 +180,26 @@ class Proxy:
 
     async def _attempt(self, request: web.Request, worker: Worker, method: str, path: str,
                        body: bytes | None) -> web.StreamResponse:
-        assert self.session is not None
+        assert self.upstream is not None
         worker.outstanding += 1
         worker.requests_total += 1
-        resp: aiohttp.ClientResponse | None = None
+        resp: UpstreamResponse | None = None
         clean = False
         try:
             try:
-                resp = await self.session.request(method, worker.url + path, data=body,
-                                                  headers=self._upstream_headers(request))
-            except _CONNECT_ERRORS as exc:
+                resp = await self.upstream.request(method, worker.url, path, self._upstream_headers(request), body)
+            except ConnectFailed as exc:
                 self.workers.record_failure(worker, f"connect: {exc}", eject_now=True)
                 raise _Retryable from exc
-            except _BROKEN_ERRORS as exc:
+            except ConnectionBroken as exc:
                 self.workers.record_failure(worker, f"no response: {exc}")
                 raise _Retryable from exc
-            if resp.headers.get("Content-Type", "").startswith("text/event-stream"):
+            if resp.header("Content-Type").startswith("text/event-stream"):
                 out = await self._relay_stream(request, resp, worker)
             else:
                 try:
                     data = await resp.read()
-                except _BROKEN_ERRORS as exc:
+                except ConnectionBroken as exc:
                     self.workers.record_failure(worker, f"response cut: {exc}")
                     raise _Retryable from exc
                 out = web.Response(body=data, status=resp.status, headers=self._downstream_headers(resp, worker))
@@ -208,7 +210,7 @@ class Proxy:
             if resp is not None:
                 # Closing (not releasing) an unfinished response drops the connection, which
                 # is how the worker learns that the client went away.
-                if clean and resp.content.at_eof():
+                if clean:
                     resp.release()
                 else:
                     resp.close()
@@ -226,11 +228,11 @@ class Proxy:
         finally:
             worker.outstanding -= 1
 
-    async def _relay_stream(self, request: web.Request, resp: aiohttp.ClientResponse,
+    async def _relay_stream(self, request: web.Request, resp: UpstreamResponse,
                             worker: Worker) -> web.StreamResponse:
         try:
-            first = await resp.content.readany()
-        except _BROKEN_ERRORS as exc:
+            first = await resp.readany()
+        except ConnectionBroken as exc:
             self.workers.record_failure(worker, f"stream cut before first byte: {exc}")
             raise _Retryable from exc
         out = web.StreamResponse(status=resp.status, headers=self._downstream_headers(resp, worker))
@@ -242,8 +244,8 @@ class Proxy:
             except _CLIENT_GONE:
                 return out  # the caller closes the upstream connection
             try:
-                chunk = await resp.content.readany()
-            except (TimeoutError, *_BROKEN_ERRORS) as exc:
+                chunk = await resp.readany()
+            except (TimeoutError, ConnectionBroken) as exc:
                 log.warning("stream from %s broke after the first byte: %s", worker.url, exc)
                 self.workers.record_failure(worker, f"stream cut: {exc}")
                 self.metrics.errors["stream_cut"] += 1
