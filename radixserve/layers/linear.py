@@ -38,7 +38,8 @@ def _copy(param: torch.Tensor, src: torch.Tensor, what: str) -> None:
     param.data.copy_(src)
 
 
-def _pack(w: QuantizedTensor, like: nn.Parameter) -> QuantMethod:
+def pack_quantized(w: QuantizedTensor, like: nn.Parameter) -> QuantMethod:
+    """The packed method for a quantized weight on `like`'s device."""
     if isinstance(w, Fp8Weight):
         return Fp8Linear(w, like.device)
     from radixserve.layers.quantization.int4_cpu import pack_for_device
@@ -93,7 +94,7 @@ class ColumnParallelLinear(nn.Module):
             return
         parts = [self._pending[k] for k in sorted(self._pending)]
         self._pending = {}
-        self.quant = _pack(_cat_rows(parts), self.weight)
+        self.quant = pack_quantized(_cat_rows(parts), self.weight)
         _drop_dense(self.weight)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
@@ -198,7 +199,7 @@ class RowParallelLinear(nn.Module):
         if loaded.shape != (self.out_features, n * self.tp.size):
             raise ValueError(f"quantized {loaded.source} tensor {loaded.shape} does not fit "
                              f"{self.out_features} x {n * self.tp.size}")
-        self.quant = _pack(loaded.narrow(1, self.tp.rank * n, n), self.weight)
+        self.quant = pack_quantized(loaded.narrow(1, self.tp.rank * n, n), self.weight)
         _drop_dense(self.weight)
 
     def _load_cols(self, param: nn.Parameter, loaded: torch.Tensor, shard_id: object = None) -> None:

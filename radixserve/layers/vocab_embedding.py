@@ -7,6 +7,8 @@ import torch.nn.functional as F
 from torch import nn
 
 from radixserve.distributed.parallel_state import SINGLE, ParallelGroup
+from radixserve.layers.linear import QuantizedTensor, pack_quantized
+from radixserve.layers.quantization.base import QuantMethod
 
 
 class VocabParallelEmbedding(nn.Module):
@@ -37,9 +39,36 @@ class VocabParallelEmbedding(nn.Module):
 
 
 class ParallelLMHead(VocabParallelEmbedding):
-    """The output projection; logits from all ranks are gathered along the vocabulary."""
+    """The output projection; logits from all ranks are gathered along the vocabulary.
+
+    A quantized head (`load_quantized`, GGUF) replaces the product only: a tied head's `weight` is
+    the embedding's, which still serves lookups, so it is kept."""
+
+    def __init__(self, vocab_size: int, hidden_size: int, tp: ParallelGroup = SINGLE) -> None:
+        super().__init__(vocab_size, hidden_size, tp)
+        self.quant: QuantMethod | None = None
+        self.tied = False
+
+    def tie_to(self, embedding: VocabParallelEmbedding) -> None:
+        """Share the embedding's table (tie_word_embeddings)."""
+        self.weight = embedding.weight
+        self.tied = True
+
+    def load_quantized(self, loaded: QuantizedTensor, shard_id: object = None) -> None:
+        if loaded.shape[0] != self.vocab_size or loaded.shape[1] != self.weight.shape[1]:
+            raise ValueError(f"LM head: quantized {loaded.source} tensor {loaded.shape} does not fit "
+                             f"vocab {self.vocab_size} x hidden {self.weight.shape[1]}")
+        self.quant = pack_quantized(loaded.narrow(0, self.start, self.end - self.start), self.weight)
+        if not self.tied:  # a tied table still serves the embedding's lookups
+            self.weight.data = torch.empty(0, dtype=self.weight.dtype, device=self.weight.device)
 
     def compute_logits(self, hidden: torch.Tensor) -> torch.Tensor:
-        logits = F.linear(hidden, self.weight)
+        if self.quant is None:
+            logits = F.linear(hidden, self.weight)
+        else:
+            logits = self.quant.apply(hidden)
+            pad = self.rows_per_rank - (self.end - self.start)
+            if pad:  # the last rank's padding rows: cut after the gather
+                logits = F.pad(logits, (0, pad))
         logits = self.tp.all_gather_last_dim(logits)
         return logits[..., : self.vocab_size]

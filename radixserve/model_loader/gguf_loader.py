@@ -1,8 +1,9 @@
 """GGUF: model config from the file's metadata and weights under HF names.
 
 Weights come out dequantized to float32, or, with `pack=True`, the linear layers' Q4_0 / Q4_1 /
-Q4_K tensors come out as `GroupQuantized` (the file's own 4-bit codes and scales) for the layers
-to pack; see docs/quantization.md.
+Q4_K / Q5_0 / Q5_1 / Q5_K / Q8_0 tensors come out as `GroupQuantized` (the file's own codes and
+scales) for the layers to pack, the LM head included: `output`, or, for a tied head, a second
+copy of `token_embd` (the embedding itself stays float for lookups); see docs/quantization.md.
 """
 
 from __future__ import annotations
@@ -116,7 +117,7 @@ def hf_name(gguf_name: str) -> str | None:
 # Projections fused into one layer weight: packed all together or not at all (one kernel call per layer).
 _FUSED = {"attn_q": "attn_qkv", "attn_k": "attn_qkv", "attn_v": "attn_qkv", "ffn_gate": "ffn_gate_up",
           "ffn_up": "ffn_gate_up"}
-_LINEAR = frozenset(("attn_q", "attn_k", "attn_v", "attn_output", "ffn_gate", "ffn_up", "ffn_down"))
+_LINEAR = frozenset(("attn_q", "attn_k", "attn_v", "attn_output", "ffn_gate", "ffn_up", "ffn_down", "output"))
 
 
 def plan_packing(reader: Any) -> dict[str, str | None]:
@@ -131,7 +132,7 @@ def plan_packing(reader: Any) -> dict[str, str | None]:
         if type_name in ("F32", "F16", "BF16"):
             reasons[t.name] = "float in the file"
         elif not t.name.endswith(".weight") or kind not in _LINEAR:
-            reasons[t.name] = "not a linear layer (embedding / lm_head stay dense)"
+            reasons[t.name] = "not a linear layer (the embedding's lookup table stays float)"
         elif type_name not in PACKED_TYPES:
             reasons[t.name] = f"{type_name} has no packed kernel yet"
         else:
@@ -151,7 +152,7 @@ def _log_plan(reader: Any, reasons: dict[str, str | None]) -> None:
     types = {t.name: t.tensor_type.name for t in reader.tensors}
     packed = Counter(types[n] for n, r in reasons.items() if r is None)
     dense = Counter(f"{types[n]} ({r})" for n, r in reasons.items() if r is not None)
-    logger.info("GGUF: %d tensors kept packed as int4 %s; %d loaded as float: %s", sum(packed.values()),
+    logger.info("GGUF: %d tensors kept packed %s; %d loaded as float: %s", sum(packed.values()),
                 dict(packed), sum(dense.values()), "; ".join(f"{n} x {k}" for k, n in dense.items()))
 
 
@@ -166,8 +167,15 @@ def iter_gguf_weights(reader: Any, config: ModelConfig,
     reasons = plan_packing(reader) if pack else {}
     if pack:
         _log_plan(reader, reasons)
+    tied_head = pack and config.tie_word_embeddings
     for t in reader.tensors:
         name = hf_name(t.name)
+        if tied_head and t.name == "token_embd.weight" and t.tensor_type.name in PACKED_TYPES:
+            # The tied head multiplies by the embedding table: packed, it reads a quarter of the
+            # bytes (the largest single product of a small model's decode step).
+            rows, cols = (int(d) for d in reversed(t.shape))
+            logger.info("GGUF: the tied LM head is packed from token_embd (%s)", t.tensor_type.name)
+            yield "lm_head.weight", gguf_group_quantized(t.data, t.tensor_type.name, rows, cols)
         if t.name == "rope_freqs.weight":
             raise UnsupportedModelError("GGUF rope_freqs (llama3 rope scaling in GGUF) is not supported yet")
         if name is None:

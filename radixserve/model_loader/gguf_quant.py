@@ -7,8 +7,14 @@ Layouts (ggml-quants.h / gguf-py quants.py):
   Q4_1  32 values, 20 bytes: d fp16, m fp16, 16 bytes of nibbles; x = d * q + m
   Q4_K  256 values, 144 bytes: d fp16, dmin fp16, 12 bytes of eight 6-bit (scale, min) pairs,
         128 bytes of nibbles; sub-block j (32 values): x = d * sc_j * q - dmin * m_j
+  Q5_0  32 values, 22 bytes: d fp16, 4 bytes of fifth bits, 16 bytes of nibbles; x = d * (q - 16)
+  Q5_1  32 values, 24 bytes: d fp16, m fp16, fifth bits, nibbles; x = d * q + m
+  Q5_K  256 values, 176 bytes: as Q4_K, plus 32 bytes of fifth bits before the nibbles
+  Q8_0  32 values, 34 bytes: d fp16, 32 signed bytes; x = d * q (stored here as q + 128, offset -128 d)
 In Q4_0/Q4_1 byte i holds value i (low nibble) and value i + 16 (high); in Q4_K each 32-byte run i
-holds sub-block 2i in its low nibbles and 2i + 1 in its high ones.
+holds sub-block 2i in its low nibbles and 2i + 1 in its high ones. Q5_0/Q5_1 take value i's fifth
+bit from bit i of a little-endian uint32; Q5_K takes sub-block j's from bit j of each of 32 bytes.
+Q6_K (16-value groups with int8 scales) has no form here: the CPU kernel's groups are 32 or more.
 """
 
 from __future__ import annotations
@@ -39,34 +45,78 @@ def _q4_1(blocks: np.ndarray) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
     return _nibbles_32(blocks[:, 4:20]), _f16(blocks[:, 0:2]), _f16(blocks[:, 2:4])
 
 
-def _q4_k(blocks: np.ndarray) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+def _k_scales(blocks: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """Q4_K/Q5_K: one (scale, offset) per 32-value sub-block, 8 per super-block."""
     from gguf.quants import Q4_K
 
-    nb = blocks.shape[0]
     d, dmin = _f16(blocks[:, 0:2]), _f16(blocks[:, 2:4])
     sc, mn = Q4_K.get_scale_min(np.ascontiguousarray(blocks[:, 4:16]))
-    qs = blocks[:, 16:144].reshape(nb, 4, 1, 32)
-    codes = np.concatenate([qs & 0x0F, qs >> 4], axis=2).reshape(nb, 256)
-    # One (scale, offset) per 32-value sub-block: 8 groups per super-block.
-    return codes, d * sc.astype(np.float32), -(dmin * mn.astype(np.float32))
+    return d * sc.astype(np.float32), -(dmin * mn.astype(np.float32))
 
 
-# type name -> (values per block, bytes per block, decoder)
+def _k_nibbles(qs: np.ndarray) -> np.ndarray:
+    """[nb, 128] bytes -> [nb, 256] codes: 32-byte run i holds sub-blocks 2i (low) and 2i + 1 (high)."""
+    nb = qs.shape[0]
+    qs = qs.reshape(nb, 4, 1, 32)
+    return np.concatenate([qs & 0x0F, qs >> 4], axis=2).reshape(nb, 256)
+
+
+def _q4_k(blocks: np.ndarray) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    scale, offset = _k_scales(blocks)
+    return _k_nibbles(blocks[:, 16:144]), scale, offset
+
+
+def _fifth_bits_32(qh: np.ndarray) -> np.ndarray:
+    """[nb, 4] bytes (a little-endian uint32 per block) -> [nb, 32] bits, value i from bit i."""
+    bits = np.ascontiguousarray(qh).view("<u4").reshape(-1, 1) >> np.arange(32, dtype=np.uint32)
+    return (bits & 1).astype(np.uint8)
+
+
+def _q5_0(blocks: np.ndarray) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    d = _f16(blocks[:, 0:2])
+    codes = _nibbles_32(blocks[:, 6:22]) | (_fifth_bits_32(blocks[:, 2:6]) << 4)
+    return codes, d, -16.0 * d
+
+
+def _q5_1(blocks: np.ndarray) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    codes = _nibbles_32(blocks[:, 8:24]) | (_fifth_bits_32(blocks[:, 4:8]) << 4)
+    return codes, _f16(blocks[:, 0:2]), _f16(blocks[:, 2:4])
+
+
+def _q5_k(blocks: np.ndarray) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    nb = blocks.shape[0]
+    scale, offset = _k_scales(blocks)
+    qh = blocks[:, 16:48].reshape(nb, 1, 32) >> np.arange(8, dtype=np.uint8).reshape(1, 8, 1)
+    codes = _k_nibbles(blocks[:, 48:176]) | ((qh & 1).reshape(nb, 256) << 4)
+    return codes, scale, offset
+
+
+def _q8_0(blocks: np.ndarray) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    d = _f16(blocks[:, 0:2])
+    codes = (np.ascontiguousarray(blocks[:, 2:34]).view(np.int8).astype(np.int16) + 128).astype(np.uint8)
+    return codes, d, -128.0 * d
+
+
+# type name -> (values per block, bytes per block, code bits, decoder)
 _DECODERS = {
-    "Q4_0": (32, 18, _q4_0),
-    "Q4_1": (32, 20, _q4_1),
-    "Q4_K": (256, 144, _q4_k),
+    "Q4_0": (32, 18, 4, _q4_0),
+    "Q4_1": (32, 20, 4, _q4_1),
+    "Q4_K": (256, 144, 4, _q4_k),
+    "Q5_0": (32, 22, 5, _q5_0),
+    "Q5_1": (32, 24, 5, _q5_1),
+    "Q5_K": (256, 176, 5, _q5_k),
+    "Q8_0": (32, 34, 8, _q8_0),
 }
 PACKED_TYPES = frozenset(_DECODERS)
 
 
 def gguf_group_quantized(data: np.ndarray, type_name: str, rows: int, cols: int) -> GroupQuantized:
-    """A GGUF tensor's raw bytes ([rows, bytes per row] uint8, as GGUFReader gives them) as int4 codes
-    with per-32-column scales and offsets."""
+    """A GGUF tensor's raw bytes ([rows, bytes per row] uint8, as GGUFReader gives them) as unsigned
+    codes (4, 5 or 8 bits) with per-32-column scales and offsets."""
     if type_name not in _DECODERS:
         raise UnsupportedQuantizationError(
-            f"GGUF {type_name} has no packed int4 form; packed types: {sorted(PACKED_TYPES)}")
-    per_block, nbytes, decode = _DECODERS[type_name]
+            f"GGUF {type_name} has no packed form; packed types: {sorted(PACKED_TYPES)}")
+    per_block, nbytes, bits, decode = _DECODERS[type_name]
     if cols % per_block:
         raise UnsupportedQuantizationError(f"GGUF {type_name}: {cols} columns are not whole {per_block}-value blocks")
     blocks = np.asarray(data, dtype=np.uint8).reshape(-1, nbytes)
@@ -79,4 +129,4 @@ def gguf_group_quantized(data: np.ndarray, type_name: str, rows: int, cols: int)
         codes=torch.from_numpy(np.ascontiguousarray(codes.reshape(rows, cols), dtype=np.uint8)),
         scale=torch.from_numpy(np.ascontiguousarray(scale.reshape(rows, groups), dtype=np.float32)),
         offset=torch.from_numpy(np.ascontiguousarray(offset.reshape(rows, groups), dtype=np.float32)),
-        group_size=GROUP, bits=4, source=type_name)
+        group_size=GROUP, bits=bits, source=type_name)

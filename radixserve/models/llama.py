@@ -149,7 +149,7 @@ class LlamaForCausalLM(nn.Module):
         self.num_local_layers = self.model.end_layer - self.model.start_layer
         self.lm_head: nn.Module = ParallelLMHead(config.vocab_size, config.hidden_size, tp) if pp.is_last else OtherStage()
         if config.tie_word_embeddings and pp.is_last:
-            self.lm_head.weight = self.model.embed_tokens.weight
+            self.lm_head.tie_to(self.model.embed_tokens)
 
     def forward(self, input_ids: torch.Tensor, positions: torch.Tensor, fb: ForwardBatch) -> torch.Tensor:
         """Returns float32 logits of each request's last token: [bs, vocab] (a single stage)."""

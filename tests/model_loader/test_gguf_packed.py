@@ -39,7 +39,8 @@ def _tensor(name: str, type_name: str, rows: int, cols: int) -> SimpleNamespace:
     return SimpleNamespace(name=name, tensor_type=qtype, shape=np.array([cols, rows]), data=data)
 
 
-CONFIG: Any = SimpleNamespace(architecture="LlamaForCausalLM", num_attention_heads=2, num_key_value_heads=1)
+CONFIG: Any = SimpleNamespace(architecture="LlamaForCausalLM", num_attention_heads=2, num_key_value_heads=1,
+                              tie_word_embeddings=True)
 
 
 def test_plan_packs_whole_fused_groups_and_says_why_not() -> None:
@@ -54,18 +55,23 @@ def test_plan_packs_whole_fused_groups_and_says_why_not() -> None:
         _tensor("blk.0.ffn_down.weight", "Q5_K", 256, 256),
     ])
     reasons = plan_packing(reader)
-    assert reasons["token_embd.weight"] == "not a linear layer (embedding / lm_head stay dense)"
+    assert reasons["token_embd.weight"] == "not a linear layer (the embedding's lookup table stays float)"
     assert reasons["blk.0.attn_q.weight"] == reasons["blk.0.attn_k.weight"] == \
         "fused with ['Q6_K'] tensors that are not packed"
     assert reasons["blk.0.attn_v.weight"] == "Q6_K has no packed kernel yet"
-    assert reasons["blk.0.ffn_down.weight"] == "Q5_K has no packed kernel yet"
+    assert reasons["blk.0.ffn_down.weight"] is None
     assert reasons["blk.0.attn_output.weight"] is None
     assert reasons["blk.0.ffn_gate.weight"] is reasons["blk.0.ffn_up.weight"] is None  # mixed 4-bit types fuse
     out = dict(iter_gguf_weights(reader, CONFIG, pack=True))
     assert isinstance(out["model.layers.0.self_attn.o_proj.weight"], GroupQuantized)
     assert isinstance(out["model.layers.0.mlp.up_proj.weight"], GroupQuantized)
     assert isinstance(out["model.layers.0.self_attn.q_proj.weight"], torch.Tensor)
-    assert out["model.layers.0.mlp.down_proj.weight"].shape == (256, 256)
+    down = out["model.layers.0.mlp.down_proj.weight"]
+    assert isinstance(down, GroupQuantized) and down.bits == 5 and down.shape == (256, 256)
+    # A tied head comes packed from the embedding's Q8_0 codes, the embedding itself as float.
+    head, embed = out["lm_head.weight"], out["model.embed_tokens.weight"]
+    assert isinstance(head, GroupQuantized) and head.bits == 8 and head.shape == (64, 32)
+    assert isinstance(embed, torch.Tensor) and embed.shape == (64, 32)
 
 
 def test_a_quantization_nothing_can_read_is_an_error_naming_it() -> None:
@@ -88,13 +94,20 @@ def packed_engine() -> Iterator[Engine]:
 @pytest.mark.slow
 def test_embedded_model_loads_packed(packed_engine: Engine) -> None:
     model = packed_engine.model_runner.model
-    quant: list[Any] = [m.quant for m in model.modules() if getattr(m, "quant", None) is not None]
+    head = model.lm_head.quant
+    quant: list[Any] = [m.quant for m in model.modules() if getattr(m, "quant", None) not in (None, head)]
     layers = model.config.num_hidden_layers
     assert len(quant) == 4 * layers  # qkv, o, gate_up, down of every layer
     assert all(q.name.startswith("int4-cpu(Q4_1") for q in quant)
     # About 0.625 bytes a weight (nibble + bf16 scale and zero per 32) against 4 for float32.
     weights = sum(q.out_features * q.in_features for q in quant)
     assert sum(q.nbytes() for q in quant) == weights // 2 + weights // 32 * 4
+    # The tied head, from token_embd's Q8_0 codes: two nibble halves, a byte a weight plus a bf16
+    # scale and zero per 32 for each half; the embedding keeps its float table for lookups.
+    vocab, hidden = model.config.vocab_size, model.config.hidden_size
+    assert head is not None and head.name == "int4-cpu(Q8_0, split nibbles)"
+    assert head.nbytes() == vocab * hidden + 2 * (vocab * hidden // 32) * 4
+    assert model.model.embed_tokens.weight.shape == (vocab, hidden)
 
 
 @pytest.mark.slow

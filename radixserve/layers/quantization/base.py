@@ -80,10 +80,11 @@ class GroupQuantized:
     @staticmethod
     def cat_rows(parts: list[GroupQuantized]) -> GroupQuantized:
         first = parts[0]
-        if any(p.group_size != first.group_size or p.bits != first.bits for p in parts):
+        if any(p.group_size != first.group_size for p in parts):
             raise UnsupportedQuantizationError(
-                f"cannot fuse {[p.source for p in parts]}: their group sizes or bit widths differ")
+                f"cannot fuse {[p.source for p in parts]}: their group sizes differ")
         sources = sorted({p.source for p in parts})
+        # Unsigned codes of fewer bits are valid codes of more: the widest decides (Q4_K + Q5_K).
         return GroupQuantized(torch.cat([p.codes for p in parts]), torch.cat([p.scale for p in parts]),
-                              torch.cat([p.offset for p in parts]), first.group_size, first.bits,
+                              torch.cat([p.offset for p in parts]), first.group_size, max(p.bits for p in parts),
                               "+".join(sources))
