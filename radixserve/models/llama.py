@@ -149,6 +149,7 @@ class LlamaForCausalLM(nn.Module):
         self.num_local_layers = self.model.end_layer - self.model.start_layer
         self.lm_head: nn.Module = ParallelLMHead(config.vocab_size, config.hidden_size, tp) if pp.is_last else OtherStage()
         if config.tie_word_embeddings and pp.is_last:
+            assert isinstance(self.lm_head, ParallelLMHead) and isinstance(self.model.embed_tokens, VocabParallelEmbedding)
             self.lm_head.tie_to(self.model.embed_tokens)
 
     def forward(self, input_ids: torch.Tensor, positions: torch.Tensor, fb: ForwardBatch) -> torch.Tensor:

@@ -24,7 +24,8 @@ from radixserve.model_loader.gguf_quant import gguf_group_quantized
 pytestmark = pytest.mark.skipif(not hasattr(torch.ops.aten, "_weight_int4pack_mm_for_cpu"),
                                 reason="torch without the CPU int4 ops")
 
-TYPES = ("Q4_0", "Q4_1", "Q4_K")
+TYPES = ("Q4_0", "Q4_1", "Q4_K", "Q5_0", "Q5_1", "Q5_K", "Q8_0")
+BITS = {"Q5_0": 5, "Q5_1": 5, "Q5_K": 5, "Q8_0": 8}
 # bf16 keeps 8 significant bits (unit roundoff 2^-9 ~= 0.2 %). The packed path rounds the activations,
 # the scales/zeros and its output to bf16: independent errors of ~0.2 % each, so the product lands
 # within ~0.4 % of the float32 result in relative L2 norm (seen: 0.3 %); 1 % leaves room for the
@@ -40,9 +41,9 @@ def gguf_blocks(type_name: str, rows: int, cols: int, seed: int = 0) -> tuple[np
 
     qtype = GGMLQuantizationType[type_name]
     rng = np.random.default_rng(seed)
-    if type_name == "Q4_K":
+    if type_name in ("Q4_K", "Q5_K"):  # the gguf package cannot quantize K-quants: random blocks
         nb = rows * cols // 256
-        raw = rng.integers(0, 256, (nb, 144), dtype=np.uint8)
+        raw = rng.integers(0, 256, (nb, 144 if type_name == "Q4_K" else 176), dtype=np.uint8)
         raw[:, 0:4] = np.stack([rng.uniform(0.001, 0.01, nb), rng.uniform(0.001, 0.01, nb)], 1) \
             .astype(np.float16).view(np.uint8)
         raw = raw.reshape(rows, -1)
@@ -59,7 +60,8 @@ def rel_err(a: torch.Tensor, b: torch.Tensor) -> float:
 def test_gguf_blocks_decode_to_the_exact_reference(type_name: str) -> None:
     raw, ref = gguf_blocks(type_name, 48, 512)
     q = gguf_group_quantized(raw, type_name, 48, 512)
-    assert q.codes.dtype == torch.uint8 and int(q.codes.max()) <= 15 and q.group_size == 32
+    bits = BITS.get(type_name, 4)
+    assert q.codes.dtype == torch.uint8 and q.bits == bits and int(q.codes.max()) < 2**bits and q.group_size == 32
     torch.testing.assert_close(q.dequantize(), ref, atol=0, rtol=0)
 
 
@@ -69,7 +71,7 @@ def test_packed_matmul_matches_dequantized(type_name: str, batch: int) -> None:
     raw, ref = gguf_blocks(type_name, 96, 512, seed=batch)
     packed = Int4PackedWeight(gguf_group_quantized(raw, type_name, 96, 512))
     # The packed weight read back differs from the file's only by bf16 rounding of scale and zero:
-    # |w' - w| <= (8 |scale| + |zero|) 2^-9 per element, i.e. below 3 % of the largest weight.
+    # |w' - w| <= (2^bits |scale| + |zero|) 2^-9 per element, i.e. below 3 % of the largest weight.
     w = packed.dequantize()
     assert (w - ref).abs().max() <= 0.03 * ref.abs().max()
     x = torch.randn(batch, 512)
@@ -78,7 +80,57 @@ def test_packed_matmul_matches_dequantized(type_name: str, batch: int) -> None:
     assert rel_err(y, x @ ref.T) < REL_TOL
     bias = torch.randn(96)
     torch.testing.assert_close(packed.apply(x, bias), y + bias)
-    assert packed.nbytes() == 96 * 512 // 2 + (512 // 32) * 96 * 2 * 2  # nibbles + bf16 (scale, zero) pairs
+    halves = 2 if type_name in BITS else 1  # codes over 4 bits: a high and a low nibble
+    assert packed.nbytes() == halves * (96 * 512 // 2 + (512 // 32) * 96 * 2 * 2)  # nibbles + bf16 (scale, zero)
+
+
+@pytest.mark.parametrize("type_name", ["Q8_0", "Q5_0"])
+def test_split_nibbles_are_exact_given_bf16_scales(type_name: str) -> None:
+    # Q8_0 (offset -128 d) and Q5_0 (-16 d) read back exactly as the codes times the scale rounded
+    # to bf16, with the offset kept in code units: no other error is added by the split.
+    raw, _ = gguf_blocks(type_name, 32, 256)
+    q = gguf_group_quantized(raw, type_name, 32, 256)
+    s_b = q.scale.to(torch.bfloat16).float()
+    zero_point = (q.offset / q.scale).round()
+    want = (q.codes.float() + zero_point.repeat_interleave(32, 1)) * s_b.repeat_interleave(32, 1)
+    torch.testing.assert_close(Int4PackedWeight(q).dequantize(), want, atol=0, rtol=0)
+
+
+def test_fused_projections_of_different_widths_pack_together() -> None:
+    # Q4_K q/k with a Q5_K v (as K-quant mixes do): one packed weight, each part still exact.
+    parts = [gguf_group_quantized(gguf_blocks(t, 32, 256, seed=i)[0], t, 32, 256)
+             for i, t in enumerate(("Q4_K", "Q4_K", "Q5_K"))]
+    fused = GroupQuantized.cat_rows(parts)
+    assert fused.bits == 5 and fused.source == "Q4_K+Q5_K"
+    ref = torch.cat([p.dequantize() for p in parts])
+    w = Int4PackedWeight(fused).dequantize()
+    assert (w - ref).abs().max() <= 0.03 * ref.abs().max()
+
+
+@pytest.mark.parametrize("tp_size", [1, 3])
+def test_lm_head_packs_its_vocab_slice_and_pads_the_last_rank(tp_size: int) -> None:
+    from radixserve.layers.vocab_embedding import ParallelLMHead, VocabParallelEmbedding
+
+    vocab, hidden = 100, 64  # 34 rows per rank at TP 3: the last rank holds 32 and pads 2
+    raw, ref = gguf_blocks("Q8_0", vocab, hidden)
+    x = torch.randn(5, hidden)
+    slices = []
+    for rank in range(tp_size):
+        tp = ParallelGroup(rank=rank, size=tp_size)
+        embed = VocabParallelEmbedding(vocab, hidden, tp)
+        embed.weight.weight_loader(embed.weight, ref)  # type: ignore[attr-defined]
+        head = ParallelLMHead(vocab, hidden, tp)
+        head.tie_to(embed)
+        head.load_quantized(gguf_group_quantized(raw, "Q8_0", vocab, hidden))
+        assert head.quant is not None and head.quant.out_features == head.end - head.start
+        assert embed.weight.shape == (head.rows_per_rank, hidden)  # the tied table stays for lookups
+        logits = head.quant.apply(x)
+        pad = head.rows_per_rank - (head.end - head.start)
+        slices.append(torch.nn.functional.pad(logits, (0, pad)) if pad else logits)
+        if tp_size == 1:
+            torch.testing.assert_close(head.compute_logits(x), logits)
+    logits = torch.cat(slices, dim=-1)[:, :vocab]  # what the gather and the cut make of them
+    assert rel_err(logits, x @ ref.T) < REL_TOL
 
 
 def test_column_qkv_merged_row_layers_load_packed_under_tp() -> None:
@@ -139,8 +191,8 @@ def test_row_slice_that_splits_a_group_is_refused() -> None:
 
 
 def test_unpackable_types_are_named() -> None:
-    with pytest.raises(UnsupportedQuantizationError, match=r"GGUF Q8_0 has no packed int4 form"):
-        gguf_group_quantized(np.zeros((4, 34), np.uint8), "Q8_0", 4, 32)
+    with pytest.raises(UnsupportedQuantizationError, match=r"GGUF Q6_K has no packed form"):
+        gguf_group_quantized(np.zeros((4, 210), np.uint8), "Q6_K", 4, 256)
     odd = GroupQuantized(torch.zeros(4, 48, dtype=torch.uint8), torch.ones(4, 3), torch.zeros(4, 3), 16, 4, "X")
     with pytest.raises(UnsupportedQuantizationError, match=r"X: 4-bit codes in groups of 16"):
         Int4PackedWeight(odd)

@@ -93,8 +93,8 @@ def packed_engine() -> Iterator[Engine]:
 
 @pytest.mark.slow
 def test_embedded_model_loads_packed(packed_engine: Engine) -> None:
-    model = packed_engine.model_runner.model
-    head = model.lm_head.quant
+    model: Any = packed_engine.model_runner.model
+    head: Any = model.lm_head.quant
     quant: list[Any] = [m.quant for m in model.modules() if getattr(m, "quant", None) not in (None, head)]
     layers = model.config.num_hidden_layers
     assert len(quant) == 4 * layers  # qkv, o, gate_up, down of every layer

@@ -66,6 +66,12 @@ class Int4PackedWeight:
             codes, scale, zero = _split_nibbles(w)
         else:
             codes, scale, zero = w.codes.to(torch.int32), w.scale, w.offset + 8 * w.scale
+        # The packing wants N a multiple of 16 (an LM head's vocabulary slice need not be): padding
+        # rows with scale and zero 0 read as 0, and `apply` drops them.
+        self._pad = -n % 16
+        if self._pad:
+            codes = torch.nn.functional.pad(codes, (0, 0, 0, self._pad))
+            scale, zero = (torch.nn.functional.pad(t, (0, 0, 0, self._pad)) for t in (scale, zero))
         # innerKTiles is ignored by the CPU packing; 1 is what torch's own tests pass.
         self.packed = torch.ops.aten._convert_weight_to_int4pack_for_cpu(codes.contiguous(), 1)
         self.scales_and_zeros = torch.stack([scale.t(), zero.t()], dim=-1).to(COMPUTE_DTYPE).contiguous()
@@ -77,6 +83,8 @@ class Int4PackedWeight:
             x2 = torch.cat([x2, x2], dim=1)
         y: torch.Tensor = torch.ops.aten._weight_int4pack_mm_for_cpu(
             x2, self.packed, self.group_size, self.scales_and_zeros)
+        if self._pad:
+            y = y[:, : self.out_features]
         y = y.to(x.dtype).reshape(*lead, self.out_features)
         return y if bias is None else y + bias
 
@@ -88,7 +96,7 @@ class Int4PackedWeight:
             eye = torch.cat([eye, eye], dim=1)
         sz = self.scales_and_zeros.float()
         w: torch.Tensor = torch.ops.aten._weight_int4pack_mm_for_cpu(eye, self.packed, self.group_size, sz)
-        return w.t().contiguous()
+        return w.t()[: self.out_features].contiguous()
 
     def nbytes(self) -> int:
         return int(self.packed.numel() * self.packed.element_size()
