@@ -14,7 +14,13 @@ Layouts (ggml-quants.h / gguf-py quants.py):
 In Q4_0/Q4_1 byte i holds value i (low nibble) and value i + 16 (high); in Q4_K each 32-byte run i
 holds sub-block 2i in its low nibbles and 2i + 1 in its high ones. Q5_0/Q5_1 take value i's fifth
 bit from bit i of a little-endian uint32; Q5_K takes sub-block j's from bit j of each of 32 bytes.
-Q6_K (16-value groups with int8 scales) has no form here: the CPU kernel's groups are 32 or more.
+Q6_K  256 values, 210 bytes: 128 bytes of low nibbles, 64 of high bit pairs, 16 int8 sub-scales,
+      d fp16; sub-block j (16 values): x = d * sc_j * (q - 32). The kernel's groups are 32 or more,
+      so each pair of sub-blocks becomes one 32-value group of 8-bit codes on the coarser scale
+      s = d * M / 4, M the pair's sub-scale of larger magnitude (signed): code = round(4 (q - 32)
+      sc_j / M) + 128, clipped to [0, 255]. This is the one type that is requantized: exact where
+      the two sub-scales are equal, otherwise off by at most |s| / 2 (an eighth of the coarser
+      sub-block's step), or |s| for q = 0 where the two sub-scales are opposite (the clip).
 """
 
 from __future__ import annotations
@@ -91,6 +97,23 @@ def _q5_k(blocks: np.ndarray) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
     return codes, scale, offset
 
 
+def _q6_k(blocks: np.ndarray) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    nb = blocks.shape[0]
+    ql = blocks[:, 0:128].reshape(nb, 2, 1, 64) >> np.array([0, 4], dtype=np.uint8).reshape(1, 1, 2, 1)
+    qh = blocks[:, 128:192].reshape(nb, 2, 1, 32) >> np.array([0, 2, 4, 6], dtype=np.uint8).reshape(1, 1, 4, 1)
+    low = (ql & 0x0F).reshape(nb, 2, 4, 32)  # per half of 128: four runs of 32
+    high = (qh & 0x03).reshape(nb, 2, 4, 32)
+    q = (low | (high << 4)).reshape(nb, 16, 16).astype(np.int32) - 32  # [block, sub-block, value]
+    sc = np.ascontiguousarray(blocks[:, 192:208]).view(np.int8).astype(np.int32).reshape(nb, 8, 2)
+    d = _f16(blocks[:, 208:210]).reshape(nb, 1)
+    pick = np.abs(sc).argmax(axis=2)[:, :, None]
+    coarse = np.take_along_axis(sc, pick, axis=2)[:, :, 0]  # signed, [block, group of 32]
+    ratio = np.where(coarse[:, :, None] != 0, 4.0 * sc / np.where(coarse == 0, 1, coarse)[:, :, None], 0.0)
+    codes = np.clip(np.rint(q.reshape(nb, 8, 2, 16) * ratio[:, :, :, None]) + 128, 0, 255)
+    scale = d * coarse.astype(np.float32) / 4
+    return codes.reshape(nb, 256).astype(np.uint8), scale, -128.0 * scale
+
+
 def _q8_0(blocks: np.ndarray) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
     d = _f16(blocks[:, 0:2])
     codes = (np.ascontiguousarray(blocks[:, 2:34]).view(np.int8).astype(np.int16) + 128).astype(np.uint8)
@@ -105,6 +128,7 @@ _DECODERS = {
     "Q5_0": (32, 22, 5, _q5_0),
     "Q5_1": (32, 24, 5, _q5_1),
     "Q5_K": (256, 176, 5, _q5_k),
+    "Q6_K": (256, 210, 8, _q6_k),
     "Q8_0": (32, 34, 8, _q8_0),
 }
 PACKED_TYPES = frozenset(_DECODERS)

@@ -24,8 +24,9 @@ from radixserve.model_loader.gguf_quant import gguf_group_quantized
 pytestmark = pytest.mark.skipif(not hasattr(torch.ops.aten, "_weight_int4pack_mm_for_cpu"),
                                 reason="torch without the CPU int4 ops")
 
-TYPES = ("Q4_0", "Q4_1", "Q4_K", "Q5_0", "Q5_1", "Q5_K", "Q8_0")
-BITS = {"Q5_0": 5, "Q5_1": 5, "Q5_K": 5, "Q8_0": 8}
+EXACT_TYPES = ("Q4_0", "Q4_1", "Q4_K", "Q5_0", "Q5_1", "Q5_K", "Q8_0")
+TYPES = (*EXACT_TYPES, "Q6_K")  # Q6_K is requantized to 8-bit codes on 32-value groups
+BITS = {"Q5_0": 5, "Q5_1": 5, "Q5_K": 5, "Q8_0": 8, "Q6_K": 8}
 # bf16 keeps 8 significant bits (unit roundoff 2^-9 ~= 0.2 %). The packed path rounds the activations,
 # the scales/zeros and its output to bf16: independent errors of ~0.2 % each, so the product lands
 # within ~0.4 % of the float32 result in relative L2 norm (seen: 0.3 %); 1 % leaves room for the
@@ -41,11 +42,14 @@ def gguf_blocks(type_name: str, rows: int, cols: int, seed: int = 0) -> tuple[np
 
     qtype = GGMLQuantizationType[type_name]
     rng = np.random.default_rng(seed)
-    if type_name in ("Q4_K", "Q5_K"):  # the gguf package cannot quantize K-quants: random blocks
+    if type_name in ("Q4_K", "Q5_K", "Q6_K"):  # the gguf package cannot quantize K-quants: random blocks
         nb = rows * cols // 256
-        raw = rng.integers(0, 256, (nb, 144 if type_name == "Q4_K" else 176), dtype=np.uint8)
-        raw[:, 0:4] = np.stack([rng.uniform(0.001, 0.01, nb), rng.uniform(0.001, 0.01, nb)], 1) \
-            .astype(np.float16).view(np.uint8)
+        raw = rng.integers(0, 256, (nb, {"Q4_K": 144, "Q5_K": 176, "Q6_K": 210}[type_name]), dtype=np.uint8)
+        if type_name == "Q6_K":  # int8 sub-scales, then d
+            raw[:, 208:210] = rng.uniform(0.0002, 0.001, (nb, 1)).astype(np.float16).view(np.uint8)
+        else:  # d and dmin, then 6-bit sub-scales
+            raw[:, 0:4] = np.stack([rng.uniform(0.001, 0.01, nb), rng.uniform(0.001, 0.01, nb)], 1) \
+                .astype(np.float16).view(np.uint8)
         raw = raw.reshape(rows, -1)
     else:
         raw = gq.quantize(rng.standard_normal((rows, cols)).astype(np.float32) * 0.05, qtype)
@@ -56,7 +60,7 @@ def rel_err(a: torch.Tensor, b: torch.Tensor) -> float:
     return float((a - b).norm() / b.norm())
 
 
-@pytest.mark.parametrize("type_name", TYPES)
+@pytest.mark.parametrize("type_name", EXACT_TYPES)
 def test_gguf_blocks_decode_to_the_exact_reference(type_name: str) -> None:
     raw, ref = gguf_blocks(type_name, 48, 512)
     q = gguf_group_quantized(raw, type_name, 48, 512)
@@ -82,6 +86,24 @@ def test_packed_matmul_matches_dequantized(type_name: str, batch: int) -> None:
     torch.testing.assert_close(packed.apply(x, bias), y + bias)
     halves = 2 if type_name in BITS else 1  # codes over 4 bits: a high and a low nibble
     assert packed.nbytes() == halves * (96 * 512 // 2 + (512 // 32) * 96 * 2 * 2)  # nibbles + bf16 (scale, zero)
+
+
+def test_q6_k_requantizes_within_its_stated_bound() -> None:
+    raw, ref = gguf_blocks("Q6_K", 64, 512)
+    # Block 0's eight pairs of sub-scales: equal pairs must come out exact.
+    raw.reshape(-1, 210)[0, 192:208] = np.array([5, 5, -7, -7, 3, 3, 100, 100, 1, 1, 2, 2, 9, 9, 127, 127],
+                                                np.int8).view(np.uint8)
+    from gguf import GGMLQuantizationType
+    from gguf.quants import dequantize
+
+    ref = torch.from_numpy(np.asarray(dequantize(raw, GGMLQuantizationType.Q6_K), np.float32).reshape(64, 512))
+    q = gguf_group_quantized(raw, "Q6_K", 64, 512)
+    assert q.bits == 8 and q.group_size == 32 and q.source == "Q6_K"
+    err = (q.dequantize() - ref).abs()
+    step = q.scale.abs().repeat_interleave(32, 1)  # s: a quarter of the coarser sub-block's step
+    assert torch.equal(err[0, :256], torch.zeros(256))
+    assert bool((err <= step * (1 + 1e-6)).all())  # |s| at most (the clip), |s| / 2 otherwise
+    assert float((err > step / 2 * (1 + 1e-6)).float().mean()) < 1e-3
 
 
 @pytest.mark.parametrize("type_name", ["Q8_0", "Q5_0"])
@@ -191,8 +213,8 @@ def test_row_slice_that_splits_a_group_is_refused() -> None:
 
 
 def test_unpackable_types_are_named() -> None:
-    with pytest.raises(UnsupportedQuantizationError, match=r"GGUF Q6_K has no packed form"):
-        gguf_group_quantized(np.zeros((4, 210), np.uint8), "Q6_K", 4, 256)
+    with pytest.raises(UnsupportedQuantizationError, match=r"GGUF Q3_K has no packed form"):
+        gguf_group_quantized(np.zeros((4, 110), np.uint8), "Q3_K", 4, 256)
     odd = GroupQuantized(torch.zeros(4, 48, dtype=torch.uint8), torch.ones(4, 3), torch.zeros(4, 3), 16, 4, "X")
     with pytest.raises(UnsupportedQuantizationError, match=r"X: 4-bit codes in groups of 16"):
         Int4PackedWeight(odd)

@@ -46,26 +46,30 @@ CONFIG: Any = SimpleNamespace(architecture="LlamaForCausalLM", num_attention_hea
 def test_plan_packs_whole_fused_groups_and_says_why_not() -> None:
     reader = SimpleNamespace(tensors=[
         _tensor("token_embd.weight", "Q8_0", 64, 32),
-        _tensor("blk.0.attn_q.weight", "Q4_K", 256, 256),
+        _tensor("blk.0.attn_q.weight", "Q4_K", 256, 256),  # layer 0 as in Q4_K_M files
         _tensor("blk.0.attn_k.weight", "Q4_K", 128, 256),
-        _tensor("blk.0.attn_v.weight", "Q6_K", 128, 256),  # as in Q4_K_M files
+        _tensor("blk.0.attn_v.weight", "Q6_K", 128, 256),
         _tensor("blk.0.attn_output.weight", "Q4_K", 256, 256),
         _tensor("blk.0.ffn_gate.weight", "Q4_0", 64, 256),
         _tensor("blk.0.ffn_up.weight", "Q4_1", 64, 256),
         _tensor("blk.0.ffn_down.weight", "Q5_K", 256, 256),
+        _tensor("blk.1.attn_q.weight", "Q4_K", 256, 256),
+        _tensor("blk.1.attn_k.weight", "Q4_K", 128, 256),
+        _tensor("blk.1.attn_v.weight", "Q3_K", 128, 256),  # no packed form
     ])
     reasons = plan_packing(reader)
     assert reasons["token_embd.weight"] == "not a linear layer (the embedding's lookup table stays float)"
-    assert reasons["blk.0.attn_q.weight"] == reasons["blk.0.attn_k.weight"] == \
-        "fused with ['Q6_K'] tensors that are not packed"
-    assert reasons["blk.0.attn_v.weight"] == "Q6_K has no packed kernel yet"
-    assert reasons["blk.0.ffn_down.weight"] is None
-    assert reasons["blk.0.attn_output.weight"] is None
-    assert reasons["blk.0.ffn_gate.weight"] is reasons["blk.0.ffn_up.weight"] is None  # mixed 4-bit types fuse
+    assert all(reasons[f"blk.0.{n}.weight"] is None  # mixed types fuse: Q4_K q/k with Q6_K v, Q4_0 with Q4_1
+               for n in ("attn_q", "attn_k", "attn_v", "attn_output", "ffn_gate", "ffn_up", "ffn_down"))
+    assert reasons["blk.1.attn_q.weight"] == reasons["blk.1.attn_k.weight"] == \
+        "fused with ['Q3_K'] tensors that are not packed"
+    assert reasons["blk.1.attn_v.weight"] == "Q3_K has no packed kernel yet"
     out = dict(iter_gguf_weights(reader, CONFIG, pack=True))
     assert isinstance(out["model.layers.0.self_attn.o_proj.weight"], GroupQuantized)
     assert isinstance(out["model.layers.0.mlp.up_proj.weight"], GroupQuantized)
-    assert isinstance(out["model.layers.0.self_attn.q_proj.weight"], torch.Tensor)
+    assert isinstance(out["model.layers.1.self_attn.q_proj.weight"], torch.Tensor)
+    v = out["model.layers.0.self_attn.v_proj.weight"]
+    assert isinstance(v, GroupQuantized) and v.bits == 8 and v.source == "Q6_K"
     down = out["model.layers.0.mlp.down_proj.weight"]
     assert isinstance(down, GroupQuantized) and down.bits == 5 and down.shape == (256, 256)
     # A tied head comes packed from the embedding's Q8_0 codes, the embedding itself as float.
