@@ -269,9 +269,10 @@ def build_parser() -> argparse.ArgumentParser:
     ap.add_argument("--kv-cache-dtype", default=None, choices=["auto", "fp8_e4m3"],
                     help="fp8_e4m3: the Engine's KV cache in e4m3 (twice the tokens per byte); the roofline "
                          "counts KV reads at 1 byte per element.")
-    ap.add_argument("--quantization", default=None, choices=["fp8"],
+    ap.add_argument("--quantization", default=None, choices=["fp8", "int4"],
                     help="fp8: the Engine quantizes the linear layers to FP8 at load (W8A8); the roofline counts "
-                         "their weights at 1 byte and their FLOPs at the measured FP8 matmul rate.")
+                         "their weights at 1 byte and their FLOPs at the measured FP8 matmul rate. int4: 4-bit "
+                         "weight-only groups of 32 (W4A16); weights at 0.625 bytes, FLOPs at the bf16 rate.")
     ap.add_argument("--mem-fraction-static", type=float, default=None,
                     help="GPU memory fraction for weights plus KV pool (when --max-total-tokens is not given).")
     ap.add_argument("--cuda-graph-max-bs", type=int, default=None, help="Largest decode batch replayed as a CUDA graph.")
@@ -515,7 +516,8 @@ def main(argv: list[str] | None = None) -> int:
     cfg = model_config(engine)
     dtype_bytes = _dtype_of(info["dtype"]).itemsize
     cost = rl.ModelCost.from_config(cfg, dtype_bytes, fp8_linears=args.quantization == "fp8",
-                                    kv_dtype_bytes=1 if args.kv_cache_dtype == "fp8_e4m3" else None)
+                                    kv_dtype_bytes=1 if args.kv_cache_dtype == "fp8_e4m3" else None,
+                                    int4_linears=args.quantization == "int4")
     # Random ids stay in the base vocabulary: added/special tokens sit above it.
     vocab_hi = min(cfg.vocab_size, getattr(engine.tokenizer, "vocab_size", None) or len(engine.tokenizer))
     machine = machine_info(("torch", "transformers", "triton", "radixserve"))

@@ -168,10 +168,11 @@ class ModelCost:
 
     @classmethod
     def from_config(cls, cfg: ModelConfig, dtype_bytes: int, fp8_linears: bool = False,
-                    kv_dtype_bytes: int | None = None) -> ModelCost:
+                    kv_dtype_bytes: int | None = None, int4_linears: bool = False) -> ModelCost:
         """With `fp8_linears` the decoder's linear weights count 1 byte each plus a float32 scale per output
-        row; the embedding, the LM head and the norms stay in `dtype_bytes`. `kv_dtype_bytes`: bytes per
-        KV element when the cache has its own dtype (1 for --kv-cache-dtype fp8_e4m3)."""
+        row; with `int4_linears` (W4A16, --quantization int4) half a byte each plus an fp16 scale and
+        zero per 32; the embedding, the LM head and the norms stay in `dtype_bytes`. `kv_dtype_bytes`:
+        bytes per KV element when the cache has its own dtype (1 for --kv-cache-dtype fp8_e4m3)."""
         h, hd = cfg.hidden_size, cfg.head_dim
         q_dim, kv_dim = cfg.num_attention_heads * hd, cfg.num_key_value_heads * hd
         attn = h * q_dim + 2 * h * kv_dim + q_dim * h
@@ -186,11 +187,13 @@ class ModelCost:
         lm_head = h * cfg.vocab_size
         norms = cfg.num_hidden_layers * 2 * h + h + (cfg.num_hidden_layers * 2 * hd if cfg.qk_norm else 0)
         biases = cfg.num_hidden_layers * (q_dim + 2 * kv_dim) if cfg.attention_bias else 0
+        if (fp8_linears or int4_linears) and moe_layers:
+            raise ValueError("quantized linears with mixture-of-experts layers are not modelled (experts stay bf16)")
         if fp8_linears:
-            if moe_layers:
-                raise ValueError("FP8 linears with mixture-of-experts layers are not modelled (experts stay bf16)")
             rows = cfg.num_hidden_layers * (q_dim + 2 * kv_dim + h + 3 * cfg.intermediate_size)
             weight_bytes = layer_params + 4 * rows + (lm_head + norms + biases) * dtype_bytes
+        elif int4_linears:
+            weight_bytes = layer_params // 2 + layer_params // 32 * 4 + (lm_head + norms + biases) * dtype_bytes
         else:
             weight_bytes = (resident + lm_head + norms + biases) * dtype_bytes
         return cls(layers=cfg.num_hidden_layers, q_dim=q_dim, layer_matmul_params=layer_params,

@@ -14,7 +14,7 @@ from typing import Any
 
 SCHEDULE_POLICIES = ("lpm", "fcfs")
 SAMPLING_DEFAULTS = ("model", "openai")
-QUANTIZATIONS = ("fp8",)
+QUANTIZATIONS = ("fp8", "int4")
 KV_CACHE_DTYPES = ("auto", "fp8_e4m3")
 LOAD_FORMATS = ("auto", "gguf", "safetensors", "dummy")
 DTYPES = ("auto", "float32", "bfloat16", "float16")
@@ -64,13 +64,15 @@ class ServerArgs:
     device: str = field(default="auto", metadata=_help(
         "Device to run on: auto picks cuda when available.", choices=DEVICES))
     gguf_dequantize: bool = field(default=False, metadata=_help(
-        "GGUF on CPU: expand every quantized tensor to --dtype (the reference path) instead of keeping the "
-        "Q4_0/Q4_1/Q4_K linear weights packed as int4 (docs/quantization.md). On CUDA GGUF is always "
-        "dequantized."))
+        "GGUF: expand every quantized tensor to --dtype (the reference path) instead of keeping the linear "
+        "weights and the LM head packed (Q4_0/Q4_1/Q4_K/Q5_0/Q5_1/Q5_K/Q6_K/Q8_0; CPU: torch's int4 op, CUDA: "
+        "a Triton W4A16 kernel; docs/quantization.md)."))
     quantization: str | None = field(default=None, metadata=_help(
         "fp8: quantize the linear layers' float weights to FP8 (e4m3, one scale per output channel) at load "
-        "time and run them as W8A8 with per-token activation scales. FP8 checkpoints (compressed-tensors, "
-        "fbgemm_fp8, fp8) are detected from their config.json without this flag (docs/quantization.md).",
+        "time and run them as W8A8 with per-token activation scales. int4: 4-bit weight-only, a scale and "
+        "offset per 32 input columns, run by the packed kernels GGUF uses (CPU int4 op, CUDA Triton). FP8 "
+        "checkpoints (compressed-tensors, fbgemm_fp8, fp8) are detected from their config.json without this "
+        "flag (docs/quantization.md).",
         choices=QUANTIZATIONS))
     kv_cache_dtype: str = field(default="auto", metadata=_help(
         "KV cache element type: auto (the model's dtype) or fp8_e4m3 (one byte per element, twice the tokens "

@@ -160,14 +160,19 @@ class ModelRunner:
 
             n = quantize_linears_fp8(model)
             logger.info("--quantization fp8: %d linear layers quantized to FP8 at load", n)
+        elif self.server_args.quantization == "int4":
+            from radixserve.layers.quantization.online import quantize_linears_int4
+
+            n = quantize_linears_int4(model)
+            logger.info("--quantization int4: %d linear layers quantized to 4-bit groups of 32 at load", n)
         model.eval()
         logger.info("loaded %s (%s) in %.1fs on %s as %s", self.source.name, self.config.architecture,
                     time.monotonic() - start, self.device, self.dtype)
         return model
 
     def _pack_quantized(self) -> bool:
-        """FP8 checkpoints stay FP8 (W8A8 on CUDA, the float32 reference on CPU). GGUF's 4-bit linear
-        weights stay packed (CPU int4 kernel) unless told not to or not on CPU."""
+        """FP8 checkpoints stay FP8 (W8A8 on CUDA, the float32 reference on CPU). GGUF's quantized linear
+        weights stay packed (CPU: torch's int4 op; CUDA: the Triton W4A16 kernel) unless told not to."""
         if self.source.fp8 is not None:
             logger.info("%s checkpoint: linear weights stay FP8%s", self.source.fp8.describe(),
                         "; its static input scales are ignored (dynamic per-token activations)"
@@ -178,8 +183,10 @@ class ModelRunner:
         if self.server_args.gguf_dequantize:
             logger.info("GGUF: --gguf-dequantize: every quantized tensor is expanded to %s", self.dtype)
             return False
+        if self.device.type == "cuda":
+            return True
         if self.device.type != "cpu":
-            logger.info("GGUF on %s: quantized tensors are expanded to %s (the packed int4 kernel is CPU-only)",
+            logger.info("GGUF on %s: quantized tensors are expanded to %s (packed kernels: CPU and CUDA)",
                         self.device.type, self.dtype)
             return False
         if not int4_cpu_available():

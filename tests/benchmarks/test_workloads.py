@@ -159,6 +159,10 @@ def test_model_cost_of_tiny_config() -> None:
     # 3 new tokens after 2 cached attend 3*2 + 6 = 12 positions
     assert cost.prefill_flops(3, cached=2) == 6912 + 512 + 4 * 2 * 8 * 12
     assert cost.decode_step_bytes([4, 5]) == 2896 + 32 * 9
+    # --quantization int4: the 1152 layer weights at half a byte plus an fp16 scale and zero per 32
+    # (576 + 36 x 4 = 720 bytes); head and norms stay bf16.
+    int4 = rl.ModelCost.from_config(TINY, dtype_bytes=2, int4_linears=True)
+    assert int4.weight_bytes == 720 + (256 + 40) * 2
 
 
 def test_workload_bound_by_hand() -> None:

@@ -218,3 +218,28 @@ def test_unpackable_types_are_named() -> None:
     odd = GroupQuantized(torch.zeros(4, 48, dtype=torch.uint8), torch.ones(4, 3), torch.zeros(4, 3), 16, 4, "X")
     with pytest.raises(UnsupportedQuantizationError, match=r"X: 4-bit codes in groups of 16"):
         Int4PackedWeight(odd)
+
+
+def test_online_int4_rounds_to_nearest_and_packs_every_linear() -> None:
+    from radixserve.layers.quantization.online import quantize_group_int4, quantize_linears_int4
+
+    gen = torch.Generator().manual_seed(3)
+    w = torch.randn(48, 256, generator=gen) * 0.05
+    q = quantize_group_int4(w)
+    assert q.bits == 4 and q.group_size == 32 and int(q.codes.max()) <= 15
+    # Round to nearest on 15 steps between each group's min and max: off by at most half a step.
+    step = q.scale.repeat_interleave(32, 1)
+    assert bool(((q.dequantize() - w).abs() <= step / 2 + 1e-6).all())
+
+    col, row, odd = ColumnParallelLinear(256, 48), RowParallelLinear(64, 256), RowParallelLinear(40, 16)
+    with torch.no_grad():
+        for m in (col, row, odd):
+            m.weight.copy_(torch.randn(tuple(m.weight.shape), generator=gen) * 0.05)
+    col_ref = quantize_group_int4(col.weight.data).dequantize()
+    model = torch.nn.ModuleList([col, row, odd])
+    assert quantize_linears_int4(model) == 2  # 40 input columns are not whole groups: `odd` stays dense
+    assert odd.quant is None and odd.weight.shape == (16, 40)
+    assert col.quant is not None and row.quant is not None
+    assert col.weight.numel() == 0
+    x = torch.randn(5, 256, generator=gen)
+    assert rel_err(col(x), x @ col_ref.T) < REL_TOL

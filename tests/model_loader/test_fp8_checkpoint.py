@@ -55,12 +55,12 @@ def _top_logprobs(model: Path, **engine_args: Any) -> list[dict[int, float]]:
     return [{tok: lp for lp, tok in out["meta_info"]["output_top_logprobs"][0]} for out in outs]
 
 
-def _assert_close(got: list[dict[int, float]], want: list[dict[int, float]]) -> None:
+def _assert_close(got: list[dict[int, float]], want: list[dict[int, float]], tol: float = LOGPROB_TOL) -> None:
     for g, w in zip(got, want, strict=True):
         common = set(g) & set(w)
         assert len(common) >= TOP // 2, (g, w)
         worst = max(abs(g[t] - w[t]) for t in common)
-        assert worst <= LOGPROB_TOL, (worst, g, w)
+        assert worst <= tol, (worst, g, w)
 
 
 @pytest.mark.parametrize("layout", sorted(LAYOUTS))
@@ -101,3 +101,22 @@ def test_other_quantization_methods_are_refused_by_name(float_model: Path, tmp_p
     (awq / "config.json").write_text(json.dumps(cfg))
     with pytest.raises(UnsupportedModelError, match=r"quantization method 'awq' is not supported"):
         Engine(model_path=str(awq), log_level="warning")
+
+
+def test_quantization_int4_at_load_matches_its_dequantized_twin(float_model: Path, tmp_path: Path) -> None:
+    # The twin holds the 4-bit weights expanded back to float: the int4 engine differs from it only by
+    # the packed kernel's bf16 activations, scales and output (the weights' own rounding is the same).
+    # Seen: 0.025 nats at most, 9 of the top 10 shared (the float original: 0.36 nats, 2 of 10).
+    from safetensors.torch import load_file, save_file
+
+    from radixserve.layers.quantization.online import quantize_group_int4
+
+    twin = tmp_path / "int4-twin"
+    shutil.copytree(float_model, twin)
+    for f in twin.glob("*.safetensors"):
+        tensors = load_file(f)
+        for name, t in tensors.items():
+            if any(f"{p}.weight" in name for p in LINEARS):
+                tensors[name] = quantize_group_int4(t).dequantize().to(t.dtype)
+        save_file(tensors, f)
+    _assert_close(_top_logprobs(float_model, quantization="int4"), _top_logprobs(twin), tol=0.1)

@@ -23,7 +23,7 @@ from __future__ import annotations
 
 import torch
 
-from radixserve.layers.quantization.base import GroupQuantized, UnsupportedQuantizationError
+from radixserve.layers.quantization.base import GroupQuantized, QuantMethod, UnsupportedQuantizationError
 
 GROUP_SIZES = (32, 64, 128, 256)
 COMPUTE_DTYPE = torch.bfloat16
@@ -103,10 +103,15 @@ class Int4PackedWeight:
                    + self.scales_and_zeros.numel() * self.scales_and_zeros.element_size())
 
 
-def pack_for_device(w: GroupQuantized, device: torch.device) -> Int4PackedWeight:
-    """The packed method for `w` on `device`; raises UnsupportedQuantizationError where there is none."""
+def pack_for_device(w: GroupQuantized, device: torch.device) -> QuantMethod:
+    """The packed method for `w` on `device` (CPU: torch's int4 op; CUDA: the Triton kernel);
+    raises UnsupportedQuantizationError where there is none."""
+    if device.type == "cuda":
+        from radixserve.layers.quantization.int4_gpu import Int4TritonWeight
+
+        return Int4TritonWeight(w, device)
     if device.type != "cpu":
-        raise UnsupportedQuantizationError(f"{w.source}: no packed kernel on {device.type} yet")
+        raise UnsupportedQuantizationError(f"{w.source}: no packed kernel on {device.type}")
     if not int4_cpu_available():
         raise UnsupportedQuantizationError(f"{w.source}: this torch ({torch.__version__}) lacks the CPU int4 ops")
     return Int4PackedWeight(w)
