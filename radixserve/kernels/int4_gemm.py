@@ -84,9 +84,10 @@ def _tiles(m: int, n: int) -> tuple[int, int, int, int]:
 
 
 def int4_group_gemm(x: torch.Tensor, packed: torch.Tensor, scale: torch.Tensor, zero: torch.Tensor,
-                    same_x: bool) -> torch.Tensor:
+                    same_x: bool, tiles: tuple[int, int, int, int] | None = None) -> torch.Tensor:
     """x [M, K] (bf16/fp16), packed uint8 [N, KH], scale/zero fp16 [N, 2 KH / 32] -> [M, N] in x's dtype.
-    K = 2 KH, or K = KH with `same_x` (codes split into two nibbles of the same column)."""
+    K = 2 KH, or K = KH with `same_x` (codes split into two nibbles of the same column). `tiles`
+    (BLOCK_M, BLOCK_N, warps, stages) overrides the choice by row count (benchmarks sweep it)."""
     m, k = x.shape
     n, kh = packed.shape
     if k != (kh if same_x else 2 * kh) or scale.shape != (n, 2 * kh // GROUP) or zero.shape != scale.shape:
@@ -97,7 +98,7 @@ def int4_group_gemm(x: torch.Tensor, packed: torch.Tensor, scale: torch.Tensor, 
     c = torch.empty(m, n, dtype=x.dtype, device=x.device)
     if m == 0:
         return c
-    bm, bn, warps, stages = _tiles(m, n)
+    bm, bn, warps, stages = tiles or _tiles(m, n)
     grid = (triton.cdiv(m, bm), triton.cdiv(n, bn))
     _int4_gemm_kernel[grid](x, packed, scale, zero, c, m, n, kh, x.stride(0), packed.stride(0), scale.stride(0),
                             c.stride(0), SAME_X=same_x, BLOCK_M=bm, BLOCK_N=bn, BLOCK_K=block_k_for(kh),
