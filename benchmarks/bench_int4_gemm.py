@@ -34,8 +34,13 @@ from tests.kernels.int4_cases import random_group_quantized
 SHAPES = {"qkv": (6144, 4096), "o": (4096, 4096), "gate_up": (28672, 4096), "down": (4096, 14336)}
 ROWS = (1, 16, 64, 256, 1024)
 # Tiles tried beside the default: narrow ones for decode row counts, square ones for prefill.
-SWEEP_FEW_ROWS = ((16, 32, 4, 4), (16, 64, 4, 4), (16, 32, 4, 6), (16, 16, 2, 4), (16, 64, 8, 3), (16, 128, 4, 3))
-SWEEP_MANY_ROWS = ((64, 64, 4, 3), (64, 128, 4, 3), (128, 64, 4, 3), (128, 128, 8, 3), (128, 256, 8, 3))
+# (BLOCK_M, BLOCK_N, BLOCK_K bytes, warps, stages); BLOCK_M 1: the GEMV kernel.
+SWEEP_ONE_ROW = ((1, 16, 256, 4, 4), (1, 32, 128, 4, 4), (1, 8, 512, 4, 4), (1, 16, 128, 2, 4), (1, 32, 256, 8, 3),
+                 (1, 64, 128, 4, 3), (1, 16, 512, 8, 3), (16, 32, 128, 4, 4))
+SWEEP_FEW_ROWS = ((16, 32, 128, 4, 4), (16, 64, 64, 4, 4), (16, 32, 64, 4, 6), (16, 16, 128, 2, 4),
+                  (16, 64, 128, 8, 3))
+SWEEP_MANY_ROWS = ((64, 64, 64, 4, 3), (64, 128, 64, 4, 3), (128, 64, 64, 4, 3), (128, 128, 64, 8, 3),
+                   (128, 128, 32, 8, 4))
 
 
 def _measure(name: str, w: Int4TritonWeight, m: int, bits: int, rates: rl.DeviceRates) -> dict[str, Any]:
@@ -51,7 +56,8 @@ def _measure(name: str, w: Int4TritonWeight, m: int, bits: int, rates: rl.Device
     entry: dict[str, Any] = {"shape": name, "n": n, "k": k, "m": m, "bits": bits,
                              "bf16": {"us": round(bf16_s * 1e6, 2), "of_bound": round(bound(2 * n * k) / bf16_s, 3)}}
     variants: dict[str, float] = {}
-    for tiles in (None, *(SWEEP_FEW_ROWS if m <= 16 else SWEEP_MANY_ROWS)):
+    sweep = SWEEP_ONE_ROW if m == 1 else SWEEP_FEW_ROWS if m <= 16 else SWEEP_MANY_ROWS
+    for tiles in (None, *sweep):
         label = "default" if tiles is None else "x".join(map(str, tiles))
         try:
             variants[label] = _time(lambda t=tiles: int4_group_gemm(x, w.packed, w.scale, w.zero, w.split, t))
@@ -59,9 +65,11 @@ def _measure(name: str, w: Int4TritonWeight, m: int, bits: int, rates: rl.Device
             entry.setdefault("failed", {})[label] = str(e)[:120]
     swept = {k2: v for k2, v in variants.items() if k2 != "default"}
     best_label = min(swept, key=lambda k2: swept[k2]) if swept else None
+    if "default" not in variants:
+        raise RuntimeError(f"{name} m={m}: the default tiles failed: {entry['failed']['default']}")
     default_s = variants["default"]
     entry["int4"] = {"us": round(default_s * 1e6, 2), "of_bound": round(bound(w.nbytes()) / default_s, 3),
-                     "default_tiles": "x".join(map(str, _tiles(m, n))),
+                     "default_tiles": "x".join(map(str, _tiles(m, n, w.packed.shape[1]))),
                      "best_us": round(swept[best_label] * 1e6, 2) if best_label else None, "best_tiles": best_label,
                      "sweep_us": {k2: round(v * 1e6, 2) for k2, v in variants.items()}}
     entry["int4_vs_bf16_speedup"] = round(bf16_s / default_s, 3)

@@ -19,7 +19,7 @@ gen = torch.Generator().manual_seed(int(sys.argv[2]))
 # (rows, N, K, bits): decode and masked rows, N off the tile, K steps of 128/64/32 bytes,
 # 4-bit codes and split 5- and 8-bit ones. fp16 activations: Triton 3.6's interpreter converts
 # float32 to bf16 wrongly inside a kernel (the GPU run checks bf16).
-check_int4_gemm("cpu", gen, [(1, 96, 256, 4), (19, 40, 192, 5), (3, 64, 64, 8), (2, 48, 64, 4)],
+check_int4_gemm("cpu", gen, [(1, 96, 256, 4), (19, 40, 192, 5), (3, 64, 64, 8), (2, 48, 64, 4), (1, 40, 96, 8)],
                 torch.float16)
 print("interpreter ok")
 """
