@@ -34,13 +34,11 @@ from tests.kernels.int4_cases import random_group_quantized
 SHAPES = {"qkv": (6144, 4096), "o": (4096, 4096), "gate_up": (28672, 4096), "down": (4096, 14336)}
 ROWS = (1, 16, 64, 256, 1024)
 # Tiles tried beside the default: narrow ones for decode row counts, square ones for prefill.
-# (BLOCK_M, BLOCK_N, BLOCK_K bytes, warps, stages); BLOCK_M 1: the GEMV kernel.
-SWEEP_ONE_ROW = ((1, 16, 256, 4, 4), (1, 32, 128, 4, 4), (1, 8, 512, 4, 4), (1, 16, 128, 2, 4), (1, 32, 256, 8, 3),
-                 (1, 64, 128, 4, 3), (1, 16, 512, 8, 3), (16, 32, 128, 4, 4))
-SWEEP_FEW_ROWS = ((16, 32, 128, 4, 4), (16, 64, 64, 4, 4), (16, 32, 64, 4, 6), (16, 16, 128, 2, 4),
-                  (16, 64, 128, 8, 3))
-SWEEP_MANY_ROWS = ((64, 64, 64, 4, 3), (64, 128, 64, 4, 3), (128, 64, 64, 4, 3), (128, 128, 64, 8, 3),
-                   (128, 128, 32, 8, 4))
+# (BLOCK_M, BLOCK_N, groups of 32 bytes per K step, warps, stages); BLOCK_M 1: the GEMV path.
+SWEEP_ONE_ROW = ((1, 64, 4, 4, 3), (1, 32, 4, 4, 3), (1, 128, 2, 4, 3), (1, 64, 8, 8, 2), (1, 32, 8, 4, 4),
+                 (1, 16, 8, 2, 4))
+SWEEP_FEW_ROWS = ((16, 32, 4, 4, 3), (16, 64, 4, 4, 3), (16, 64, 2, 4, 4), (16, 128, 2, 8, 3))
+SWEEP_MANY_ROWS = ((64, 64, 2, 4, 3), (64, 128, 2, 4, 3), (128, 128, 2, 8, 3), (128, 64, 4, 4, 3))
 
 
 def _measure(name: str, w: Int4TritonWeight, m: int, bits: int, rates: rl.DeviceRates) -> dict[str, Any]:

@@ -5,7 +5,8 @@ Layout (made once at load by `Int4TritonWeight`): a weight of `C` code columns (
 up to 4 bits; C = 2K for wider codes split into a high and a low nibble, see
 layers/quantization/int4_cpu.py) is stored as bytes [N, C / 2] in which byte b holds code column b in
 its low nibble and code column C / 2 + b in its high one, with fp16 scale and zero per 32 code
-columns, [N, C / 32] each: w = code * scale + zero. One step of the K loop reads BLOCK_K bytes of
+columns, stored transposed ([C / 32, N], so a group's values for consecutive rows are contiguous):
+w = code * scale + zero. One step of the K loop reads BLOCK_K bytes of
 each of BLOCK_N rows, which is 2 BLOCK_K columns: the low nibbles pair with X[:, k0 : k0 + BLOCK_K]
 and the high ones with X[:, C / 2 + k0 : ...], or, for split codes (SAME_X), with the same slice
 of X again, so [x, x] is never materialised. One row (batch-1 decode) runs a GEMV kernel on the
@@ -23,101 +24,86 @@ GROUP = 32
 
 
 @triton.jit
-def _dequant_tile(W, S, Z, offs_n, mask_n, k0, KH, stride_wn, stride_sn, BLOCK_K: tl.constexpr,
-                  GROUP_SIZE: tl.constexpr):
-    """Bytes [BLOCK_N, BLOCK_K] from byte column k0 -> (low-nibble weights, high-nibble weights) in
-    float32. Scales and zeros are loaded per column (cache hits after the first of each group),
-    which keeps every tile two-dimensional: no reshapes, no layout conversions."""
-    offs_k = k0 + tl.arange(0, BLOCK_K)
-    b = tl.load(W + offs_n[:, None] * stride_wn + offs_k[None, :], mask=mask_n[:, None], other=0)
-    g = offs_n[:, None] * stride_sn + (offs_k // GROUP_SIZE)[None, :]
-    hi_g = g + KH // GROUP_SIZE
-    s_lo = tl.load(S + g, mask=mask_n[:, None], other=0.0).to(tl.float32)
-    z_lo = tl.load(Z + g, mask=mask_n[:, None], other=0.0).to(tl.float32)
-    s_hi = tl.load(S + hi_g, mask=mask_n[:, None], other=0.0).to(tl.float32)
-    z_hi = tl.load(Z + hi_g, mask=mask_n[:, None], other=0.0).to(tl.float32)
-    w_lo = (b & 0xF).to(tl.float32) * s_lo + z_lo
-    w_hi = (b >> 4).to(tl.float32) * s_hi + z_hi
-    return w_lo, w_hi
-
-
-@triton.jit
-def _int4_gemv_kernel(X, W, S, Z, C, N, KH, stride_wn, stride_sn, SAME_X: tl.constexpr, BLOCK_N: tl.constexpr,
-                      BLOCK_K: tl.constexpr, GROUP_SIZE: tl.constexpr):
-    """One row of X (batch-1 decode): a weight read with multiply-adds on the CUDA cores; a tensor-core
-    tile would be 15/16 padding."""
-    pid_n = tl.program_id(0)
-    offs_n = pid_n * BLOCK_N + tl.arange(0, BLOCK_N)
-    mask_n = offs_n < N
-    acc = tl.zeros((BLOCK_N,), dtype=tl.float32)
-    for k0 in range(0, KH, BLOCK_K):
-        w_lo, w_hi = _dequant_tile(W, S, Z, offs_n, mask_n, k0, KH, stride_wn, stride_sn, BLOCK_K, GROUP_SIZE)
-        offs_k = k0 + tl.arange(0, BLOCK_K)
-        x_lo = tl.load(X + offs_k).to(tl.float32)
-        x_hi = x_lo if SAME_X else tl.load(X + KH + offs_k).to(tl.float32)
-        acc += tl.sum(w_lo * x_lo[None, :] + w_hi * x_hi[None, :], axis=1)
-    tl.store(C + offs_n, acc.to(C.dtype.element_ty), mask=mask_n)
-
-
-@triton.jit
-def _int4_gemm_kernel(X, W, S, Z, C, M, N, KH, stride_xm, stride_wn, stride_sn, stride_cm,
-                      SAME_X: tl.constexpr, BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr, BLOCK_K: tl.constexpr,
-                      GROUP_SIZE: tl.constexpr):
+def _int4_gemm_kernel(X, W, S, Z, C, M, N, KH, stride_xm, stride_wn, stride_cm, SAME_X: tl.constexpr,
+                      GEMV: tl.constexpr, BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr,
+                      GROUPS_PER_STEP: tl.constexpr, GROUP_SIZE: tl.constexpr):
+    """Each inner step takes one group of 32 bytes per row, so its scales and zeros are one value per
+    row ([BLOCK_N], contiguous in the transposed [groups, N] layout) broadcast over the group: no
+    reshapes. GEMV (one row of X, batch-1 decode): multiply-adds on the CUDA cores, since a tensor-core
+    tile would be 15/16 padding; otherwise the dequantized tile goes to tensor-core dots."""
     pid_m = tl.program_id(0)
     pid_n = tl.program_id(1)
     offs_m = pid_m * BLOCK_M + tl.arange(0, BLOCK_M)
     offs_n = pid_n * BLOCK_N + tl.arange(0, BLOCK_N)
+    offs_j = tl.arange(0, GROUP_SIZE)
     mask_m = offs_m < M
     mask_n = offs_n < N
-    acc = tl.zeros((BLOCK_M, BLOCK_N), dtype=tl.float32)
-    for k0 in range(0, KH, BLOCK_K):
-        # KH is a multiple of BLOCK_K (the caller checks): only rows and columns need masks.
-        w_lo, w_hi = _dequant_tile(W, S, Z, offs_n, mask_n, k0, KH, stride_wn, stride_sn, BLOCK_K, GROUP_SIZE)
-        x_ptrs = X + offs_m[:, None] * stride_xm + (k0 + tl.arange(0, BLOCK_K))[None, :]
-        x_lo = tl.load(x_ptrs, mask=mask_m[:, None], other=0.0)
-        x_hi = x_lo if SAME_X else tl.load(x_ptrs + KH, mask=mask_m[:, None], other=0.0)
-        acc += tl.dot(x_lo, tl.trans(w_lo.to(x_lo.dtype)))
-        acc += tl.dot(x_hi, tl.trans(w_hi.to(x_hi.dtype)))
-    c_ptrs = C + offs_m[:, None] * stride_cm + offs_n[None, :]
-    tl.store(c_ptrs, acc.to(C.dtype.element_ty), mask=mask_m[:, None] & mask_n[None, :])
+    hi_groups = (KH // GROUP_SIZE) * N  # the high nibbles' scales start this far into S and Z
+    if GEMV:
+        acc_v = tl.zeros((BLOCK_N,), dtype=tl.float32)
+    else:
+        acc = tl.zeros((BLOCK_M, BLOCK_N), dtype=tl.float32)
+    for k0 in range(0, KH, GROUP_SIZE * GROUPS_PER_STEP):
+        for gi in tl.static_range(GROUPS_PER_STEP):
+            kb = k0 + gi * GROUP_SIZE
+            sz = (kb // GROUP_SIZE) * N + offs_n
+            b = tl.load(W + offs_n[:, None] * stride_wn + (kb + offs_j)[None, :], mask=mask_n[:, None], other=0)
+            s_lo = tl.load(S + sz, mask=mask_n, other=0.0).to(tl.float32)
+            z_lo = tl.load(Z + sz, mask=mask_n, other=0.0).to(tl.float32)
+            s_hi = tl.load(S + hi_groups + sz, mask=mask_n, other=0.0).to(tl.float32)
+            z_hi = tl.load(Z + hi_groups + sz, mask=mask_n, other=0.0).to(tl.float32)
+            w_lo = (b & 0xF).to(tl.float32) * s_lo[:, None] + z_lo[:, None]
+            w_hi = (b >> 4).to(tl.float32) * s_hi[:, None] + z_hi[:, None]
+            if GEMV:
+                x_lo = tl.load(X + kb + offs_j).to(tl.float32)
+                x_hi = x_lo if SAME_X else tl.load(X + KH + kb + offs_j).to(tl.float32)
+                acc_v += tl.sum(w_lo * x_lo[None, :] + w_hi * x_hi[None, :], axis=1)
+            else:
+                x_ptrs = X + offs_m[:, None] * stride_xm + (kb + offs_j)[None, :]
+                x_lo = tl.load(x_ptrs, mask=mask_m[:, None], other=0.0)
+                x_hi = x_lo if SAME_X else tl.load(x_ptrs + KH, mask=mask_m[:, None], other=0.0)
+                acc += tl.dot(x_lo, tl.trans(w_lo.to(x_lo.dtype)))
+                acc += tl.dot(x_hi, tl.trans(w_hi.to(x_hi.dtype)))
+    if GEMV:
+        tl.store(C + offs_n, acc_v.to(C.dtype.element_ty), mask=mask_n)
+    else:
+        c_ptrs = C + offs_m[:, None] * stride_cm + offs_n[None, :]
+        tl.store(c_ptrs, acc.to(C.dtype.element_ty), mask=mask_m[:, None] & mask_n[None, :])
 
 
-# (BLOCK_M, BLOCK_N, BLOCK_K bytes, warps, stages). BLOCK_M 1 is the GEMV kernel (one row).
+# (BLOCK_M, BLOCK_N, groups of 32 bytes per K step, warps, stages). BLOCK_M 1 is the GEMV path (one row).
 Tiles = tuple[int, int, int, int, int]
 
 
 def _tiles(m: int, n: int, kh: int) -> Tiles:
     """One row: narrow column tiles put a program on every SM and deep pipelines keep loads in flight.
-    Many rows are compute-bound: square tiles, K steps small enough for shared memory."""
+    Many rows are compute-bound: square tiles."""
     if m == 1:
-        return 1, 16, _widest_k(kh, 256), 4, 4
+        return 1, 64, _groups_per_step(kh, 4), 4, 3
     if m <= 16:
-        return 16, 32, _widest_k(kh, 128), 4, 4
+        return 16, 32, _groups_per_step(kh, 4), 4, 3
     if m <= 64:
-        return 64, 64, _widest_k(kh, 64), 4, 3
-    return 128, 128, _widest_k(kh, 64), 8, 3
+        return 64, 64, _groups_per_step(kh, 2), 4, 3
+    return 128, 128, _groups_per_step(kh, 2), 8, 3
 
 
-def _widest_k(kh: int, most: int) -> int:
-    """The widest K step (bytes) up to `most` that divides the packed width (at least one group)."""
-    bk = most
-    while bk > GROUP:
-        if kh % bk == 0:
-            return bk
-        bk //= 2
-    if kh % GROUP:
-        raise ValueError(f"int4 GEMM: {kh} packed bytes per row are not a multiple of {GROUP}")
-    return GROUP
+def _groups_per_step(kh: int, most: int) -> int:
+    """The most groups (up to `most`) per K step that divide the packed width's groups."""
+    groups = kh // GROUP
+    g = most
+    while groups % g:
+        g //= 2
+    return g
 
 
 def int4_group_gemm(x: torch.Tensor, packed: torch.Tensor, scale: torch.Tensor, zero: torch.Tensor,
                     same_x: bool, tiles: Tiles | None = None) -> torch.Tensor:
-    """x [M, K] (bf16/fp16), packed uint8 [N, KH], scale/zero fp16 [N, 2 KH / 32] -> [M, N] in x's dtype.
+    """x [M, K] (bf16/fp16), packed uint8 [N, KH], scale/zero fp16 [2 KH / 32, N] -> [M, N] in x's dtype.
     K = 2 KH, or K = KH with `same_x` (codes split into two nibbles of the same column). `tiles`
     overrides the choice by row count (benchmarks sweep it); its BLOCK_M 1 asks for the GEMV kernel."""
     m, k = x.shape
     n, kh = packed.shape
-    if k != (kh if same_x else 2 * kh) or scale.shape != (n, 2 * kh // GROUP) or zero.shape != scale.shape:
+    if kh % GROUP or k != (kh if same_x else 2 * kh) or scale.shape != (2 * kh // GROUP, n) or zero.shape != scale.shape:
         raise ValueError(f"int4_group_gemm: x {tuple(x.shape)}, packed {tuple(packed.shape)}, scale "
                          f"{tuple(scale.shape)} do not fit (same_x={same_x})")
     if x.stride(1) != 1:
@@ -125,17 +111,13 @@ def int4_group_gemm(x: torch.Tensor, packed: torch.Tensor, scale: torch.Tensor, 
     c = torch.empty(m, n, dtype=x.dtype, device=x.device)
     if m == 0:
         return c
-    bm, bn, bk, warps, stages = tiles or _tiles(m, n, kh)
-    if kh % bk:
-        raise ValueError(f"int4_group_gemm: K step {bk} does not divide {kh} packed bytes")
-    if bm == 1 and m == 1:
-        _int4_gemv_kernel[(triton.cdiv(n, bn),)](x, packed, scale, zero, c, n, kh, packed.stride(0), scale.stride(0),
-                                                 SAME_X=same_x, BLOCK_N=bn, BLOCK_K=bk, GROUP_SIZE=GROUP,
-                                                 num_warps=warps, num_stages=stages)
-        return c
-    bm = max(bm, 16)  # tl.dot's smallest tile
+    bm, bn, steps, warps, stages = tiles or _tiles(m, n, kh)
+    if kh % (GROUP * steps):
+        raise ValueError(f"int4_group_gemm: {steps} groups per step do not divide {kh} packed bytes")
+    gemv = bm == 1 and m == 1
+    bm = 1 if gemv else max(bm, 16)  # tl.dot's smallest tile
     grid = (triton.cdiv(m, bm), triton.cdiv(n, bn))
-    _int4_gemm_kernel[grid](x, packed, scale, zero, c, m, n, kh, x.stride(0), packed.stride(0), scale.stride(0),
-                            c.stride(0), SAME_X=same_x, BLOCK_M=bm, BLOCK_N=bn, BLOCK_K=bk, GROUP_SIZE=GROUP,
-                            num_warps=warps, num_stages=stages)
+    _int4_gemm_kernel[grid](x, packed, scale, zero, c, m, n, kh, x.stride(0), packed.stride(0), c.stride(0),
+                            SAME_X=same_x, GEMV=gemv, BLOCK_M=bm, BLOCK_N=bn, GROUPS_PER_STEP=steps,
+                            GROUP_SIZE=GROUP, num_warps=warps, num_stages=stages)
     return c

@@ -42,8 +42,9 @@ class Int4TritonWeight:
         else:
             scale, zero = w.scale, w.offset
         self.packed = _halves(codes).to(device)
-        self.scale = scale.to(SCALE_DTYPE).contiguous().to(device)
-        self.zero = zero.to(SCALE_DTYPE).contiguous().to(device)
+        # Transposed, [groups, N]: the kernel reads one group's values for a run of rows at once.
+        self.scale = scale.t().to(SCALE_DTYPE).contiguous().to(device)
+        self.zero = zero.t().to(SCALE_DTYPE).contiguous().to(device)
 
     def apply(self, x: torch.Tensor, bias: torch.Tensor | None = None) -> torch.Tensor:
         from radixserve.kernels.int4_gemm import int4_group_gemm
@@ -60,7 +61,8 @@ class Int4TritonWeight:
         """float32 [N, K], from the stored nibbles, scales and zeros."""
         b = self.packed.to(torch.int32)
         codes = torch.cat([b & 0x0F, b >> 4], dim=1).float()  # code columns [N, C]
-        w = codes * self.scale.float().repeat_interleave(GROUP, 1) + self.zero.float().repeat_interleave(GROUP, 1)
+        w = (codes * self.scale.float().t().repeat_interleave(GROUP, 1)
+             + self.zero.float().t().repeat_interleave(GROUP, 1))
         if self.split:
             w = w[:, : self.in_features] + w[:, self.in_features :]
         return w
