@@ -35,8 +35,8 @@ SHAPES = {"qkv": (6144, 4096), "o": (4096, 4096), "gate_up": (28672, 4096), "dow
 ROWS = (1, 16, 64, 256, 1024)
 # Tiles tried beside the default: narrow ones for decode row counts, square ones for prefill.
 # (BLOCK_M, BLOCK_N, groups of 32 bytes per K step, warps, stages); BLOCK_M 1: the GEMV path.
-SWEEP_ONE_ROW = ((1, 64, 4, 4, 3), (1, 32, 4, 4, 3), (1, 128, 2, 4, 3), (1, 64, 8, 8, 2), (1, 32, 8, 4, 4),
-                 (1, 16, 8, 2, 4))
+SWEEP_ONE_ROW = ((1, 64, 4, 4, 3), (1, 32, 4, 4, 3), (1, 16, 8, 4, 3), (1, 32, 8, 4, 4), (1, 16, 16, 4, 3),
+                 (1, 64, 8, 8, 3), (1, 8, 16, 2, 4), (1, 32, 16, 8, 2))
 SWEEP_FEW_ROWS = ((16, 32, 4, 4, 3), (16, 64, 4, 4, 3), (16, 64, 2, 4, 4), (16, 128, 2, 8, 3))
 SWEEP_MANY_ROWS = ((64, 64, 2, 4, 3), (64, 128, 2, 4, 3), (128, 128, 2, 8, 3), (128, 64, 4, 4, 3))
 

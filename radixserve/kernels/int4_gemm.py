@@ -40,7 +40,9 @@ def _int4_gemm_kernel(X, W, S, Z, C, M, N, KH, stride_xm, stride_wn, stride_cm, 
     mask_n = offs_n < N
     hi_groups = (KH // GROUP_SIZE) * N  # the high nibbles' scales start this far into S and Z
     if GEMV:
-        acc_v = tl.zeros((BLOCK_N,), dtype=tl.float32)
+        # Per-lane partial sums, reduced across the group's columns once at the end: a reduction per
+        # step (shuffles between threads) would cost more than the multiply-adds.
+        acc_v = tl.zeros((BLOCK_N, GROUP_SIZE), dtype=tl.float32)
     else:
         acc = tl.zeros((BLOCK_M, BLOCK_N), dtype=tl.float32)
     for k0 in range(0, KH, GROUP_SIZE * GROUPS_PER_STEP):
@@ -57,7 +59,7 @@ def _int4_gemm_kernel(X, W, S, Z, C, M, N, KH, stride_xm, stride_wn, stride_cm, 
             if GEMV:
                 x_lo = tl.load(X + kb + offs_j).to(tl.float32)
                 x_hi = x_lo if SAME_X else tl.load(X + KH + kb + offs_j).to(tl.float32)
-                acc_v += tl.sum(w_lo * x_lo[None, :] + w_hi * x_hi[None, :], axis=1)
+                acc_v += w_lo * x_lo[None, :] + w_hi * x_hi[None, :]
             else:
                 x_ptrs = X + offs_m[:, None] * stride_xm + (kb + offs_j)[None, :]
                 x_lo = tl.load(x_ptrs, mask=mask_m[:, None], other=0.0)
@@ -65,7 +67,7 @@ def _int4_gemm_kernel(X, W, S, Z, C, M, N, KH, stride_xm, stride_wn, stride_cm, 
                 acc += tl.dot(x_lo, tl.trans(w_lo.to(x_lo.dtype)))
                 acc += tl.dot(x_hi, tl.trans(w_hi.to(x_hi.dtype)))
     if GEMV:
-        tl.store(C + offs_n, acc_v.to(C.dtype.element_ty), mask=mask_n)
+        tl.store(C + offs_n, tl.sum(acc_v, axis=1).to(C.dtype.element_ty), mask=mask_n)
     else:
         c_ptrs = C + offs_m[:, None] * stride_cm + offs_n[None, :]
         tl.store(c_ptrs, acc.to(C.dtype.element_ty), mask=mask_m[:, None] & mask_n[None, :])
@@ -79,7 +81,7 @@ def _tiles(m: int, n: int, kh: int) -> Tiles:
     """One row: narrow column tiles put a program on every SM and deep pipelines keep loads in flight.
     Many rows are compute-bound: square tiles."""
     if m == 1:
-        return 1, 64, _groups_per_step(kh, 4), 4, 3
+        return 1, 32, _groups_per_step(kh, 4), 4, 3
     if m <= 16:
         return 16, 32, _groups_per_step(kh, 4), 4, 3
     if m <= 64:
