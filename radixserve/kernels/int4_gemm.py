@@ -16,6 +16,8 @@ reference is `Int4TritonWeight.reference_apply`.
 
 from __future__ import annotations
 
+import functools
+
 import torch
 import triton
 import triton.language as tl
@@ -24,13 +26,15 @@ GROUP = 32
 
 
 @triton.jit
-def _int4_gemm_kernel(X, W, S, Z, C, M, N, KH, stride_xm, stride_wn, stride_cm, SAME_X: tl.constexpr,
+def _int4_gemm_kernel(X, W, S, Z, C, M, N, KH, K_CHUNK, stride_xm, stride_wn, stride_cm, SAME_X: tl.constexpr,
                       GEMV: tl.constexpr, BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr,
                       GROUPS_PER_STEP: tl.constexpr, GROUP_SIZE: tl.constexpr):
     """Each inner step takes one group of 32 bytes per row, so its scales and zeros are one value per
     row ([BLOCK_N], contiguous in the transposed [groups, N] layout) broadcast over the group: no
     reshapes. GEMV (one row of X, batch-1 decode): multiply-adds on the CUDA cores, since a tensor-core
-    tile would be 15/16 padding; otherwise the dequantized tile goes to tensor-core dots."""
+    tile would be 15/16 padding. Its grid's first axis splits K (chunks of K_CHUNK bytes, partial sums
+    added atomically into a float32 C): one row's programs are too few to keep enough loads in flight
+    otherwise. With more rows the dequantized tile goes to tensor-core dots (K_CHUNK = KH)."""
     pid_m = tl.program_id(0)
     pid_n = tl.program_id(1)
     offs_m = pid_m * BLOCK_M + tl.arange(0, BLOCK_M)
@@ -45,7 +49,8 @@ def _int4_gemm_kernel(X, W, S, Z, C, M, N, KH, stride_xm, stride_wn, stride_cm, 
         acc_v = tl.zeros((BLOCK_N, GROUP_SIZE), dtype=tl.float32)
     else:
         acc = tl.zeros((BLOCK_M, BLOCK_N), dtype=tl.float32)
-    for k0 in range(0, KH, GROUP_SIZE * GROUPS_PER_STEP):
+    k_start = pid_m * K_CHUNK if GEMV else 0
+    for k0 in range(k_start, k_start + K_CHUNK, GROUP_SIZE * GROUPS_PER_STEP):
         for gi in tl.static_range(GROUPS_PER_STEP):
             kb = k0 + gi * GROUP_SIZE
             sz = (kb // GROUP_SIZE) * N + offs_n
@@ -67,7 +72,7 @@ def _int4_gemm_kernel(X, W, S, Z, C, M, N, KH, stride_xm, stride_wn, stride_cm, 
                 acc += tl.dot(x_lo, tl.trans(w_lo.to(x_lo.dtype)))
                 acc += tl.dot(x_hi, tl.trans(w_hi.to(x_hi.dtype)))
     if GEMV:
-        tl.store(C + offs_n, tl.sum(acc_v, axis=1).to(C.dtype.element_ty), mask=mask_n)
+        tl.atomic_add(C + offs_n, tl.sum(acc_v, axis=1), mask=mask_n, sem="relaxed")
     else:
         c_ptrs = C + offs_m[:, None] * stride_cm + offs_n[None, :]
         tl.store(c_ptrs, acc.to(C.dtype.element_ty), mask=mask_m[:, None] & mask_n[None, :])
@@ -81,12 +86,17 @@ def _tiles(m: int, n: int, kh: int) -> Tiles:
     """One row: narrow column tiles put a program on every SM and deep pipelines keep loads in flight.
     Many rows are compute-bound: square tiles."""
     if m == 1:
-        return 1, 32, _groups_per_step(kh, 4), 4, 3
+        return 1, 16, _groups_per_step(kh, 8), 4, 3
     if m <= 16:
         return 16, 32, _groups_per_step(kh, 4), 4, 3
     if m <= 64:
         return 64, 64, _groups_per_step(kh, 2), 4, 3
     return 128, 128, _groups_per_step(kh, 2), 8, 3
+
+
+@functools.cache
+def _sm_count(device: torch.device) -> int:
+    return int(torch.cuda.get_device_properties(device).multi_processor_count) if device.type == "cuda" else 4
 
 
 def _groups_per_step(kh: int, most: int) -> int:
@@ -117,9 +127,22 @@ def int4_group_gemm(x: torch.Tensor, packed: torch.Tensor, scale: torch.Tensor, 
     if kh % (GROUP * steps):
         raise ValueError(f"int4_group_gemm: {steps} groups per step do not divide {kh} packed bytes")
     gemv = bm == 1 and m == 1
-    bm = 1 if gemv else max(bm, 16)  # tl.dot's smallest tile
+    if gemv:
+        step = GROUP * steps
+        n_tiles = triton.cdiv(n, bn)
+        # Enough programs for about four per SM, each at least one K step.
+        splits = max(1, min(kh // step, -(-4 * _sm_count(x.device) // n_tiles)))
+        while (kh // step) % splits:
+            splits -= 1
+        acc = torch.zeros(1, n, dtype=torch.float32, device=x.device)
+        _int4_gemm_kernel[(splits, n_tiles)](x, packed, scale, zero, acc, 1, n, kh, kh // splits, x.stride(0),
+                                             packed.stride(0), acc.stride(0), SAME_X=same_x, GEMV=True, BLOCK_M=1,
+                                             BLOCK_N=bn, GROUPS_PER_STEP=steps, GROUP_SIZE=GROUP, num_warps=warps,
+                                             num_stages=stages)
+        return acc.to(x.dtype)
+    bm = max(bm, 16)  # tl.dot's smallest tile
     grid = (triton.cdiv(m, bm), triton.cdiv(n, bn))
-    _int4_gemm_kernel[grid](x, packed, scale, zero, c, m, n, kh, x.stride(0), packed.stride(0), c.stride(0),
-                            SAME_X=same_x, GEMV=gemv, BLOCK_M=bm, BLOCK_N=bn, GROUPS_PER_STEP=steps,
+    _int4_gemm_kernel[grid](x, packed, scale, zero, c, m, n, kh, kh, x.stride(0), packed.stride(0), c.stride(0),
+                            SAME_X=same_x, GEMV=False, BLOCK_M=bm, BLOCK_N=bn, GROUPS_PER_STEP=steps,
                             GROUP_SIZE=GROUP, num_warps=warps, num_stages=stages)
     return c
