@@ -3,10 +3,7 @@
 # Run through the device tool with carry [".whl", ".gpu_assets"] (see docs/gpu.md); results land in $OUT.
 set -uo pipefail
 OUT=${OUT:-/tmp/gpu-out}
-mkdir -p "$OUT"
-python3 -m pip install -q --no-index --no-deps --no-compile --target /tmp/site .whl/*.whl || exit 1
-export PYTHONPATH=$PWD:/tmp/site PYTHONUNBUFFERED=1 RADIXSERVE_CACHE=/tmp/radixserve-cache
-export RADIXSERVE_TEST_TOKENIZER=$PWD/.gpu_assets/tokenizer
+source "$(dirname "$0")/gpu_env.sh"
 nvidia-smi --query-gpu=name,memory.total,driver_version --format=csv,noheader
 python3 -c 'import torch, triton; print("torch", torch.__version__, "triton", triton.__version__)'
 [ "${SKIP_TESTS:-0}" = 1 ] || python3 -m pytest -q -m gpu -p no:cacheprovider -rs tests/kernels tests/gpu 2>&1 | tee "$OUT/gpu_tests.log" | tail -25

@@ -10,11 +10,7 @@
 set -uo pipefail
 OUT=${OUT:-/tmp/gpu-out}
 PART=${PART:-all}
-mkdir -p "$OUT"
-python3 -m pip install -q --no-index --no-deps --no-compile --target /tmp/site .whl/*.whl || exit 1
-export PYTHONPATH=$PWD:/tmp/site PYTHONUNBUFFERED=1 RADIXSERVE_CACHE=/tmp/radixserve-cache
-export NCCL_NVLS_ENABLE=0 TORCH_SYMM_MEM_DISABLE_MULTICAST=1 NVSHMEM_DISABLE_NVLS=1  # NVLink multicast off
-export RADIXSERVE_TEST_TOKENIZER=$PWD/.gpu_assets/tokenizer
+source "$(dirname "$0")/gpu_env.sh"
 nvidia-smi --query-gpu=name,memory.total,driver_version --format=csv,noheader
 if [ "$PART" = kv ]; then
   timeout 150 python3 -m pytest -q -m gpu -p no:cacheprovider -rs tests/kernels/test_triton_attention.py \

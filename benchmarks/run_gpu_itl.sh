@@ -11,10 +11,7 @@ set -uo pipefail
 OUT=${OUT:-/tmp/gpu-out}
 RATES=${RATES:-16,inf}
 CONFIGS=${CONFIGS:-"default:;mixed2048:--enable-mixed-chunk --chunked-prefill-size 2048"}
-mkdir -p "$OUT"
-python3 -m pip install -q --no-index --no-deps --no-compile --target /tmp/site .whl/*.whl || exit 1
-export PYTHONPATH=$PWD:/tmp/site PYTHONUNBUFFERED=1 RADIXSERVE_CACHE=/tmp/radixserve-cache
-export NCCL_NVLS_ENABLE=0 TORCH_SYMM_MEM_DISABLE_MULTICAST=1 NVSHMEM_DISABLE_NVLS=1
+source "$(dirname "$0")/gpu_env.sh"
 PORT=30778
 IFS=';' read -ra configs <<< "$CONFIGS"
 for entry in "${configs[@]}"; do

@@ -7,10 +7,7 @@
 # Run through the device tool with carry [".whl", ".gpu_assets"]; results land in $OUT.
 set -uo pipefail
 OUT=${OUT:-/tmp/gpu-out}
-mkdir -p "$OUT"
-python3 -m pip install -q --no-index --no-deps --no-compile --target /tmp/site .whl/*.whl || exit 1
-export PYTHONPATH=$PWD:/tmp/site PYTHONUNBUFFERED=1 RADIXSERVE_CACHE=/tmp/radixserve-cache
-export NCCL_NVLS_ENABLE=0 TORCH_SYMM_MEM_DISABLE_MULTICAST=1 NVSHMEM_DISABLE_NVLS=1  # NVLink multicast off
+source "$(dirname "$0")/gpu_env.sh"
 nvidia-smi --query-gpu=name,memory.total,driver_version --format=csv,noheader
 # 120k KV tokens (12 GB) + the engine's 61 GB + HF's 61 GB fit one H200 (139 GiB).
 timeout ${LIMIT:-480} python3 benchmarks/bench_offline.py --device cuda --model-path qwen3-30b-a3b --load-format dummy \

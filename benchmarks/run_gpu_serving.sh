@@ -20,10 +20,7 @@ set -uo pipefail
 OUT=${OUT:-/tmp/gpu-out}
 TP=${TP:-1}
 RATES=${RATES:-8,16,inf}
-mkdir -p "$OUT"
-python3 -m pip install -q --no-index --no-deps --no-compile --target /tmp/site .whl/*.whl || exit 1
-export PYTHONPATH=$PWD:/tmp/site PYTHONUNBUFFERED=1 RADIXSERVE_CACHE=/tmp/radixserve-cache
-export NCCL_NVLS_ENABLE=0 TORCH_SYMM_MEM_DISABLE_MULTICAST=1 NVSHMEM_DISABLE_NVLS=1  # the lent machines: NVLink multicast off
+source "$(dirname "$0")/gpu_env.sh"
 PORT=30777
 server=(python3 -m radixserve.server --port $PORT --model-path llama-3-8b --load-format dummy --tp "$TP"
         --tokenizer-path "$PWD/.gpu_assets/tokenizer" --max-total-tokens 200000 --log-level warning)

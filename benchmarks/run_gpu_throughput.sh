@@ -13,10 +13,7 @@
 set -uo pipefail
 OUT=${OUT:-/tmp/gpu-out}
 TP=${TP:-1}
-mkdir -p "$OUT"
-python3 -m pip install -q --no-index --no-deps --no-compile --target /tmp/site .whl/*.whl || exit 1
-export PYTHONPATH=$PWD:/tmp/site PYTHONUNBUFFERED=1 RADIXSERVE_CACHE=/tmp/radixserve-cache
-export NCCL_NVLS_ENABLE=0 TORCH_SYMM_MEM_DISABLE_MULTICAST=1 NVSHMEM_DISABLE_NVLS=1  # the lent machines: NVLink multicast off
+source "$(dirname "$0")/gpu_env.sh"
 tok=$PWD/.gpu_assets/tokenizer
 nvidia-smi --query-gpu=name,memory.total,driver_version --format=csv,noheader
 [ "${KERNELS:-0}" = 1 ] && python3 benchmarks/bench_kernels.py --output "$OUT/bench_kernels_cuda.json" 2>&1 | grep -v kernels:

@@ -6,10 +6,7 @@
 # Run through the device tool with carry [".whl", ".gpu_assets"]; results land in $OUT.
 set -uo pipefail
 OUT=${OUT:-/tmp/gpu-out}
-mkdir -p "$OUT"
-python3 -m pip install -q --no-index --no-deps --no-compile --target /tmp/site .whl/*.whl || exit 1
-export PYTHONPATH=$PWD:/tmp/site PYTHONUNBUFFERED=1 RADIXSERVE_CACHE=/tmp/radixserve-cache
-export NCCL_NVLS_ENABLE=0 TORCH_SYMM_MEM_DISABLE_MULTICAST=1 NVSHMEM_DISABLE_NVLS=1
+source "$(dirname "$0")/gpu_env.sh"
 tok=$PWD/.gpu_assets/tokenizer
 export RADIXSERVE_TEST_TOKENIZER=$tok
 timeout 150 python3 -m pytest -q -m gpu -p no:cacheprovider -rs tests/gpu/test_tensor_parallel_gpu.py 2>&1 \

@@ -3,7 +3,6 @@ its float32 reference, and --quantization int4 served through CUDA graphs agains
 
 from __future__ import annotations
 
-import shutil
 from pathlib import Path
 from typing import Any
 
@@ -13,7 +12,7 @@ import torch
 from radixserve import Engine
 from tests.conftest import _save_tiny, tokenizer_source
 from tests.kernels.int4_cases import check_int4_gemm
-from tests.model_loader.fp8_checkpoints import LINEARS
+from tests.model_loader.fp8_checkpoints import write_int4_twin
 
 pytestmark = pytest.mark.gpu
 
@@ -45,20 +44,9 @@ def _run(model: Path, **kw: Any) -> tuple[list[dict[int, float]], list[list[int]
 
 
 def test_int4_at_load_through_cuda_graphs_matches_its_dequantized_twin(tmp_path: Path) -> None:
-    from safetensors.torch import load_file, save_file
-
-    from radixserve.layers.quantization.online import quantize_group_int4
-
     src = _save_tiny(tmp_path, "llama", tokenizer_source(), hidden_size=256, intermediate_size=512,
                      num_attention_heads=4, num_key_value_heads=2)
-    twin = tmp_path / "twin"
-    shutil.copytree(src, twin)
-    for f in twin.glob("*.safetensors"):
-        tensors = load_file(f)
-        for name, t in tensors.items():
-            if any(f"{p}.weight" in name for p in LINEARS):
-                tensors[name] = quantize_group_int4(t.float()).dequantize().to(t.dtype)
-        save_file(tensors, f)
+    twin = write_int4_twin(src, tmp_path / "twin")
     got, ids = _run(src, quantization="int4")
     want, _ = _run(twin)
     assert all(len(x) == 24 for x in ids)

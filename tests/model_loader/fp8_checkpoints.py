@@ -101,3 +101,20 @@ def write_fp8_checkpoint(src: Path, dest: Path, layout: str, with_input_scales: 
         (out / "config.json").write_text(json.dumps(cfg))
         save_file({k: v.contiguous() for k, v in tensors.items()}, str(out / "model.safetensors"))
     return out_fp8, out_ref
+
+
+def write_int4_twin(src: Path, dest: Path) -> Path:
+    """A copy of a float checkpoint whose linear weights are `--quantization int4`'s 4-bit weights expanded
+    back to float: what an int4 engine computes, up to its kernel's rounding."""
+    from safetensors.torch import load_file, save_file
+
+    from radixserve.layers.quantization.online import quantize_group_int4
+
+    shutil.copytree(src, dest)
+    for f in dest.glob("*.safetensors"):
+        tensors = load_file(f)
+        for name, t in tensors.items():
+            if any(f"{p}.weight" in name for p in LINEARS):
+                tensors[name] = quantize_group_int4(t.float()).dequantize().to(t.dtype)
+        save_file(tensors, f)
+    return dest

@@ -17,7 +17,7 @@ from radixserve.layers.quantization.fp8 import Fp8Weight
 from radixserve.model_loader.fp8_checkpoint import checkpoint_scheme, iter_fp8_checkpoint
 from radixserve.model_loader.hf_loader import safetensors_files
 from tests.conftest import _save_tiny, tokenizer_source
-from tests.model_loader.fp8_checkpoints import LAYOUTS, LINEARS, write_fp8_checkpoint
+from tests.model_loader.fp8_checkpoints import LAYOUTS, LINEARS, write_fp8_checkpoint, write_int4_twin
 
 PROMPTS = ["The capital of France is", "def fibonacci(n):", "Once upon a time", "Water boils at"]
 ONE_TOKEN = {"max_new_tokens": 1, "temperature": 0}
@@ -107,16 +107,5 @@ def test_quantization_int4_at_load_matches_its_dequantized_twin(float_model: Pat
     # The twin holds the 4-bit weights expanded back to float: the int4 engine differs from it only by
     # the packed kernel's bf16 activations, scales and output (the weights' own rounding is the same).
     # Seen: 0.025 nats at most, 9 of the top 10 shared (the float original: 0.36 nats, 2 of 10).
-    from safetensors.torch import load_file, save_file
-
-    from radixserve.layers.quantization.online import quantize_group_int4
-
-    twin = tmp_path / "int4-twin"
-    shutil.copytree(float_model, twin)
-    for f in twin.glob("*.safetensors"):
-        tensors = load_file(f)
-        for name, t in tensors.items():
-            if any(f"{p}.weight" in name for p in LINEARS):
-                tensors[name] = quantize_group_int4(t).dequantize().to(t.dtype)
-        save_file(tensors, f)
+    twin = write_int4_twin(float_model, tmp_path / "int4-twin")
     _assert_close(_top_logprobs(float_model, quantization="int4"), _top_logprobs(twin), tol=0.1)
