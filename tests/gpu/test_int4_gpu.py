@@ -56,3 +56,15 @@ def test_int4_at_load_through_cuda_graphs_matches_its_dequantized_twin(tmp_path:
         # Both run bf16 activations; the packed kernel adds the rounding of fp16 scales and its
         # dequantized bf16 weights (the twin's weights are the same values in the checkpoint dtype).
         assert max(abs(g[t] - w[t]) for t in common) <= 0.2, (g, w)
+
+
+def test_gguf_every_packed_width_on_cuda_matches_the_file_dequantized(tmp_path: Path) -> None:
+    """GGUF on CUDA end to end: 4-, 5- and 8-bit codes and the tied Q8_0 head through the Triton kernel and
+    the captured decode graphs, against the same file expanded to bf16."""
+    from tests.model_loader.test_gguf_packed import assert_greedy_close, run_tiny_gguf
+
+    got, names = run_tiny_gguf(tmp_path, "cuda", dequantize=False)
+    assert names == {"int4-triton(Q4_0+Q8_0, split nibbles)", "int4-triton(Q5_0, split nibbles)",
+                     "int4-triton(Q4_1)", "int4-triton(Q8_0, split nibbles)"}
+    ref, _ = run_tiny_gguf(tmp_path, "cuda", dequantize=True)
+    assert assert_greedy_close(ref, got) >= 1
