@@ -38,11 +38,19 @@ class VocabParallelEmbedding(nn.Module):
         return self.tp.all_reduce(out)
 
 
+# A packed tied head's best candidates per rank whose logits are recomputed from the float table.
+REFINE_TOP = 64
+
+
 class ParallelLMHead(VocabParallelEmbedding):
     """The output projection; logits from all ranks are gathered along the vocabulary.
 
     A quantized head (`load_quantized`, GGUF) replaces the product only: a tied head's `weight` is
-    the embedding's, which still serves lookups, so it is kept."""
+    the embedding's, which still serves lookups, so it is kept. Its packed kernel returns logits
+    rounded like its bf16 activations (steps of 0.06 at |logit| 8-16), enough to flip a greedy
+    near-tie; so the REFINE_TOP best candidates of each row are recomputed exactly from that float
+    table. Greedy and top-k/top-p choices then see the reference's logits wherever the winner is
+    among the packed product's top 64, and the full product still costs a quarter of the bytes."""
 
     def __init__(self, vocab_size: int, hidden_size: int, tp: ParallelGroup = SINGLE) -> None:
         super().__init__(vocab_size, hidden_size, tp)
@@ -67,6 +75,10 @@ class ParallelLMHead(VocabParallelEmbedding):
             logits = F.linear(hidden, self.weight)
         else:
             logits = self.quant.apply(hidden)
+            if self.tied and self.weight.numel():
+                top = logits.topk(min(REFINE_TOP, logits.shape[-1]), dim=-1).indices  # [B, k]
+                exact = torch.bmm(self.weight[top], hidden.unsqueeze(-1).to(self.weight.dtype)).squeeze(-1)
+                logits = logits.scatter(-1, top, exact.to(logits.dtype))
             pad = self.rows_per_rank - (self.end - self.start)
             if pad:  # the last rank's padding rows: cut after the gather
                 logits = F.pad(logits, (0, pad))
