@@ -55,9 +55,9 @@ def _cat_rows(parts: list[QuantizedTensor]) -> QuantizedTensor:
     raise ValueError(f"cannot fuse {[p.source for p in parts]}: FP8 and integer-coded projections mixed")
 
 
-def _drop_dense(param: nn.Parameter) -> None:
-    # The packed weight replaces it: keep the parameter (its name stays in the checkpoint's map)
-    # but let its float storage go.
+def drop_dense(param: nn.Parameter) -> None:
+    """A packed weight replaces `param`: keep the parameter (its name stays in the checkpoint's map)
+    but let its float storage go."""
     param.data = torch.empty(0, dtype=param.dtype, device=param.device)
 
 
@@ -95,7 +95,7 @@ class ColumnParallelLinear(nn.Module):
         parts = [self._pending[k] for k in sorted(self._pending)]
         self._pending = {}
         self.quant = pack_quantized(_cat_rows(parts), self.weight)
-        _drop_dense(self.weight)
+        drop_dense(self.weight)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         if self.quant is not None:
@@ -200,7 +200,7 @@ class RowParallelLinear(nn.Module):
             raise ValueError(f"quantized {loaded.source} tensor {loaded.shape} does not fit "
                              f"{self.out_features} x {n * self.tp.size}")
         self.quant = pack_quantized(loaded.narrow(1, self.tp.rank * n, n), self.weight)
-        _drop_dense(self.weight)
+        drop_dense(self.weight)
 
     def _load_cols(self, param: nn.Parameter, loaded: torch.Tensor, shard_id: object = None) -> None:
         n = param.shape[1]

@@ -7,7 +7,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from radixserve.distributed.parallel_state import SINGLE, ParallelGroup
-from radixserve.layers.linear import QuantizedTensor, pack_quantized
+from radixserve.layers.linear import QuantizedTensor, drop_dense, pack_quantized
 from radixserve.layers.quantization.base import QuantMethod
 
 
@@ -68,7 +68,7 @@ class ParallelLMHead(VocabParallelEmbedding):
                              f"vocab {self.vocab_size} x hidden {self.weight.shape[1]}")
         self.quant = pack_quantized(loaded.narrow(0, self.start, self.end - self.start), self.weight)
         if not self.tied:  # a tied table still serves the embedding's lookups
-            self.weight.data = torch.empty(0, dtype=self.weight.dtype, device=self.weight.device)
+            drop_dense(self.weight)
 
     def compute_logits(self, hidden: torch.Tensor) -> torch.Tensor:
         if self.quant is None:

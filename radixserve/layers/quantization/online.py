@@ -16,7 +16,7 @@ from collections.abc import Callable
 import torch
 from torch import nn
 
-from radixserve.layers.linear import ColumnParallelLinear, RowParallelLinear, pack_quantized
+from radixserve.layers.linear import ColumnParallelLinear, RowParallelLinear, drop_dense, pack_quantized
 from radixserve.layers.quantization.base import GroupQuantized, QuantMethod, UnsupportedQuantizationError
 from radixserve.layers.quantization.fp8 import Fp8Linear, quantize_weight_per_channel
 
@@ -46,13 +46,12 @@ def _quantize_linears(model: nn.Module, make: Callable[[nn.Parameter], QuantMeth
                 continue
             if module.quant is not None or module.weight.numel() == 0:
                 continue  # already quantized (a checkpoint's own FP8 or GGUF weights), or another stage's
-            w = module.weight
             try:
-                module.quant = make(w)
+                module.quant = make(module.weight)
             except UnsupportedQuantizationError as e:
                 kept.append(f"{name} ({e})")
                 continue
-            w.data = torch.empty(0, dtype=w.dtype, device=w.device)  # the codes replace it
+            drop_dense(module.weight)
             count += 1
     if kept:
         logger.warning("%d linear layers stay in the model dtype, e.g. %s", len(kept), "; ".join(kept[:3]))
