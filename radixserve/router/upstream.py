@@ -244,7 +244,8 @@ class _Connection(asyncio.Protocol):
             return
         self.response = None
         if reusable and not self.closed:
-            self.parser = httptools.HttpResponseParser(self)  # a fresh parser per message
+            # Reused only at a message boundary (the response was read to its end), where llhttp
+            # is ready for the next message: the connection keeps its parser.
             self.resume()
             self.pool._checkin(self)
         else:
