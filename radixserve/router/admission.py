@@ -25,28 +25,27 @@ import logging
 import math
 import re
 import time
-from collections.abc import Awaitable, Callable, Iterable
+from collections.abc import Callable, Iterable
 from dataclasses import dataclass, field
 from pathlib import Path
 
 import yaml
-from aiohttp import web
 from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily, Metric
 from prometheus_client.registry import Collector
 from pydantic import BaseModel, ConfigDict, Field, ValidationError
 
 from radixserve.router.errors import error_response
+from radixserve.router.httpd import AnyResponse, Handler, Request, Response
 
 log = logging.getLogger(__name__)
 
 ANONYMOUS = "anonymous"
 # The request's priority for the proxy, which writes it into the body (proxy.py).
-PRIORITY_KEY = web.RequestKey("radixserve.priority", int)
+PRIORITY_KEY = "radixserve.priority"
 # Distinct `tenant` label values on the metrics; identities beyond share "other".
 MAX_METRIC_LABELS = 1000
 _SHA256 = re.compile(r"^sha256:([0-9a-f]{64})$")
 
-Handler = Callable[[web.Request], Awaitable[web.StreamResponse]]
 
 
 @dataclass(frozen=True)
@@ -216,7 +215,7 @@ class Admission:
         for k in idle:
             del self._states[k]
 
-    def _refuse(self, state: _KeyState, reason: str, retry_after_s: float, message: str) -> web.Response:
+    def _refuse(self, state: _KeyState, reason: str, retry_after_s: float, message: str) -> Response:
         key = (state.label, reason)
         self.limited[key] = self.limited.get(key, 0) + 1
         seconds = max(1, math.ceil(retry_after_s))
@@ -228,7 +227,7 @@ class Admission:
         if not self.config.enabled:
             return handler
 
-        async def admitted(request: web.Request) -> web.StreamResponse:
+        async def admitted(request: Request) -> AnyResponse:
             state = self._state(identity_of(request.headers.get("Authorization")))
             limits = state.tenant.limits
             if limits.max_concurrent is not None and state.in_flight >= limits.max_concurrent:

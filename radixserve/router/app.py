@@ -18,12 +18,11 @@ import contextlib
 import hmac
 import json
 import logging
-from collections.abc import AsyncIterator, Awaitable, Callable
+from collections.abc import AsyncIterator
 from dataclasses import dataclass
 from typing import Any
 
 import aiohttp
-from aiohttp import web
 
 from radixserve.router.admission import Admission, AdmissionCollector
 from radixserve.router.config import RouterConfig
@@ -32,6 +31,7 @@ from radixserve.router.drain import DrainState
 from radixserve.router.errors import error_response
 from radixserve.router.event_stream import EventSubscriber
 from radixserve.router.health import HealthChecker
+from radixserve.router.httpd import AnyResponse, Handler, HttpServer, Request, Response, json_response
 from radixserve.router.kv_index import KvIndex
 from radixserve.router.metrics import CONTENT_TYPE, PREFIX, RouterMetrics
 from radixserve.router.policies import make_policy
@@ -46,9 +46,6 @@ log = logging.getLogger(__name__)
 GENERATE_ROUTES = ("/generate", "/v1/completions", "/v1/chat/completions")
 PASSTHROUGH_GET_ROUTES = ("/v1/models", "/get_server_info", "/get_model_info")
 _OPEN_ROUTES = ("/health", "/liveness", "/metrics")  # probes and scrapes need no key
-
-Handler = Callable[[web.Request], Awaitable[web.StreamResponse]]
-
 
 class Router:
     def __init__(self, config: RouterConfig) -> None:
@@ -151,24 +148,34 @@ class Router:
             await asyncio.sleep(self.config.eviction_interval_s)
             self.policy.evict()
 
-    # --- HTTP app ---
+    # --- HTTP routes ---
 
-    def build_app(self) -> web.Application:
-        app = web.Application(client_max_size=self.config.max_payload_bytes)
+    def routes(self) -> dict[tuple[str, str], Handler]:
         # Key check, then per-key limits, then the scale-from-zero hold, then the proxy.
+        routes: dict[tuple[str, str], Handler] = {}
         for path in GENERATE_ROUTES:
-            app.router.add_post(path, self._guard(self.admission.guard(self._hold(self.proxy.handle_generate))))
+            routes["POST", path] = self._guard(self.admission.guard(self._hold(self.proxy.handle_generate)))
         for path in PASSTHROUGH_GET_ROUTES:
-            app.router.add_get(path, self._guard(self._hold(self.proxy.handle_get)))
-        app.on_response_prepare.append(self.drain.on_response_prepare)
-        app.router.add_get("/health", self.handle_health)
-        app.router.add_get("/liveness", self.handle_liveness)
-        app.router.add_get("/metrics", self.handle_metrics)
-        app.router.add_get("/workers", self._guard(self.handle_workers))
-        app.router.add_post("/add_worker", self._guard(self.handle_add_worker))
-        app.router.add_post("/remove_worker", self._guard(self.handle_remove_worker))
-        app.router.add_route("*", "/{tail:.*}", self.handle_not_found)
-        return app
+            routes["GET", path] = self._guard(self._hold(self.proxy.handle_get))
+        routes["GET", "/health"] = self.handle_health
+        routes["GET", "/liveness"] = self.handle_liveness
+        routes["GET", "/metrics"] = self.handle_metrics
+        routes["GET", "/workers"] = self._guard(self.handle_workers)
+        routes["POST", "/add_worker"] = self._guard(self.handle_add_worker)
+        routes["POST", "/remove_worker"] = self._guard(self.handle_remove_worker)
+        return routes
+
+    def dispatcher(self) -> Handler:
+        """The server's one handler: the route's, else 404/405."""
+        routes = self.routes()
+        not_found = self.handle_not_found
+
+        async def dispatch(request: Request) -> AnyResponse:
+            method = "GET" if request.method == "HEAD" else request.method  # HEAD: GET's head
+            handler = routes.get((method, request.path))
+            return await (handler or not_found)(request)
+
+        return dispatch
 
     def _guard(self, handler: Handler) -> Handler:
         """Require the API key when one is set (checked here so that routes without it stay free)."""
@@ -176,7 +183,7 @@ class Router:
         if expected is None:
             return handler
 
-        async def guarded(request: web.Request) -> web.StreamResponse:
+        async def guarded(request: Request) -> AnyResponse:
             given = request.headers.get("Authorization", "")
             # The tenants file's keys are accepted too (each with its own limits).
             if not hmac.compare_digest(given.encode(), expected.encode()) and not self.admission.is_tenant_key(given):
@@ -188,23 +195,23 @@ class Router:
     def _hold(self, handler: Handler) -> Handler:
         return self.scaler.guard(handler) if self.scaler is not None else handler
 
-    async def handle_health(self, request: web.Request) -> web.Response:
+    async def handle_health(self, request: Request) -> Response:
         if self.drain.draining:
             return error_response(503, "draining: the router is shutting down")
         healthy = len(self.workers.healthy)
         if healthy == 0 and self.scaler is not None:
             # Ready to take requests: they are held while the model scales up from zero.
-            return web.json_response({"status": "scaled_to_zero", "healthy_workers": 0, "workers": len(self.workers),
+            return json_response({"status": "scaled_to_zero", "healthy_workers": 0, "workers": len(self.workers),
                                       "held_requests": self.scaler.held})
         if healthy == 0:
             return error_response(503, "no healthy worker is available")
-        return web.json_response({"status": "ok", "healthy_workers": healthy, "workers": len(self.workers)})
+        return json_response({"status": "ok", "healthy_workers": healthy, "workers": len(self.workers)})
 
-    async def handle_liveness(self, request: web.Request) -> web.Response:
-        return web.json_response({"status": "ok"})
+    async def handle_liveness(self, request: Request) -> Response:
+        return json_response({"status": "ok"})
 
-    async def handle_metrics(self, request: web.Request) -> web.Response:
-        return web.Response(body=self.metrics.render(), headers={"Content-Type": CONTENT_TYPE})
+    async def handle_metrics(self, request: Request) -> Response:
+        return Response(body=self.metrics.render(), headers={"Content-Type": CONTENT_TYPE})
 
     def worker_info(self, worker: Worker) -> dict[str, Any]:
         info = worker.to_dict()
@@ -215,13 +222,13 @@ class Router:
             info["grpc_target"] = self.proxy.grpc.target(worker)
         return info
 
-    async def handle_workers(self, request: web.Request) -> web.Response:
+    async def handle_workers(self, request: Request) -> Response:
         workers = [self.worker_info(w) for w in self.workers.all()]
-        return web.json_response({"policy": self.policy.name, "healthy": len(self.workers.healthy),
+        return json_response({"policy": self.policy.name, "healthy": len(self.workers.healthy),
                                   "workers": workers})
 
     @staticmethod
-    async def _url_param(request: web.Request) -> str | None:
+    async def _url_param(request: Request) -> str | None:
         url = request.query.get("url")
         if url is None and request.can_read_body:
             with contextlib.suppress(ValueError):
@@ -230,7 +237,7 @@ class Router:
                     url = body["url"]
         return url
 
-    async def handle_add_worker(self, request: web.Request) -> web.Response:
+    async def handle_add_worker(self, request: Request) -> Response:
         url = await self._url_param(request)
         if not url:
             return error_response(400, "give the worker as ?url=URL or {\"url\": URL}", param="url")
@@ -238,9 +245,9 @@ class Router:
             worker, created = self.workers.add(url, WorkerSource.API)
         except ValueError as exc:
             return error_response(400, str(exc), param="url")
-        return web.json_response({"added": created, "worker": self.worker_info(worker)})
+        return json_response({"added": created, "worker": self.worker_info(worker)})
 
-    async def handle_remove_worker(self, request: web.Request) -> web.Response:
+    async def handle_remove_worker(self, request: Request) -> Response:
         url = await self._url_param(request)
         if not url:
             return error_response(400, "give the worker as ?url=URL or {\"url\": URL}", param="url")
@@ -250,9 +257,9 @@ class Router:
             return error_response(400, str(exc), param="url")
         if worker is None:
             return error_response(404, f"no worker {url}", param="url")
-        return web.json_response({"removed": True, "worker": worker.to_dict()})
+        return json_response({"removed": True, "worker": worker.to_dict()})
 
-    async def handle_not_found(self, request: web.Request) -> web.Response:
+    async def handle_not_found(self, request: Request) -> Response:
         if request.path in GENERATE_ROUTES or request.path in PASSTHROUGH_GET_ROUTES:
             return error_response(405, f"method {request.method} not allowed on {request.path}")
         return error_response(404, f"no route {request.method} {request.path}")
@@ -261,7 +268,7 @@ class Router:
 @dataclass
 class RunningRouter:
     router: Router
-    runner: web.AppRunner
+    server: HttpServer
     host: str
     port: int
 
@@ -275,26 +282,21 @@ async def start_router(config: RouterConfig) -> RunningRouter:
     """Start the router's services and its HTTP server; port 0 picks a free port."""
     router = Router(config)
     await router.start()
-    # handler_cancellation: a client disconnect cancels the handler, which closes the
-    # upstream connection (see proxy.py). access_log off: it costs ~10% of throughput.
-    # shutdown_timeout: how long cleanup() lets in-flight requests finish (drain.py).
-    runner = web.AppRunner(router.build_app(), access_log=None, handler_cancellation=True,
-                           shutdown_timeout=config.drain.timeout_s)
-    await runner.setup()
-    site = web.TCPSite(runner, config.host, config.port, reuse_address=True, backlog=1024)
+    # Draining answers carry `Connection: close` (drain.py).
+    server = HttpServer(router.dispatcher(), config.max_payload_bytes,
+                        close_connections=lambda: router.drain.draining)
     try:
-        await site.start()
+        port = await server.start(config.host, config.port)
     except OSError:
-        await runner.cleanup()
         await router.stop()
         raise
-    port = int(runner.addresses[0][1])
     log.info("router listening on %s:%d, policy %s", config.host, port, config.policy)
-    return RunningRouter(router, runner, config.host, port)
+    return RunningRouter(router, server, config.host, port)
 
 
 async def stop_router(running: RunningRouter) -> None:
-    await running.runner.cleanup()
+    # In-flight requests finish for up to the drain timeout (drain.py).
+    await running.server.shutdown(running.router.config.drain.timeout_s)
     await running.router.stop()
 
 
@@ -305,4 +307,3 @@ async def serving(config: RouterConfig) -> AsyncIterator[RunningRouter]:
         yield running
     finally:
         await stop_router(running)
-

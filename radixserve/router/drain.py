@@ -7,8 +7,8 @@ but proxies and clients learn of the removal seconds later. So, on SIGTERM:
    responses carry `Connection: close` so that keep-alive clients reconnect elsewhere.
 2. New requests are still served for `grace_s` (`--drain-grace-seconds`).
 3. The listener closes, idle connections are closed, and in-flight requests and SSE streams
-   run to completion for up to `timeout_s` (`--drain-timeout-seconds`; aiohttp's graceful
-   shutdown with that timeout does this part); what is left then is cancelled.
+   run to completion for up to `timeout_s` (`--drain-timeout-seconds`; the HTTP server's
+   `shutdown` with that timeout does this part, httpd.py); what is left then is cancelled.
 4. The process exits 0. A second SIGTERM or SIGINT cuts the grace period short.
 
 The pod's `terminationGracePeriodSeconds` should exceed grace + timeout.
@@ -21,8 +21,6 @@ import contextlib
 import logging
 import time
 from dataclasses import dataclass
-
-from aiohttp import web
 
 log = logging.getLogger(__name__)
 
@@ -44,17 +42,10 @@ class DrainState:
             self.draining = True
             self.since = time.monotonic()
 
-    async def on_response_prepare(self, request: web.Request, response: web.StreamResponse) -> None:
-        """aiohttp's on_response_prepare signal: while draining, ask clients not to reuse the connection."""
-        if self.draining:
-            # Headers are already prepared when this signal runs: say it, and also close.
-            response.headers["Connection"] = "close"
-            response.force_close()
-
 
 async def drain(state: DrainState, config: DrainConfig, cut_short: asyncio.Event) -> None:
     """Steps 1 and 2: fail readiness, keep serving for the grace period (or until `cut_short`).
-    The caller then stops the router, whose aiohttp cleanup does step 3."""
+    The caller then stops the router, whose HTTP server's shutdown does step 3."""
     state.begin()
     log.info("draining: readiness fails now; new requests are served for %.1fs more, then in-flight "
              "requests get up to %.1fs", config.grace_s, config.timeout_s)

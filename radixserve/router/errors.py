@@ -3,7 +3,8 @@
 from __future__ import annotations
 
 import msgspec
-from aiohttp import web
+
+from radixserve.router.httpd import Response
 
 _TYPES = {
     400: "invalid_request_error",
@@ -40,6 +41,6 @@ def error_body(status: int, message: str, err_type: str | None = None, param: st
 
 
 def error_response(status: int, message: str, err_type: str | None = None, param: str | None = None,
-                   headers: dict[str, str] | None = None, code: str | None = None) -> web.Response:
-    return web.Response(body=error_body(status, message, err_type, param, code), status=status,
+                   headers: dict[str, str] | None = None, code: str | None = None) -> Response:
+    return Response(body=error_body(status, message, err_type, param, code), status=status,
                         content_type="application/json", headers=headers)

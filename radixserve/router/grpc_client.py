@@ -32,10 +32,10 @@ from urllib.parse import urlsplit
 
 import grpc
 import grpc.aio
-from aiohttp import ClientConnectionResetError, web
 
 from radixserve.grpc import stubs
 from radixserve.router.errors import error_body
+from radixserve.router.httpd import AnyResponse, Request, Response, StreamResponse
 from radixserve.router.metrics import RouterMetrics
 from radixserve.router.workers import Worker, WorkerRegistry
 from radixserve.sampling.sampling_params import SamplingParams, SamplingParamsError
@@ -70,7 +70,7 @@ _INT64 = (-(2**63), 2**63 - 1)
 _INT32 = (-(2**31), 2**31 - 1)
 _MAX_TOP_LOGPROBS = 20  # GenerateRequestBody.top_logprobs_num's bound
 _SSE_DONE = b"data: [DONE]\n\n"
-_CLIENT_GONE = (ConnectionResetError, ClientConnectionResetError)  # writing to a client that went away
+_CLIENT_GONE = (ConnectionResetError,)  # writing to a client that went away (httpd.py)
 
 
 class WorkerUnreachable(Exception):
@@ -255,10 +255,10 @@ class WorkerError:
         return {"error": {"message": self.message, "type": _ERROR_TYPES.get(self.status, "server_error"),
                           "param": self.param, "code": self.code}}
 
-    def response(self, headers: dict[str, str]) -> web.Response:
+    def response(self, headers: dict[str, str]) -> Response:
         if self.status == 401:
             headers = {**headers, "WWW-Authenticate": "Bearer"}
-        return web.Response(body=_json_body(self.body()), status=self.status, content_type="application/json",
+        return Response(body=_json_body(self.body()), status=self.status, content_type="application/json",
                             headers=headers)
 
     def event(self) -> bytes:
@@ -319,8 +319,8 @@ class GrpcWorkers:
         """The Generate call for this request, or None when it goes over HTTP (docs/router.md)."""
         return translate(self.pb2, obj, request_id) if path == "/generate" else None
 
-    async def relay(self, request: web.Request, worker: Worker, call: GrpcGenerate,
-                    headers: dict[str, str]) -> web.StreamResponse:
+    async def relay(self, request: Request, worker: Worker, call: GrpcGenerate,
+                    headers: dict[str, str]) -> AnyResponse:
         """Run `call` on `worker` and answer as its POST /generate would have. WorkerUnreachable
         when nothing reached the client (the caller retries elsewhere); TimeoutError when the
         request timeout passed before the answer began."""
@@ -345,7 +345,7 @@ class GrpcWorkers:
             if not rpc.done():
                 rpc.cancel()  # the client went away, or an error here: the worker aborts the request
 
-    def _refusal(self, err: WorkerError, worker: Worker, headers: dict[str, str]) -> web.Response:
+    def _refusal(self, err: WorkerError, worker: Worker, headers: dict[str, str]) -> Response:
         """An error before the first message: the worker's HTTP error, or a failure to retry."""
         if not err.transport:
             return err.response(headers)
@@ -355,7 +355,7 @@ class GrpcWorkers:
         raise WorkerUnreachable(err.message)
 
     async def _collect(self, worker: Worker, call: GrpcGenerate, rpc: Any, first: Any, headers: dict[str, str],
-                       started: float) -> web.Response:
+                       started: float) -> Response:
         choices: dict[int, ChoiceSoFar] = {}
         message = first
         try:
@@ -365,12 +365,12 @@ class GrpcWorkers:
         except grpc.aio.AioRpcError as e:  # nothing has reached the client yet
             return self._refusal(WorkerError.of(e), worker, headers)
         outs = [choices[i].response(first.rid, i, call, started).model_dump() for i in sorted(choices)]
-        return web.Response(body=_json_body(outs[0] if len(outs) == 1 else outs), content_type="application/json",
+        return Response(body=_json_body(outs[0] if len(outs) == 1 else outs), content_type="application/json",
                             headers=headers)
 
-    async def _stream(self, request: web.Request, worker: Worker, call: GrpcGenerate, rpc: Any, first: Any,
-                      headers: dict[str, str], started: float) -> web.StreamResponse:
-        out = web.StreamResponse(headers={**headers, "Content-Type": "text/event-stream; charset=utf-8",
+    async def _stream(self, request: Request, worker: Worker, call: GrpcGenerate, rpc: Any, first: Any,
+                      headers: dict[str, str], started: float) -> AnyResponse:
+        out = StreamResponse(headers={**headers, "Content-Type": "text/event-stream; charset=utf-8",
                                           "Cache-Control": "no-cache", "X-Accel-Buffering": "no"})
         await out.prepare(request)
         choices: dict[int, ChoiceSoFar] = {}

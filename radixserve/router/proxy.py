@@ -7,8 +7,7 @@ worker that dies before producing anything costs the client nothing: the request
 retried on another worker. After the first byte has gone to the client, a failure ends
 the stream with an SSE error event instead.
 
-Client disconnects: the server runs with `handler_cancellation`, so a client that goes
-away cancels the handler; the `finally` below then closes the upstream connection (not
+Client disconnects: a client that goes away cancels the handler (httpd.py); the `finally` below then closes the upstream connection (not
 returns it to the pool), which the worker sees as a disconnect and aborts the request.
 
 With `--worker-protocol grpc`, a POST /generate that gRPC carries exactly goes to the worker's
@@ -25,10 +24,10 @@ from typing import TYPE_CHECKING
 
 import aiohttp
 import msgspec
-from aiohttp import web
 
 from radixserve.router.admission import PRIORITY_KEY
 from radixserve.router.errors import error_body, error_response
+from radixserve.router.httpd import AnyResponse, Request, Response, StreamResponse
 from radixserve.router.metrics import RouterMetrics
 from radixserve.router.policies import Policy
 from radixserve.router.request_text import routing_text
@@ -43,8 +42,8 @@ log = logging.getLogger(__name__)
 
 WORKER_HEADER = "x-radixserve-worker"
 
-# Writing to a client that went away.
-_CLIENT_GONE = (ConnectionResetError, aiohttp.ClientConnectionResetError)
+# Writing to a client that went away (httpd.StreamResponse raises it).
+_CLIENT_GONE = (ConnectionResetError,)
 
 _decode = msgspec.json.Decoder().decode
 _encode = msgspec.json.Encoder().encode
@@ -89,7 +88,7 @@ class Proxy:
         if self.session is not None:
             await self.session.close()
 
-    def _upstream_headers(self, request: web.Request) -> dict[str, str]:
+    def _upstream_headers(self, request: Request) -> dict[str, str]:
         headers = dict(self._base_headers)
         for key, value in request.headers.items():
             # Request ids and tracing headers travel; hop-by-hop and auth do not.
@@ -106,14 +105,11 @@ class Proxy:
                 headers[key] = value
         return headers
 
-    async def handle_generate(self, request: web.Request) -> web.StreamResponse:
+    async def handle_generate(self, request: Request) -> AnyResponse:
         """POST /generate, /v1/completions, /v1/chat/completions."""
         start = time.perf_counter()
         path = request.path
-        try:
-            body = await request.read()
-        except web.HTTPRequestEntityTooLarge as exc:
-            return error_response(413, exc.text or "request body too large")
+        body = request.body
         try:
             obj = _decode(body)
         except msgspec.DecodeError as exc:
@@ -137,7 +133,7 @@ class Proxy:
             if hist is not None:
                 hist.observe(time.perf_counter() - start)
 
-    async def handle_get(self, request: web.Request) -> web.StreamResponse:
+    async def handle_get(self, request: Request) -> AnyResponse:
         """GET routes answered by any worker (/v1/models, /get_server_info, ...)."""
         return await self._forward(request, "GET", request.path_qs, None, None)
 
@@ -151,9 +147,9 @@ class Proxy:
         self.metrics.decisions[choice.decision] += 1
         return choice.worker
 
-    async def _forward(self, request: web.Request, method: str, path: str, body: bytes | None,
+    async def _forward(self, request: Request, method: str, path: str, body: bytes | None,
                        text: str | None, prompt: RoutedPrompt | None = None,
-                       call: GrpcGenerate | None = None) -> web.StreamResponse:
+                       call: GrpcGenerate | None = None) -> AnyResponse:
         tried: list[Worker] = []
         for _ in range(self.max_attempts):
             candidates = self.workers.healthy
@@ -178,8 +174,8 @@ class Proxy:
         self.metrics.errors["no_healthy_worker"] += 1
         return error_response(503, "no healthy worker is available")
 
-    async def _attempt(self, request: web.Request, worker: Worker, method: str, path: str,
-                       body: bytes | None) -> web.StreamResponse:
+    async def _attempt(self, request: Request, worker: Worker, method: str, path: str,
+                       body: bytes | None) -> AnyResponse:
         assert self.upstream is not None
         worker.outstanding += 1
         worker.requests_total += 1
@@ -202,7 +198,7 @@ class Proxy:
                 except ConnectionBroken as exc:
                     self.workers.record_failure(worker, f"response cut: {exc}")
                     raise _Retryable from exc
-                out = web.Response(body=data, status=resp.status, headers=self._downstream_headers(resp, worker))
+                out = Response(body=data, status=resp.status, headers=self._downstream_headers(resp, worker))
             clean = True
             return out
         finally:
@@ -215,7 +211,7 @@ class Proxy:
                 else:
                     resp.close()
 
-    async def _attempt_grpc(self, request: web.Request, worker: Worker, call: GrpcGenerate) -> web.StreamResponse:
+    async def _attempt_grpc(self, request: Request, worker: Worker, call: GrpcGenerate) -> AnyResponse:
         from radixserve.router.grpc_client import WorkerUnreachable
 
         assert self.grpc is not None
@@ -228,14 +224,14 @@ class Proxy:
         finally:
             worker.outstanding -= 1
 
-    async def _relay_stream(self, request: web.Request, resp: UpstreamResponse,
-                            worker: Worker) -> web.StreamResponse:
+    async def _relay_stream(self, request: Request, resp: UpstreamResponse,
+                            worker: Worker) -> AnyResponse:
         try:
             first = await resp.readany()
         except ConnectionBroken as exc:
             self.workers.record_failure(worker, f"stream cut before first byte: {exc}")
             raise _Retryable from exc
-        out = web.StreamResponse(status=resp.status, headers=self._downstream_headers(resp, worker))
+        out = StreamResponse(status=resp.status, headers=self._downstream_headers(resp, worker))
         await out.prepare(request)
         chunk = first
         while chunk:

@@ -18,15 +18,15 @@ from __future__ import annotations
 import asyncio
 import logging
 import time
-from collections.abc import Awaitable, Callable, Iterable
+from collections.abc import Iterable
 from dataclasses import dataclass
 from typing import Any
 
-from aiohttp import web
 from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily, Metric
 from prometheus_client.registry import Collector
 
 from radixserve.router.errors import error_response
+from radixserve.router.httpd import AnyResponse, Handler, Request, Response
 from radixserve.router.kube import api_client
 from radixserve.router.workers import WorkerRegistry
 
@@ -38,7 +38,6 @@ PLURAL = "inferenceservers"
 # How often held requests look for a healthy worker (health checks admit workers at their own pace).
 POLL_S = 0.05
 
-Handler = Callable[[web.Request], Awaitable[web.StreamResponse]]
 
 
 @dataclass
@@ -87,7 +86,7 @@ class ScaleFromZero:
             await asyncio.gather(*self._tasks, return_exceptions=True)
 
     def guard(self, handler: Handler) -> Handler:
-        async def held(request: web.Request) -> web.StreamResponse:
+        async def held(request: Request) -> AnyResponse:
             if not self.workers.healthy:
                 refusal = await self.wait_for_worker()
                 if refusal is not None:
@@ -96,7 +95,7 @@ class ScaleFromZero:
 
         return held
 
-    async def wait_for_worker(self) -> web.Response | None:
+    async def wait_for_worker(self) -> Response | None:
         """Hold until a worker is healthy (None), or the 503 to answer."""
         if self.held >= self.config.max_held:
             self.overflows += 1
@@ -112,7 +111,7 @@ class ScaleFromZero:
         finally:
             self.held -= 1
 
-    def _unavailable(self, why: str) -> web.Response:
+    def _unavailable(self, why: str) -> Response:
         c = self.config
         return error_response(503, f"the model is scaling up from zero replicas (InferenceServer "
                                    f"{c.namespace}/{c.name}): {why}; retry later",
