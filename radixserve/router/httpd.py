@@ -247,11 +247,16 @@ class _Connection(asyncio.Protocol):
             self.parser.feed_data(data)
         except httptools.HttpParserUpgrade:
             self._refuse(400, "protocol upgrades are not supported")
+            return
         except httptools.HttpParserError as exc:
             if self._head_bytes > MAX_HEAD_BYTES:  # raised by _count_head, wrapped by the parser
                 self._refuse(431, f"request line and headers exceed {MAX_HEAD_BYTES} bytes")
             else:
                 self._refuse(400, f"malformed HTTP request: {exc}")
+            return
+        if self.task is None and not self.closed:
+            # Part of a request, then silence: the idle timeout still applies.
+            self._arm_idle()
 
     def pause_writing(self) -> None:
         self._write_paused = True

@@ -245,3 +245,16 @@ async def test_shutdown_cancels_what_outlives_the_timeout(serve: Serve) -> None:
     assert cancelled.is_set()
     assert await reader.read() == b""
     writer.close()
+
+
+async def test_idle_and_stalled_connections_are_closed(serve: Serve) -> None:
+    _, port = await serve(echo, keepalive_timeout_s=0.2)
+    reader, writer = await asyncio.open_connection("127.0.0.1", port)
+    writer.write(b"GET /a HTTP/1.1\r\n\r\n")
+    assert (await read_response(reader))[0] == 200
+    assert await asyncio.wait_for(reader.read(), 5) == b""  # idle after an answer: closed
+    writer.close()
+    reader, writer = await asyncio.open_connection("127.0.0.1", port)
+    writer.write(b"GET /a HTTP/1.1\r\nHost: h\r\n")  # half a head, then silence
+    assert await asyncio.wait_for(reader.read(), 5) == b""
+    writer.close()
