@@ -5,6 +5,7 @@ Built from TP-aware layers; `load_weights` maps HF checkpoint names onto the fus
 
 from __future__ import annotations
 
+import os
 from collections.abc import Iterable
 
 import torch
@@ -104,6 +105,7 @@ class LlamaModel(nn.Module):
             LlamaDecoderLayer(config, i - self.start_layer, rotary, tp, self.make_mlp(config, i, tp))
             if self.start_layer <= i < self.end_layer else OtherStage() for i in range(config.num_hidden_layers))
         self.norm: nn.Module = RMSNorm(config.hidden_size, config.rms_norm_eps) if pp.is_last else OtherStage()
+        self._one_row_ok: bool | None = None  # whether _forward_one_row covers these layers (decided once)
 
     @staticmethod
     def make_mlp(config: ModelConfig, layer: int, tp: ParallelGroup) -> nn.Module:
@@ -118,11 +120,70 @@ class LlamaModel(nn.Module):
         if self.pp.is_first:
             hidden = self.embed_tokens(input_ids)
         assert hidden is not None
+        if residual is None and self._one_row_fusable(hidden, fb):
+            return self._forward_one_row(positions, hidden, fb)
         for i in range(self.start_layer, self.end_layer):
             hidden, residual = self.layers[i](positions, hidden, residual, fb)
         if not self.pp.is_last:
             return hidden, residual
         out, _ = self.norm(hidden, residual)
+        return out, None
+
+    def _one_row_fusable(self, hidden: torch.Tensor, fb: ForwardBatch) -> bool:
+        """Batch-1 decode on CUDA runs `_forward_one_row` (kernels/gemv.py): six kernels per layer
+        instead of ten. Only for the plain dense float layers those kernels cover, on one GPU and one
+        stage; RADIXSERVE_ONE_ROW_FUSION=0 turns it off."""
+        if not (hidden.is_cuda and hidden.shape[0] == 1 and fb.forward_mode.is_decode()):
+            return False
+        if self._one_row_ok is None:
+            self._one_row_ok = self._one_row_supported(hidden.dtype)
+        pool = fb.token_to_kv_pool
+        return (self._one_row_ok and not pool.is_fp8 and pool.dtype == hidden.dtype
+                and os.environ.get("RADIXSERVE_ONE_ROW_FUSION", "1") != "0")
+
+    def _one_row_supported(self, dtype: torch.dtype) -> bool:
+        from radixserve.kernels.gemv import fits
+
+        if self.pp.size != 1 or dtype not in (torch.bfloat16, torch.float16):
+            return False
+        for i in range(self.start_layer, self.end_layer):
+            layer = self.layers[i]
+            if not isinstance(layer, LlamaDecoderLayer) or type(layer.mlp) is not LlamaMLP:
+                return False
+            attn, mlp = layer.self_attn, layer.mlp
+            linears = (attn.qkv_proj, attn.o_proj, mlp.gate_up_proj, mlp.down_proj)
+            if any(m.quant is not None or m.bias is not None or m.tp.size != 1 for m in linears):
+                return False
+            if attn.q_norm is not None or attn.head_dim % 2:
+                return False
+            (qkv_n, qkv_k), (o_n, o_k), (gu_n, gu_k), (d_n, d_k) = (m.weight.shape for m in linears)
+            if not (fits("rope", qkv_n, qkv_k, attn.head_dim) and fits("residual", o_n, o_k)
+                    and fits("silu", gu_n, gu_k) and fits("residual", d_n, d_k)):
+                return False
+        return True
+
+    def _forward_one_row(self, positions: torch.Tensor, hidden: torch.Tensor,
+                         fb: ForwardBatch) -> tuple[torch.Tensor, None]:
+        """The layers for one token. `x` is the residual stream (hidden + residual, as the unfused
+        path's add_rmsnorm rounds it) and `part` the sums of squares of x that the product which wrote
+        it left for the next RMSNorm (None for the embedding: the first norm computes its own)."""
+        from radixserve.kernels.gemv import gemv_residual, norm_gemv_rope, norm_gemv_silu
+
+        x, part = hidden, None
+        for i in range(self.start_layer, self.end_layer):
+            layer = self.layers[i]
+            assert isinstance(layer, LlamaDecoderLayer)
+            attn, mlp = layer.self_attn, layer.mlp
+            assert isinstance(mlp, LlamaMLP)
+            ln1, ln2 = layer.input_layernorm, layer.post_attention_layernorm
+            k_buf, v_buf = fb.token_to_kv_pool.get_kv_buffer(attn.attn.layer_id)
+            q = norm_gemv_rope(x, part, ln1.weight, ln1.eps, attn.qkv_proj.weight, attn.num_heads, attn.num_kv_heads,
+                               positions, attn.rotary.cos_cache, attn.rotary.sin_cache, k_buf, v_buf, fb.out_cache_loc)
+            o = fb.attn_backend.forward_decode(q, attn.attn, fb)  # k and v of this token are in the pool
+            x, part = gemv_residual(o.reshape(1, -1), attn.o_proj.weight, x)
+            act = norm_gemv_silu(x, part, ln2.weight, ln2.eps, mlp.gate_up_proj.weight)
+            x, part = gemv_residual(act, mlp.down_proj.weight, x)
+        out, _ = self.norm(x, None)
         return out, None
 
 
@@ -163,7 +224,8 @@ class LlamaForCausalLM(nn.Module):
         return self.model(input_ids, positions, fb, hidden, residual)  # type: ignore[no-any-return]
 
     def compute_logits(self, hidden: torch.Tensor, fb: ForwardBatch) -> torch.Tensor:
-        last = hidden[fb.last_token_indices()]
+        # A decode batch has one row per request: no gather (two kernels fewer in each decode graph).
+        last = hidden if fb.forward_mode.is_decode() else hidden[fb.last_token_indices()]
         return self.lm_head.compute_logits(last).float()  # type: ignore[operator,no-any-return]
 
     def load_weights(self, weights: Iterable[tuple[str, torch.Tensor]]) -> set[str]:

@@ -1,0 +1,49 @@
+"""The fused one-row products of batch-1 decode (kernels/gemv.py) against their torch references."""
+
+from __future__ import annotations
+
+import os
+
+import pytest
+import torch
+
+from tests.kernels.gemv_cases import check_gemv, check_gemv_small, check_one_row_model_small
+
+
+@pytest.mark.gpu
+@pytest.mark.parametrize("dtype", [torch.bfloat16, torch.float16], ids=str)
+def test_gemv_on_gpu(dtype: torch.dtype) -> None:
+    seed = int.from_bytes(os.urandom(4), "little")
+    check_gemv_small("cuda", dtype, torch.Generator().manual_seed(seed))
+    # The Llama-3-8B shapes with the default tiles.
+    check_gemv("cuda", dtype, torch.Generator().manual_seed(seed), hidden=4096, inter=14336, heads=32, kv_heads=8,
+               dim=128)
+
+
+@pytest.mark.gpu
+@pytest.mark.parametrize("backend", ["torch", "triton"])
+def test_one_row_model_on_gpu(backend: str) -> None:
+    seed = int.from_bytes(os.urandom(4), "little")
+    check_one_row_model_small("cuda", torch.bfloat16, torch.Generator().manual_seed(seed), backend)
+
+
+INTERPRETER_RUN = r"""
+import sys, torch
+sys.path.insert(0, sys.argv[1])
+import interpreter_compat; interpreter_compat.install()
+from gemv_cases import check_gemv_small
+check_gemv_small("cpu", torch.float32, torch.Generator().manual_seed(int(sys.argv[2])))
+print("interpreter ok")
+from gemv_cases import check_one_row_model_small
+check_one_row_model_small("cpu", torch.float32, torch.Generator().manual_seed(int(sys.argv[2])))
+print("model ok")
+"""
+
+
+def test_gemv_in_triton_cpu_interpreter() -> None:
+    pytest.importorskip("triton", reason="triton is a dev dependency; install with pip install -e .[dev]")
+    from tests.kernels.interpreter_compat import run_in_interpreter
+
+    seed = str(int.from_bytes(os.urandom(2), "little"))
+    out = run_in_interpreter(INTERPRETER_RUN, seed)
+    assert "interpreter ok" in out and "model ok" in out
