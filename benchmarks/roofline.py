@@ -157,6 +157,9 @@ class ModelCost:
     weight_bytes: int  # read once per decode step
     kv_bytes_per_token: int  # all layers, K and V
     fp8_linears: bool = False  # the layers' matmuls run in FP8 (1 byte per weight, the FP8 matmul rate)
+    # Of `layer_matmul_params`, those whose products run at the FP8 rate (W8A8 linears; FP8 experts
+    # run weight-only, at the model dtype's rate).
+    fp8_matmul_params: int = 0
 
     # Mixture of experts: MoE layers, experts per layer, experts per token, bytes of one expert's
     # three matrices. `layer_matmul_params` then counts the experts a token uses (top-k), and
@@ -169,8 +172,8 @@ class ModelCost:
     @classmethod
     def from_config(cls, cfg: ModelConfig, dtype_bytes: int, fp8_linears: bool = False,
                     kv_dtype_bytes: int | None = None, int4_linears: bool = False) -> ModelCost:
-        """With `fp8_linears` the decoder's linear weights count 1 byte each plus a float32 scale per output
-        row; with `int4_linears` (W4A16, --quantization int4) half a byte each plus an fp16 scale and
+        """With `fp8_linears` the decoder's linear weights and the experts count 1 byte each plus a float32
+        scale per output row (the experts' products at the model dtype's rate: W8A16); with `int4_linears` (W4A16, --quantization int4) half a byte each plus an fp16 scale and
         zero per 32; the embedding, the LM head and the norms stay in `dtype_bytes`. `kv_dtype_bytes`:
         bytes per KV element when the cache has its own dtype (1 for --kv-cache-dtype fp8_e4m3)."""
         h, hd = cfg.hidden_size, cfg.head_dim
@@ -187,11 +190,20 @@ class ModelCost:
         lm_head = h * cfg.vocab_size
         norms = cfg.num_hidden_layers * 2 * h + h + (cfg.num_hidden_layers * 2 * hd if cfg.qk_norm else 0)
         biases = cfg.num_hidden_layers * (q_dim + 2 * kv_dim) if cfg.attention_bias else 0
-        if (fp8_linears or int4_linears) and moe_layers:
-            raise ValueError("quantized linears with mixture-of-experts layers are not modelled (experts stay bf16)")
+        if int4_linears and moe_layers:
+            raise ValueError("int4 linears with mixture-of-experts layers are not modelled (experts stay bf16)")
+        expert_bytes = expert * dtype_bytes
+        fp8_params = 0
         if fp8_linears:
-            rows = cfg.num_hidden_layers * (q_dim + 2 * kv_dim + h + 3 * cfg.intermediate_size)
-            weight_bytes = layer_params + 4 * rows + (lm_head + norms + biases) * dtype_bytes
+            # Quantized: q/k/v/o, dense and shared-expert MLPs (1 byte + a row scale), the experts likewise;
+            # the MoE router stays in the model dtype.
+            router = moe_layers * h * cfg.num_experts
+            shared = cfg.shared_expert_intermediate_size
+            rows = (cfg.num_hidden_layers * (q_dim + 2 * kv_dim + h) + dense_layers * (2 * cfg.intermediate_size + h)
+                    + moe_layers * (2 * shared + h if shared else 0))
+            fp8_params = resident - router
+            weight_bytes = fp8_params + 4 * rows + (router + lm_head + norms + biases) * dtype_bytes
+            expert_bytes = expert + 4 * (2 * cfg.moe_intermediate_size + h)
         elif int4_linears:
             weight_bytes = layer_params // 2 + layer_params // 32 * 4 + (lm_head + norms + biases) * dtype_bytes
         else:
@@ -200,8 +212,8 @@ class ModelCost:
                    lm_head_params=lm_head, weight_bytes=weight_bytes,
                    kv_bytes_per_token=cfg.kv_bytes_per_token_per_layer * cfg.num_hidden_layers
                    * (kv_dtype_bytes or dtype_bytes),
-                   fp8_linears=fp8_linears, moe_layers=moe_layers, experts=cfg.num_experts,
-                   top_k=cfg.num_experts_per_tok, expert_bytes=expert * dtype_bytes)
+                   fp8_linears=fp8_linears, fp8_matmul_params=fp8_params, moe_layers=moe_layers,
+                   experts=cfg.num_experts, top_k=cfg.num_experts_per_tok, expert_bytes=expert_bytes)
 
     def step_weight_bytes(self, tokens: int) -> float:
         """Weights one forward pass over `tokens` tokens reads: everything but the experts, plus per MoE
@@ -298,7 +310,7 @@ def workload_bound(cost: ModelCost, rates: DeviceRates, reqs: Sequence[ReqShape]
     w = cost.step_weight_bytes(sum(r.input_len - r.cached_len for r in reqs[:max_batch])) / tp
     w_decode = cost.step_weight_bytes(min(max_batch, len(reqs))) / tp
     # The layers' matmul FLOPs (2 per weight per token) run at the FP8 rate when the linears are FP8.
-    fp8_share = 2 * cost.layer_matmul_params if cost.fp8_linears else 0
+    fp8_share = 2 * cost.fp8_matmul_params
     prefill_fp8 = fp8_share * sum(r.input_len - r.cached_len for r in reqs)
     prefill_s = max(rates.matmul_seconds(prefill_flops, prefill_fp8) / tp, prefill_passes * w / rates.copy_bytes_s)
     decode_s = max(rates.matmul_seconds(decode_flops, fp8_share * total_decode_tokens) / tp,
@@ -324,6 +336,6 @@ def decode_roofline_tok_s(cost: ModelCost, rates: DeviceRates, ctx: int, batch: 
     """Steady decode tokens/s at `batch` requests of context `ctx`: bytes bound or FLOPs bound, the slower."""
     step_bytes = cost.decode_step_bytes([ctx] * batch) / tp
     step_flops = batch * cost.decode_token_flops(ctx)
-    fp8_flops = batch * 2 * cost.layer_matmul_params if cost.fp8_linears else 0
+    fp8_flops = batch * 2 * cost.fp8_matmul_params
     step_s = max(step_bytes / rates.copy_bytes_s, rates.matmul_seconds(step_flops, fp8_flops) / tp)
     return batch / step_s

@@ -159,7 +159,7 @@ class ModelRunner:
             from radixserve.layers.quantization.online import quantize_linears_fp8
 
             n = quantize_linears_fp8(model)
-            logger.info("--quantization fp8: %d linear layers quantized to FP8 at load", n)
+            logger.info("--quantization fp8: %d linear and expert layers quantized to FP8 at load", n)
         elif self.server_args.quantization == "int4":
             from radixserve.layers.quantization.online import quantize_linears_int4
 

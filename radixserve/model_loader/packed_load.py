@@ -24,7 +24,13 @@ logger = logging.getLogger(__name__)
 
 
 def _target(model: nn.Module, name: str) -> tuple[str, object]:
-    """The parameter a checkpoint name loads into and its shard id, by the model's fused-name map."""
+    """The parameter a checkpoint name loads into and its shard id: a mixture-of-experts model's
+    expert stacks (`expert_target`), else the model's fused-name map."""
+    expert_target = getattr(model, "expert_target", None)
+    if callable(expert_target):
+        target, shard = expert_target(name)
+        if target is not None:
+            return target, shard
     for ckpt, ours, shard_id in getattr(model, "stacked_params", ()):
         if ckpt in name:
             return name.replace(ckpt, ours), shard_id
@@ -33,7 +39,7 @@ def _target(model: nn.Module, name: str) -> tuple[str, object]:
 
 def _quant_layer(model: nn.Module, param_name: str) -> Any:
     module_path, _, leaf = param_name.rpartition(".")
-    if leaf != "weight":
+    if not leaf.endswith("weight"):  # `weight`, or an expert stack's `w13_weight` / `w2_weight`
         return None
     try:
         module = model.get_submodule(module_path)
@@ -78,5 +84,8 @@ def load_weights_packed(model: nn.Module,
         logger.warning("%d quantized tensors loaded dequantized instead of packed, e.g. %s",
                        len(dequantized), "; ".join(dequantized[:3]))
     quant_bytes = sum(q.nbytes() for q in (getattr(m, "quant", None) for m in model.modules()) if q is not None)
-    logger.info("packed %d linear weights (%.1f MiB with scales)", len(packed), quant_bytes / 2**20)
+    expert_bytes = sum(s.nbytes() for m in model.modules() for s in (getattr(m, "w13_fp8", None),
+                                                                      getattr(m, "w2_fp8", None)) if s is not None)
+    logger.info("packed %d linear weights (%.1f MiB with scales)%s", len(packed), quant_bytes / 2**20,
+                f" and FP8 experts ({expert_bytes / 2**20:.1f} MiB)" if expert_bytes else "")
     return loaded | packed

@@ -71,7 +71,7 @@ class MoeForCausalLM(LlamaForCausalLM):
             """Load expert tensors here; pass everything else on to the Llama loader."""
             for name, tensor in items:
                 name = name.replace(".block_sparse_moe.", ".mlp.")  # Mixtral's module name
-                target, shard = self._expert_target(name)
+                target, shard = self.expert_target(name)
                 if target is None:
                     yield name, tensor
                     continue
@@ -104,7 +104,9 @@ class MoeForCausalLM(LlamaForCausalLM):
             loaded.add(target)
         return loaded
 
-    def _expert_target(self, name: str) -> tuple[str | None, object]:
+    def expert_target(self, name: str) -> tuple[str | None, object]:
+        """The expert stack a checkpoint tensor loads into and its shard id, or (None, None)."""
+        name = name.replace(".block_sparse_moe.", ".mlp.")  # Mixtral's module name
         m = _EXPERT_NAME.match(name)
         if m is not None and m["proj"] in _PROJ:
             which = _PROJ[m["proj"]]

@@ -163,6 +163,30 @@ def test_model_cost_of_tiny_config() -> None:
     # (576 + 36 x 4 = 720 bytes); head and norms stay bf16.
     int4 = rl.ModelCost.from_config(TINY, dtype_bytes=2, int4_linears=True)
     assert int4.weight_bytes == 720 + (256 + 40) * 2
+    # --quantization fp8: 1 byte per layer weight plus a float32 scale per output row (per layer: q 8,
+    # k 4, v 4, o 8, gate 16, up 16, down 8 = 64 rows), all at the FP8 rate.
+    fp8 = rl.ModelCost.from_config(TINY, dtype_bytes=2, fp8_linears=True)
+    assert fp8.weight_bytes == 1152 + 4 * 2 * 64 + (256 + 40) * 2
+    assert fp8.fp8_matmul_params == fp8.layer_matmul_params
+
+
+TINY_MOE = ModelConfig(architecture="Qwen3MoeForCausalLM", hidden_size=8, intermediate_size=16,
+                       num_hidden_layers=2, num_attention_heads=2, num_key_value_heads=1, vocab_size=32,
+                       head_dim=4, num_experts=4, num_experts_per_tok=2, moe_intermediate_size=4)
+
+
+def test_model_cost_of_tiny_moe_in_fp8() -> None:
+    # per layer: attention 192; router 8x4 = 32; an expert 3 x 8x4 = 96, of which a token uses 2.
+    bf16 = rl.ModelCost.from_config(TINY_MOE, dtype_bytes=2)
+    assert bf16.layer_matmul_params == 2 * (192 + 32 + 2 * 96)
+    norms = 2 * (2 * 8) + 8  # (this hand-made config has no q/k norms)
+    assert bf16.weight_bytes == (2 * (192 + 32) + 256 + norms) * 2 and bf16.expert_bytes == 96 * 2
+    fp8 = rl.ModelCost.from_config(TINY_MOE, dtype_bytes=2, fp8_linears=True)
+    # Attention at 1 byte + row scales (q 8, k 4, v 4, o 8 rows); the router stays bf16; an expert is 96
+    # bytes + row scales (gate 4, up 4, down 8); only attention runs at the FP8 rate (experts: W8A16).
+    assert fp8.weight_bytes == 2 * 192 + 4 * 2 * 24 + (2 * 32 + 256 + norms) * 2
+    assert fp8.expert_bytes == 96 + 4 * 16
+    assert fp8.fp8_matmul_params == 2 * 192
 
 
 def test_workload_bound_by_hand() -> None:

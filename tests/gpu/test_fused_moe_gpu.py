@@ -11,7 +11,7 @@ import torch
 
 from radixserve.kernels.fused_moe import GemmConfig, fused_experts
 from radixserve.layers.moe import FusedMoE, fused_experts_reference
-from tests.kernels.moe_cases import TOLERANCE, check_fused_moe, moe_inputs
+from tests.kernels.moe_cases import TOLERANCE, check_fused_moe, check_fused_moe_fp8, moe_inputs
 
 pytestmark = pytest.mark.gpu
 
@@ -28,6 +28,15 @@ def test_fused_moe_matches_reference(tokens: int, experts: int, top_k: int, dtyp
     # Qwen3-30B-A3B's widths at TP=2 (H 2048, I 768 / 2); the default config pick and both fixed ones.
     configs = [None, GemmConfig(16, 64, 64, 4), GemmConfig(64, 128, 32, 8)]
     check_fused_moe("cuda", dtype, _gen(), [(tokens, experts, top_k, 2048, 384)], configs)
+
+
+@pytest.mark.parametrize("block", [None, 128], ids=["channel", "block128"])
+@pytest.mark.parametrize("tokens", [1, 7, 256])
+def test_fp8_experts_match_reference(tokens: int, block: int | None) -> None:
+    # Qwen3-30B-A3B at TP=1 (I 768) and TP=2 (I 384); the default config and both fixed ones.
+    configs = [None, GemmConfig(16, 64, 64, 4), GemmConfig(64, 128, 32, 8)]
+    for inter in (768, 384):
+        check_fused_moe_fp8("cuda", torch.bfloat16, _gen(), [(tokens, 128, 8, 2048, inter)], configs, block)
 
 
 def test_odd_widths_and_fp16() -> None:

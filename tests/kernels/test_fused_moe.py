@@ -12,7 +12,8 @@ from tests.kernels.moe_cases import check_alignment
 
 
 @pytest.mark.parametrize(("tokens", "experts", "top_k", "block_m"),
-                         [(1, 8, 2, 16), (7, 64, 8, 16), (256, 128, 8, 64), (33, 4, 4, 16)])
+                         [(1, 8, 2, 16), (1, 128, 8, 64), (2, 8, 2, 16), (7, 64, 8, 16), (256, 128, 8, 64),
+                          (33, 4, 4, 16)])
 def test_alignment_groups_pairs_by_expert(tokens: int, experts: int, top_k: int, block_m: int) -> None:
     gen = torch.Generator().manual_seed(tokens * experts)
     # Skewed routing, as trained routers give: a few hot experts get most pairs, many get none.
@@ -26,12 +27,15 @@ INTERPRETER_RUN = r"""
 import sys, torch
 sys.path.insert(0, sys.argv[1])
 import interpreter_compat; interpreter_compat.install()
-from moe_cases import check_fused_moe
+from moe_cases import check_fused_moe, check_fused_moe_fp8
 from radixserve.kernels.fused_moe import GemmConfig
 gen = torch.Generator().manual_seed(int(sys.argv[2]))
 # Widths that are not multiples of the blocks exercise the masks; tokens 1 (decode) and 40 (prefill).
 cases = [(1, 8, 2, 64, 48), (7, 8, 2, 40, 24), (40, 4, 3, 64, 32)]
 check_fused_moe("cpu", torch.float32, gen, cases, [GemmConfig(16, 32, 32, 4), GemmConfig(32, 16, 16, 4)])
+# FP8 experts: per channel, and in 32x32 blocks (partial at the edges) that span two K tiles of 16.
+for block in (None, 32):
+    check_fused_moe_fp8("cpu", torch.float32, gen, cases, [GemmConfig(16, 32, 16, 4)], block)
 print("interpreter ok")
 """
 

@@ -118,3 +118,26 @@ def write_int4_twin(src: Path, dest: Path) -> Path:
                 tensors[name] = quantize_group_int4(t.float()).dequantize().to(t.dtype)
         save_file(tensors, f)
     return dest
+
+
+def write_expert_twin(fp8_dir: Path, twin_dir: Path, dest: Path) -> Path:
+    """A copy of an FP8 checkpoint whose mixture-of-experts weights are their dequantized float32 values
+    (from the twin) and every other linear layer stays FP8: it differs from the FP8 checkpoint only in
+    how the experts are held."""
+    from safetensors.torch import load_file, save_file
+
+    shutil.copytree(fp8_dir, dest)
+    twin: dict[str, torch.Tensor] = {}
+    for f in twin_dir.glob("*.safetensors"):
+        twin.update(load_file(str(f)))
+    for f in dest.glob("*.safetensors"):
+        tensors = load_file(str(f))
+        out = {}
+        for name, t in tensors.items():
+            if ".mlp.experts." not in name:
+                out[name] = t
+            elif name.endswith(".weight"):
+                out[name] = twin[name]
+            # else: the expert's scale, dropped with its codes
+        save_file(out, str(f))
+    return dest

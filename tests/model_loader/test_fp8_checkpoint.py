@@ -17,7 +17,13 @@ from radixserve.layers.quantization.fp8 import Fp8Weight
 from radixserve.model_loader.fp8_checkpoint import checkpoint_scheme, iter_fp8_checkpoint
 from radixserve.model_loader.hf_loader import safetensors_files
 from tests.conftest import _save_tiny, tokenizer_source
-from tests.model_loader.fp8_checkpoints import LAYOUTS, LINEARS, write_fp8_checkpoint, write_int4_twin
+from tests.model_loader.fp8_checkpoints import (
+    LAYOUTS,
+    LINEARS,
+    write_expert_twin,
+    write_fp8_checkpoint,
+    write_int4_twin,
+)
 
 PROMPTS = ["The capital of France is", "def fibonacci(n):", "Once upon a time", "Water boils at"]
 ONE_TOKEN = {"max_new_tokens": 1, "temperature": 0}
@@ -109,3 +115,54 @@ def test_quantization_int4_at_load_matches_its_dequantized_twin(float_model: Pat
     # Seen: 0.025 nats at most, 9 of the top 10 shared (the float original: 0.36 nats, 2 of 10).
     twin = write_int4_twin(float_model, tmp_path / "int4-twin")
     _assert_close(_top_logprobs(float_model, quantization="int4"), _top_logprobs(twin), tol=0.1)
+
+
+@pytest.fixture(scope="module")
+def moe_model(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    # Qwen3-MoE, 4 experts of width 128 (top 2), layers 0 and 2 MoE, 1 dense: experts tile 128x128 blocks.
+    return _save_tiny(tmp_path_factory.mktemp("fp8-moe"), "qwen3_moe", tokenizer_source(), hidden_size=128,
+                      num_hidden_layers=3, num_attention_heads=2, num_key_value_heads=2, head_dim=64, num_experts=4,
+                      num_experts_per_tok=2, moe_intermediate_size=128, norm_topk_prob=True,
+                      decoder_sparse_step=1, mlp_only_layers=[1], tie_word_embeddings=True)
+
+
+def _moe_top_logprobs(model: Path, **engine_args: Any) -> tuple[list[dict[int, float]], list[str]]:
+    """Top log-probs, and how each MoE layer holds its experts."""
+    from radixserve.layers.moe import FusedMoE
+
+    engine = Engine(model_path=str(model), log_level="warning", **engine_args)
+    try:
+        kinds = [f"{type(m.w13).__name__}/{type(m.w2).__name__}"
+                 for m in engine.model_runner.model.modules() if isinstance(m, FusedMoE)]
+        outs = engine.generate(PROMPTS, ONE_TOKEN, return_logprob=True, top_logprobs_num=TOP)
+    finally:
+        engine.shutdown()
+    return [{tok: lp for lp, tok in out["meta_info"]["output_top_logprobs"][0]} for out in outs], kinds
+
+
+@pytest.mark.parametrize("layout", ["compressed-tensors-channel", "fp8-block"])
+def test_fp8_moe_checkpoint_keeps_its_experts_in_fp8(layout: str, moe_model: Path, tmp_path: Path) -> None:
+    fp8_dir, twin_dir = write_fp8_checkpoint(moe_model, tmp_path, layout)
+    # The same checkpoint with only the experts dequantized: every expert routed to the wrong stack,
+    # expert or projection, or read with the wrong scales, would show in the logits.
+    expert_twin = write_expert_twin(fp8_dir, twin_dir, tmp_path / "expert-twin")
+    got, kinds = _moe_top_logprobs(fp8_dir)
+    want, twin_kinds = _moe_top_logprobs(expert_twin)
+    assert kinds == ["Fp8Experts/Fp8Experts"] * 2 and twin_kinds == ["Parameter/Parameter"] * 2
+    # On CPU FP8 experts are dequantized to the twin's float32 values: the same logits up to the order
+    # of float32 sums.
+    _assert_close(got, want, tol=1e-4)
+
+
+def test_quantization_fp8_at_load_quantizes_experts(moe_model: Path) -> None:
+    # This model's next-token distribution is flat (its top 10 within ~0.3 nats around -7.5), so FP8
+    # rounding reorders the top 10: seen 2-9 of 10 shared per prompt, shared ones within 0.33 nats.
+    got, kinds = _moe_top_logprobs(moe_model, quantization="fp8")
+    assert kinds == ["Fp8Experts/Fp8Experts"] * 2
+    want, _ = _moe_top_logprobs(moe_model)
+    shared = 0
+    for g, w in zip(got, want, strict=True):
+        common = set(g) & set(w)
+        assert common and max(abs(g[t] - w[t]) for t in common) <= LOGPROB_TOL, (g, w)
+        shared += len(common)
+    assert shared >= len(PROMPTS) * TOP // 3

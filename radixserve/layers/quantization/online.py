@@ -4,8 +4,9 @@ fp8: per output channel (one scale per row), finer than vLLM's per-tensor online
 the row-wise scaled product. int4: weight-only, 4-bit codes with a scale and an offset per 32 input
 columns, rounded to nearest (x = s q + m, GGUF's Q4_1 form and torchao's int4 weight-only with
 group 32), run by the packed kernels GGUF weights use (CPU: torch's int4 op; CUDA: Triton).
-Only the decoder's linear layers (q/k/v, o, gate/up, down) are quantized; the embedding, the LM head
-and the mixture-of-experts weights stay in the model dtype.
+Only the decoder's linear layers (q/k/v, o, gate/up, down) are quantized, and with fp8 the
+mixture-of-experts weights too (per expert and output channel, run weight-only: layers/moe.py); the
+embedding and the LM head stay in the model dtype.
 """
 
 from __future__ import annotations
@@ -59,8 +60,17 @@ def _quantize_linears(model: nn.Module, make: Callable[[nn.Parameter], QuantMeth
 
 
 def quantize_linears_fp8(model: nn.Module) -> int:
-    """Replace every dense linear weight with its FP8 form in place; returns how many were quantized."""
-    return _quantize_linears(model, lambda w: Fp8Linear(quantize_weight_per_channel(w.data), w.device))
+    """Replace every dense linear weight and expert stack with its FP8 form in place; returns how many
+    linear layers and expert layers were quantized."""
+    from radixserve.layers.moe import FusedMoE
+
+    count = _quantize_linears(model, lambda w: Fp8Linear(quantize_weight_per_channel(w.data), w.device))
+    with torch.no_grad():
+        for module in model.modules():
+            if isinstance(module, FusedMoE) and (module.w13_fp8 is None or module.w2_fp8 is None):
+                module.quantize_fp8()
+                count += 1
+    return count
 
 
 def quantize_linears_int4(model: nn.Module) -> int:
