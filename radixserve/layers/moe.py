@@ -83,6 +83,26 @@ class Fp8Experts:
 ExpertStack = torch.Tensor | Fp8Experts
 
 
+def quantize_experts_fp8(w: torch.Tensor, block: int | None = None) -> Fp8Experts:
+    """Float experts [E, N, K] -> FP8 codes with one scale per expert and output row (`block` None:
+    `--quantization fp8`), or per `block` x `block` tile (partial at the edges) as block-scaled
+    checkpoints store them."""
+    from radixserve.layers.quantization.fp8 import FP8_MAX
+
+    e, n, k = w.shape
+    wf = w.float()
+    if block is None:
+        scale = (wf.abs().amax(dim=2, keepdim=True) / FP8_MAX).clamp(min=1e-12)
+        return Fp8Experts((wf / scale).clamp(-FP8_MAX, FP8_MAX).to(FP8_DTYPE), scale, (1, k))
+    nb, kb = math.ceil(n / block), math.ceil(k / block)
+    padded = torch.zeros(e, nb * block, kb * block, device=w.device)
+    padded[:, :n, :k] = wf
+    tiles = padded.view(e, nb, block, kb, block)
+    scale = (tiles.abs().amax(dim=(2, 4)) / FP8_MAX).clamp(min=1e-12)
+    codes = (tiles / scale[:, :, None, :, None]).clamp(-FP8_MAX, FP8_MAX).to(FP8_DTYPE)
+    return Fp8Experts(codes.view(e, nb * block, kb * block)[:, :n, :k].contiguous(), scale, (block, block))
+
+
 def _expert_weight(w: ExpertStack, e: int, dtype: torch.dtype) -> torch.Tensor:
     return w.expert(e, dtype) if isinstance(w, Fp8Experts) else w[e]
 
@@ -204,16 +224,11 @@ class FusedMoE(nn.Module):
 
     def quantize_fp8(self) -> None:
         """`--quantization fp8`: both stacks to FP8 with one scale per output channel of each expert."""
-        from radixserve.layers.quantization.fp8 import FP8_MAX
-
         for name in ("w13", "w2"):
             param = self.w13_weight if name == "w13" else self.w2_weight
             if param.numel() == 0:
                 continue  # a checkpoint's FP8 stack already
-            w = param.data.float()
-            scale = (w.abs().amax(dim=2, keepdim=True) / FP8_MAX).clamp(min=1e-12)
-            codes = (w / scale).clamp(-FP8_MAX, FP8_MAX).to(FP8_DTYPE)
-            stack = Fp8Experts(codes, scale, (1, int(w.shape[2])))
+            stack = quantize_experts_fp8(param.data)
             if name == "w13":
                 self.w13_fp8 = stack
             else:

@@ -5,8 +5,7 @@ from __future__ import annotations
 import torch
 
 from radixserve.kernels.fused_moe import GemmConfig, fused_experts, moe_align_block_size, pick_config
-from radixserve.layers.moe import Fp8Experts, fused_experts_reference, select_experts
-from radixserve.layers.quantization.fp8 import FP8_DTYPE, FP8_MAX
+from radixserve.layers.moe import fused_experts_reference, quantize_experts_fp8, select_experts
 
 # Tolerances on the output: float32 runs IEEE dots (same sums, another order); bf16 rounds the
 # two GEMM outputs and the activation like the reference, but accumulates in another order.
@@ -63,23 +62,6 @@ def check_fused_moe(device: str, dtype: torch.dtype, gen: torch.Generator,
                 raise AssertionError(f"{case}: {e}") from None
 
 
-def fp8_experts(w: torch.Tensor, block: int | None) -> Fp8Experts:
-    """[E, N, K] float -> FP8 codes with one scale per output channel (`block` None) or per
-    block x block tile (edges partial), as checkpoints store them."""
-    e, n, k = w.shape
-    wf = w.float()
-    if block is None:
-        scale = wf.abs().amax(dim=2, keepdim=True).clamp(min=1e-12) / FP8_MAX
-        return Fp8Experts((wf / scale).clamp(-FP8_MAX, FP8_MAX).to(FP8_DTYPE), scale, (1, k))
-    nb, kb = -(-n // block), -(-k // block)
-    padded = torch.zeros(e, nb * block, kb * block, device=w.device)
-    padded[:, :n, :k] = wf
-    tiles = padded.view(e, nb, block, kb, block)
-    scale = tiles.abs().amax(dim=(2, 4)).clamp(min=1e-12) / FP8_MAX
-    codes = (tiles / scale[:, :, None, :, None]).clamp(-FP8_MAX, FP8_MAX).to(FP8_DTYPE)
-    return Fp8Experts(codes.view(e, nb * block, kb * block)[:, :n, :k].contiguous(), scale, (block, block))
-
-
 def check_fused_moe_fp8(device: str, dtype: torch.dtype, gen: torch.Generator,
                         cases: list[tuple[int, int, int, int, int]], configs: list[GemmConfig | None],
                         block: int | None) -> None:
@@ -88,7 +70,7 @@ def check_fused_moe_fp8(device: str, dtype: torch.dtype, gen: torch.Generator,
     atol, rtol = TOLERANCE[dtype]
     for tokens, experts, top_k, hidden, inter in cases:
         x, w13, w2, weights, ids = moe_inputs(tokens, experts, top_k, hidden, inter, dtype, device, gen)
-        q13, q2 = fp8_experts(w13, block), fp8_experts(w2, block)
+        q13, q2 = quantize_experts_fp8(w13, block), quantize_experts_fp8(w2, block)
         ref = fused_experts_reference(x, q13, q2, weights, ids)
         for cfg in configs:
             got = fused_experts(x, q13, q2, weights, ids, cfg)
