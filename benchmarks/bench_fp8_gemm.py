@@ -32,6 +32,8 @@ from radixserve.kernels.fp8_gemm import channel_fp8_matmul, quantize_fp8
 from radixserve.layers.quantization.fp8 import Fp8Linear, Fp8Weight, quantize_weight_per_channel
 
 SHAPES = {"qkv": (6144, 4096), "o": (4096, 4096), "gate_up": (28672, 4096), "down": (4096, 14336)}
+# --shapes qwen3-30b-a3b: its attention projections (the experts are measured by bench_moe.py --fp8).
+NAMED = {"llama-3-8b": SHAPES, "qwen3-30b-a3b": {"qkv": (5120, 2048), "o": (2048, 4096)}}
 ROWS = (1, 16, 64, 256, 1024, 4096)
 
 
@@ -71,6 +73,7 @@ def main(argv: list[str] | None = None) -> int:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--output", default=None, help="JSON path (default: results/bench_fp8_gemm_<time>.json)")
     ap.add_argument("--rows", default=",".join(map(str, ROWS)), help="Comma-separated row counts M.")
+    ap.add_argument("--shapes", default="llama-3-8b", choices=sorted(NAMED), help="whose projections to time")
     args = ap.parse_args(argv)
     if not torch.cuda.is_available():
         raise SystemExit("bench_fp8_gemm needs a CUDA GPU")
@@ -80,7 +83,7 @@ def main(argv: list[str] | None = None) -> int:
     rows = [int(m) for m in args.rows.split(",")]
     table: list[dict[str, Any]] = []
     gen = torch.Generator(device=dev).manual_seed(0)
-    for name, (n, k) in tqdm(SHAPES.items(), desc="shapes"):
+    for name, (n, k) in tqdm(NAMED[args.shapes].items(), desc="shapes"):
         w = torch.empty(n, k, device=dev, dtype=torch.bfloat16).uniform_(-0.02, 0.02, generator=gen)
         channel = Fp8Linear(quantize_weight_per_channel(w), dev)
         block = Fp8Linear(_block_weight(w), dev)
@@ -119,7 +122,7 @@ def main(argv: list[str] | None = None) -> int:
             table.append(entry)
             print(entry, flush=True)
     machine = machine_info(("torch", "triton", "radixserve"))
-    result = {"benchmark": "bench_fp8_gemm", "command": " ".join([sys.executable, *sys.argv]),
+    result = {"benchmark": "bench_fp8_gemm", "shapes": args.shapes, "command": " ".join([sys.executable, *sys.argv]),
               "device_name": torch.cuda.get_device_name(), "versions": machine["versions"],
               "git_commit": machine["git_commit"], "machine": machine, **rates.to_json(),
               "definition": "GPU time per call: 20 calls captured in a CUDA graph, median of 50 replays; "

@@ -44,10 +44,17 @@ TOKENS = (1, 8, 32, 128, 512, 2048)
 # (block_m, block_n, block_k, warps) tried by --sweep
 SWEEP = [GemmConfig(16, 64, 128, 4), GemmConfig(16, 128, 128, 4), GemmConfig(16, 64, 256, 4),
          GemmConfig(16, 32, 128, 4), GemmConfig(16, 64, 128, 2), GemmConfig(16, 128, 64, 4),
-         GemmConfig(32, 64, 128, 4), GemmConfig(64, 128, 64, 8), GemmConfig(64, 128, 128, 8)]
+         GemmConfig(32, 64, 128, 4), GemmConfig(64, 128, 64, 8), GemmConfig(64, 128, 128, 8),
+         GemmConfig(16, 64, 128, 4, True), GemmConfig(16, 32, 128, 4, True), GemmConfig(16, 64, 256, 4, True),
+         GemmConfig(64, 128, 64, 8, True)]
+
+
+GRAPH = False  # --graph: time CUDA-graph replays (what the engine runs), not eager launches
 
 
 def bench(fn: Any) -> float:
+    if GRAPH:
+        return float(triton.testing.do_bench_cudagraph(fn, rep=100, return_mode="median")) / 1e3
     return float(triton.testing.do_bench(fn, warmup=25, rep=100, return_mode="median")) / 1e3
 
 
@@ -92,7 +99,7 @@ def case(cfg: ModelConfig, tokens: int, tp: int, dtype: torch.dtype, rates: tupl
     bound = max(nbytes / copy_rate, flops / gemm_rate)
     fused = bench(lambda: fused_experts(x, w13, w2, weights, ids))
     if sweep:
-        extra["sweep_us"] = {str([c.block_m, c.block_n, c.block_k, c.num_warps]):
+        extra["sweep_us"] = {str([c.block_m, c.block_n, c.block_k, c.num_warps] + (["trans_b"] if c.trans_b else [])):
                              round(bench(lambda c=c: fused_experts(x, w13, w2, weights, ids, c)) * 1e6, 2)
                              for c in SWEEP}
     dense_s = dense_mlp_time(x, k * inter, gen)
@@ -128,11 +135,15 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--fp8", default=None, choices=["channel", "block"],
                     help="FP8 experts (weight-only), per output row or in 128x128 blocks, against bf16 in the same run")
     ap.add_argument("--sweep", action="store_true", help="also time each GEMM config of SWEEP")
+    ap.add_argument("--graph", action="store_true",
+                    help="time CUDA-graph replays (as the engine runs the layer) instead of eager launches")
     ap.add_argument("--output", default=None, help="JSON path (default: results/bench_moe_cuda_<time>.json)")
     args = ap.parse_args(argv)
     if not torch.cuda.is_available():
         print("bench_moe needs a CUDA GPU", file=sys.stderr)
         return 2
+    global GRAPH
+    GRAPH = args.graph
     dtype = getattr(torch, args.dtype)
     rates = (measure_copy_bytes_s("cuda"), measure_matmul_flops("cuda", dtype))
     rows: list[dict[str, Any]] = []
@@ -150,6 +161,7 @@ def main(argv: list[str] | None = None) -> int:
                   f"  bf16 {row.get('fused_bf16_us')}  sweep {row.get('sweep_us')}", flush=True)
     result = {"benchmark": "bench_moe", "command": " ".join([sys.executable, *sys.argv]),
               "device_name": torch.cuda.get_device_name(), "dtype": args.dtype, "tp": args.tp, "fp8": args.fp8,
+              "timing": "cuda graph replays" if args.graph else "eager launches",
               "copy_rate_gb_s": round(rates[0] / 1e9, 1), "gemm_tflops": round(rates[1] / 1e12, 1),
               "machine": machine_info(("torch", "triton")), "rows": rows}
     path = write_results("bench_moe_cuda", result, args.output)

@@ -81,7 +81,7 @@ def _one_token_alignment(topk_ids: torch.Tensor, block_m: int) -> MoeAlignment:
 def _moe_gemm_kernel(A, B, C, SortedPairs, BlockExpert, NumPadded, TopkWeights, Scale, N, K, num_pairs,
                      stride_am, stride_be, stride_bn, stride_bk, stride_cm, stride_se, stride_sn, stride_sk,
                      ROWS_PER_A: tl.constexpr, MUL_WEIGHT: tl.constexpr, IEEE: tl.constexpr,
-                     FP8: tl.constexpr, SCALE_BN: tl.constexpr, SCALE_BK: tl.constexpr,
+                     FP8: tl.constexpr, SCALE_BN: tl.constexpr, SCALE_BK: tl.constexpr, TRANS_B: tl.constexpr,
                      BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr, BLOCK_K: tl.constexpr):
     """C[pair, n] = sum_k A[pair // ROWS_PER_A, k] * B[expert, n, k] (* weight[pair]) over one block;
     with FP8, B[expert, n, k] is codes[expert, n, k] * Scale[expert, n // SCALE_BN, k // SCALE_BK]."""
@@ -98,16 +98,24 @@ def _moe_gemm_kernel(A, B, C, SortedPairs, BlockExpert, NumPadded, TopkWeights, 
     nmask = offs_n < N
     offs_k = tl.arange(0, BLOCK_K)
     a_ptrs = A + rows[:, None] * stride_am + offs_k[None, :]
-    # A [BLOCK_K, BLOCK_N] tile of B[expert]^T: the expert's weights are [N, K], row-major.
-    b_ptrs = B + expert * stride_be + offs_n[None, :].to(tl.int64) * stride_bn + offs_k[:, None] * stride_bk
+    # A [BLOCK_K, BLOCK_N] tile of B[expert]^T: the expert's weights are [N, K], row-major. TRANS_B loads
+    # it as the [BLOCK_N, BLOCK_K] tile it is in memory and transposes in registers (a variant measured
+    # by benchmarks/bench_moe.py --sweep for FP8 codes, which are widened before the product).
+    if TRANS_B:
+        b_ptrs = B + expert * stride_be + offs_n[:, None].to(tl.int64) * stride_bn + offs_k[None, :] * stride_bk
+    else:
+        b_ptrs = B + expert * stride_be + offs_n[None, :].to(tl.int64) * stride_bn + offs_k[:, None] * stride_bk
     s_ptrs = Scale + expert * stride_se + (offs_n // SCALE_BN) * stride_sn
     acc = tl.zeros((BLOCK_M, BLOCK_N), dtype=tl.float32)
     for k0 in range(0, K, BLOCK_K):
         kmask = offs_k < K - k0
         a = tl.load(a_ptrs, mask=mmask[:, None] & kmask[None, :], other=0.0)
-        b = tl.load(b_ptrs, mask=kmask[:, None] & nmask[None, :], other=0.0)
-        if FP8:
-            b = b.to(a.dtype)
+        if TRANS_B:
+            b = tl.trans(tl.load(b_ptrs, mask=nmask[:, None] & kmask[None, :], other=0.0).to(a.dtype))
+        else:
+            b = tl.load(b_ptrs, mask=kmask[:, None] & nmask[None, :], other=0.0)
+            if FP8:
+                b = b.to(a.dtype)
         if IEEE:
             part = tl.dot(a, b, input_precision="ieee")
         else:
@@ -132,6 +140,7 @@ class GemmConfig:
     block_n: int
     block_k: int
     num_warps: int
+    trans_b: bool = False  # load weight tiles [N, K] and transpose in registers (see the kernel)
 
 
 def pick_config(pairs: int, num_experts: int, dtype: torch.dtype) -> GemmConfig:
@@ -163,7 +172,7 @@ def _moe_gemm(a: torch.Tensor, w: ExpertStack, out: torch.Tensor, align: MoeAlig
         a, codes, out, align.sorted_pairs, align.block_expert, align.num_padded, weights, scale, n, k, out.shape[0],
         a.stride(0), codes.stride(0), codes.stride(1), codes.stride(2), out.stride(0), *strides,
         ROWS_PER_A=rows_per_a, MUL_WEIGHT=topk_weights is not None, IEEE=a.dtype == torch.float32,
-        FP8=fp8, SCALE_BN=scale_bn, SCALE_BK=scale_bk,
+        FP8=fp8, SCALE_BN=scale_bn, SCALE_BK=scale_bk, TRANS_B=cfg.trans_b,
         BLOCK_M=cfg.block_m, BLOCK_N=cfg.block_n, BLOCK_K=block_k, num_warps=cfg.num_warps)
 
 

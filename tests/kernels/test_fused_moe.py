@@ -32,10 +32,12 @@ from radixserve.kernels.fused_moe import GemmConfig
 gen = torch.Generator().manual_seed(int(sys.argv[2]))
 # Widths that are not multiples of the blocks exercise the masks; tokens 1 (decode) and 40 (prefill).
 cases = [(1, 8, 2, 64, 48), (7, 8, 2, 40, 24), (40, 4, 3, 64, 32)]
-check_fused_moe("cpu", torch.float32, gen, cases, [GemmConfig(16, 32, 32, 4), GemmConfig(32, 16, 16, 4)])
+check_fused_moe("cpu", torch.float32, gen, cases, [GemmConfig(16, 32, 32, 4), GemmConfig(32, 16, 16, 4),
+                                                  GemmConfig(16, 32, 32, 4, trans_b=True)])
 # FP8 experts: per channel, and in 32x32 blocks (partial at the edges) that span two K tiles of 16.
 for block in (None, 32):
-    check_fused_moe_fp8("cpu", torch.float32, gen, cases, [GemmConfig(16, 32, 16, 4)], block)
+    check_fused_moe_fp8("cpu", torch.float32, gen, cases,
+                        [GemmConfig(16, 32, 16, 4), GemmConfig(16, 32, 16, 4, trans_b=True)], block)
 print("interpreter ok")
 """
 
