@@ -552,6 +552,12 @@ def main(argv: list[str] | None = None) -> int:
     # warm up both (first calls allocate and dispatch slowly); these prompts are no workload's
     warm = random_prompts(2, 16, VOCAB_LO, vocab_hi, args.seed + SEEDS["warmup"])
     run_engine(engine, device, warm, 4, one_by_one=False)
+    # And one prompt of the workloads' length: kernels are compiled per tile config on first use, and
+    # prefill picks larger tiles than 16-token prompts do; compiling those inside a timed workload
+    # cost the first FP8 MoE measurement ~0.8 s (docs/engine.md).
+    long_warm = random_prompts(1, min(args.input_len, engine.builder.context_len - 8), VOCAB_LO, vocab_hi,
+                               args.seed + SEEDS["warmup"] + 1)
+    run_engine(engine, device, long_warm, 2, one_by_one=False)
     if hf is not None:
         run_hf(hf, warm, 4, 2, device)
     bench = Bench(args, engine, hf, device, vocab_hi, warm, engine_kwargs, results, cost, rates,
