@@ -547,7 +547,9 @@ def main(argv: list[str] | None = None) -> int:
         model = engine.model_runner.model
         results["roofline_model"]["loaded_parameter_bytes"] = sum(
             p.numel() * p.element_size() for p in model.parameters()) + sum(  # plus FP8 / packed weights
-            q.nbytes() for q in (getattr(m, "quant", None) for m in model.modules()) if q is not None)
+            q.nbytes() for q in (getattr(m, "quant", None) for m in model.modules()) if q is not None) + sum(
+            e.nbytes() for m in model.modules() for e in (getattr(m, "w13_fp8", None), getattr(m, "w2_fp8", None))
+            if e is not None)  # FP8 experts
     hf = None if args.skip_hf else load_hf(args, device)
     # warm up both (first calls allocate and dispatch slowly); these prompts are no workload's
     warm = random_prompts(2, 16, VOCAB_LO, vocab_hi, args.seed + SEEDS["warmup"])
