@@ -15,7 +15,6 @@ from __future__ import annotations
 
 import argparse
 import functools
-import statistics
 import sys
 from pathlib import Path
 from typing import Any
@@ -27,7 +26,7 @@ from tqdm import tqdm
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 from benchmarks import roofline as rl
-from benchmarks._common import machine_info, write_results
+from benchmarks._common import graph_seconds, machine_info, write_results
 from radixserve.kernels.fp8_gemm import channel_fp8_matmul, quantize_fp8
 from radixserve.layers.quantization.fp8 import Fp8Linear, Fp8Weight, quantize_weight_per_channel
 
@@ -40,25 +39,7 @@ ROWS = (1, 16, 64, 256, 1024, 4096)
 def _time(fn: Any, iters: int = 50, replays: int = 20) -> float:
     """GPU time of one call: `replays` calls captured in one CUDA graph (as the decode step runs them, so
     no launch overhead), the graph replayed `iters` times; the median per call."""
-    stream = torch.cuda.Stream()
-    stream.wait_stream(torch.cuda.current_stream())
-    with torch.cuda.stream(stream):
-        for _ in range(3):
-            fn()
-    torch.cuda.current_stream().wait_stream(stream)
-    graph = torch.cuda.CUDAGraph()
-    with torch.cuda.graph(graph):
-        for _ in range(replays):
-            fn()
-    samples = []
-    for _ in range(iters):
-        start, end = torch.cuda.Event(enable_timing=True), torch.cuda.Event(enable_timing=True)
-        start.record()
-        graph.replay()
-        end.record()
-        end.synchronize()
-        samples.append(start.elapsed_time(end) / 1e3 / replays)
-    return float(statistics.median(samples))
+    return graph_seconds([fn] * replays, iters) / replays
 
 
 def _block_weight(w: torch.Tensor) -> Fp8Weight:

@@ -44,7 +44,7 @@ if str(REPO_ROOT) not in sys.path:
     sys.path.insert(0, str(REPO_ROOT))
 
 from benchmarks import roofline as rl  # noqa: E402
-from benchmarks._common import machine_info  # noqa: E402
+from benchmarks._common import graph_seconds, machine_info  # noqa: E402
 
 H, INTER, HEADS, KV_HEADS, DIM, VOCAB, LAYERS = 4096, 14336, 32, 8, 128, 128256, 32
 SHAPES = {"qkv": ((HEADS + 2 * KV_HEADS) * DIM, H), "o": (H, HEADS * DIM), "gate_up": (2 * INTER, H),
@@ -55,34 +55,6 @@ PAIR_CANDS = [(8, 512, 4, 1), (16, 512, 4, 1), (16, 256, 4, 1), (16, 1024, 8, 1)
               (8, 1024, 4, 1), (16, 512, 4, 3), (4, 1024, 4, 1)]
 Tiles = tuple[int, int, int, int]
 LM_CANDS = [(8, 512, 4, 1), (16, 512, 4, 1), (8, 1024, 4, 1), (16, 256, 4, 1)]
-
-
-def graph_seconds(fns: list[Callable[[], Any]], iters: int = 30) -> float:
-    """Median seconds of one replay of a CUDA graph that runs `fns` in order."""
-    side = torch.cuda.Stream()
-    side.wait_stream(torch.cuda.current_stream())
-    with torch.cuda.stream(side):
-        for _ in range(2):
-            for f in fns:
-                f()
-    torch.cuda.current_stream().wait_stream(side)
-    torch.cuda.synchronize()
-    g = torch.cuda.CUDAGraph()
-    with torch.cuda.graph(g):
-        for f in fns:
-            f()
-    for _ in range(3):
-        g.replay()
-    samples = []
-    for _ in range(iters):
-        a, b = torch.cuda.Event(enable_timing=True), torch.cuda.Event(enable_timing=True)
-        a.record()
-        g.replay()
-        b.record()
-        b.synchronize()
-        samples.append(a.elapsed_time(b) / 1e3)
-    del g
-    return float(statistics.median(samples))
 
 
 @dataclass
