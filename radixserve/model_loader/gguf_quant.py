@@ -21,9 +21,17 @@ Q6_K  256 values, 210 bytes: 128 bytes of low nibbles, 64 of high bit pairs, 16 
       sc_j / M) + 128, clipped to [0, 255]. This is the one type that is requantized: exact where
       the two sub-scales are equal, otherwise off by at most |s| / 2 (an eighth of the coarser
       sub-block's step), or |s| for q = 0 where the two sub-scales are opposite (the clip).
+Q2_K, Q3_K and the IQ types (codebooks, non-linear grids, 16-value sub-blocks) have no form the
+kernels' affine groups of 32 can hold exactly. They are decoded to float32 by gguf-py's own
+`quants.dequantize` and requantized to 8-bit codes per 32 values between each group's minimum and
+maximum: x = lo + s * code, s = (hi - lo) / 255, each value within s / 2 of the file's (a 510th of
+its group's range; for Q3_K, whose 32 values span at most 8 steps of the coarser sub-block, under
+a 60th of a step). One byte a weight: more than the file's 2-4.5 bits, a quarter of float32.
 """
 
 from __future__ import annotations
+
+from collections.abc import Callable
 
 import numpy as np
 import torch
@@ -120,8 +128,36 @@ def _q8_0(blocks: np.ndarray) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
     return codes, d, -128.0 * d
 
 
+def _requantized(type_name: str) -> Decoder:
+    """Decode with gguf-py, then 8-bit codes per 32 values between the group's min and max."""
+    def decode(blocks: np.ndarray) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+        from gguf import GGMLQuantizationType
+        from gguf.quants import dequantize
+
+        x = dequantize(blocks, GGMLQuantizationType[type_name]).astype(np.float32).reshape(-1, GROUP)
+        lo, hi = x.min(axis=1), x.max(axis=1)
+        scale = (hi - lo) / 255
+        safe = np.where(scale > 0, scale, 1.0)
+        codes = np.clip(np.rint((x - lo[:, None]) / safe[:, None]), 0, 255)
+        return codes.astype(np.uint8), scale, lo
+
+    return decode
+
+
+Decoder = Callable[[np.ndarray], tuple[np.ndarray, np.ndarray, np.ndarray]]
+REQUANTIZED_TYPES = ("Q2_K", "Q3_K", "IQ1_S", "IQ1_M", "IQ2_XXS", "IQ2_XS", "IQ2_S", "IQ3_XXS", "IQ3_S",
+                     "IQ4_NL", "IQ4_XS")
+
+
+def _block_size(type_name: str) -> tuple[int, int]:
+    from gguf import GGML_QUANT_SIZES, GGMLQuantizationType
+
+    per_block, nbytes = GGML_QUANT_SIZES[GGMLQuantizationType[type_name]]
+    return int(per_block), int(nbytes)
+
+
 # type name -> (values per block, bytes per block, code bits, decoder)
-_DECODERS = {
+_DECODERS: dict[str, tuple[int, int, int, Decoder]] = {
     "Q4_0": (32, 18, 4, _q4_0),
     "Q4_1": (32, 20, 4, _q4_1),
     "Q4_K": (256, 144, 4, _q4_k),
@@ -131,6 +167,8 @@ _DECODERS = {
     "Q6_K": (256, 210, 8, _q6_k),
     "Q8_0": (32, 34, 8, _q8_0),
 }
+for _name in REQUANTIZED_TYPES:
+    _DECODERS[_name] = (*_block_size(_name), 8, _requantized(_name))
 PACKED_TYPES = frozenset(_DECODERS)
 
 

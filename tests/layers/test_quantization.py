@@ -220,8 +220,8 @@ def test_row_slice_that_splits_a_group_is_refused() -> None:
 
 
 def test_unpackable_types_are_named() -> None:
-    with pytest.raises(UnsupportedQuantizationError, match=r"GGUF Q3_K has no packed form"):
-        gguf_group_quantized(np.zeros((4, 110), np.uint8), "Q3_K", 4, 256)
+    with pytest.raises(UnsupportedQuantizationError, match=r"GGUF TQ2_0 has no packed form"):
+        gguf_group_quantized(np.zeros((4, 66), np.uint8), "TQ2_0", 4, 256)
     odd = GroupQuantized(torch.zeros(4, 48, dtype=torch.uint8), torch.ones(4, 3), torch.zeros(4, 3), 16, 4, "X")
     with pytest.raises(UnsupportedQuantizationError, match=r"X: 4-bit codes in groups of 16"):
         Int4PackedWeight(odd)
@@ -250,3 +250,34 @@ def test_online_int4_rounds_to_nearest_and_packs_every_linear() -> None:
     assert col.weight.numel() == 0
     x = torch.randn(5, 256, generator=gen)
     assert rel_err(col(x), x @ col_ref.T) < REL_TOL
+
+
+@pytest.mark.parametrize("type_name", ["Q2_K", "Q3_K", "IQ4_XS", "IQ4_NL", "IQ3_S", "IQ2_XXS", "IQ1_M"])
+def test_codebook_and_low_bit_types_requantize_within_half_a_step(type_name: str) -> None:
+    # Random blocks (the gguf package cannot quantize these); blocks whose random fp16 scales decode to
+    # inf or nan are dropped, as a real file has none.
+    from gguf import GGML_QUANT_SIZES, GGMLQuantizationType
+    from gguf.quants import dequantize
+
+    qtype = GGMLQuantizationType[type_name]
+    per_block, nbytes = GGML_QUANT_SIZES[qtype]
+    rng = np.random.default_rng(11)
+    raw = rng.integers(0, 256, (1024, nbytes), dtype=np.uint8)
+    with np.errstate(all="ignore"):
+        ok = np.isfinite(dequantize(raw, qtype)).all(axis=1) & (np.abs(dequantize(raw, qtype)).max(axis=1) < 1e4)
+    blocks = raw[ok][: (int(ok.sum()) // 4) * 4]
+    rows, cols = blocks.shape[0] // 4, 4 * per_block
+    ref = torch.from_numpy(np.asarray(dequantize(blocks, qtype), np.float32).reshape(rows, cols))
+    q = gguf_group_quantized(blocks.reshape(rows, -1), type_name, rows, cols)
+    assert q.bits == 8 and q.group_size == 32 and q.source == type_name and rows >= 16
+    err = (q.dequantize() - ref).abs()
+    step = q.scale.repeat_interleave(32, 1)  # (hi - lo) / 255 of each group
+    # Half a step, plus float32's rounding of lo + s * code at the group's magnitude.
+    magnitude = ref.view(rows, -1, 32).abs().amax(dim=2).repeat_interleave(32, 1)
+    assert bool((err <= step / 2 + 4 * torch.finfo(torch.float32).eps * magnitude).all())
+    # The group's extremes are codes 0 and 255: exact up to float32 rounding.
+    lo = ref.view(rows, -1, 32).amin(dim=2)
+    torch.testing.assert_close(q.offset, lo, atol=0, rtol=0)
+    packed = Int4PackedWeight(q)  # and the kernel runs them (split nibbles)
+    x = torch.randn(3, cols)
+    assert rel_err(packed.apply(x), x @ ref.T) < REL_TOL

@@ -56,21 +56,25 @@ def test_plan_packs_whole_fused_groups_and_says_why_not() -> None:
         _tensor("blk.0.ffn_down.weight", "Q5_K", 256, 256),
         _tensor("blk.1.attn_q.weight", "Q4_K", 256, 256),
         _tensor("blk.1.attn_k.weight", "Q4_K", 128, 256),
-        _tensor("blk.1.attn_v.weight", "Q3_K", 128, 256),  # no packed form
+        _tensor("blk.1.attn_v.weight", "TQ2_0", 128, 256),  # no packed form (ternary)
+        _tensor("blk.1.attn_output.weight", "Q3_K", 256, 256),  # requantized to 8-bit groups
     ])
     reasons = plan_packing(reader)
     assert reasons["token_embd.weight"] == "not a linear layer (the embedding's lookup table stays float)"
     assert all(reasons[f"blk.0.{n}.weight"] is None  # mixed types fuse: Q4_K q/k with Q6_K v, Q4_0 with Q4_1
                for n in ("attn_q", "attn_k", "attn_v", "attn_output", "ffn_gate", "ffn_up", "ffn_down"))
     assert reasons["blk.1.attn_q.weight"] == reasons["blk.1.attn_k.weight"] == \
-        "fused with ['Q3_K'] tensors that are not packed"
-    assert reasons["blk.1.attn_v.weight"] == "Q3_K has no packed kernel yet"
+        "fused with ['TQ2_0'] tensors that are not packed"
+    assert reasons["blk.1.attn_v.weight"] == "TQ2_0 has no packed kernel yet"
+    assert reasons["blk.1.attn_output.weight"] is None
     out = dict(iter_gguf_weights(reader, CONFIG, pack=True))
     assert isinstance(out["model.layers.0.self_attn.o_proj.weight"], GroupQuantized)
     assert isinstance(out["model.layers.0.mlp.up_proj.weight"], GroupQuantized)
     assert isinstance(out["model.layers.1.self_attn.q_proj.weight"], torch.Tensor)
     v = out["model.layers.0.self_attn.v_proj.weight"]
     assert isinstance(v, GroupQuantized) and v.bits == 8 and v.source == "Q6_K"
+    o1 = out["model.layers.1.self_attn.o_proj.weight"]
+    assert isinstance(o1, GroupQuantized) and o1.bits == 8 and o1.source == "Q3_K"
     down = out["model.layers.0.mlp.down_proj.weight"]
     assert isinstance(down, GroupQuantized) and down.bits == 5 and down.shape == (256, 256)
     # A tied head comes packed from the embedding's Q8_0 codes, the embedding itself as float.
