@@ -13,10 +13,26 @@ TYPES = {"attn_q": "Q4_0", "attn_k": "Q4_0", "attn_v": "Q8_0", "attn_output": "Q
          "ffn_up": "Q4_1", "ffn_down": "Q8_0"}
 
 
+# Types the gguf package cannot quantize: random blocks with their fp16 scale fields set (byte offsets
+# in the block -> value), so the weights stay small; the packed and dequantized paths read the same bytes.
+RANDOM_BLOCKS = {"Q3_K": {108: 0.004}, "Q2_K": {80: 0.01, 82: 0.005}}
+
+
+def _random_blocks(type_name: str, rows: int, cols: int, rng: np.random.Generator) -> np.ndarray:
+    import gguf
+
+    per_block, nbytes = gguf.GGML_QUANT_SIZES[gguf.GGMLQuantizationType[type_name]]
+    raw = rng.integers(0, 256, (rows * cols // per_block, nbytes), dtype=np.uint8)
+    for offset, value in RANDOM_BLOCKS[type_name].items():
+        raw[:, offset:offset + 2] = np.full((raw.shape[0], 1), value, np.float16).view(np.uint8)
+    return raw.reshape(rows, -1)
+
+
 def write_tiny_gguf(path: Path, vocab: int, hidden: int = 128, intermediate: int = 256, layers: int = 2,
-                    heads: int = 4, kv_heads: int = 2, seed: int = 0) -> Path:
+                    heads: int = 4, kv_heads: int = 2, seed: int = 0, types: dict[str, str] | None = None) -> Path:
     """A tied-embedding Llama of random weights (N(0, 0.08)) in `path`; tokenizer not included (pass
-    `tokenizer_path`)."""
+    `tokenizer_path`). `types` overrides TYPES per projection kind (K-quants need 256-column multiples)."""
+    kinds = {**TYPES, **(types or {})}
     import gguf
     from gguf.quants import quantize
 
@@ -41,7 +57,10 @@ def write_tiny_gguf(path: Path, vocab: int, hidden: int = 128, intermediate: int
             writer.add_tensor(name, array)
             return
         qtype = gguf.GGMLQuantizationType[type_name]
-        writer.add_tensor(name, quantize(array, qtype), raw_dtype=qtype)
+        if type_name in RANDOM_BLOCKS:
+            writer.add_tensor(name, _random_blocks(type_name, *array.shape, rng), raw_dtype=qtype)
+        else:
+            writer.add_tensor(name, quantize(array, qtype), raw_dtype=qtype)
 
     add("token_embd.weight", w(vocab, hidden), "Q8_0")
     add("output_norm.weight", np.ones(hidden, np.float32), None)
@@ -52,7 +71,7 @@ def write_tiny_gguf(path: Path, vocab: int, hidden: int = 128, intermediate: int
         add(f"blk.{i}.attn_norm.weight", np.ones(hidden, np.float32), None)
         add(f"blk.{i}.ffn_norm.weight", np.ones(hidden, np.float32), None)
         for kind, (rows, cols) in shapes.items():
-            add(f"blk.{i}.{kind}.weight", w(rows, cols), TYPES[kind])
+            add(f"blk.{i}.{kind}.weight", w(rows, cols), kinds[kind])
     writer.write_header_to_file()
     writer.write_kv_data_to_file()
     writer.write_tensors_to_file()

@@ -146,8 +146,10 @@ def test_embedded_model_greedy_packed_vs_dequantized(packed_engine: Engine, smol
     assert identical >= len(PROMPTS) // 2  # seen: 6 of 8 (5 of 8 with the head packed but not refined)
 
 
-def run_tiny_gguf(tmp: Path, device: str, dequantize: bool) -> tuple[Any, set[str]]:
-    """The tiny every-width GGUF (gguf_files.py), greedy on PROMPTS[:4]; also the packed methods' names."""
+def run_tiny_gguf(tmp: Path, device: str, dequantize: bool,
+                  types: dict[str, str] | None = None) -> tuple[Any, set[str]]:
+    """The tiny every-width GGUF (gguf_files.py, `types` overriding its per-kind types), greedy on
+    PROMPTS[:4]; also the packed methods' names."""
     from radixserve.model_loader.tokenizer import load_tokenizer
     from tests.conftest import tokenizer_source
     from tests.model_loader.gguf_files import write_tiny_gguf
@@ -156,7 +158,7 @@ def run_tiny_gguf(tmp: Path, device: str, dequantize: bool) -> tuple[Any, set[st
     if not tok_dir.exists():
         tok = load_tokenizer(tokenizer_source())
         tok.save_pretrained(str(tok_dir))
-        write_tiny_gguf(tmp / "tiny.gguf", len(tok))
+        write_tiny_gguf(tmp / "tiny.gguf", len(tok), types=types)
     kw: dict[str, Any] = {"dtype": "bfloat16"} if device == "cuda" else {}
     with Engine(model_path=str(tmp / "tiny.gguf"), tokenizer_path=str(tok_dir), device=device,
                 gguf_dequantize=dequantize, max_total_tokens=4096, log_level="warning", **kw) as engine:
@@ -176,6 +178,15 @@ def test_every_packed_width_end_to_end_on_a_tiny_file(tmp_path: Path) -> None:
     got, names = run_tiny_gguf(tmp_path, "cpu", dequantize=False)
     assert names == {"int4-cpu(Q4_0+Q8_0, split nibbles)", "int4-cpu(Q5_0, split nibbles)", "int4-cpu(Q4_1)",
                      "int4-cpu(Q8_0, split nibbles)"}
+    ref, dense = run_tiny_gguf(tmp_path, "cpu", dequantize=True)
+    assert dense == set()
+    assert assert_greedy_close(ref, got) >= 1
+
+
+def test_requantized_k_quant_end_to_end_on_a_tiny_file(tmp_path: Path) -> None:
+    # ffn_down as Q3_K (requantized to 8-bit groups at load): packed against the same file dequantized.
+    got, names = run_tiny_gguf(tmp_path, "cpu", dequantize=False, types={"ffn_down": "Q3_K"})
+    assert "int4-cpu(Q3_K, split nibbles)" in names
     ref, dense = run_tiny_gguf(tmp_path, "cpu", dequantize=True)
     assert dense == set()
     assert assert_greedy_close(ref, got) >= 1
