@@ -58,7 +58,8 @@ def write_tiny_gguf(path: Path, vocab: int, hidden: int = 128, intermediate: int
             return
         qtype = gguf.GGMLQuantizationType[type_name]
         if type_name in RANDOM_BLOCKS:
-            writer.add_tensor(name, _random_blocks(type_name, *array.shape, rng), raw_dtype=qtype)
+            rows, cols = array.shape
+            writer.add_tensor(name, _random_blocks(type_name, rows, cols, rng), raw_dtype=qtype)
         else:
             writer.add_tensor(name, quantize(array, qtype), raw_dtype=qtype)
 
