@@ -24,7 +24,13 @@ from radixserve.model_loader.gguf_quant import PACKED_TYPES, gguf_group_quantize
 logger = logging.getLogger(__name__)
 
 # GGUF general.architecture -> HF architecture we implement.
-GGUF_ARCHITECTURES = {"llama": "LlamaForCausalLM", "qwen2": "Qwen2ForCausalLM", "qwen3": "Qwen3ForCausalLM"}
+GGUF_ARCHITECTURES = {"llama": "LlamaForCausalLM", "qwen2": "Qwen2ForCausalLM", "qwen3": "Qwen3ForCausalLM",
+                      "qwen2moe": "Qwen2MoeForCausalLM", "qwen3moe": "Qwen3MoeForCausalLM"}
+# Mixtral is "llama" with an expert count.
+_MIXTRAL = "MixtralForCausalLM"
+# Whether the top-k routing weights are renormalised to sum to 1 where the file does not say
+# (`{arch}.expert_weights_norm`): what llama.cpp's graph for each architecture does.
+_NORM_TOPK = {"llama": True, "qwen3moe": True, "qwen2moe": False}
 
 _GLOBAL_NAMES = {
     "token_embd": "model.embed_tokens",
@@ -43,7 +49,19 @@ _BLOCK_NAMES = {
     "ffn_gate": "mlp.gate_proj",
     "ffn_up": "mlp.up_proj",
     "ffn_down": "mlp.down_proj",
+    # Mixture of experts: the router, and Qwen2-MoE's shared expert with its sigmoid gate. The
+    # experts themselves (ffn_{gate,up,down}_exps, one tensor for all experts) go through
+    # `_expert_tensors`.
+    "ffn_gate_inp": "mlp.gate",
+    "ffn_gate_inp_shexp": "mlp.shared_expert_gate",
+    "ffn_gate_shexp": "mlp.shared_expert.gate_proj",
+    "ffn_up_shexp": "mlp.shared_expert.up_proj",
+    "ffn_down_shexp": "mlp.shared_expert.down_proj",
 }
+# Stacked expert tensors [E, rows, cols] -> the per-expert projection names MoeForCausalLM loads.
+_EXPERT_STACKS = {"ffn_gate_exps": "gate_proj", "ffn_up_exps": "up_proj", "ffn_down_exps": "down_proj"}
+# Older Mixtral files: one tensor per expert, blk.N.ffn_gate.E.weight.
+_EXPERT_SINGLES = {"ffn_gate": "gate_proj", "ffn_up": "up_proj", "ffn_down": "down_proj"}
 
 
 def open_gguf(path: Path) -> Any:
@@ -75,10 +93,15 @@ def gguf_model_config(reader: Any, path: Path) -> ModelConfig:
     if vocab is None:
         vocab = len(reader.fields["tokenizer.ggml.tokens"].data)
     eos = _field(reader, "tokenizer.ggml.eos_token_id")
+    moe = _moe_config(reader, arch, names, path)
+    ffn = _field(reader, f"{arch}.feed_forward_length", moe.get("moe_intermediate_size"))
+    if ffn is None:
+        raise UnsupportedModelError(f"{str(path)!r}: the GGUF metadata lacks {arch}.feed_forward_length")
     cfg: dict[str, Any] = {
-        "architectures": [GGUF_ARCHITECTURES[arch]],
+        "architectures": [_MIXTRAL if arch == "llama" and moe else GGUF_ARCHITECTURES[arch]],
+        **moe,
         "hidden_size": hidden,
-        "intermediate_size": int(_field(reader, f"{arch}.feed_forward_length")),
+        "intermediate_size": int(ffn),
         "num_hidden_layers": int(_field(reader, f"{arch}.block_count")),
         "num_attention_heads": heads,
         "num_key_value_heads": int(_field(reader, f"{arch}.attention.head_count_kv", heads)),
@@ -97,6 +120,29 @@ def gguf_model_config(reader: Any, path: Path) -> ModelConfig:
     return ModelConfig.from_hf_dict(cfg, source=str(path))
 
 
+def _moe_config(reader: Any, arch: str, names: set[str], path: Path) -> dict[str, Any]:
+    """The HF config's mixture-of-experts fields from the GGUF metadata ({} for a dense model)."""
+    experts = int(_field(reader, f"{arch}.expert_count", 0) or 0)
+    if not experts:
+        if arch in ("qwen2moe", "qwen3moe"):
+            raise UnsupportedModelError(f"{str(path)!r}: a {arch} GGUF file without {arch}.expert_count")
+        return {}
+    cfg: dict[str, Any] = {"num_experts": experts,
+                           "num_experts_per_tok": int(_field(reader, f"{arch}.expert_used_count", 0) or 0)}
+    if arch == "llama":  # Mixtral: experts as wide as feed_forward_length, every layer MoE, renormalised
+        return cfg
+    layers = int(_field(reader, f"{arch}.block_count"))
+    width = _field(reader, f"{arch}.expert_feed_forward_length")
+    if width is None:
+        raise UnsupportedModelError(f"{str(path)!r}: the GGUF metadata lacks {arch}.expert_feed_forward_length")
+    return {**cfg, "moe_intermediate_size": int(width),
+            "norm_topk_prob": bool(_field(reader, f"{arch}.expert_weights_norm", _NORM_TOPK[arch])),
+            # A layer without a router is dense (HF's mlp_only_layers); the file says which by its tensors.
+            "decoder_sparse_step": 1,
+            "mlp_only_layers": [i for i in range(layers) if f"blk.{i}.ffn_gate_inp.weight" not in names],
+            "shared_expert_intermediate_size": int(_field(reader, f"{arch}.expert_shared_feed_forward_length", 0))}
+
+
 def _unpermute_qk(w: np.ndarray, n_head: int) -> np.ndarray:
     # llama.cpp's converter interleaves the two rotary halves of each head for llama models;
     # undo it so the weights match the HF (rotate_half) layout our model uses.
@@ -111,6 +157,19 @@ def hf_name(gguf_name: str) -> str | None:
     parts = base.split(".")
     if len(parts) == 3 and parts[0] == "blk" and parts[2] in _BLOCK_NAMES:
         return f"model.layers.{parts[1]}.{_BLOCK_NAMES[parts[2]]}.{suffix}"
+    return None
+
+
+def expert_names(gguf_name: str, num_experts: int) -> list[str] | None:
+    """HF names of the expert weights a GGUF tensor holds: one per expert for a stacked
+    `blk.N.ffn_*_exps.weight`, one for an older `blk.N.ffn_*.E.weight`; None for other tensors."""
+    parts = gguf_name.split(".")
+    if len(parts) == 4 and parts[0] == "blk" and parts[2] in _EXPERT_STACKS and parts[3] == "weight":
+        return [f"model.layers.{parts[1]}.mlp.experts.{e}.{_EXPERT_STACKS[parts[2]]}.weight"
+                for e in range(num_experts)]
+    if (len(parts) == 5 and parts[0] == "blk" and parts[2] in _EXPERT_SINGLES and parts[3].isdigit()
+            and parts[4] == "weight"):
+        return [f"model.layers.{parts[1]}.mlp.experts.{parts[3]}.{_EXPERT_SINGLES[parts[2]]}.weight"]
     return None
 
 
@@ -131,6 +190,10 @@ def plan_packing(reader: Any) -> dict[str, str | None]:
         type_name = t.tensor_type.name
         if type_name in ("F32", "F16", "BF16"):
             reasons[t.name] = "float in the file"
+        elif expert_names(t.name, 1) is not None:
+            reasons[t.name] = "MoE experts (the MoE layer runs float or FP8 experts)"
+        elif kind.endswith("_shexp") or kind == "ffn_gate_inp":
+            reasons[t.name] = "MoE router or shared expert (kept float)"
         elif not t.name.endswith(".weight") or kind not in _LINEAR:
             reasons[t.name] = "not a linear layer (the embedding's lookup table stays float)"
         elif type_name not in PACKED_TYPES:
@@ -160,10 +223,7 @@ def iter_gguf_weights(reader: Any, config: ModelConfig,
                       pack: bool = False) -> Iterator[tuple[str, torch.Tensor | GroupQuantized]]:
     """Yield (HF name, tensor) one tensor at a time: float32, dequantized as we go, or with `pack` the
     packable linear weights as GroupQuantized."""
-    from gguf import GGMLQuantizationType
-    from gguf.quants import dequantize
-
-    permute = config.architecture == "LlamaForCausalLM"
+    permute = config.architecture in ("LlamaForCausalLM", _MIXTRAL)  # GGUF "llama", dense or MoE
     reasons = plan_packing(reader) if pack else {}
     if pack:
         _log_plan(reader, reasons)
@@ -178,32 +238,63 @@ def iter_gguf_weights(reader: Any, config: ModelConfig,
             yield "lm_head.weight", gguf_group_quantized(t.data, t.tensor_type.name, rows, cols)
         if t.name == "rope_freqs.weight":
             raise UnsupportedModelError("GGUF rope_freqs (llama3 rope scaling in GGUF) is not supported yet")
-        if name is None:
+        experts = None if name is not None else expert_names(t.name, config.num_experts)
+        if name is None and experts is None:
             continue
+        name = name or ""  # an expert tensor: its names are in `experts`
         n_head = (config.num_attention_heads if name.endswith("q_proj.weight") else
                   config.num_key_value_heads if name.endswith("k_proj.weight") else 0)
         if pack and reasons.get(t.name, "") is None:
-            rows, cols = (int(d) for d in reversed(t.shape))
-            try:
-                q = gguf_group_quantized(t.data, t.tensor_type.name, rows, cols)
-            except UnsupportedQuantizationError as e:
-                raise UnsupportedModelError(f"{t.name}: {e}") from e
-            if permute and n_head:
-                codes, scale, offset = (torch.from_numpy(_unpermute_qk(a.numpy(), n_head))
-                                        for a in (q.codes, q.scale, q.offset))
-                q = GroupQuantized(codes, scale, offset, q.group_size, q.bits, q.source)
-            yield name, q
+            yield name, _packed(t, n_head if permute else 0)
             continue
-        if t.tensor_type in (GGMLQuantizationType.F32, GGMLQuantizationType.F16):
-            arr = np.asarray(t.data, dtype=np.float32)
-        else:
-            try:
-                arr = dequantize(t.data, t.tensor_type)
-            except NotImplementedError as e:
-                raise UnsupportedModelError(
-                    f"{t.name}: GGUF quantization {t.tensor_type.name} is not supported (no packed kernel, and "
-                    f"the gguf package cannot dequantize it: {e})") from e
-        arr = arr.reshape([int(d) for d in reversed(t.shape)]) if arr.ndim != len(t.shape) else arr
+        arr = _float_array(t)
+        if experts is not None:
+            yield from _split_experts(t.name, arr, experts)
+            continue
         if permute and n_head:
             arr = _unpermute_qk(arr, n_head)
+        if name.endswith("shared_expert_gate.weight"):
+            arr = arr.reshape(1, -1)  # llama.cpp stores this [1, H] gate as a vector
         yield name, torch.from_numpy(np.array(arr, dtype=np.float32))  # copy: the mmap is read-only
+
+
+def _packed(t: Any, unpermute_heads: int) -> GroupQuantized:
+    """A packable tensor's own codes and scales (q/k rows un-permuted over `unpermute_heads` heads)."""
+    rows, cols = (int(d) for d in reversed(t.shape))
+    try:
+        q = gguf_group_quantized(t.data, t.tensor_type.name, rows, cols)
+    except UnsupportedQuantizationError as e:
+        raise UnsupportedModelError(f"{t.name}: {e}") from e
+    if unpermute_heads:
+        codes, scale, offset = (torch.from_numpy(_unpermute_qk(a.numpy(), unpermute_heads))
+                                for a in (q.codes, q.scale, q.offset))
+        q = GroupQuantized(codes, scale, offset, q.group_size, q.bits, q.source)
+    return q
+
+
+def _float_array(t: Any) -> np.ndarray:
+    """A tensor as float32 in its logical shape (rows last-but-one), dequantized if need be."""
+    from gguf import GGMLQuantizationType
+    from gguf.quants import dequantize
+
+    if t.tensor_type in (GGMLQuantizationType.F32, GGMLQuantizationType.F16):
+        arr = np.asarray(t.data, dtype=np.float32)
+    else:
+        try:
+            arr = dequantize(t.data, t.tensor_type)
+        except NotImplementedError as e:
+            raise UnsupportedModelError(
+                f"{t.name}: GGUF quantization {t.tensor_type.name} is not supported (no packed kernel, and "
+                f"the gguf package cannot dequantize it: {e})") from e
+    return arr.reshape([int(d) for d in reversed(t.shape)]) if arr.ndim != len(t.shape) else arr
+
+
+def _split_experts(gguf_name: str, arr: np.ndarray, names: list[str]) -> Iterator[tuple[str, torch.Tensor]]:
+    """A stacked [E, rows, cols] expert tensor as E per-expert float32 weights (or one expert's as is)."""
+    if len(names) == 1:
+        yield names[0], torch.from_numpy(np.array(arr, dtype=np.float32))
+        return
+    if arr.ndim != 3 or arr.shape[0] != len(names):
+        raise UnsupportedModelError(f"{gguf_name}: shape {list(arr.shape)} is not [{len(names)} experts, rows, cols]")
+    for e, name in enumerate(names):
+        yield name, torch.from_numpy(np.array(arr[e], dtype=np.float32))

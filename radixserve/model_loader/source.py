@@ -78,25 +78,6 @@ def _dequantized(stream: Iterator[tuple[str, torch.Tensor | Fp8Weight]]) -> Iter
         yield name, tensor.dequantize() if isinstance(tensor, Fp8Weight) else tensor
 
 
-# GGUF architectures of mixture-of-experts models -> the HF architecture we serve from safetensors.
-# (Mixtral in GGUF is "llama" with an expert count.)
-_GGUF_MOE = {"qwen3moe": "Qwen3MoeForCausalLM", "qwen2moe": "Qwen2MoeForCausalLM", "llama": "MixtralForCausalLM"}
-
-
-def reject_gguf_moe(reader: Any, path: Path) -> None:
-    """GGUF mixture-of-experts files: their stacked expert tensors (ffn_*_exps) have no mapping in
-    the GGUF loader yet; say so by name instead of failing later on missing dense MLP weights."""
-    arch_field = reader.fields.get("general.architecture")
-    arch = arch_field.contents() if arch_field is not None else None
-    experts_field = reader.fields.get(f"{arch}.expert_count")
-    experts = int(experts_field.contents()) if experts_field is not None else 0
-    if experts > 0 or arch in ("qwen3moe", "qwen2moe"):
-        hf = _GGUF_MOE.get(str(arch), "its HF architecture")
-        raise UnsupportedModelError(
-            f"{str(path)!r}: GGUF mixture-of-experts models are not supported yet (architecture {arch!r}, "
-            f"{experts} experts); serve the HF safetensors directory instead ({hf} is supported there)")
-
-
 def _resolve_real(path: Path) -> tuple[str, Path]:
     if not path.exists():
         raise ModelNotFoundError(f"model path {str(path)!r} does not exist; {EXPECTED}")
@@ -127,7 +108,6 @@ def resolve_model_source(
     tok = Path(tokenizer_path).expanduser() if tokenizer_path else path
     if kind == "gguf":
         reader = open_gguf(path)
-        reject_gguf_moe(reader, path)
         return ModelSource(kind, path, name, gguf_model_config(reader, path), tok, reader,
                            gguf_generation_defaults(reader, embedded=not model_path))
     return ModelSource(kind, path, name, hf_model_config(path), tok, generation_defaults=hf_generation_defaults(path),
@@ -149,7 +129,6 @@ def _resolve_dummy(model_path: str | None, tokenizer_path: str | None) -> ModelS
     kind, path = _resolve_real(path)
     if kind == "gguf":
         reader = open_gguf(path)
-        reject_gguf_moe(reader, path)
         config = gguf_model_config(reader, path)
     else:
         config = hf_model_config(path)
