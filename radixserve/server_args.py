@@ -151,8 +151,9 @@ class ServerArgs:
         "Launch the next decode step before reading back the current one's tokens, so scheduling "
         "runs while the GPU works (SGLang's overlap scheduler): auto = on for CUDA, off on CPU.",
         choices=OVERLAP_MODES))
-    cuda_graph_max_bs: int = field(default=256, metadata=_help(
-        "Largest decode batch captured as a CUDA graph; larger batches run eagerly."))
+    cuda_graph_max_bs: int = field(default=512, metadata=_help(
+        "Largest decode batch captured as a CUDA graph; larger batches run eagerly, which on one H200 "
+        "cost a running batch of ~320 8B-shaped requests ~4 ms a step (docs/gpu.md, 'Throughput')."))
     random_seed: int | None = field(default=None, metadata=_help(
         "Seed for sampling of requests that carry no seed of their own."))
     sampling_defaults: str = field(default="model", metadata=_help(

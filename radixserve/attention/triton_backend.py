@@ -84,20 +84,47 @@ class TritonAttnBackend(AttentionBackend):
                 self._dec_pool = fb.req_pool_indices[n_ext:].clone()
                 self._dec_seq_lens = fb.seq_lens[n_ext:].clone()
 
+    def forward(self, q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, positions: torch.Tensor,
+                rotary: RotaryEmbedding, layer: RadixAttention, fb: ForwardBatch) -> torch.Tensor:
+        if fb.forward_mode.is_decode():
+            return super().forward(q, k, v, positions, rotary, layer, fb)
+        step_kv = self._step_kv(q, k, v, layer, fb)
+        q = self.rotate_and_store(q, k, v, positions, rotary, layer, fb)
+        return self.forward_extend(q, layer, fb, step_kv)
+
+    @staticmethod
+    def _fused_store(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, layer: RadixAttention,
+                     fb: ForwardBatch) -> bool:
+        """Whether rotate_and_store takes the fused kernel (which rotates k in place)."""
+        k_buf, v_buf = fb.token_to_kv_pool.get_kv_buffer(layer.layer_id)
+        return (q.stride(-1) == k.stride(-1) == v.stride(-1) == 1 and k_buf.is_contiguous()
+                and v_buf.is_contiguous())
+
+    def _step_kv(self, q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, layer: RadixAttention,
+                 fb: ForwardBatch) -> tuple[torch.Tensor, torch.Tensor] | None:
+        """This step's (rotated-in-place) k and v for the extend kernel to read directly, where they
+        equal what the pool stores: a float pool of q's dtype and the fused store."""
+        pool = fb.token_to_kv_pool
+        if pool.is_fp8 or pool.dtype != q.dtype or k.dtype != q.dtype or not self._fused_store(q, k, v, layer, fb):
+            return None
+        return k, v
+
     def rotate_and_store(self, q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, positions: torch.Tensor,
                          rotary: RotaryEmbedding, layer: RadixAttention, fb: ForwardBatch) -> torch.Tensor:
         """One kernel rotates q and k in place and writes k, v into the pool: per layer, two launches
         and the rotary's temporaries fewer than the base path. It needs unit-stride head dims."""
         k_buf, v_buf = fb.token_to_kv_pool.get_kv_buffer(layer.layer_id)
-        if not (q.stride(-1) == k.stride(-1) == v.stride(-1) == 1 and k_buf.is_contiguous()
-                and v_buf.is_contiguous()):
+        if not self._fused_store(q, k, v, layer, fb):
             return super().rotate_and_store(q, k, v, positions, rotary, layer, fb)
         pool = fb.token_to_kv_pool
         rotary_inplace(q, k, positions, rotary.cos_cache, rotary.sin_cache,
                        store=(v, k_buf, v_buf, fb.out_cache_loc), kv_scales=pool.scales(layer.layer_id))
         return q
 
-    def forward_extend(self, q: torch.Tensor, layer: RadixAttention, fb: ForwardBatch) -> torch.Tensor:
+    def forward_extend(self, q: torch.Tensor, layer: RadixAttention, fb: ForwardBatch,
+                       step_kv: tuple[torch.Tensor, torch.Tensor] | None = None) -> torch.Tensor:
+        """`step_kv`: this step's k, v (the pool's values, see _step_kv): the prompt rows' attention
+        reads their own keys from there, affine loads instead of a gather through req_to_token."""
         k_buf, v_buf = fb.token_to_kv_pool.get_kv_buffer(layer.layer_id)
         o = torch.empty_like(q)
         table = fb.req_to_token_pool.req_to_token
@@ -105,9 +132,10 @@ class TritonAttnBackend(AttentionBackend):
         n_ext, t_ext = fb.batch_size - n_dec, q.shape[0] - n_dec  # decode rows: the last n_dec tokens
         ks, vs = fb.token_to_kv_pool.scales(layer.layer_id)
         if n_ext:
+            ext_kv = None if step_kv is None else (step_kv[0][:t_ext], step_kv[1][:t_ext])
             extend_attention(q[:t_ext], k_buf, v_buf, o[:t_ext], table, fb.req_pool_indices[:n_ext],
                              self._prefix_lens, self._extend_lens, self._extend_start, self._max_extend,
-                             layer.scaling, ks, vs)
+                             layer.scaling, ks, vs, step_kv=ext_kv)
         if n_dec:
             decode_attention(q[t_ext:], k_buf, v_buf, o[t_ext:], table, self._dec_pool, self._dec_seq_lens,
                              layer.scaling, self._num_splits, self._mid_o, self._mid_lse, ks, vs)

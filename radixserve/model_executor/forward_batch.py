@@ -42,6 +42,10 @@ class ForwardBatch:
     # EXTEND only: the last requests are running requests' one-token decode rows (mixed chunked
     # prefill); an attention backend may serve them with its decode kernel.
     num_decode_rows: int = 0
+    # DECODE under a CUDA graph: the float32 [bs, vocab] rows the logits are written into. All the
+    # graphs share one such buffer, so a graph's output does not hold its own copy of the pool's
+    # memory (the ladder up to batch 512 would otherwise keep ~5 GB of the 8B shape's logits).
+    logits_out: torch.Tensor | None = None
 
     @property
     def num_tokens(self) -> int:
