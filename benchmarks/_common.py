@@ -62,6 +62,18 @@ GIT_COMMIT_FILE = Path(__file__).resolve().parent.parent / ".gpu_assets" / "git_
 GIT_COMMIT_ENV = "RADIXSERVE_GIT_COMMIT"
 
 
+# Environment that only says where things are, not how the engine runs.
+_LOCATION_ENV = frozenset((GIT_COMMIT_ENV, "RADIXSERVE_CACHE", "RADIXSERVE_TEST_TOKENIZER"))
+
+
+def command_line() -> str:
+    """This process's command as a reader would type it, with the RADIXSERVE_* switches it ran under
+    (e.g. RADIXSERVE_ONE_ROW_FUSION=0) in front, so that the recorded command reproduces the figure."""
+    env = [f"{k}={v}" for k, v in sorted(os.environ.items())
+           if k.startswith("RADIXSERVE_") and k not in _LOCATION_ENV]
+    return " ".join([*env, sys.executable, *sys.argv])
+
+
 def git_state() -> tuple[str | None, bool | None]:
     """(commit, whether the tree has uncommitted changes): from git, else from the env/file above
     (dirty then unknown: None)."""

@@ -47,7 +47,7 @@ if str(REPO_ROOT) not in sys.path:  # run as `python benchmarks/bench_offline.py
     sys.path.insert(0, str(REPO_ROOT))
 
 from benchmarks import roofline as rl  # noqa: E402
-from benchmarks._common import machine_info, write_results  # noqa: E402
+from benchmarks._common import command_line, machine_info, write_results  # noqa: E402
 from benchmarks.workloads import (  # noqa: E402
     CachedTokensError,
     Request,
@@ -522,7 +522,7 @@ def main(argv: list[str] | None = None) -> int:
     vocab_hi = min(cfg.vocab_size, getattr(engine.tokenizer, "vocab_size", None) or len(engine.tokenizer))
     machine = machine_info(("torch", "transformers", "triton", "radixserve"))
     results: dict[str, Any] = {
-        "benchmark": "bench_offline", "command": " ".join([sys.executable, *sys.argv]),
+        "benchmark": "bench_offline", "command": command_line(),
         "model": engine.model_name, "device": device,
         "device_name": torch.cuda.get_device_name() if device == "cuda" else machine["cpu"],
         "gpu_count": torch.cuda.device_count() if device == "cuda" else 0,

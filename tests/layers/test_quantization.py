@@ -88,6 +88,26 @@ def test_packed_matmul_matches_dequantized(type_name: str, batch: int) -> None:
     assert packed.nbytes() == halves * (96 * 512 // 2 + (512 // 32) * 96 * 2 * 2)  # nibbles + bf16 (scale, zero)
 
 
+@pytest.mark.parametrize("type_name", TYPES)
+def test_many_rows_take_the_expanded_weight_and_agree_with_the_kernel(type_name: str) -> None:
+    # 128 output rows (whole blocks of 64): from DENSE_FROM_ROWS rows on, the weight is expanded to bf16
+    # for one GEMM; below, the int4 kernel runs. Both against the file's float weight, and each other.
+    from radixserve.layers.quantization import int4_cpu
+
+    assert int4_cpu._layout_known(), "torch's CPU int4 packing changed: prefill lost its fast path"
+    raw, ref = gguf_blocks(type_name, 128, 512, seed=3)
+    packed = Int4PackedWeight(gguf_group_quantized(raw, type_name, 128, 512))
+    assert packed._expandable
+    rows = int4_cpu.DENSE_FROM_ROWS + 5
+    x = torch.randn(rows, 512)
+    y = packed.apply(x)
+    per_row = torch.cat([packed.apply(x[i:i + 1]) for i in range(rows)])  # the kernel, one row at a time
+    assert rel_err(y, x @ ref.T) < REL_TOL
+    assert rel_err(y, per_row) < REL_TOL / 2
+    torch.testing.assert_close(packed._expanded().float(), packed.dequantize(), atol=0.01 * ref.abs().max().item(),
+                               rtol=0)
+
+
 def test_q6_k_requantizes_within_its_stated_bound() -> None:
     raw, ref = gguf_blocks("Q6_K", 64, 512)
     # Block 0's eight pairs of sub-scales: equal pairs must come out exact.
