@@ -84,6 +84,11 @@ def git_state() -> tuple[str | None, bool | None]:
         status = subprocess.run(["git", "status", "--porcelain", "--untracked-files=no"], capture_output=True,
                                 text=True, cwd=cwd, timeout=10)
         dirty = bool(status.stdout.strip()) if commit and status.returncode == 0 else None
+        if status.returncode != 0:
+            # A .git that answers rev-parse but not status is not this tree's checkout (the device
+            # copy of a working tree once recorded the session's base commit this way): use the
+            # commit written for the run instead.
+            commit = None
     except (OSError, subprocess.SubprocessError):
         commit, dirty = None, None
     if commit is None:
