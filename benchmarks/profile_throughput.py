@@ -49,6 +49,7 @@ from radixserve.kernels.triton_attention import (  # noqa: E402
 )
 from radixserve.mem_cache.memory_pool import ReqToTokenPool, TokenToKVPool  # noqa: E402
 from radixserve.model_executor.forward_batch import ForwardBatch, ForwardMode  # noqa: E402
+from radixserve.model_executor.model_runner import init_dummy_weights  # noqa: E402
 from radixserve.models.llama import LlamaForCausalLM  # noqa: E402
 
 Fn = Callable[[], Any]
@@ -99,13 +100,8 @@ def build(device: torch.device, layers: int, pool_tokens: int, max_reqs: int, ti
     with torch.device(device):
         model = LlamaForCausalLM(config)
     torch.set_default_dtype(torch.float32)
-    gen = torch.Generator(device=device).manual_seed(0)
-    with torch.no_grad():
-        for name, p in model.named_parameters():
-            if "norm" in name:
-                p.fill_(1.0)
-            else:
-                p.uniform_(-0.02, 0.02, generator=gen)
+    init_dummy_weights(model, device)
+    gen = torch.Generator(device=device).manual_seed(1)  # the KV pool's random contents
     model.eval()
     kv = TokenToKVPool(pool_tokens, torch.bfloat16, layers, config.num_key_value_heads, config.head_dim, device)
     for buf in (*kv.k_buffer, *kv.v_buffer):
@@ -186,20 +182,8 @@ def captured(fn: Fn, device: torch.device) -> Fn:
 
 
 def device_seconds(fn: Fn, device: torch.device, iters: int) -> float:
-    """Median device seconds of fn() between CUDA events (wall seconds on the CPU)."""
-    if device.type != "cuda":
-        return eager_seconds(fn, device, iters)
-    fn()
-    torch.cuda.synchronize()
-    samples = []
-    for _ in range(iters):
-        a, b = torch.cuda.Event(enable_timing=True), torch.cuda.Event(enable_timing=True)
-        a.record()
-        fn()
-        b.record()
-        b.synchronize()
-        samples.append(a.elapsed_time(b) / 1e3)
-    return float(statistics.median(samples))
+    """Median device seconds of fn() between CUDA events (wall seconds on the CPU), after one warm-up."""
+    return float(statistics.median(rl.timed_samples(fn, device, iters, warmup=1)))
 
 
 KERNEL_CLASSES = (  # (substring of the kernel name, class), first match wins

@@ -48,7 +48,7 @@ CPU_COPY_BYTES = 256 << 20
 
 # --- measured rates ---
 
-def _timed(fn: Any, device: torch.device, iters: int, warmup: int) -> list[float]:
+def timed_samples(fn: Any, device: torch.device, iters: int, warmup: int) -> list[float]:
     """Seconds per call of `fn`, one sample per call after `warmup` untimed calls."""
     for _ in range(warmup):
         fn()
@@ -78,7 +78,7 @@ def measure_matmul_flops(device: torch.device | str, dtype: torch.dtype, n: int 
     a = torch.randn(n, n, device=device, dtype=dtype)
     b = torch.randn(n, n, device=device, dtype=dtype)
     out = torch.empty(n, n, device=device, dtype=dtype)
-    seconds = statistics.median(_timed(lambda: torch.mm(a, b, out=out), device, iters, warmup=3))
+    seconds = statistics.median(timed_samples(lambda: torch.mm(a, b, out=out), device, iters, warmup=3))
     return 2 * n**3 / seconds
 
 
@@ -89,7 +89,7 @@ def measure_copy_bytes_s(device: torch.device | str, nbytes: int | None = None, 
     src = torch.empty(nbytes, dtype=torch.uint8, device=device)
     src.fill_(1)  # touch every page, so the first timed copy does not fault them in
     dst = torch.empty_like(src)
-    seconds = statistics.median(_timed(lambda: dst.copy_(src), device, iters, warmup=3))
+    seconds = statistics.median(timed_samples(lambda: dst.copy_(src), device, iters, warmup=3))
     return 2 * nbytes / seconds
 
 
@@ -126,7 +126,7 @@ def measure_fp8_matmul_flops(device: torch.device | str, n: int | None = None, i
     a = torch.randn(n, n, device=device).to(torch.float8_e4m3fn)
     b = torch.randn(n, n, device=device).to(torch.float8_e4m3fn)
     sa, sb = torch.ones(n, 1, device=device), torch.ones(1, n, device=device)
-    seconds = statistics.median(_timed(
+    seconds = statistics.median(timed_samples(
         lambda: torch._scaled_mm(a, b.t(), scale_a=sa, scale_b=sb, out_dtype=torch.bfloat16), device, iters,
         warmup=3))
     return 2 * n**3 / seconds

@@ -145,7 +145,7 @@ class ModelRunner:
         finally:
             torch.set_default_dtype(prev)
         if self.source.kind == "dummy":
-            self._init_dummy(model)
+            init_dummy_weights(model, self.device)
         else:
             total = self.source.num_weight_files or None
             pack = self._pack_quantized()
@@ -194,17 +194,6 @@ class ModelRunner:
                         torch.__version__, self.dtype)
             return False
         return True
-
-    def _init_dummy(self, model: LlamaForCausalLM) -> None:
-        # Seeded on the model's device: drawing 8B numbers on the CPU would take minutes.
-        gen = torch.Generator(device=self.device).manual_seed(0)
-        with torch.no_grad():
-            for name, p in model.named_parameters():
-                if "norm" in name:
-                    p.fill_(1.0)
-                else:
-                    # Small uniform weights keep activations finite through many layers.
-                    p.uniform_(-0.02, 0.02, generator=gen)
 
     def _attention_backend(self) -> AttentionBackend:
         name = self.server_args.attention_backend
@@ -324,6 +313,19 @@ class ModelRunner:
 
     def _lm_head(self, hidden: torch.Tensor) -> torch.Tensor:
         return self.model.lm_head.compute_logits(hidden)  # type: ignore[operator,no-any-return]
+
+
+def init_dummy_weights(model: torch.nn.Module, device: torch.device) -> None:
+    """--load-format dummy: norms 1, everything else small seeded uniform values."""
+    # Seeded on the model's device: drawing 8B numbers on the CPU would take minutes.
+    gen = torch.Generator(device=device).manual_seed(0)
+    with torch.no_grad():
+        for name, p in model.named_parameters():
+            if "norm" in name:
+                p.fill_(1.0)
+            else:
+                # Small uniform weights keep activations finite through many layers.
+                p.uniform_(-0.02, 0.02, generator=gen)
 
 
 def _available() -> float:
