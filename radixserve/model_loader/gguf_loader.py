@@ -127,6 +127,9 @@ def _moe_config(reader: Any, arch: str, names: set[str], path: Path) -> dict[str
         if arch in ("qwen2moe", "qwen3moe"):
             raise UnsupportedModelError(f"{str(path)!r}: a {arch} GGUF file without {arch}.expert_count")
         return {}
+    if arch not in _NORM_TOPK:
+        raise UnsupportedModelError(f"{str(path)!r}: a {arch} GGUF file with {experts} experts: mixture-of-experts "
+                                    f"GGUF is supported for {sorted(_NORM_TOPK)}")
     cfg: dict[str, Any] = {"num_experts": experts,
                            "num_experts_per_tok": int(_field(reader, f"{arch}.expert_used_count", 0) or 0)}
     if arch == "llama":  # Mixtral: experts as wide as feed_forward_length, every layer MoE, renormalised

@@ -157,11 +157,19 @@ def test_gguf_mixtral_at_tp2_equals_tp1(moe_models: dict[str, Path], tmp_path: P
     _assert_same_greedy(got, ref)
 
 
-def test_gguf_moe_without_an_expert_count_is_refused_by_name(tmp_path: Path) -> None:
+@pytest.mark.parametrize(("arch", "experts", "expected"), [
+    ("qwen3moe", 0, r"a qwen3moe GGUF file without qwen3moe\.expert_count"),
+    ("qwen2", 8, r"a qwen2 GGUF file with 8 experts: mixture-of-experts GGUF is supported for \['llama', 'qwen2moe', "
+                 r"'qwen3moe'\]"),
+])
+def test_gguf_moe_metadata_that_does_not_fit_is_refused_by_name(tmp_path: Path, arch: str, experts: int,
+                                                                 expected: str) -> None:
     import gguf
 
-    path = tmp_path / "qwen3moe.gguf"
-    writer = gguf.GGUFWriter(str(path), "qwen3moe")
+    path = tmp_path / f"{arch}.gguf"
+    writer = gguf.GGUFWriter(str(path), arch)
+    if experts:
+        writer.add_expert_count(experts)
     writer.add_block_count(2)
     writer.add_embedding_length(8)
     writer.add_head_count(2)
@@ -173,5 +181,5 @@ def test_gguf_moe_without_an_expert_count_is_refused_by_name(tmp_path: Path) -> 
     writer.close()
     from radixserve.configs.model_config import UnsupportedModelError
 
-    with pytest.raises(UnsupportedModelError, match=r"a qwen3moe GGUF file without qwen3moe\.expert_count"):
+    with pytest.raises(UnsupportedModelError, match=expected):
         Engine(model_path=str(path), log_level="warning")
