@@ -220,7 +220,7 @@ def test_a_client_leaving_mid_stream_aborts_on_the_worker(smol_server: ServerPro
         # token and the one that puts the request in the running batch.
         deadline = time.monotonic() + 15
         while not _running_with_kv(smol_server.load()):
-            assert time.monotonic() < deadline, smol_server.load()
+            assert time.monotonic() < deadline, (first, smol_server.load())
             time.sleep(0.05)
     # The connection is closed: the router cancels the call and the worker aborts the request.
     wait_kv_free(smol_server)  # long before 1500 tokens are decoded
