@@ -51,7 +51,7 @@ _BLOCK_NAMES = {
     "ffn_down": "mlp.down_proj",
     # Mixture of experts: the router, and Qwen2-MoE's shared expert with its sigmoid gate. The
     # experts themselves (ffn_{gate,up,down}_exps, one tensor for all experts) go through
-    # `_expert_tensors`.
+    # `expert_names` and `_split_experts`.
     "ffn_gate_inp": "mlp.gate",
     "ffn_gate_inp_shexp": "mlp.shared_expert_gate",
     "ffn_gate_shexp": "mlp.shared_expert.gate_proj",
