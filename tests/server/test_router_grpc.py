@@ -12,6 +12,7 @@ import re
 import signal
 import subprocess
 import sys
+import tempfile
 import time
 from collections.abc import Iterator
 from pathlib import Path
@@ -44,12 +45,14 @@ LONG = {"max_new_tokens": 1500, "ignore_eos": True, "temperature": 0.0}  # minut
 class RouterProcess:
     def __init__(self, server: ServerProcess, grpc_port: int) -> None:
         env = {**os.environ, "PYTHONPATH": str(REPO_ROOT)}
+        # Its warnings (a stream cut, a worker ejected) go to a file that a failing test quotes.
+        self.log = tempfile.TemporaryFile()  # noqa: SIM115  (closed in stop())
         self.proc = subprocess.Popen(
             [sys.executable, "-m", "radixserve", "router", "--port", "0", "--worker-urls", server.url,
              "--worker-protocol", "grpc", "--grpc-port", str(grpc_port), "--api-key", str(server.api_key),
              "--policy", "round_robin", "--cache-events", "off", "--tokenizer", "none",
              "--health-check-interval", "0.5", "--drain-grace-seconds", "0", "--log-level", "warning"],
-            cwd=REPO_ROOT, env=env, stdout=subprocess.PIPE, stderr=subprocess.DEVNULL, text=True)
+            cwd=REPO_ROOT, env=env, stdout=subprocess.PIPE, stderr=self.log, text=True)
         assert self.proc.stdout is not None
         line = self.proc.stdout.readline()
         assert line.startswith("router listening on http://"), line
@@ -60,6 +63,10 @@ class RouterProcess:
             assert time.monotonic() < deadline, "the router never saw its worker healthy"
             time.sleep(0.1)
 
+    def logs(self) -> str:
+        self.log.seek(0)
+        return self.log.read().decode(errors="replace")
+
     def stop(self) -> None:
         self.proc.send_signal(signal.SIGTERM)
         try:
@@ -67,6 +74,7 @@ class RouterProcess:
         except subprocess.TimeoutExpired:
             self.proc.kill()
             self.proc.wait(5)
+        self.log.close()
 
 
 @pytest.fixture(scope="module")
@@ -208,19 +216,37 @@ def _running_with_kv(load: dict[str, float]) -> bool:
     return load["num_running_reqs"] == 1 and load["kv_used_tokens"] > 0
 
 
+def _request_counters(server: ServerProcess) -> dict[str, float]:
+    """The worker's finished and aborted request counters, by reason."""
+    text = httpx.get(f"{server.url}/metrics", timeout=30).text
+    return {name: float(value) for name, value in re.findall(
+        r"^(radixserve:num_(?:requests|aborted_requests)_total\{[^}]*\}) (\S+)$", text, re.M)}
+
+
 def test_a_client_leaving_mid_stream_aborts_on_the_worker(smol_server: ServerProcess, router: RouterProcess) -> None:
     wait_kv_free(smol_server)
+    before = _request_counters(smol_server)
     body = {"text": PROMPT, "sampling_params": LONG, "stream": True}
     with httpx.Client(timeout=60) as client, client.stream("POST", router.url + "/generate",
                                                            headers=router.headers, json=body) as resp:
         assert resp.status_code == 200 and resp.headers[PROTOCOL_HEADER] == "grpc"
-        first = next(resp.iter_lines())
+        # Held: a dropped line iterator, once collected, closes the connection (httpcore closes a
+        # stream whose generator exits early), which is a client leaving too soon.
+        lines = resp.iter_lines()
+        first = next(lines)
         assert first.startswith("data: {")
         # Polled: under load the control call can land between the step that streamed the first
         # token and the one that puts the request in the running batch.
         deadline = time.monotonic() + 15
-        while not _running_with_kv(smol_server.load()):
-            assert time.monotonic() < deadline, (first, smol_server.load())
+        seen = []
+        while not _running_with_kv(load := smol_server.load()):
+            seen.append(load)
+            if time.monotonic() > deadline:  # what ended the request, for the failure message
+                after = _request_counters(smol_server)
+                changed = {k: v - before.get(k, 0.0) for k, v in after.items() if v != before.get(k, 0.0)}
+                pytest.fail(f"the request left the worker while its client was reading: first line {first!r}; "
+                            f"loads seen {seen[:3]}...{seen[-1:]}; counters changed {changed}; router log "
+                            f"{router.logs()[-2000:]!r}; server log {smol_server.logs()[-2000:]!r}")
             time.sleep(0.05)
     # The connection is closed: the router cancels the call and the worker aborts the request.
     wait_kv_free(smol_server)  # long before 1500 tokens are decoded
