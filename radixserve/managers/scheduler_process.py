@@ -155,8 +155,10 @@ def set_host_threads(server_args: ServerArgs) -> None:
     """Size torch's CPU thread pool for this rank. On CUDA the host only builds small index
     tensors, and with one OpenMP thread per core in each of the tp x pp processes they contend
     for the same cores (vLLM's workers run one thread for the same reason); at TP=2 a 256-request
-    decode step took 45 ms of wall time for 14 ms of GPU work on each rank (docs/gpu.md). CPU
-    ranks keep torch's default: there the model itself runs on those threads. OMP_NUM_THREADS,
+    decode step took 45 ms of wall time for 14 ms of GPU work on each rank (docs/gpu.md). On the
+    CPU the model itself runs on these threads: the TP ranks of one node, which compute at the
+    same time, split its cores (at least one thread each), as vLLM's CPU workers do; pipeline
+    stages take turns (no micro-batches), so each stage's ranks may use them all. OMP_NUM_THREADS,
     when set, wins."""
     from radixserve.model_executor.model_runner import resolve_device
 
@@ -164,6 +166,10 @@ def set_host_threads(server_args: ServerArgs) -> None:
         return
     if resolve_device(server_args.device).type == "cuda":
         torch.set_num_threads(1)
+        return
+    concurrent = min(server_args.ranks_per_node, server_args.tensor_parallel_size)
+    if concurrent > 1:
+        torch.set_num_threads(max(1, len(os.sched_getaffinity(0)) // concurrent))
 
 
 def run_scheduler_process(server_args: ServerArgs, port_args: PortArgs, ready: Connection,

@@ -8,12 +8,11 @@ import aiohttp
 import pytest
 
 from benchmarks.bench_router_cache import replica_command, run_policy
-from benchmarks.bench_serving import BenchConfig, _request_body, make_prompts, run_benchmark
+from benchmarks.bench_serving import BenchConfig, _request_body, make_prompts
 from radixserve.router.app import RunningRouter
 from radixserve.router.proxy import WORKER_HEADER
 from radixserve.router.request_text import routing_text
 from radixserve.router.tokenize import RoutedPrompt
-from radixserve.router.workers import WorkerState
 
 from .conftest import MakeRouter, StartWorkerProcesses, wait_until
 
@@ -59,14 +58,15 @@ async def test_exact_routing_reuses_more_prefix_and_router_replicas_agree(
     # Two router replicas per variant behind a round-robin front, as a Service spreads clients over the
     # router Deployment (2 replicas by default): each approximate tree learns only its half of the traffic,
     # while both exact indexes follow the same engines.
+    # Round robin, the baseline both beat, is in benchmarks/bench_router_cache.py; here the comparison
+    # that matters: the engines' events against the router's own approximate trees.
     runs = {name: await run_policy(urls, name, dataclasses.replace(WORKLOAD), routers=2)
-            for name in ("round_robin", "approximate", "exact")}
+            for name in ("approximate", "exact")}
     for r in runs.values():
         assert r["completed"] == 35 and r["failed"] == 0, r
         assert sum(r["requests_per_replica"]) == 35 and min(r["requests_per_replica"]) > 0, r
     # The replicas' own counters: routing on the engines' cache events keeps more prefixes cached.
-    exact, approx, rr = (runs[n]["replica_cached_tokens"] for n in ("exact", "approximate", "round_robin"))
-    assert exact > approx and exact > rr, runs
+    assert runs["exact"]["replica_cached_tokens"] > runs["approximate"]["replica_cached_tokens"], runs
     assert runs["exact"]["replica_cache_hit_rate"] > 0.5, runs["exact"]
 
     # Two router replicas on the same event streams make the same choice for each request.
@@ -84,18 +84,3 @@ async def test_exact_routing_reuses_more_prefix_and_router_replicas_agree(
             answer = await resp.text()  # read to the end: the request finishes rather than aborts
             assert resp.status == 200, answer
             assert resp.headers[WORKER_HEADER] == predicted.worker.url, f"request {i}: the replicas disagree"
-
-    # A replica killed behind the router: requests keep being served; it is ejected, then re-admitted.
-    running = await make_router(worker_urls=urls, health_check_interval_s=0.5, health_failure_threshold=2,
-                                health_success_threshold=1)
-    victim = procs[0]
-    victim.kill()
-    result = await run_benchmark(dataclasses.replace(WORKLOAD, base_url=running.url, num_groups=3,
-                                                     prompts_per_group=4))
-    assert result["completed"] == 12 and result["failed"] == 0, result["errors"]
-    worker = running.router.workers.get(victim.url)
-    assert worker is not None
-    await wait_until(lambda: worker.state is WorkerState.UNHEALTHY, 10, what="ejection")
-    victim.start()
-    await victim.wait_healthy(http, 300)
-    await wait_until(lambda: worker.state is WorkerState.HEALTHY, 20, what="re-admission")
