@@ -41,10 +41,11 @@ def test_shared_prefix_is_reused_and_output_unchanged(smol_engine: Any) -> None:
 def test_kv_exhaustion_retracts_and_finishes_correctly(smol_engine: Any) -> None:
     tok = smol_engine.tokenizer
     prompts = [list(tok(f"Count from {i} to {i + 20}, separated by commas:").input_ids) for i in range(32)]
-    params = {"max_new_tokens": 40, "temperature": 0, "ignore_eos": True}
+    params = {"max_new_tokens": 24, "temperature": 0, "ignore_eos": True}
     assert smol_engine.scheduler.flush_cache()
-    expected = [smol_engine.generate(input_ids=p, sampling_params=params)["output_ids"] for p in prompts[:8]]
-    # ~32 * (15 + 40) tokens of demand against a 512-token pool: decode must run dry and retract.
+    # One batch: float32 greedy tokens do not depend on the batch (test_64_concurrent_streams_equal_sequential).
+    expected = [o["output_ids"] for o in smol_engine.generate(input_ids=prompts[:8], sampling_params=params)]
+    # ~32 * (15 + 24) tokens of demand against a 512-token pool: decode must run dry and retract.
     with Engine(max_total_tokens=512, max_running_requests=32, log_level="warning", gguf_dequantize=True) as tiny_pool:
         outs = tiny_pool.generate(input_ids=prompts, sampling_params=params)
         sched = tiny_pool.scheduler
@@ -61,7 +62,7 @@ def test_kv_exhaustion_retracts_and_finishes_correctly(smol_engine: Any) -> None
         metrics.update(load)  # the same total again: no double count
         assert metrics.registry.get_sample_value("radixserve:num_retractions_total",
                                                  {"model_name": "m"}) == sched.stats.num_retractions
-        assert all(len(o["output_ids"]) == 40 for o in outs)
+        assert all(len(o["output_ids"]) == 24 for o in outs)
         assert [o["output_ids"] for o in outs[:8]] == expected
         sched.check_memory()
         pool = sched.token_to_kv_pool
