@@ -53,7 +53,10 @@ def _events_in_step(*routers: RunningRouter) -> bool:
 
 async def test_exact_routing_reuses_more_prefix_and_router_replicas_agree(
         worker_processes: StartWorkerProcesses, make_router: MakeRouter, http: aiohttp.ClientSession) -> None:
-    procs = await worker_processes(3, lambda port: replica_command(port, 1536), timeout=300)
+    # One torch thread each: three replicas on a 2-core machine would otherwise run six (`env` execs the
+    # server, so the process is still the one the fixture stops).
+    procs = await worker_processes(3, lambda port: ["env", "OMP_NUM_THREADS=1", *replica_command(port, 1536)],
+                                   timeout=300)
     urls = [p.url for p in procs]
     # Two router replicas per variant behind a round-robin front, as a Service spreads clients over the
     # router Deployment (2 replicas by default): each approximate tree learns only its half of the traffic,
