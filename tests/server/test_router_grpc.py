@@ -235,8 +235,9 @@ def test_a_client_leaving_mid_stream_aborts_on_the_worker(smol_server: ServerPro
         lines = resp.iter_lines()
         first = next(lines)
         assert first.startswith("data: {")
-        # Polled: under load the control call can land between the step that streamed the first
-        # token and the one that puts the request in the running batch.
+        # Polled rather than read once: the load is a separate call, answered between scheduler steps.
+        # (This test failed in CI for a while; the cause was the dropped iterator above, and the
+        # message below says what ended the request, should it leave again.)
         deadline = time.monotonic() + 15
         seen = []
         while not _running_with_kv(load := smol_server.load()):
