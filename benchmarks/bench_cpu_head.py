@@ -21,7 +21,6 @@ from __future__ import annotations
 import argparse
 import statistics
 import sys
-import time
 from collections.abc import Callable
 from pathlib import Path
 from typing import Any
@@ -34,14 +33,13 @@ import torch  # noqa: E402
 import torch.nn.functional as F  # noqa: E402
 
 from benchmarks._common import command_line, machine_info, write_results  # noqa: E402
+from benchmarks.roofline import timed_samples  # noqa: E402
 from radixserve import Engine  # noqa: E402
 
 
 def _ms(fn: Callable[[], Any], iters: int) -> float:
-    start = time.perf_counter()
-    for _ in range(iters):
-        fn()
-    return (time.perf_counter() - start) / iters * 1e3
+    """Mean milliseconds per call over `iters` calls."""
+    return statistics.mean(timed_samples(fn, torch.device("cpu"), iters, warmup=0)) * 1e3
 
 
 def main() -> None:

@@ -32,6 +32,8 @@ from radixserve.router.grpc_client import PROTOCOL_HEADER, translate
 from radixserve.router.proxy import WORKER_HEADER
 from radixserve.router.workers import WorkerSource
 from tests.server.server_harness import ServerProcess, free_port
+from tests.server.test_grpc import wait_kv_free
+from tests.server.test_observability import metrics
 
 pytestmark = pytest.mark.slow
 
@@ -106,16 +108,6 @@ def sse_events(resp: httpx.Response) -> list[str]:
     events = resp.text[:-2].split("\n\n")
     assert all(e.startswith("data: ") for e in events)
     return [e[len("data: "):] for e in events]
-
-
-def wait_kv_free(server: ServerProcess, timeout: float = 15.0) -> None:
-    deadline = time.monotonic() + timeout
-    while True:
-        load = server.load()
-        if not load["num_running_reqs"] and not load["num_waiting_reqs"] and load["kv_used_tokens"] == 0:
-            return
-        assert time.monotonic() < deadline, f"the request still holds KV after {timeout}s: {load}"
-        time.sleep(0.1)
 
 
 def test_greedy_generate_over_grpc_answers_as_the_server_does(smol_server: ServerProcess, router: RouterProcess) -> None:
@@ -216,11 +208,10 @@ def _running_with_kv(load: dict[str, float]) -> bool:
     return load["num_running_reqs"] == 1 and load["kv_used_tokens"] > 0
 
 
-def _request_counters(server: ServerProcess) -> dict[str, float]:
+def _request_counters(server: ServerProcess) -> dict[tuple[str, frozenset[tuple[str, str]]], float]:
     """The worker's finished and aborted request counters, by reason."""
-    text = httpx.get(f"{server.url}/metrics", timeout=30).text
-    return {name: float(value) for name, value in re.findall(
-        r"^(radixserve:num_(?:requests|aborted_requests)_total\{[^}]*\}) (\S+)$", text, re.M)}
+    names = ("radixserve:num_requests_total", "radixserve:num_aborted_requests_total")
+    return {key: value for key, value in metrics(server).items() if key[0] in names}
 
 
 def test_a_client_leaving_mid_stream_aborts_on_the_worker(smol_server: ServerProcess, router: RouterProcess) -> None:
