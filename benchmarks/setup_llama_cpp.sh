@@ -12,8 +12,20 @@ TARGET=.bench-env/llama_cpp
 WORK=$(mktemp -d)
 trap 'rm -rf "$WORK"' EXIT
 "$PY" -m pip download -q --no-deps --no-binary :all: -d "$WORK" "llama-cpp-python==$VERSION"
+# Native instructions, except AMX: on a KVM guest with AMX (Xeon 4th/5th gen), this llama.cpp's AMX
+# matmul dies with SIGILL at its first tile instruction (tilezero, in ggml_backend_amx_mul_mat) on any
+# prompt of more than one token. There the build names the CPU's vector extensions one by one instead.
+ISA="-DGGML_NATIVE=ON"
+if grep -qw amx_tile /proc/cpuinfo; then
+  ISA="-DGGML_NATIVE=OFF -DGGML_AMX_TILE=OFF -DGGML_AMX_INT8=OFF -DGGML_AMX_BF16=OFF"
+  for pair in avx:AVX avx2:AVX2 bmi2:BMI2 fma:FMA f16c:F16C avx_vnni:AVX_VNNI avx512f:AVX512 \
+              avx512vbmi:AVX512_VBMI avx512_vnni:AVX512_VNNI avx512_bf16:AVX512_BF16; do
+    grep -qw "${pair%%:*}" /proc/cpuinfo && ISA="$ISA -DGGML_${pair##*:}=ON"
+  done
+fi
+echo "llama.cpp instruction sets: $ISA"
 CMAKE_BUILD_PARALLEL_LEVEL=$(nproc) \
-CMAKE_ARGS="-DGGML_NATIVE=ON -DLLAMA_BUILD_TESTS=OFF -DLLAMA_BUILD_EXAMPLES=OFF -DLLAMA_BUILD_TOOLS=OFF -DLLAMA_BUILD_SERVER=OFF" \
+CMAKE_ARGS="$ISA -DLLAMA_BUILD_TESTS=OFF -DLLAMA_BUILD_EXAMPLES=OFF -DLLAMA_BUILD_TOOLS=OFF -DLLAMA_BUILD_SERVER=OFF" \
   "$PY" -m pip wheel -q --no-deps -w "$WORK/wheel" "$WORK"/llama_cpp_python-"$VERSION".tar.gz
 # Its runtime dependencies besides numpy, jinja2 and typing-extensions (already in the project's venv).
 "$PY" -m pip install -q --no-deps --upgrade --target "$TARGET" "$WORK"/wheel/*.whl diskcache
