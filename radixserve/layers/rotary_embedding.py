@@ -62,11 +62,14 @@ class RotaryEmbedding(nn.Module):
     def _cos_sin(self, positions: torch.Tensor, dtype: torch.dtype) -> tuple[torch.Tensor, torch.Tensor]:
         """cos and sin rows [tokens, 1, head_dim] at `positions`, gathered once per step (see __init__)."""
         rows = self._rows
-        if rows is not None and rows[0] is positions and rows[1] == positions._version and rows[2] == dtype:
+        # An inference-mode tensor keeps no version counter, so in-place writes to it go unseen: not cached.
+        tracked = not positions.is_inference()
+        if tracked and rows is not None and rows[0] is positions and rows[1] == positions._version \
+                and rows[2] == dtype:
             return rows[3], rows[4]
         cos = self.cos_cache[positions].unsqueeze(1).to(dtype)
         sin = self.sin_cache[positions].unsqueeze(1).to(dtype)
-        self._rows = (positions, positions._version, dtype, cos, sin)
+        self._rows = (positions, positions._version, dtype, cos, sin) if tracked else None
         return cos, sin
 
     def forward(self, positions: torch.Tensor, q: torch.Tensor, k: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:

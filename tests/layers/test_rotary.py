@@ -43,3 +43,17 @@ def test_cos_and_sin_are_gathered_once_per_positions_tensor_and_follow_in_place_
     assert rope._rows[3] is not first
     want = rotate_apart(rope, positions, q, k)
     assert torch.equal(got[0], want[0]) and torch.equal(got[1], want[1])
+
+
+def test_inference_mode_positions_are_gathered_every_time() -> None:
+    # They keep no version counter: an in-place write could not be seen, so nothing is cached for them.
+    rope = RotaryEmbedding(32, 256, 10000.0)
+    q, k = torch.randn(1, 4, 32), torch.randn(1, 2, 32)
+    with torch.inference_mode():
+        positions = torch.tensor([5])
+        rope(positions, q, k)
+        assert rope._rows is None
+        positions.add_(1)
+        got = rope(positions, q, k)
+    want = rotate_apart(rope, torch.tensor([6]), q, k)
+    assert torch.equal(got[0], want[0]) and torch.equal(got[1], want[1])
