@@ -50,36 +50,21 @@ class RotaryEmbedding(nn.Module):
         emb = torch.cat((freqs, freqs), dim=-1)
         self.register_buffer("cos_cache", emb.cos(), persistent=False)
         self.register_buffer("sin_cache", emb.sin(), persistent=False)
-        # Every layer of a step rotates at the same positions (one tensor, passed down): its cos and sin
-        # rows are gathered once, keyed by that tensor, its version (in-place writes) and the dtype.
-        self._rows: tuple[torch.Tensor, int, torch.dtype, torch.Tensor, torch.Tensor] | None = None
 
     @staticmethod
     def _rotate_half(x: torch.Tensor) -> torch.Tensor:
         half = x.shape[-1] // 2
         return torch.cat((-x[..., half:], x[..., :half]), dim=-1)
 
-    def _cos_sin(self, positions: torch.Tensor, dtype: torch.dtype) -> tuple[torch.Tensor, torch.Tensor]:
-        """cos and sin rows [tokens, 1, head_dim] at `positions`, gathered once per step (see __init__)."""
-        rows = self._rows
-        # An inference-mode tensor keeps no version counter, so in-place writes to it go unseen: not cached.
-        tracked = not positions.is_inference()
-        if tracked and rows is not None and rows[0] is positions and rows[1] == positions._version \
-                and rows[2] == dtype:
-            return rows[3], rows[4]
-        cos = self.cos_cache[positions].unsqueeze(1).to(dtype)
-        sin = self.sin_cache[positions].unsqueeze(1).to(dtype)
-        self._rows = (positions, positions._version, dtype, cos, sin) if tracked else None
-        return cos, sin
-
     def forward(self, positions: torch.Tensor, q: torch.Tensor, k: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         """q: [tokens, heads, head_dim], k: [tokens, kv_heads, head_dim]; positions: [tokens].
 
         The reference path; the Triton attention backend rotates in its fused rotary + KV-store kernel.
         q and k turn together, as one [tokens, heads + kv_heads, head_dim] tensor: the same products
-        per element, half the torch calls (batch-1 decode on CPU: 49 -> 22 us a layer).
+        per element, fewer torch calls (batch-1 decode on CPU, timed alone: 48 -> 40 us a layer).
         """
-        cos, sin = self._cos_sin(positions, q.dtype)
+        cos = self.cos_cache[positions].unsqueeze(1).to(q.dtype)
+        sin = self.sin_cache[positions].unsqueeze(1).to(q.dtype)
         qk = torch.cat((q, k), dim=1)
         qk = qk * cos + self._rotate_half(qk) * sin
         return qk[:, : q.shape[1]], qk[:, q.shape[1]:]

@@ -1,4 +1,4 @@
-"""RotaryEmbedding's torch path: q and k rotated together, cos and sin gathered once per step."""
+"""RotaryEmbedding's torch path: q and k rotated together, bitwise as each on its own."""
 
 from __future__ import annotations
 
@@ -26,34 +26,3 @@ def test_joint_rotation_is_bitwise_the_separate_one() -> None:
     bq, bk = rope(positions, q.bfloat16(), k.bfloat16())  # a second dtype at the same positions
     wq, wk = rotate_apart(rope, positions, q.bfloat16(), k.bfloat16())
     assert bq.dtype == torch.bfloat16 and torch.equal(bq, wq) and torch.equal(bk, wk)
-
-
-def test_cos_and_sin_are_gathered_once_per_positions_tensor_and_follow_in_place_writes() -> None:
-    rope = RotaryEmbedding(32, 256, 10000.0)
-    q, k = torch.randn(2, 4, 32), torch.randn(2, 2, 32)
-    positions = torch.tensor([3, 4])
-    rope(positions, q, k)
-    assert rope._rows is not None
-    first = rope._rows[3]
-    for _ in range(2):  # the other layers of the step reuse the rows
-        rope(positions, q, k)
-        assert rope._rows[3] is first
-    positions.add_(10)  # the same tensor written in place (as a graph runner's static buffer is): gathered anew
-    got = rope(positions, q, k)
-    assert rope._rows[3] is not first
-    want = rotate_apart(rope, positions, q, k)
-    assert torch.equal(got[0], want[0]) and torch.equal(got[1], want[1])
-
-
-def test_inference_mode_positions_are_gathered_every_time() -> None:
-    # They keep no version counter: an in-place write could not be seen, so nothing is cached for them.
-    rope = RotaryEmbedding(32, 256, 10000.0)
-    q, k = torch.randn(1, 4, 32), torch.randn(1, 2, 32)
-    with torch.inference_mode():
-        positions = torch.tensor([5])
-        rope(positions, q, k)
-        assert rope._rows is None
-        positions.add_(1)
-        got = rope(positions, q, k)
-    want = rotate_apart(rope, torch.tensor([6]), q, k)
-    assert torch.equal(got[0], want[0]) and torch.equal(got[1], want[1])
