@@ -23,6 +23,6 @@ def test_joint_rotation_is_bitwise_the_separate_one() -> None:
     got, want = rope(positions, q, k), rotate_apart(rope, positions, q, k)
     assert got[0].shape == (5, 9, 64) and got[1].shape == (5, 3, 64)
     assert torch.equal(got[0], want[0]) and torch.equal(got[1], want[1])
-    bq, bk = rope(positions, q.bfloat16(), k.bfloat16())  # a second dtype at the same positions
+    bq, bk = rope(positions, q.bfloat16(), k.bfloat16())  # and in bf16, as on the GPU
     wq, wk = rotate_apart(rope, positions, q.bfloat16(), k.bfloat16())
     assert bq.dtype == torch.bfloat16 and torch.equal(bq, wq) and torch.equal(bk, wk)
