@@ -1,9 +1,15 @@
-"""Batch-1 greedy decode on CPU: GGUF linear weights packed (int4 kernel) vs dequantized to float32,
-and llama.cpp on the same file when `llama_cpp` is importable (issue 19).
+"""Batch-1 greedy decode on CPU: GGUF linear weights packed vs dequantized to float32, and llama.cpp on
+the same file when `llama_cpp` is importable (issue 19).
 
-Both radixserve engines live in this one process and their runs alternate (packed, dequantized,
-packed, ...) so that load from anything else on the machine hits both alike; each path reports the
-median (and the fastest) of --repeats runs. tok/s = new tokens / wall time of one `generate` call (prompt prefill
+The radixserve paths (--paths):
+- packed: the default; decode steps in C (kernels/cpu/decode.c) around the integer product (qdot.c);
+- packed_torch_layers: the same packed weights and product, the layers run by torch
+  (RADIXSERVE_CPU_DECODE=0 while that engine is built);
+- packed_int4: torch's int4 kernel with bf16 activations (RADIXSERVE_CPU_KERNELS=0 while built);
+- dequantized: --gguf-dequantize, float32 weights.
+All engines live in this one process and their runs alternate (packed, dequantized, packed, ...) so
+that load from anything else on the machine hits them alike; each path reports the median (and the
+fastest) of --repeats runs. tok/s = new tokens / wall time of one `generate` call (prompt prefill
 included: the prompt is a few tokens). Writes JSON to benchmarks/results/.
 
   python benchmarks/bench_cpu_decode.py                 # embedded SmolLM2-135M-Instruct Q4_1
@@ -13,6 +19,7 @@ included: the prompt is a few tokens). Writes JSON to benchmarks/results/.
 from __future__ import annotations
 
 import argparse
+import os
 import statistics
 import sys
 import time
@@ -48,6 +55,29 @@ def _time_engine(engine: Engine, tokens: int) -> float:
     return tokens / elapsed
 
 
+# path -> (environment while its engine is built, engine arguments)
+PATHS: dict[str, tuple[dict[str, str], dict[str, Any]]] = {
+    "packed": ({}, {}),
+    "packed_torch_layers": ({"RADIXSERVE_CPU_DECODE": "0"}, {}),
+    "packed_int4": ({"RADIXSERVE_CPU_KERNELS": "0"}, {}),
+    "dequantized": ({}, {"gguf_dequantize": True}),
+}
+
+
+def _engine(model_path: str | None, path: str) -> Engine:
+    env, kwargs = PATHS[path]
+    saved = {k: os.environ.get(k) for k in env}
+    os.environ.update(env)
+    try:
+        return Engine(model_path=model_path, device="cpu", log_level="warning", max_total_tokens=4096, **kwargs)
+    finally:
+        for k, v in saved.items():
+            if v is None:
+                os.environ.pop(k, None)
+            else:
+                os.environ[k] = v
+
+
 def _llama_cpp(path: Path, threads: int) -> Any:
     """A llama.cpp model on the same file, or None where llama_cpp is not importable."""
     try:
@@ -72,16 +102,18 @@ def main() -> None:
     ap.add_argument("--tokens", type=int, default=128)
     ap.add_argument("--repeats", type=int, default=3)
     ap.add_argument("--threads", type=int, default=torch.get_num_threads())
+    ap.add_argument("--paths", default="packed,packed_torch_layers,packed_int4,dequantized",
+                    help=f"comma-separated radixserve paths, from {', '.join(PATHS)} (packed and dequantized always)")
     ap.add_argument("--out", default=None, help="results JSON path (default: results/cpu_decode_<time>.json)")
     args = ap.parse_args()
     torch.set_num_threads(args.threads)
     path = Path(args.model_path) if args.model_path else default_model_path()
     load_before = _loadavg()
-    engines = {
-        "packed": Engine(model_path=args.model_path, device="cpu", log_level="warning", max_total_tokens=4096),
-        "dequantized": Engine(model_path=args.model_path, device="cpu", log_level="warning", max_total_tokens=4096,
-                              gguf_dequantize=True),
-    }
+    names = list(dict.fromkeys(["packed", *args.paths.split(","), "dequantized"]))
+    unknown = [n for n in names if n not in PATHS]
+    if unknown:
+        ap.error(f"unknown paths {unknown}: choose from {list(PATHS)}")
+    engines = {name: _engine(args.model_path, name) for name in names}
     llm = _llama_cpp(path, args.threads)
     runs: dict[str, list[float]] = {k: [] for k in engines}
     llama_runs: list[float] = []
@@ -108,6 +140,7 @@ def main() -> None:
         "benchmark": "cpu_decode", "command": " ".join([sys.executable, *sys.argv]),
         "model": str(path), "tokens": args.tokens, "repeats": args.repeats, "threads": args.threads,
         "tok_s": med, "tok_s_runs": runs, "packed_over_dequantized": med["packed"] / med["dequantized"],
+        "over_packed": {k: v / med["packed"] for k, v in med.items()},
         # Load from other processes only slows a run down: the fastest run is the least disturbed one.
         "tok_s_best": {k: max(v) for k, v in runs.items()},
         "llama_cpp": llama,
@@ -119,9 +152,9 @@ def main() -> None:
         result["packed_over_llama_cpp_best"] = max(runs["packed"]) / llama["tok_s_best"]
     out = write_results("cpu_decode", result, args.out)
     other = f"{llama['tok_s']:.1f} tok/s" if llama.get("available") else "not available"
-    print(f"packed {med['packed']:.1f} tok/s, dequantized {med['dequantized']:.1f} tok/s "
-          f"({result['packed_over_dequantized']:.2f}x); llama.cpp: {other}; load average "
-          f"{result['loadavg_before']} -> {result['loadavg_after']}")
+    paths = ", ".join(f"{k} {v:.1f}" for k, v in med.items())
+    print(f"tok/s: {paths}; llama.cpp: {other}; load average {result['loadavg_before']} -> "
+          f"{result['loadavg_after']}")
     print(f"wrote {out}")
 
 

