@@ -19,7 +19,6 @@ included: the prompt is a few tokens). Writes JSON to benchmarks/results/.
 from __future__ import annotations
 
 import argparse
-import os
 import statistics
 import sys
 import time
@@ -32,7 +31,7 @@ if str(REPO_ROOT) not in sys.path:  # run as `python benchmarks/bench_cpu_decode
 
 import torch  # noqa: E402
 
-from benchmarks._common import machine_info, write_results  # noqa: E402
+from benchmarks._common import environment, machine_info, write_results  # noqa: E402
 from radixserve import Engine  # noqa: E402
 from radixserve.model_loader.default_model import default_model_path  # noqa: E402
 
@@ -66,16 +65,8 @@ PATHS: dict[str, tuple[dict[str, str], dict[str, Any]]] = {
 
 def _engine(model_path: str | None, path: str) -> Engine:
     env, kwargs = PATHS[path]
-    saved = {k: os.environ.get(k) for k in env}
-    os.environ.update(env)
-    try:
+    with environment(env):
         return Engine(model_path=model_path, device="cpu", log_level="warning", max_total_tokens=4096, **kwargs)
-    finally:
-        for k, v in saved.items():
-            if v is None:
-                os.environ.pop(k, None)
-            else:
-                os.environ[k] = v
 
 
 def _llama_cpp(path: Path, threads: int) -> Any:

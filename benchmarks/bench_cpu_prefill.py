@@ -16,7 +16,6 @@ to benchmarks/results/.
 from __future__ import annotations
 
 import argparse
-import os
 import statistics
 import sys
 import time
@@ -30,7 +29,7 @@ if str(REPO_ROOT) not in sys.path:  # run as `python benchmarks/bench_cpu_prefil
 import torch  # noqa: E402
 from tqdm import tqdm  # noqa: E402
 
-from benchmarks._common import command_line, machine_info, write_results  # noqa: E402
+from benchmarks._common import command_line, environment, machine_info, write_results  # noqa: E402
 from radixserve import Engine  # noqa: E402
 from radixserve.kernels import cpu_native  # noqa: E402
 from radixserve.layers.quantization import dot_cpu, int4_cpu  # noqa: E402
@@ -65,11 +64,8 @@ def main() -> None:
     common: dict[str, Any] = {"device": "cpu", "log_level": "warning", "max_total_tokens": max(lengths) + 64}
     engines = {"packed": Engine(model_path=args.model_path, **common),
                "dequantized": Engine(model_path=args.model_path, gguf_dequantize=True, **common)}
-    os.environ[cpu_native.ENV_SWITCH] = "0"
-    try:
+    with environment({cpu_native.ENV_SWITCH: "0"}):
         engines["packed_int4"] = Engine(model_path=args.model_path, **common)
-    finally:
-        os.environ.pop(cpu_native.ENV_SWITCH)
     methods = {name: _method(engines[name]) for name in ("packed", "packed_int4")}
     # (path name, engine, expansion thresholds): the in-process scheduler reads the module constants per call.
     paths = [("packed_expanded", "packed", shipped), ("packed_kernel_only", "packed", (NEVER, NEVER)),

@@ -44,7 +44,7 @@ if str(REPO_ROOT) not in sys.path:
     sys.path.insert(0, str(REPO_ROOT))
 
 from benchmarks import roofline as rl  # noqa: E402
-from benchmarks._common import graph_seconds, machine_info  # noqa: E402
+from benchmarks._common import environment, graph_seconds, machine_info  # noqa: E402
 
 H, INTER, HEADS, KV_HEADS, DIM, VOCAB, LAYERS = 4096, 14336, 32, 8, 128, 128256, 32
 SHAPES = {"qkv": ((HEADS + 2 * KV_HEADS) * DIM, H), "o": (H, HEADS * DIM), "gate_up": (2 * INTER, H),
@@ -389,21 +389,13 @@ def capture_variants(runner: Any, live: Any, graph_runner_cls: Any) -> dict[str,
     """The batch-1 graph runner for each (fusion, PDL), its static inputs those of the live graph
     (the runner holds them: it must outlive its graph's replays)."""
     graphs: dict[str, Any] = {}
-    saved = {k: os.environ.get(k) for k in ("RADIXSERVE_ONE_ROW_FUSION", "RADIXSERVE_PDL")}
-    try:
-        for fusion in (0, 1):
-            for pdl in (0, 1):
-                os.environ["RADIXSERVE_ONE_ROW_FUSION"], os.environ["RADIXSERVE_PDL"] = str(fusion), str(pdl)
+    for fusion in (0, 1):
+        for pdl in (0, 1):
+            with environment({"RADIXSERVE_ONE_ROW_FUSION": str(fusion), "RADIXSERVE_PDL": str(pdl)}):
                 gr = graph_runner_cls(runner, runner.attn_backend, 1)
-                for name in ("input_ids", "positions", "out_cache_loc", "req_pool_indices", "seq_lens"):
-                    getattr(gr, name).copy_(getattr(live, name))
-                graphs[f"fusion{fusion}_pdl{pdl}"] = gr
-    finally:
-        for k, v in saved.items():
-            if v is None:
-                os.environ.pop(k, None)
-            else:
-                os.environ[k] = v
+            for name in ("input_ids", "positions", "out_cache_loc", "req_pool_indices", "seq_lens"):
+                getattr(gr, name).copy_(getattr(live, name))
+            graphs[f"fusion{fusion}_pdl{pdl}"] = gr
     return graphs
 
 
