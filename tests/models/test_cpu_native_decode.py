@@ -92,6 +92,21 @@ def test_native_steps_match_the_torch_layers(packed_engine: Engine) -> None:
     assert max(checked.kv_err) < KV_REL_TOL, checked.kv_err
 
 
+def test_long_context_attention_runs_across_threads() -> None:
+    # decode.c splits a layer's attention over the threads once bs * heads * context * head_dim passes
+    # 2^18: on the embedded model (9 heads of 64) from ~455 tokens of context. Random token ids make a
+    # 600-token prompt.
+    ids = torch.randint(100, 40000, (600,), generator=torch.Generator().manual_seed(0)).tolist()
+    with Engine(device="cpu", max_total_tokens=2048, log_level="warning") as engine:
+        checked = CheckedStep(engine)
+        checked.step.logits = checked
+        out = engine.generate(input_ids=ids, sampling_params={**GREEDY, "max_new_tokens": 4})
+    assert isinstance(out, dict) and len(out["output_ids"]) == 4
+    assert len(checked.logits_err) == 3 and 9 * 601 * 64 > 1 << 18
+    assert max(checked.logits_err) < LOGITS_REL_TOL, checked.logits_err
+    assert max(checked.kv_err) < KV_REL_TOL, checked.kv_err
+
+
 def test_the_engine_decodes_natively_and_the_switch_turns_it_off(
         tiny_models: dict[str, Path], monkeypatch: pytest.MonkeyPatch) -> None:
     path = str(tiny_models["qwen2"])

@@ -14,6 +14,7 @@
  * which each dot product of the attention would be one chain of dependent adds), so results agree to
  * float32 rounding, not bitwise. OpenMP resolves to torch's libgomp (see qdot.c); `nthreads` is torch's thread count. */
 #include <math.h>
+#include <omp.h>
 #include <stdint.h>
 #include <stdlib.h>
 #include <string.h>
@@ -129,7 +130,10 @@ int rs_decode(const rs_model *m, int64_t bs, const int64_t *positions, const int
     float *qkv = malloc(sizeof(float) * (size_t)(bs * qkv_w));
     float *gu = malloc(sizeof(float) * (size_t)(bs * 2 * I));
     float *act = malloc(sizeof(float) * (size_t)(bs * I));
-    float *scores = malloc(sizeof(float) * (size_t)(bs * nh * max_len));
+    /* One row of attention scores per thread: a buffer per (request, head) would be bs * heads * max_len
+     * floats, hundreds of MB for 31 requests of a large model at long contexts, faulted in every step. */
+    const int threads = nthreads > 0 ? nthreads : 1;
+    float *scores = malloc(sizeof(float) * (size_t)(threads * max_len));
     int rc = (res && x && qkv && gu && act && scores) ? 0 : -2;
     for (int64_t l = 0; l < m->n_layers && rc == 0; l++) {
         const rs_layer *L = &m->layers[l];
@@ -144,11 +148,12 @@ int rs_decode(const rs_model *m, int64_t bs, const int64_t *positions, const int
         /* Attention writes x as [bs, heads * head_dim]: the o projection's input. Heads are independent, so
          * threads share them only where there is enough work to pay for waking the team. */
         const int64_t work = bs * nh * max_len * d, groups = nh / nkv;
-#pragma omp parallel for schedule(static) num_threads(nthreads) if (work > (1 << 18))
+#pragma omp parallel for schedule(static) num_threads(threads) if (work > (1 << 18))
         for (int64_t bh = 0; bh < bs * nh; bh++) {
             const int64_t b = bh / nh, h = bh % nh;
+            float *p = scores + (int64_t)omp_get_thread_num() * max_len;
             attend(qkv + b * qkv_w + h * d, L->k_cache, L->v_cache, req_to_token + req_rows[b] * stride, seq_lens[b],
-                   nkv, h / groups, d, scale, scores + bh * max_len, x + b * nh * d + h * d);
+                   nkv, h / groups, d, scale, p, x + b * nh * d + h * d);
         }
         if ((rc = product(&L->o, x, bs, hidden, nthreads)) != 0) break;
         for (int64_t b = 0; b < bs; b++) {
