@@ -5,8 +5,8 @@ Python and the torch dispatcher around ~12 small ops per layer, and at batch 1 i
 the embedded model's step (the packed products themselves run at memory speed). `CpuDecodeStep` hands
 the layers to C instead: the norms, the packed products (qdot.c, on the layers' own `IntDotWeight`
 tensors), rotary, the KV store into the pool and the attention over each request's slots. The
-embedding lookup and the LM head (the same integer product, `IntDotWeight.apply`) stay in torch, and prefill keeps
-the torch path.
+embedding lookup and the LM head (the same integer product, `IntDotWeight.apply`) stay in torch, and
+prefill keeps the torch path.
 
 It serves a model only where decode.c covers every layer exactly: a dense Llama-family decoder (Llama,
 Mistral, Qwen2's qkv bias, Qwen3's q/k norms) in float32 on one CPU process, every linear packed for the
@@ -155,11 +155,12 @@ class CpuDecodeStep:
     def build(cls, model: torch.nn.Module, pool: TokenToKVPool,
               req_to_token_pool: ReqToTokenPool) -> CpuDecodeStep | None:
         """The native step for `model`, or None (the reason logged) where it cannot serve it."""
-        why = why_not(model, pool)
-        lib = cpu_native.load() if why is None else None
-        if why is None and lib is None:
-            why = f"the CPU kernels are unavailable: {cpu_native.unavailable_reason()}"
-        if why is not None or lib is None:
+        why, lib = why_not(model, pool), None
+        if why is None:
+            lib = cpu_native.load()
+            if lib is None:
+                why = f"the CPU kernels are unavailable: {cpu_native.unavailable_reason()}"
+        if lib is None:
             logger.info("decode steps run layer by layer in torch: %s", why)
             return None
         assert isinstance(model, LlamaForCausalLM)

@@ -56,6 +56,17 @@ def gguf_blocks(type_name: str, rows: int, cols: int, seed: int = 0) -> tuple[np
     return raw, torch.from_numpy(np.asarray(gq.dequantize(raw, qtype), dtype=np.float32).reshape(rows, cols))
 
 
+def use_cpu_kernels(kernels: str, monkeypatch: pytest.MonkeyPatch) -> None:
+    """Packing on CPU from here on with the C integer product ("native"; skipped where it is not built) or
+    torch's int4 kernel ("torch-int4": RADIXSERVE_CPU_KERNELS=0)."""
+    from radixserve.kernels import cpu_native
+
+    if kernels == "torch-int4":
+        monkeypatch.setenv(cpu_native.ENV_SWITCH, "0")
+    elif cpu_native.load() is None:
+        pytest.skip(f"the CPU kernels are not built here: {cpu_native.unavailable_reason()}")
+
+
 def rel_err(a: torch.Tensor, b: torch.Tensor) -> float:
     return float((a - b).norm() / b.norm())
 
@@ -153,13 +164,9 @@ def test_fused_projections_of_different_widths_pack_together() -> None:
 @pytest.mark.parametrize("tp_size", [1, 3])
 def test_lm_head_packs_its_vocab_slice_and_pads_the_last_rank(tp_size: int, kernels: str,
                                                                monkeypatch: pytest.MonkeyPatch) -> None:
-    from radixserve.kernels import cpu_native
     from radixserve.layers.vocab_embedding import REFINE_TOP, ParallelLMHead, VocabParallelEmbedding
 
-    if kernels == "torch-int4":  # torch's kernel, bf16 activations: the refined head
-        monkeypatch.setenv(cpu_native.ENV_SWITCH, "0")
-    elif cpu_native.load() is None:
-        pytest.skip(f"the CPU kernels are not built here: {cpu_native.unavailable_reason()}")
+    use_cpu_kernels(kernels, monkeypatch)  # torch-int4: bf16 activations, the refined head
 
     vocab, hidden = 100, 64  # 34 rows per rank at TP 3: the last rank holds 32 and pads 2
     raw, ref = gguf_blocks("Q8_0", vocab, hidden)

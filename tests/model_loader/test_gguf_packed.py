@@ -21,6 +21,7 @@ from radixserve.layers.quantization import GroupQuantized, dot_cpu
 from radixserve.model_loader.gguf_loader import iter_gguf_weights, plan_packing
 from radixserve.model_loader.gguf_quant import gguf_group_quantized
 from radixserve.model_loader.packed_load import load_weights_packed
+from tests.layers.test_quantization import use_cpu_kernels
 
 PROMPTS = ["The capital of France is", "def fibonacci(n):", "Once upon a time", "List three colors:",
            "The quick brown fox", "Water boils at", "In machine learning, a transformer is", "1, 2, 3, 4,"]
@@ -211,13 +212,6 @@ TINY_NAMES = {
 }
 
 
-def _kernels(kernels: str, monkeypatch: pytest.MonkeyPatch) -> None:
-    if kernels == "torch-int4":
-        monkeypatch.setenv(cpu_native.ENV_SWITCH, "0")
-    elif cpu_native.load() is None:
-        pytest.skip(f"the CPU kernels are not built here: {cpu_native.unavailable_reason()}")
-
-
 @pytest.mark.parametrize("kernels", ["native", "torch-int4"])
 def test_every_packed_width_end_to_end_on_a_tiny_file(tmp_path: Path, kernels: str,
                                                       monkeypatch: pytest.MonkeyPatch) -> None:
@@ -225,7 +219,7 @@ def test_every_packed_width_end_to_end_on_a_tiny_file(tmp_path: Path, kernels: s
     # token_embd; against the same file dequantized. A random model's next-token distribution is flat, so
     # greedy near-ties are common: seen 1 of 4 prompts identical over 16 tokens with torch's int4 kernel,
     # the others diverging at near-ties (which assert_greedy_close checks, with the log-probs before them).
-    _kernels(kernels, monkeypatch)
+    use_cpu_kernels(kernels, monkeypatch)
     got, names = run_tiny_gguf(tmp_path, "cpu", dequantize=False)
     assert names == TINY_NAMES[kernels]
     ref, dense = run_tiny_gguf(tmp_path, "cpu", dequantize=True)
@@ -237,7 +231,7 @@ def test_every_packed_width_end_to_end_on_a_tiny_file(tmp_path: Path, kernels: s
 def test_requantized_k_quant_end_to_end_on_a_tiny_file(tmp_path: Path, kernels: str,
                                                        monkeypatch: pytest.MonkeyPatch) -> None:
     # ffn_down as Q3_K (requantized to 8-bit groups at load): packed against the same file dequantized.
-    _kernels(kernels, monkeypatch)
+    use_cpu_kernels(kernels, monkeypatch)
     got, names = run_tiny_gguf(tmp_path, "cpu", dequantize=False, types={"ffn_down": "Q3_K"})
     assert {"native": "int-dot-cpu(Q3_K)", "torch-int4": "int4-cpu(Q3_K, split nibbles)"}[kernels] in names
     ref, dense = run_tiny_gguf(tmp_path, "cpu", dequantize=True)
