@@ -86,7 +86,8 @@ def _unpack_nibbles(packed: torch.Tensor) -> torch.Tensor:
 
 class IntDotWeight:
     """A [N, K] weight as the file's codes (two a byte up to 4 bits, in the kernel's 64-code chunks; one a
-    byte above), float32 scales and offsets per group; `apply` runs qdot.c's integer product."""
+    byte above), scales and offsets per group (float16 where they are exactly so, else float32); `apply`
+    runs qdot.c's integer product."""
 
     # Outputs within ~1e-5 of the float product of the file's weights (ACTIVATION_TOL in its tests): a tied
     # LM head needs no exact refinement of its best candidates (layers/vocab_embedding.py).

@@ -150,8 +150,8 @@ class Int4PackedWeight:
 
 
 def pack_for_device(w: GroupQuantized, device: torch.device) -> QuantMethod:
-    """The packed method for `w` on `device` (CPU: the C int8 product where it is built and takes the
-    shape, else torch's int4 op; CUDA: the Triton kernel); raises UnsupportedQuantizationError where
+    """The packed method for `w` on `device` (CPU: the C integer product where it is built and takes
+    the shape, else torch's int4 op; CUDA: the Triton kernel); raises UnsupportedQuantizationError where
     there is none."""
     if device.type == "cuda":
         from radixserve.layers.quantization.int4_gpu import Int4TritonWeight
