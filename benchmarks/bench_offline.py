@@ -21,7 +21,9 @@ when more than 1 % of its prompt tokens came from the radix cache. `chat` shares
 on purpose, like real chat traffic, and `shared` shares system prompts: their hit rates are recorded.
 Each workload also records its roofline bound (benchmarks/roofline.py: prefill FLOPs over the
 measured matmul rate plus decode bytes over the measured copy rate, per GPU with --tp-size) and
-achieved_fraction = bound_s / engine_s.
+achieved_fraction = bound_s / engine_s. On a GPU each workload also gets `achieved_fraction_sustained`:
+the same bound at the matmul rate the GPU holds over seconds (--sustained-matmul-s), since an H200
+at its power cap cannot keep the burst rate through a prefill phase (benchmarks/roofline.py).
 
 Examples:
   python benchmarks/bench_offline.py                       # embedded SmolLM2-135M on CPU
@@ -278,6 +280,13 @@ def build_parser() -> argparse.ArgumentParser:
     ap.add_argument("--cuda-graph-max-bs", type=int, default=None, help="Largest decode batch replayed as a CUDA graph.")
     ap.add_argument("--max-running-requests", type=int, default=None, help="Cap on concurrently running requests.")
     ap.add_argument("--overlap-schedule", default=None, help="auto | on | off (default: the engine's auto)")
+    ap.add_argument("--sustained-matmul-s", type=float, default=5.0,
+                    help="On a GPU: also measure the matmul rate held over this many seconds and report each "
+                         "workload's bound at that rate beside the burst-rate one (0: skip). The burst rate "
+                         "stays the headline.")
+    ap.add_argument("--chunked-prefill-size", type=int, default=None, help="Largest prefill chunk, in tokens.")
+    ap.add_argument("--enable-mixed-chunk", action="store_true",
+                    help="Run the running requests' decode rows inside each prefill batch.")
     ap.add_argument("--output", default=None, help="JSON path (default: results/bench_offline_<device>_<time>.json)")
     return ap
 
@@ -317,6 +326,12 @@ class Bench:
         entry["roofline"] = bound.to_json(run.seconds)
         entry["bound_s"] = entry["roofline"]["bound_s"]
         entry["achieved_fraction"] = entry["roofline"]["achieved_fraction"]
+        held = self.rates.sustained()
+        if held is not None:  # the same bound at the matmul rate the GPU holds over seconds
+            at_held = rl.workload_bound(self.cost, held, shapes, max_batch, self.args.tp_size).to_json(run.seconds)
+            entry["roofline_sustained"] = {k: at_held[k] for k in ("prefill_s", "decode_s", "bound_s",
+                                                                    "achieved_fraction")}
+            entry["achieved_fraction_sustained"] = at_held["achieved_fraction"]
         try:
             check_cached(name, prompt, cached, shared)
         except CachedTokensError as e:
@@ -499,14 +514,17 @@ def main(argv: list[str] | None = None) -> int:
                                      "attention_backend": args.attention_backend,
                                      "tokenizer_path": args.tokenizer_path, "tp_size": args.tp_size}
     for name in ("mem_fraction_static", "cuda_graph_max_bs", "max_running_requests", "overlap_schedule",
-                 "quantization", "kv_cache_dtype"):
+                 "quantization", "kv_cache_dtype", "chunked_prefill_size"):
         if getattr(args, name) is not None:
             engine_kwargs[name] = getattr(args, name)
+    if args.enable_mixed_chunk:
+        engine_kwargs["enable_mixed_chunk"] = True
     # The rates are measured before the Engine takes its share of GPU memory for the KV pool, in
     # the dtype the Engine will run (its `auto`: bfloat16 on CUDA, float32 on the CPU).
     want_cuda = args.device == "cuda" or (args.device == "auto" and torch.cuda.is_available())
     rate_dtype = _dtype_of(args.dtype) if args.dtype != "auto" else (torch.bfloat16 if want_cuda else torch.float32)
-    rates = rl.measure_rates("cuda" if want_cuda else "cpu", rate_dtype, fp8=args.quantization == "fp8")
+    rates = rl.measure_rates("cuda" if want_cuda else "cpu", rate_dtype, fp8=args.quantization == "fp8",
+                             sustained_s=args.sustained_matmul_s)
     print("rates", rates.to_json(), flush=True)
     engine = Engine(model_path=args.model_path, **engine_kwargs)
     info = engine_info(engine)

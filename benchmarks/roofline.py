@@ -5,6 +5,14 @@ Two device rates, measured (never taken from a spec sheet):
                 2*m*n*k over the median of several timed runs (CUDA events on a GPU)
   copy rate     a device-to-device copy (2 GiB on a GPU, 256 MiB on the CPU), bytes read plus
                 written over the median time: the memory bandwidth a kernel can actually reach
+and, on a GPU where asked (`measure_rates(sustained_s=...)`), a third:
+  sustained matmul rate   the same GEMM back to back for seconds, the median rate of the later
+                windows. The burst rate above is ~15 ms of work at the clock the GPU starts from; an
+                H200 at its 700 W power cap lowers its clock within a second of dense GEMMs (1980 ->
+                ~1500 MHz, nvidia-smi's "SW power cap"), and holds ~85 % of the burst rate
+                (benchmarks/bench_sustained_rate.py). Bounds from the burst rate stay the headline
+                (they cannot flatter); the sustained rate gives a second bound beside them, the one
+                the hardware can hold over a workload's tens of seconds of prefill.
 
 Bounds from a ModelConfig, per GPU with `tp` ranks (weights, KV and FLOPs split perfectly over the
 ranks; the all-reduces and the logits all-gather that TP adds are not in the bound):
@@ -33,7 +41,7 @@ import math
 import statistics
 import time
 from collections.abc import Sequence
-from dataclasses import asdict, dataclass
+from dataclasses import asdict, dataclass, replace
 from typing import Any
 
 import torch
@@ -82,6 +90,41 @@ def measure_matmul_flops(device: torch.device | str, dtype: torch.dtype, n: int 
     return 2 * n**3 / seconds
 
 
+def sustained_matmul_windows(device: torch.device | str, dtype: torch.dtype, seconds: float, window_s: float = 0.5,
+                             m: int = GPU_GEMM_N, k: int = GPU_GEMM_N, n: int = GPU_GEMM_N) -> list[float]:
+    """FLOP/s of each `window_s` stretch of back-to-back m x k x n GEMMs over `seconds` (a GPU's clock
+    settles at its power cap within the first second or so)."""
+    device = torch.device(device)
+    a = torch.randn(m, k, device=device, dtype=dtype)
+    b = torch.randn(k, n, device=device, dtype=dtype)
+    out = torch.empty(m, n, device=device, dtype=dtype)
+    flops = 2 * m * k * n
+    one = statistics.median(timed_samples(lambda: torch.mm(a, b, out=out), device, iters=3, warmup=1))
+    per_sync = max(1, round(0.05 / one))  # ~50 ms of GEMMs per host sync: windows are fine, syncs rare
+    rates: list[float] = []
+    start = window_start = time.perf_counter()
+    window_flops = 0.0
+    while time.perf_counter() - start < seconds:
+        for _ in range(per_sync):
+            torch.mm(a, b, out=out)
+        if device.type == "cuda":
+            torch.cuda.synchronize(device)
+        window_flops += per_sync * flops
+        now = time.perf_counter()
+        if now - window_start >= window_s:
+            rates.append(window_flops / (now - window_start))
+            window_start, window_flops = now, 0.0
+    return rates
+
+
+def measure_sustained_matmul_flops(device: torch.device | str, dtype: torch.dtype, seconds: float) -> float:
+    """The matmul rate held once the clock has settled: the median of the later half of the windows."""
+    rates = sustained_matmul_windows(device, dtype, seconds)
+    if not rates:
+        raise ValueError(f"{seconds} s is too short for one window")
+    return statistics.median(rates[len(rates) // 2:])
+
+
 def measure_copy_bytes_s(device: torch.device | str, nbytes: int | None = None, iters: int = 10) -> float:
     """Copy rate: bytes read plus written per second by a `nbytes` device-to-device copy (median)."""
     device = torch.device(device)
@@ -104,13 +147,28 @@ class DeviceRates:
     # FLOP/s of the row-wise scaled FP8 product (torch._scaled_mm), measured when the model's linear
     # layers run in FP8 (--quantization fp8 or an FP8 checkpoint); None otherwise.
     fp8_matmul_flops: float | None = None
+    # The matmul rate held over seconds (`measure_sustained_matmul_flops`), where measured; None otherwise.
+    sustained_matmul_flops: float | None = None
 
     def to_json(self) -> dict[str, Any]:
         d = {"matmul_tflops": round(self.matmul_flops / 1e12, 2), "copy_gb_s": round(self.copy_bytes_s / 1e9, 1),
              "rates_device": self.device, "rates_dtype": self.dtype}
         if self.fp8_matmul_flops is not None:
             d["fp8_matmul_tflops"] = round(self.fp8_matmul_flops / 1e12, 2)
+        if self.sustained_matmul_flops is not None:
+            d["sustained_matmul_tflops"] = round(self.sustained_matmul_flops / 1e12, 2)
+            d["sustained_of_burst"] = round(self.sustained_matmul_flops / self.matmul_flops, 4)
         return d
+
+    def sustained(self) -> DeviceRates | None:
+        """These rates with the sustained matmul rate in place of the burst one (FP8's scaled by the
+        same ratio, not measured apart); None where it was not measured."""
+        if self.sustained_matmul_flops is None:
+            return None
+        ratio = self.sustained_matmul_flops / self.matmul_flops
+        fp8 = self.fp8_matmul_flops * ratio if self.fp8_matmul_flops is not None else None
+        return replace(self, matmul_flops=self.sustained_matmul_flops, fp8_matmul_flops=fp8,
+                       sustained_matmul_flops=None)
 
     def matmul_seconds(self, flops: float, fp8_flops: float = 0.0) -> float:
         """Time of `flops` of matmuls of which `fp8_flops` run in FP8 (at the FP8 rate when measured)."""
@@ -132,13 +190,18 @@ def measure_fp8_matmul_flops(device: torch.device | str, n: int | None = None, i
     return 2 * n**3 / seconds
 
 
-def measure_rates(device: torch.device | str, dtype: torch.dtype, fp8: bool = False) -> DeviceRates:
-    """Both rates on `device` (and the FP8 product's with `fp8`); on a GPU the buffers are freed again
-    before the Engine sizes its pool."""
+def measure_rates(device: torch.device | str, dtype: torch.dtype, fp8: bool = False,
+                  sustained_s: float = 0.0) -> DeviceRates:
+    """Both rates on `device` (and the FP8 product's with `fp8`; with `sustained_s` > 0 on a GPU, the
+    matmul rate held over that many seconds, measured after the burst ones so that they keep the
+    clock the GPU starts from); on a GPU the buffers are freed again before the Engine sizes its pool."""
     device = torch.device(device)
-    rates = DeviceRates(measure_matmul_flops(device, dtype), measure_copy_bytes_s(device),
-                        str(device), str(dtype).removeprefix("torch."),
-                        measure_fp8_matmul_flops(device) if fp8 else None)
+    burst = measure_matmul_flops(device, dtype)
+    copy = measure_copy_bytes_s(device)
+    fp8_rate = measure_fp8_matmul_flops(device) if fp8 else None
+    held = measure_sustained_matmul_flops(device, dtype, sustained_s) if sustained_s > 0 and device.type == "cuda" \
+        else None
+    rates = DeviceRates(burst, copy, str(device), str(dtype).removeprefix("torch."), fp8_rate, held)
     if device.type == "cuda":
         torch.cuda.empty_cache()
     return rates

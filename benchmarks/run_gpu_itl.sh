@@ -54,5 +54,7 @@ for f in sorted(pathlib.Path(sys.argv[1]).glob("serving_*_itl_*.json")):
     for r in json.loads(f.read_text())["runs"]:
         print(f.name, "rate", r["config"]["request_rate"] or "inf", "out tok/s", r["output_token_throughput"],
               "itl p50/p99 ms", r["itl_ms"]["p50"], r["itl_ms"]["p99"], "ttft p50/p99 ms", r["ttft_ms"]["p50"],
-              r["ttft_ms"]["p99"], "cached", r["cache_hit_rate"])
+              r["ttft_ms"]["p99"], "cached", r["cache_hit_rate"], "retractions", r.get("server_retractions"))
+        per_token = r.get("itl_per_token_ms") or {}
+        print("  per-token itl p50/p99/max ms", per_token.get("p50"), per_token.get("p99"), per_token.get("max"))
 PY

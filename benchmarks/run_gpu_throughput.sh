@@ -36,11 +36,11 @@ python3 - "$OUT" <<'PY'
 import json, pathlib, sys
 keys = ("engine_tok_s", "engine_total_tok_s", "prefill_tok_s", "hf_tok_s", "speedup_vs_hf", "cache_on_tok_s",
         "cache_off_tok_s", "prompt_tokens", "cached_tokens", "cached_fraction", "bound_s", "engine_s",
-        "achieved_fraction", "guard_error")
+        "achieved_fraction", "achieved_fraction_sustained", "guard_error")
 for f in sorted(pathlib.Path(sys.argv[1]).glob("bench_offline_*.json")):
     d = json.loads(f.read_text())
     print(f.name, d["device_name"], "tp", d["tp_size"], "matmul TFLOP/s", d["matmul_tflops"], "copy GB/s",
-          d["copy_gb_s"], "kv pool", d["kv_pool_tokens"], "guard", d.get("guard_error", "passed"))
+          d["copy_gb_s"], "sustained TFLOP/s", d.get("sustained_matmul_tflops"), "kv pool", d["kv_pool_tokens"], "guard", d.get("guard_error", "passed"))
     for name, w in d["workloads"].items():
         print(" ", name, {k: w[k] for k in keys if k in w})
 PY

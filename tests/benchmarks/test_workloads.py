@@ -236,3 +236,26 @@ def test_rates_are_measured_on_the_cpu() -> None:
     copy = rl.measure_copy_bytes_s("cpu", nbytes=1 << 20, iters=3)
     assert math.isfinite(flops) and flops > 1e6
     assert math.isfinite(copy) and copy > 1e6
+
+
+def test_sustained_rate_gives_a_second_bound_beside_the_burst_one() -> None:
+    cost = rl.ModelCost.from_config(TINY, dtype_bytes=2)
+    burst = rl.DeviceRates(matmul_flops=1.0, copy_bytes_s=1e9, device="test", dtype="bfloat16",
+                           fp8_matmul_flops=2.0, sustained_matmul_flops=0.8)
+    held = burst.sustained()
+    assert held is not None and held.sustained() is None
+    assert (held.matmul_flops, held.fp8_matmul_flops, held.copy_bytes_s) == (0.8, pytest.approx(1.6), 1e9)
+    assert burst.to_json()["sustained_of_burst"] == 0.8
+    assert rl.DeviceRates(1.0, 1.0, "test", "bfloat16").sustained() is None
+    reqs = rl.uniform(2, input_len=3, output_len=3)
+    # Compute-bound here: both phases take FLOPs over the matmul rate, so the held rate's bound is longer
+    # by exactly burst / held.
+    fast, slow = rl.workload_bound(cost, burst, reqs, 2), rl.workload_bound(cost, held, reqs, 2)
+    assert slow.bound_s == pytest.approx(fast.bound_s / 0.8)
+
+
+def test_sustained_windows_are_measured_on_the_cpu() -> None:
+    rates = rl.sustained_matmul_windows("cpu", torch.float32, seconds=0.3, window_s=0.05, m=64, k=64, n=64)
+    assert len(rates) >= 2 and all(math.isfinite(r) and r > 1e6 for r in rates)
+    # measure_rates leaves the CPU's sustained rate unmeasured: only a GPU lowers its clock at a power cap.
+    assert rl.measure_rates("cpu", torch.float32, sustained_s=1.0).sustained_matmul_flops is None
