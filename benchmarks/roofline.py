@@ -383,6 +383,30 @@ def workload_bound(cost: ModelCost, rates: DeviceRates, reqs: Sequence[ReqShape]
                  prefill_s=prefill_s if prefill_flops else 0.0, decode_s=decode_s if decode_steps else 0.0)
 
 
+def packed_step_weight_bytes(model: torch.nn.Module) -> int | None:
+    """Bytes of weights a decode step reads from a model whose linear layers compute from packed copies
+    (`module.quant`, e.g. GGUF blocks on the CPU): each packed copy, every other parameter except the
+    embedding table (gathered row by row), and the LM head's table where it has no packed copy (a tied
+    head then reads the embedding's). None where nothing is packed: ModelConfig's count holds."""
+    from radixserve.layers.vocab_embedding import ParallelLMHead, VocabParallelEmbedding
+
+    modules = list(model.modules())
+    if not any(getattr(m, "quant", None) is not None for m in modules):
+        return None
+    total, counted = 0, set()
+    for m in modules:
+        quant = getattr(m, "quant", None)
+        if quant is not None:
+            total += quant.nbytes()
+        if isinstance(m, VocabParallelEmbedding) and (quant is not None or not isinstance(m, ParallelLMHead)):
+            continue  # a lookup table, or a head that multiplies by its packed copy
+        for p in m.parameters(recurse=False):
+            if id(p) not in counted:
+                counted.add(id(p))
+                total += p.numel() * p.element_size()  # a packed layer's dropped dense weight counts 0
+    return total
+
+
 def uniform(n: int, input_len: int, output_len: int, cached_len: int = 0) -> list[ReqShape]:
     """`n` requests of the same shape."""
     return [ReqShape(input_len, output_len, cached_len)] * n
