@@ -108,11 +108,24 @@ def git_state() -> tuple[str | None, bool | None]:
             commit = None
     except (OSError, subprocess.SubprocessError):
         commit, dirty = None, None
+    written = os.environ.get(GIT_COMMIT_ENV) or (
+        GIT_COMMIT_FILE.read_text().strip() if GIT_COMMIT_FILE.is_file() else "") or None
     if commit is None:
-        commit = os.environ.get(GIT_COMMIT_ENV) or None
-        if commit is None and GIT_COMMIT_FILE.is_file():
-            commit = GIT_COMMIT_FILE.read_text().strip() or None
+        return written, dirty
+    if written and written != commit and not _has_commit(cwd, written):
+        # The device copy of a working tree carries a .git of the session's base commit, which answers
+        # status too (every later commit then reads as uncommitted changes). A commit written for the
+        # run that this .git has never seen is newer than it: that commit is the tree's.
+        return written, None
     return commit, dirty
+
+
+def _has_commit(cwd: Path, commit: str) -> bool:
+    try:
+        return subprocess.run(["git", "cat-file", "-e", f"{commit}^{{commit}}"], capture_output=True, cwd=cwd,
+                              timeout=5).returncode == 0
+    except (OSError, subprocess.SubprocessError):
+        return False
 
 
 def write_results(prefix: str, result: dict[str, Any], path: str | Path | None = None) -> Path:
