@@ -15,12 +15,7 @@ source "$(dirname "$0")/gpu_env.sh"
 PORT=30778
 IFS=';' read -ra configs <<< "$CONFIGS"
 for entry in "${configs[@]}"; do
-  name=${entry%%:*}; flags=${entry#*:}
-  # Leading VAR=value words of an entry are environment for that server (e.g. RADIXSERVE_GC_FREEZE=0).
-  envs=(); args=()
-  for word in $flags; do
-    if [[ ${#args[@]} -eq 0 && $word =~ ^[A-Z_]+= ]]; then envs+=("$word"); else args+=("$word"); fi
-  done
+  parse_config "$entry"  # gpu_env.sh: $name, envs (the server's environment), args
   # STEP_LOG=1: each scheduler step's timing goes to steps_<name>.jsonl.rank0 (benchmarks/analyze_step_log.py).
   [ "${STEP_LOG:-0}" = 1 ] && envs+=("RADIXSERVE_STEP_LOG=$OUT/steps_$name.jsonl")
   env "${envs[@]}" python3 -m radixserve.server --port $PORT --model-path llama-3-8b --load-format dummy \

@@ -28,11 +28,7 @@ common=(--device cuda --model-path llama-3-8b --load-format dummy --tokenizer-pa
         --throughput-output 256 --sharegpt-requests 1000 --prefill-len 8192 --skip-hf)
 IFS=';' read -ra configs <<< "$CONFIGS"
 for entry in "${configs[@]}"; do
-  name=${entry%%:*}; flags=${entry#*:}
-  envs=(); args=()
-  for word in $flags; do
-    if [[ ${#args[@]} -eq 0 && $word =~ ^[A-Z_]+= ]]; then envs+=("$word"); else args+=("$word"); fi
-  done
+  parse_config "$entry"  # gpu_env.sh: $name, envs, args
   [ "${STEP_LOG:-0}" = 1 ] && envs+=("RADIXSERVE_STEP_LOG=$OUT/steps_$name")
   mark "$name start"
   env "${envs[@]}" timeout "${BENCH_S:-170}" python3 benchmarks/bench_offline.py "${common[@]}" "${args[@]}" \
