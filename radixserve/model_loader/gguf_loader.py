@@ -31,6 +31,8 @@ _MIXTRAL = "MixtralForCausalLM"
 # Whether the top-k routing weights are renormalised to sum to 1 where the file does not say
 # (`{arch}.expert_weights_norm`): what llama.cpp's graph for each architecture does.
 _NORM_TOPK = {"llama": True, "qwen3moe": True, "qwen2moe": False}
+# Architectures that are mixtures of experts by name (llama is one only when its file has experts).
+_MOE_ONLY = frozenset(a for a in _NORM_TOPK if a != "llama")
 
 _GLOBAL_NAMES = {
     "token_embd": "model.embed_tokens",
@@ -124,7 +126,7 @@ def _moe_config(reader: Any, arch: str, names: set[str], path: Path) -> dict[str
     """The HF config's mixture-of-experts fields from the GGUF metadata ({} for a dense model)."""
     experts = int(_field(reader, f"{arch}.expert_count", 0) or 0)
     if not experts:
-        if arch in ("qwen2moe", "qwen3moe"):
+        if arch in _MOE_ONLY:
             raise UnsupportedModelError(f"{str(path)!r}: a {arch} GGUF file without {arch}.expert_count")
         return {}
     if arch not in _NORM_TOPK:
