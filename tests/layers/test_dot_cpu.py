@@ -8,7 +8,10 @@ a hundredth of the int4 kernel's REL_TOL). Weights come from real GGUF-encoded b
 
 from __future__ import annotations
 
+import ctypes
+import subprocess
 from collections.abc import Iterator
+from pathlib import Path
 
 import pytest
 import torch
@@ -122,6 +125,38 @@ def test_rows_are_independent_of_the_thread_count() -> None:
     finally:
         torch.set_num_threads(before)
     assert torch.equal(one, two)
+
+
+@pytest.mark.parametrize("type_name", ["Q4_0", "Q8_0", "Q4_K"])
+def test_a_row_gives_the_same_bits_alone_or_in_a_tile(type_name: str) -> None:
+    # Each output is one thread's sum over the chunks in a fixed order (even and odd chunks apart, then
+    # added), for a block of four weight rows or a last one alone: batching changes no bit of a row.
+    raw, _ = gguf_blocks(type_name, 67, 512, seed=3)  # 67 weight rows: 16 blocks of four and three alone
+    w = dot_weight(gguf_group_quantized(raw, type_name, 67, 512))
+    x = torch.randn(DENSE_FROM_ROWS - 1, 512, generator=torch.Generator().manual_seed(11))
+    alone = torch.cat([w.apply(x[i:i + 1]) for i in range(x.shape[0])])
+    assert torch.equal(w.apply(x), alone)
+    assert torch.equal(w.apply(x[:7]), alone[:7])
+    assert rel_err(alone, w.activation_reference(x)) < SUMMATION_TOL
+
+
+def test_the_plain_c_product_without_avx512(tmp_path: Path) -> None:
+    # The path for CPUs without AVX512-VNNI (some CI machines), built here with AVX512 turned off.
+    cc = cpu_native._compiler()
+    assert cc is not None  # the module's skip already required a build
+    dest = tmp_path / cpu_native.LIBRARY
+    proc = subprocess.run([cc, *cpu_native.FLAGS, "-mno-avx512f", "-o", str(dest), *map(str, cpu_native.SOURCES),
+                           "-lm"], capture_output=True, text=True, timeout=300)
+    assert proc.returncode == 0, proc.stderr
+    lib = cpu_native._declare(ctypes.CDLL(str(dest)))
+    assert lib.rs_qdot_has_vnni() == 0
+    for type_name, n, k in (("Q4_0", 40, 320), ("Q6_K", 24, 512), ("Q4_K", 33, 256)):  # 320: an unpaired chunk
+        raw, _ = gguf_blocks(type_name, n, k, seed=n)
+        w = IntDotWeight(gguf_group_quantized(raw, type_name, n, k), lib, False)
+        x = torch.randn(5, k, generator=torch.Generator().manual_seed(k))
+        assert rel_err(w.apply(x), w.activation_reference(x)) < SUMMATION_TOL
+        fast = dot_weight(gguf_group_quantized(raw, type_name, n, k))  # the machine's own build, same weight
+        assert rel_err(w.apply(x), fast.apply(x)) < SUMMATION_TOL
 
 
 def test_many_rows_take_one_bf16_gemm_and_agree_with_the_kernel() -> None:
