@@ -15,6 +15,7 @@ from typing import Any
 
 import msgspec
 import zmq
+from tqdm import tqdm
 
 from radixserve.managers.io_struct import BatchTokenIDOut, SchedulerInput, TokenizerManagerInput
 
@@ -84,6 +85,10 @@ def init_child_process(interval_s: float = 1.0) -> None:
     """
     signal.signal(signal.SIGINT, signal.SIG_IGN)
     signal.signal(signal.SIGTERM, signal.SIG_IGN)
+    # tqdm's class lock is a multiprocessing semaphore, made at the first bar (even a disabled one).
+    # The main process kills its children at shutdown, and the resource tracker then reports a killed
+    # child's semaphore as leaked on every Ctrl-C. A child's bars are its own: a thread lock serves.
+    tqdm.set_lock(threading.RLock())
     watch_parent(interval_s)
 
 
