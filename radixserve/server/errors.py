@@ -88,9 +88,11 @@ def install_error_handlers(app: FastAPI) -> None:
         return APIError(400, message, param=param, code="invalid_value").response()
 
     @app.exception_handler(StarletteHTTPException)
-    async def _http(_: Request, exc: StarletteHTTPException) -> JSONResponse:
+    async def _http(request: Request, exc: StarletteHTTPException) -> JSONResponse:
         code = {400: "invalid_request", 404: "not_found", 405: "method_not_allowed"}.get(exc.status_code)
         message = str(exc.detail)
+        if exc.status_code == 404 and message == "Not Found":  # no such route (the routes' own 404s say more)
+            message = f"no route {request.method} {request.url.path} on this server (GET /openapi.json lists them)"
         if exc.status_code == 400 and message == "There was an error parsing the body":
             # FastAPI's answer to a body json.loads cannot read: invalid UTF-8, nesting too deep.
             code, message = "invalid_json", "the request body is not valid JSON (invalid UTF-8 or nested too deeply)"

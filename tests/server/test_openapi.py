@@ -77,3 +77,12 @@ def test_405_carries_allow() -> None:
     assert r.status_code == 405 and r.headers["allow"] == "POST"
     assert r.json()["error"] == {"message": "Method Not Allowed", "type": "invalid_request_error", "param": None,
                                  "code": "method_not_allowed"}
+
+
+def test_an_unknown_route_is_named_in_an_openai_shaped_404() -> None:
+    client = TestClient(build_app(MagicMock(), None))
+    r = client.post("/v1/embeddings", json={"model": "m", "input": "hi"})  # generation only: no embeddings route
+    assert r.status_code == 404
+    assert r.json()["error"] == {"message": "no route POST /v1/embeddings on this server (GET /openapi.json lists them)",
+                                 "type": "not_found_error", "param": None, "code": "not_found"}
+    assert client.get("/openapi.json").status_code == 200
