@@ -77,7 +77,7 @@ class ParallelLMHead(VocabParallelEmbedding):
             logits = F.linear(hidden, self.weight)
         else:
             logits = self.quant.apply(hidden)
-            if self.tied and self.weight.numel() and not getattr(self.quant, "precise", False):
+            if self.tied and self.weight.numel() and not self.quant.precise:
                 top = logits.topk(min(REFINE_TOP, logits.shape[-1]), dim=-1).indices  # [B, k]
                 exact = torch.bmm(self.weight[top], hidden.unsqueeze(-1).to(self.weight.dtype)).squeeze(-1)
                 logits = logits.scatter(-1, top, exact.to(logits.dtype))

@@ -28,6 +28,10 @@ class QuantMethod(Protocol):
     name: str  # e.g. "int4-cpu(Q4_1)": what the load log and the docs call it
     out_features: int
     in_features: int
+    # Outputs within ~1e-5 of the float product of `dequantize()`: a tied LM head then needs no exact
+    # refinement of its best candidates (layers/vocab_embedding.py). False for products that round their
+    # activations to bf16 or FP8.
+    precise: bool
 
     def apply(self, x: torch.Tensor, bias: torch.Tensor | None = None) -> torch.Tensor:
         """x [..., in_features] -> [..., out_features] in x's dtype, bias added."""

@@ -89,9 +89,7 @@ class IntDotWeight:
     byte above), scales and offsets per group (float16 where they are exactly so, else float32); `apply`
     runs qdot.c's integer product."""
 
-    # Outputs within ~1e-5 of the float product of the file's weights (ACTIVATION_TOL in its tests): a tied
-    # LM head needs no exact refinement of its best candidates (layers/vocab_embedding.py).
-    precise = True
+    precise = True  # 15-bit activations: ~1e-5 of the float product (ACTIVATION_TOL in its tests)
 
     def __init__(self, w: GroupQuantized, lib: ctypes.CDLL, has_vnni: bool = False) -> None:
         why = fits(w)

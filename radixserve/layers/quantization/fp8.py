@@ -166,6 +166,8 @@ _SCALED_MM: dict[str, bool] = {}
 class Fp8Linear:
     """A `QuantMethod`: one rank's FP8 weight and the W8A8 product that reads it."""
 
+    precise = False  # activations in FP8
+
     def __init__(self, w: Fp8Weight, device: torch.device) -> None:
         self.out_features, self.in_features = w.shape
         self.block = w.block

@@ -80,6 +80,8 @@ class Int4PackedWeight:
     """A [N, K] weight packed two codes a byte in torch's CPU int4 layout, with bf16 scales and zeros
     (codes of more than 4 bits as two nibble halves, 2K columns)."""
 
+    precise = False  # bf16 activations
+
     def __init__(self, w: GroupQuantized) -> None:
         n, k = w.shape
         if not 1 <= w.bits <= 8 or w.group_size not in GROUP_SIZES or k % w.group_size:

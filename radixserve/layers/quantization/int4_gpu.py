@@ -25,6 +25,8 @@ def _halves(codes: torch.Tensor) -> torch.Tensor:
 class Int4TritonWeight:
     """A [N, K] weight as nibbles with fp16 scale and zero per 32 code columns, on a CUDA device."""
 
+    precise = False  # activations in the model's dtype (bf16 or fp16)
+
     def __init__(self, w: GroupQuantized, device: torch.device) -> None:
         n, k = w.shape
         self.split = w.bits > 4
