@@ -18,7 +18,6 @@ and reports each window's rate as a fraction of the burst rate. Run it beside `n
 from __future__ import annotations
 
 import argparse
-import statistics
 import sys
 from pathlib import Path
 from typing import Any
@@ -54,12 +53,12 @@ def main(argv: list[str] | None = None) -> int:
     for name, m, k, n in SHAPES:
         rates = rl.sustained_matmul_windows("cuda", dtype, args.seconds, args.window, m, k, n)
         torch.cuda.empty_cache()
-        later = rates[len(rates) // 2:]
+        held = rl.held_rate(rates)
         shapes[name] = {
             "m": m, "k": k, "n": n, "window_tflops": [round(r / 1e12, 1) for r in rates],
             "first_window_tflops": round(rates[0] / 1e12, 1),
-            "second_half_median_tflops": round(statistics.median(later) / 1e12, 1),
-            "second_half_of_burst": round(statistics.median(later) / burst, 4),
+            "second_half_median_tflops": round(held / 1e12, 1),
+            "second_half_of_burst": round(held / burst, 4),
         }
         print(name, shapes[name], flush=True)
     after = rl.measure_matmul_flops("cuda", dtype)

@@ -117,12 +117,16 @@ def sustained_matmul_windows(device: torch.device | str, dtype: torch.dtype, sec
     return rates
 
 
+def held_rate(windows: Sequence[float]) -> float:
+    """The rate held once the clock has settled: the median of the later half of the windows."""
+    if not windows:
+        raise ValueError("no window was measured: the run was shorter than one window")
+    return statistics.median(windows[len(windows) // 2:])
+
+
 def measure_sustained_matmul_flops(device: torch.device | str, dtype: torch.dtype, seconds: float) -> float:
-    """The matmul rate held once the clock has settled: the median of the later half of the windows."""
-    rates = sustained_matmul_windows(device, dtype, seconds)
-    if not rates:
-        raise ValueError(f"{seconds} s is too short for one window")
-    return statistics.median(rates[len(rates) // 2:])
+    """The matmul rate held over `seconds` of back-to-back GEMMs (`held_rate` of their windows)."""
+    return held_rate(sustained_matmul_windows(device, dtype, seconds))
 
 
 def measure_copy_bytes_s(device: torch.device | str, nbytes: int | None = None, iters: int = 10) -> float:

@@ -256,6 +256,14 @@ def test_sustained_rate_gives_a_second_bound_beside_the_burst_one() -> None:
     assert slow.bound_s == pytest.approx(fast.bound_s / 0.8)
 
 
+def test_the_held_rate_is_the_median_of_the_later_windows() -> None:
+    # The first windows run at the clock the GPU starts from; the later ones at the clock it holds.
+    assert rl.held_rate([9.0, 8.0, 5.0, 6.0, 4.0]) == 5.0  # later half: [5, 6, 4]
+    assert rl.held_rate([7.0]) == 7.0
+    with pytest.raises(ValueError, match="no window"):
+        rl.held_rate([])
+
+
 def test_sustained_windows_are_measured_on_the_cpu() -> None:
     rates = rl.sustained_matmul_windows("cpu", torch.float32, seconds=0.3, window_s=0.05, m=64, k=64, n=64)
     assert len(rates) >= 2 and all(math.isfinite(r) and r > 1e6 for r in rates)
