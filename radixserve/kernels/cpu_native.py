@@ -66,13 +66,15 @@ def _build_key(cc: str) -> str:
     return h.hexdigest()[:20]
 
 
-def _build(cc: str, dest: Path) -> None:
+def _build(cc: str, dest: Path, extra_flags: tuple[str, ...] = ()) -> None:
+    """Compile SOURCES into `dest` (written whole or not at all); `extra_flags` after FLAGS, e.g. a test's
+    `-mno-avx512f` for the plain C path."""
     dest.parent.mkdir(parents=True, exist_ok=True)
     fd, tmp = tempfile.mkstemp(dir=dest.parent, suffix=".so.tmp")
     os.close(fd)
     try:
-        proc = subprocess.run([cc, *FLAGS, "-o", tmp, *map(str, SOURCES), "-lm"], capture_output=True, text=True,
-                              timeout=300)
+        proc = subprocess.run([cc, *FLAGS, *extra_flags, "-o", tmp, *map(str, SOURCES), "-lm"], capture_output=True,
+                              text=True, timeout=300)
         if proc.returncode != 0:
             raise RuntimeError(f"{cc} exited {proc.returncode}: {proc.stderr.strip()[-2000:]}")
         os.replace(tmp, dest)

@@ -9,7 +9,6 @@ a hundredth of the int4 kernel's REL_TOL). Weights come from real GGUF-encoded b
 from __future__ import annotations
 
 import ctypes
-import subprocess
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -128,7 +127,7 @@ def test_rows_are_independent_of_the_thread_count() -> None:
 
 
 @pytest.mark.parametrize("type_name", ["Q4_0", "Q8_0", "Q4_K"])
-def test_a_row_gives_the_same_bits_alone_or_in_a_tile(type_name: str) -> None:
+def test_a_row_gives_the_same_bits_alone_or_in_a_batch(type_name: str) -> None:
     # Each output is one thread's sum over the chunks in a fixed order (even and odd chunks apart, then
     # added), for a block of four weight rows or a last one alone: batching changes no bit of a row.
     raw, _ = gguf_blocks(type_name, 67, 512, seed=3)  # 67 weight rows: 16 blocks of four and three alone
@@ -145,9 +144,7 @@ def test_the_plain_c_product_without_avx512(tmp_path: Path) -> None:
     cc = cpu_native._compiler()
     assert cc is not None  # the module's skip already required a build
     dest = tmp_path / cpu_native.LIBRARY
-    proc = subprocess.run([cc, *cpu_native.FLAGS, "-mno-avx512f", "-o", str(dest), *map(str, cpu_native.SOURCES),
-                           "-lm"], capture_output=True, text=True, timeout=300)
-    assert proc.returncode == 0, proc.stderr
+    cpu_native._build(cc, dest, extra_flags=("-mno-avx512f",))
     lib = cpu_native._declare(ctypes.CDLL(str(dest)))
     assert lib.rs_qdot_has_vnni() == 0
     for type_name, n, k in (("Q4_0", 40, 320), ("Q6_K", 24, 512), ("Q4_K", 33, 256)):  # 320: an unpaired chunk
