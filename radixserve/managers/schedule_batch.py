@@ -127,6 +127,7 @@ class ScheduleBatch:
     out_cache_loc: torch.Tensor | None = None
     req_pool_indices: torch.Tensor | None = None
     seq_lens: torch.Tensor | None = None
+    decode_index: torch.Tensor | None = None  # DECODE: the four vectors above as one [4, bs] tensor
     seq_lens_cpu: list[int] = field(default_factory=list)
     prefix_lens_cpu: list[int] = field(default_factory=list)
     extend_lens_cpu: list[int] = field(default_factory=list)
@@ -205,14 +206,23 @@ class ScheduleBatch:
         kv_lens = [r.kv_len for r in self.reqs]
         for r in self.reqs:
             r.kv_len += 1
-        self._write_req_to_token([1] * bs, kv_lens, loc)
+        self.seq_lens_cpu = [n + 1 for n in kv_lens]
+        # The step's four index vectors (DECODE_INDEX_ROWS) go to the device in one copy: at batch 1
+        # each small copy or kernel outside the CUDA graph costs the GPU a few microseconds a step.
+        host = torch.empty((4, bs), dtype=torch.int64)
+        host[0] = torch.tensor([r.req_pool_idx for r in self.reqs], dtype=torch.int64)
+        host[1] = torch.tensor(kv_lens, dtype=torch.int64)
+        host[2] = loc
+        host[3] = host[1] + 1
+        index = to_device(host, self.device)
+        self.decode_index = index
+        self.req_pool_indices, self.positions, self.out_cache_loc, self.seq_lens = index.unbind(0)
+        table = self.req_to_token_pool.req_to_token
+        rows = index if table.device == index.device else to_device(index[:3], table.device)
+        table[rows[0], rows[1]] = rows[2]
         if input_ids is None:
             input_ids = to_device([r.output_ids[-1] for r in self.reqs], self.device)
         self.input_ids = input_ids
-        self.positions = to_device(kv_lens, self.device)
-        self.out_cache_loc = loc.to(self.device)
-        self.seq_lens_cpu = [n + 1 for n in kv_lens]
-        self.seq_lens = to_device(self.seq_lens_cpu, self.device)
         self.prefix_lens_cpu, self.extend_lens_cpu = [], []
 
     def mix_in_decode(self, running: list[Req]) -> None:
@@ -281,6 +291,7 @@ class ScheduleBatch:
             token_to_kv_pool=self.token_to_kv_pool,
             attn_backend=attn_backend,
             num_decode_rows=self.num_mixed_decode,
+            decode_index=self.decode_index if self.forward_mode.is_decode() else None,
         )
 
 

@@ -426,7 +426,15 @@ class Scheduler:
             return False  # a retraction may be due: decide it on read-back tokens
         if self.prefill.may_admit(reqs, self.max_running_requests, self.decode.new_token_ratio):
             return False
+        if all(map(self._ends_in_flight, reqs)):
+            return False  # a step launched now would only make surplus tokens
         return all(map(self._overlap_safe, reqs))
+
+    def _ends_in_flight(self, r: Req) -> bool:
+        """The step in flight gives `r` its last token by length (max_new_tokens or the context);
+        a stop token or string cannot be known before it is read back."""
+        n = len(r.output_ids) + 1  # output tokens once the step in flight is processed
+        return n >= r.sampling_params.max_new_tokens or len(r.origin_input_ids) + n >= self.context_len
 
     def _drain_inflight(self) -> None:
         """Process the step in flight; after it the host state is exact again."""

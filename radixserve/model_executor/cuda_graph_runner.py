@@ -15,7 +15,7 @@ from typing import TYPE_CHECKING
 import torch
 from tqdm.auto import tqdm
 
-from radixserve.model_executor.forward_batch import ForwardBatch, ForwardMode
+from radixserve.model_executor.forward_batch import DECODE_INDEX_ROWS, ForwardBatch, ForwardMode
 
 if TYPE_CHECKING:
     from radixserve.attention.triton_backend import TritonAttnBackend
@@ -46,10 +46,12 @@ class CudaGraphRunner:
         pad_row = runner.req_to_token_pool.padding_row
         with torch.inference_mode():
             self.input_ids = torch.zeros(self.max_bs, dtype=torch.int64, device=dev)
-            self.positions = torch.zeros(self.max_bs, dtype=torch.int64, device=dev)
-            self.out_cache_loc = torch.zeros(self.max_bs, dtype=torch.int64, device=dev)
-            self.req_pool_indices = torch.full((self.max_bs,), pad_row, dtype=torch.int64, device=dev)
-            self.seq_lens = torch.ones(self.max_bs, dtype=torch.int64, device=dev)
+            # The graphs' index inputs, as the rows of one tensor (DECODE_INDEX_ROWS): a batch that
+            # carries ForwardBatch.decode_index is taken in with one copy, padding with another.
+            pad = {"req_pool_indices": pad_row, "positions": 0, "out_cache_loc": 0, "seq_lens": 1}
+            self.pad_column = torch.tensor([[pad[name]] for name in DECODE_INDEX_ROWS], dtype=torch.int64, device=dev)
+            self.index = self.pad_column.repeat(1, self.max_bs)
+            self.req_pool_indices, self.positions, self.out_cache_loc, self.seq_lens = self.index.unbind(0)
             # One logits buffer for all graphs (ForwardBatch.logits_out): each replay's logits are
             # sampled on the same stream before the next replay writes them.
             self.logits = torch.empty(self.max_bs, runner.config.vocab_size, dtype=torch.float32, device=dev)
@@ -107,15 +109,15 @@ class CudaGraphRunner:
         bs = fb.batch_size
         graph_bs = next(b for b in self.ladder if b >= bs)
         self.input_ids[:bs].copy_(fb.input_ids)
-        self.positions[:bs].copy_(fb.positions)
-        self.out_cache_loc[:bs].copy_(fb.out_cache_loc)
-        self.req_pool_indices[:bs].copy_(fb.req_pool_indices)
-        self.seq_lens[:bs].copy_(fb.seq_lens)
+        if fb.decode_index is not None:
+            self.index[:, :bs].copy_(fb.decode_index)
+        else:
+            for row, name in enumerate(DECODE_INDEX_ROWS):
+                self.index[row, :bs].copy_(getattr(fb, name))
         if graph_bs > bs:
+            # Padded rows read and write only scratch: stale indices of a larger batch would write
+            # into live KV slots.
             self.input_ids[bs:graph_bs].zero_()
-            self.positions[bs:graph_bs].zero_()
-            self.out_cache_loc[bs:graph_bs].zero_()
-            self.req_pool_indices[bs:graph_bs].fill_(self.runner.req_to_token_pool.padding_row)
-            self.seq_lens[bs:graph_bs].fill_(1)
+            self.index[:, bs:graph_bs].copy_(self.pad_column.expand(-1, graph_bs - bs))
         self.graphs[graph_bs].replay()
         return self.outputs[graph_bs][:bs]

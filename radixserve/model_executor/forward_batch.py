@@ -13,6 +13,10 @@ if TYPE_CHECKING:
     from radixserve.mem_cache.memory_pool import ReqToTokenPool, TokenToKVPool
 
 
+# The rows of ForwardBatch.decode_index.
+DECODE_INDEX_ROWS = ("req_pool_indices", "positions", "out_cache_loc", "seq_lens")
+
+
 class ForwardMode(IntEnum):
     EXTEND = auto()  # prefill (possibly a chunk, possibly after a cached prefix)
     DECODE = auto()  # one new token per request
@@ -46,6 +50,10 @@ class ForwardBatch:
     # graphs share one such buffer, so a graph's output does not hold its own copy of the pool's
     # memory (the ladder up to batch 512 would otherwise keep ~5 GB of the 8B shape's logits).
     logits_out: torch.Tensor | None = None
+    # DECODE: req_pool_indices, positions, out_cache_loc and seq_lens as the rows of one [4, bs]
+    # tensor (DECODE_INDEX_ROWS) when the batch built them with one copy; the CUDA graph runner
+    # then takes them into its inputs with one copy too.
+    decode_index: torch.Tensor | None = None
 
     @property
     def num_tokens(self) -> int:

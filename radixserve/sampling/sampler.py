@@ -53,8 +53,9 @@ class VocabMask:
 
 @dataclass
 class SamplingBatchInfo:
-    temperatures: torch.Tensor  # [bs, 1]; 1.0 for greedy rows
-    greedy: torch.Tensor  # [bs] bool
+    # None when every row is greedy: an all-greedy step copies nothing to the device for sampling.
+    temperatures: torch.Tensor | None  # [bs, 1]; 1.0 for greedy rows
+    greedy: torch.Tensor | None  # [bs] bool
     all_greedy: bool
     top_ps: torch.Tensor | None
     top_ks: torch.Tensor | None
@@ -82,11 +83,13 @@ class SamplingBatchInfo:
             return to_device(values, device, torch.float32)[:, None]
 
         greedy_list = [p.is_greedy for p in ps]
+        all_greedy = all(greedy_list)
         return cls(
-            temperatures=to_device([1.0 if g else p.temperature for g, p in zip(greedy_list, ps, strict=True)],
-                                   device, torch.float32)[:, None],
-            greedy=to_device(greedy_list, device, torch.bool),
-            all_greedy=all(greedy_list),
+            temperatures=None if all_greedy else to_device(
+                [1.0 if g else p.temperature for g, p in zip(greedy_list, ps, strict=True)], device,
+                torch.float32)[:, None],
+            greedy=None if all_greedy else to_device(greedy_list, device, torch.bool),
+            all_greedy=all_greedy,
             top_ps=col([p.top_p for p in ps], 1.0),
             top_ks=None if all(p.top_k == -1 for p in ps) else to_device(
                 [p.top_k if p.top_k > 0 else 1 << 30 for p in ps], device)[:, None],
@@ -265,6 +268,7 @@ def _sample_ids(logits: torch.Tensor, info: SamplingBatchInfo) -> torch.Tensor:
     greedy_ids = logits.argmax(dim=-1)
     if info.all_greedy:
         return greedy_ids
+    assert info.temperatures is not None and info.greedy is not None
     probs = torch.softmax(logits / info.temperatures, dim=-1)
     probs = _filter_probs(probs, info)
     noise = _exponential_noise((probs.shape[0], probs.shape[1]), info.generators, probs.device)

@@ -93,3 +93,18 @@ def test_abort_while_a_step_is_in_flight(tiny_models: dict[str, Path]) -> None:
         assert outputs["r0"] == ref[0]["output_ids"] and outputs["r2"] == ref[2]["output_ids"]
         assert outputs["r1"] == ref[1]["output_ids"][: len(outputs["r1"])]
         s.check_memory()
+
+
+def test_no_surplus_step_when_the_step_in_flight_ends_every_request(tiny_models: dict[str, Path]) -> None:
+    """When every request gets its last token (by length) from the step in flight, the next step
+    is not launched: it would only make tokens that are dropped. A request of n tokens takes one
+    prefill and n - 1 decode steps, as in the plain loop."""
+    for lengths in ([8], [5, 9]):
+        params = [{"max_new_tokens": n, "temperature": 0, "ignore_eos": True} for n in lengths]
+        with Engine(model_path=str(tiny_models["llama"]), log_level="warning", max_total_tokens=4096,
+                    overlap_schedule="on") as e:
+            got = e.generate(input_ids=PROMPTS[:len(lengths)], sampling_params=params)
+            stats = e.scheduler.stats
+            assert [len(o["output_ids"]) for o in got] == lengths
+            assert stats.num_overlap_steps > 0
+            assert stats.num_decode_steps == max(lengths) - 1
