@@ -33,6 +33,9 @@ def _decode_stage1_grouped(
 ):
     # One program per (request, KV head, split) serves all GROUP query heads of that KV head, so
     # each K/V row is read once instead of GROUP times, and the products run on the tensor cores.
+    if PDL:  # q and the pool's newest rows come from the kernel before (pdl.py)
+        gdc_wait()
+        gdc_launch_dependents()
     b = tl.program_id(0)
     kvh = tl.program_id(1)
     s = tl.program_id(2)
@@ -41,17 +44,6 @@ def _decode_stage1_grouped(
     split_len = tl.cdiv(seq_len, num_splits)
     start = s * split_len
     end = tl.minimum(start + split_len, seq_len)
-    # The slots of the first block of keys. Each block's slots are loaded one block ahead, so the
-    # table read is not a round trip in front of the K/V reads; with PDL the first one is loaded
-    # before the wait, while the kernel before finishes.
-    offs_b = tl.arange(0, BLOCK_N)
-    slots = tl.load(ReqToToken + pool * stride_rt + start + offs_b, mask=start + offs_b < end, other=0).to(tl.int64)
-    if PDL:
-        # Only now q and the pool's newest rows, which the kernel before writes (pdl.py). The lengths
-        # and the table above were written before the step's first kernel, which had completed
-        # before the kernel before this one passed its own wait and let this one start.
-        gdc_wait()
-        gdc_launch_dependents()
     offs_h = tl.arange(0, BLOCK_H)
     hmask = offs_h < GROUP
     heads = kvh * GROUP + offs_h
@@ -63,14 +55,11 @@ def _decode_stage1_grouped(
     l_i = tl.zeros([BLOCK_H], dtype=tl.float32)
     acc = tl.zeros([BLOCK_H, BLOCK_D], dtype=tl.float32)
     for n0 in range(start, end, BLOCK_N):
-        offs_n = n0 + offs_b
+        offs_n = n0 + tl.arange(0, BLOCK_N)
         nmask = offs_n < end
+        slots = tl.load(ReqToToken + pool * stride_rt + offs_n, mask=nmask, other=0).to(tl.int64)
         kt = tl.load(K + slots[None, :] * stride_kt + kvh * stride_kh + offs_d[:, None],
                      mask=nmask[None, :] & dmask[:, None], other=0.0).to(Q.dtype.element_ty)
-        v = tl.load(V + slots[:, None] * stride_vt + kvh * stride_vh + offs_d[None, :],
-                    mask=nmask[:, None] & dmask[None, :], other=0.0).to(Q.dtype.element_ty)
-        ahead = offs_n + BLOCK_N
-        slots = tl.load(ReqToToken + pool * stride_rt + ahead, mask=ahead < end, other=0).to(tl.int64)
         if IEEE:
             qk = tl.dot(q, kt, input_precision="ieee")
         else:
@@ -79,6 +68,8 @@ def _decode_stage1_grouped(
         m_new = tl.maximum(m_i, tl.max(qk, 1))
         p = tl.exp(qk - m_new[:, None])
         alpha = tl.exp(m_i - m_new)
+        v = tl.load(V + slots[:, None] * stride_vt + kvh * stride_vh + offs_d[None, :],
+                    mask=nmask[:, None] & dmask[None, :], other=0.0).to(Q.dtype.element_ty)
         if IEEE:
             pv = tl.dot(p.to(v.dtype), v, input_precision="ieee")
         else:
