@@ -33,9 +33,6 @@ def _decode_stage1_grouped(
 ):
     # One program per (request, KV head, split) serves all GROUP query heads of that KV head, so
     # each K/V row is read once instead of GROUP times, and the products run on the tensor cores.
-    if PDL:  # q and the pool's newest rows come from the kernel before (pdl.py)
-        gdc_wait()
-        gdc_launch_dependents()
     b = tl.program_id(0)
     kvh = tl.program_id(1)
     s = tl.program_id(2)
@@ -44,6 +41,15 @@ def _decode_stage1_grouped(
     split_len = tl.cdiv(seq_len, num_splits)
     start = s * split_len
     end = tl.minimum(start + split_len, seq_len)
+    offs_n = start + tl.arange(0, BLOCK_N)
+    nmask = offs_n < end
+    # The first block's slots: with PDL read before the wait, while the kernel before finishes. The
+    # lengths and the table were written before the step's first kernel, which had completed before
+    # the kernel before this one passed its own wait and let this one start (pdl.py).
+    slots = tl.load(ReqToToken + pool * stride_rt + offs_n, mask=nmask, other=0).to(tl.int64)
+    if PDL:  # q and the pool's newest rows come from the kernel before
+        gdc_wait()
+        gdc_launch_dependents()
     offs_h = tl.arange(0, BLOCK_H)
     hmask = offs_h < GROUP
     heads = kvh * GROUP + offs_h
@@ -54,29 +60,17 @@ def _decode_stage1_grouped(
     m_i = tl.full([BLOCK_H], -float("inf"), dtype=tl.float32)
     l_i = tl.zeros([BLOCK_H], dtype=tl.float32)
     acc = tl.zeros([BLOCK_H, BLOCK_D], dtype=tl.float32)
-    for n0 in range(start, end, BLOCK_N):
+    # The first block outside the loop (its slots are in hand). An empty split (start >= end) masks
+    # every key: its NaNs stay in acc, l_i and m_i, which `has` below discards.
+    kt, v = _slot_kv(K, V, slots, kvh, nmask, offs_d, dmask, stride_kt, stride_kh, stride_vt, stride_vh,
+                     MASKED=True, DTYPE=Q.dtype.element_ty)
+    acc, l_i, m_i = _softmax_step(acc, l_i, m_i, q, kt, v, nmask[None, :], sm_scale, MASKED=True, IEEE=IEEE)
+    for n0 in range(start + BLOCK_N, end, BLOCK_N):
         offs_n = n0 + tl.arange(0, BLOCK_N)
         nmask = offs_n < end
-        slots = tl.load(ReqToToken + pool * stride_rt + offs_n, mask=nmask, other=0).to(tl.int64)
-        kt = tl.load(K + slots[None, :] * stride_kt + kvh * stride_kh + offs_d[:, None],
-                     mask=nmask[None, :] & dmask[:, None], other=0.0).to(Q.dtype.element_ty)
-        if IEEE:
-            qk = tl.dot(q, kt, input_precision="ieee")
-        else:
-            qk = tl.dot(q, kt)
-        qk = tl.where(nmask[None, :], qk * sm_scale, -float("inf"))
-        m_new = tl.maximum(m_i, tl.max(qk, 1))
-        p = tl.exp(qk - m_new[:, None])
-        alpha = tl.exp(m_i - m_new)
-        v = tl.load(V + slots[:, None] * stride_vt + kvh * stride_vh + offs_d[None, :],
-                    mask=nmask[:, None] & dmask[None, :], other=0.0).to(Q.dtype.element_ty)
-        if IEEE:
-            pv = tl.dot(p.to(v.dtype), v, input_precision="ieee")
-        else:
-            pv = tl.dot(p.to(v.dtype), v)
-        acc = acc * alpha[:, None] + pv
-        l_i = l_i * alpha + tl.sum(p, 1)
-        m_i = m_new
+        kt, v = _pool_kv(K, V, ReqToToken, pool * stride_rt, kvh, offs_n, nmask, offs_d, dmask, stride_kt, stride_kh,
+                         stride_vt, stride_vh, MASKED=True, DTYPE=Q.dtype.element_ty)
+        acc, l_i, m_i = _softmax_step(acc, l_i, m_i, q, kt, v, nmask[None, :], sm_scale, MASKED=True, IEEE=IEEE)
     has = end > start
     safe_l = tl.where(l_i > 0, l_i, 1.0)
     out = tl.where(has, acc / safe_l[:, None] * v_scale, 0.0)
@@ -205,10 +199,19 @@ def _pool_kv(K, V, ReqToToken, row, kvh, offs_n, nmask, offs_d, dmask, stride_kt
     request's req_to_token row (`row` points at it)."""
     if MASKED:
         slots = tl.load(ReqToToken + row + offs_n, mask=nmask, other=0).to(tl.int64)
+    else:
+        slots = tl.load(ReqToToken + row + offs_n).to(tl.int64)
+    return _slot_kv(K, V, slots, kvh, nmask, offs_d, dmask, stride_kt, stride_kh, stride_vt, stride_vh, MASKED, DTYPE)
+
+
+@triton.jit
+def _slot_kv(K, V, slots, kvh, nmask, offs_d, dmask, stride_kt, stride_kh, stride_vt, stride_vh,
+             MASKED: tl.constexpr, DTYPE: tl.constexpr):
+    """K (transposed, [D, N]) and V ([N, D]) of the pool's rows `slots` (int64)."""
+    if MASKED:
         kmask = nmask[None, :] & dmask[:, None]
         vmask = nmask[:, None] & dmask[None, :]
     else:
-        slots = tl.load(ReqToToken + row + offs_n).to(tl.int64)
         kmask = dmask[:, None]
         vmask = dmask[None, :]
     kt = tl.load(K + slots[None, :] * stride_kt + kvh * stride_kh + offs_d[:, None], mask=kmask, other=0.0)
