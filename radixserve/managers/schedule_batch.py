@@ -207,19 +207,19 @@ class ScheduleBatch:
         for r in self.reqs:
             r.kv_len += 1
         self.seq_lens_cpu = [n + 1 for n in kv_lens]
-        # The step's four index vectors (DECODE_INDEX_ROWS) go to the device in one copy: at batch 1
-        # each small copy or kernel outside the CUDA graph costs the GPU a few microseconds a step.
-        host = torch.empty((4, bs), dtype=torch.int64)
-        host[0] = torch.tensor([r.req_pool_idx for r in self.reqs], dtype=torch.int64)
-        host[1] = torch.tensor(kv_lens, dtype=torch.int64)
-        host[2] = loc
-        host[3] = host[1] + 1
-        index = to_device(host, self.device)
+        # The step's four index vectors (DECODE_INDEX_ROWS) as the rows of one tensor: the three
+        # the host knows in one copy, the slots (the free list lives on the device: reading them
+        # here would wait for the GPU) in another. At batch 1 each small copy or kernel outside
+        # the CUDA graph costs the GPU a few microseconds a step.
+        index = torch.empty((4, bs), dtype=torch.int64, device=self.device)
+        index[:3].copy_(torch.tensor([[r.req_pool_idx for r in self.reqs], kv_lens, self.seq_lens_cpu],
+                                     dtype=torch.int64), non_blocking=True)  # staged before it returns (to_device)
+        index[3].copy_(loc, non_blocking=True)
         self.decode_index = index
-        self.req_pool_indices, self.positions, self.out_cache_loc, self.seq_lens = index.unbind(0)
+        self.req_pool_indices, self.positions, self.seq_lens, self.out_cache_loc = index.unbind(0)
         table = self.req_to_token_pool.req_to_token
-        rows = index if table.device == index.device else to_device(index[:3], table.device)
-        table[rows[0], rows[1]] = rows[2]
+        rows = index if table.device == index.device else to_device(index, table.device)
+        table[rows[0], rows[1]] = rows[3]
         if input_ids is None:
             input_ids = to_device([r.output_ids[-1] for r in self.reqs], self.device)
         self.input_ids = input_ids

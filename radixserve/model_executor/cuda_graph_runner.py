@@ -48,10 +48,10 @@ class CudaGraphRunner:
             self.input_ids = torch.zeros(self.max_bs, dtype=torch.int64, device=dev)
             # The graphs' index inputs, as the rows of one tensor (DECODE_INDEX_ROWS): a batch that
             # carries ForwardBatch.decode_index is taken in with one copy, padding with another.
-            pad = {"req_pool_indices": pad_row, "positions": 0, "out_cache_loc": 0, "seq_lens": 1}
+            pad = {"req_pool_indices": pad_row, "positions": 0, "seq_lens": 1, "out_cache_loc": 0}
             self.pad_column = torch.tensor([[pad[name]] for name in DECODE_INDEX_ROWS], dtype=torch.int64, device=dev)
             self.index = self.pad_column.repeat(1, self.max_bs)
-            self.req_pool_indices, self.positions, self.out_cache_loc, self.seq_lens = self.index.unbind(0)
+            self.req_pool_indices, self.positions, self.seq_lens, self.out_cache_loc = self.index.unbind(0)
             # One logits buffer for all graphs (ForwardBatch.logits_out): each replay's logits are
             # sampled on the same stream before the next replay writes them.
             self.logits = torch.empty(self.max_bs, runner.config.vocab_size, dtype=torch.float32, device=dev)

@@ -14,7 +14,7 @@ if TYPE_CHECKING:
 
 
 # The rows of ForwardBatch.decode_index.
-DECODE_INDEX_ROWS = ("req_pool_indices", "positions", "out_cache_loc", "seq_lens")
+DECODE_INDEX_ROWS = ("req_pool_indices", "positions", "seq_lens", "out_cache_loc")
 
 
 class ForwardMode(IntEnum):
@@ -50,9 +50,9 @@ class ForwardBatch:
     # graphs share one such buffer, so a graph's output does not hold its own copy of the pool's
     # memory (the ladder up to batch 512 would otherwise keep ~5 GB of the 8B shape's logits).
     logits_out: torch.Tensor | None = None
-    # DECODE: req_pool_indices, positions, out_cache_loc and seq_lens as the rows of one [4, bs]
-    # tensor (DECODE_INDEX_ROWS) when the batch built them with one copy; the CUDA graph runner
-    # then takes them into its inputs with one copy too.
+    # DECODE: req_pool_indices, positions, seq_lens and out_cache_loc as the rows of one [4, bs]
+    # tensor (DECODE_INDEX_ROWS) when the batch built them that way; the CUDA graph runner then
+    # takes them into its inputs with one copy.
     decode_index: torch.Tensor | None = None
 
     @property
