@@ -5,9 +5,12 @@ still running, once every program of that one has called `gdc_launch_dependents`
 must call `gdc_wait` before it reads anything an earlier kernel wrote or writes anything an
 earlier kernel may still read: the wait returns when the kernel before has completed and its
 writes are visible (and that one waited for its own predecessor, so for all of them). Before the
-wait it may only read what no kernel of the step writes: weights. A kernel launched without the
-attribute, or one whose predecessor never triggers, runs as usual; both instructions are no-ops
-there.
+wait it may only read what no kernel of the step writes (weights), or what the kernel two back or
+an earlier one wrote: every kernel here triggers after its own wait, so when this one starts, the
+one before it has passed its wait and the one before that has completed. (Batch-1 decode attention
+reads the slot table and the lengths there, written before the graph's first kernel.) A kernel
+launched without the attribute, or one whose predecessor never triggers, runs as usual; both
+instructions are no-ops there.
 
 `launch_options()` is {"launch_pdl": True} where it applies (a CUDA device of compute capability
 9 or more, a Triton that knows the option, RADIXSERVE_PDL not "0"), else {}; kernels take a

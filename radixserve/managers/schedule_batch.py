@@ -213,7 +213,7 @@ class ScheduleBatch:
         # the CUDA graph costs the GPU a few microseconds a step.
         index = torch.empty((4, bs), dtype=torch.int64, device=self.device)
         index[:3].copy_(torch.tensor([[r.req_pool_idx for r in self.reqs], kv_lens, self.seq_lens_cpu],
-                                     dtype=torch.int64), non_blocking=True)  # staged before it returns (to_device)
+                                     dtype=torch.int64), non_blocking=True)  # staged before copy_ returns
         index[3].copy_(loc, non_blocking=True)
         self.decode_index = index
         self.req_pool_indices, self.positions, self.seq_lens, self.out_cache_loc = index.unbind(0)
