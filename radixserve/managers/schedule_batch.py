@@ -217,9 +217,7 @@ class ScheduleBatch:
         index[3].copy_(loc, non_blocking=True)
         self.decode_index = index
         self.req_pool_indices, self.positions, self.seq_lens, self.out_cache_loc = index.unbind(0)
-        table = self.req_to_token_pool.req_to_token
-        rows = index if table.device == index.device else to_device(index, table.device)
-        table[rows[0], rows[1]] = rows[3]
+        self.req_to_token_pool.req_to_token[index[0], index[1]] = index[3]  # the table is on self.device
         if input_ids is None:
             input_ids = to_device([r.output_ids[-1] for r in self.reqs], self.device)
         self.input_ids = input_ids

@@ -109,11 +109,10 @@ class CudaGraphRunner:
         bs = fb.batch_size
         graph_bs = next(b for b in self.ladder if b >= bs)
         self.input_ids[:bs].copy_(fb.input_ids)
-        if fb.decode_index is not None:
-            self.index[:, :bs].copy_(fb.decode_index)
-        else:
-            for row, name in enumerate(DECODE_INDEX_ROWS):
-                self.index[row, :bs].copy_(getattr(fb, name))
+        index = fb.decode_index
+        if index is None:  # a batch built otherwise (ScheduleBatch always builds it)
+            index = torch.stack([getattr(fb, name) for name in DECODE_INDEX_ROWS])
+        self.index[:, :bs].copy_(index)
         if graph_bs > bs:
             # Padded rows read and write only scratch: stale indices of a larger batch would write
             # into live KV slots.
