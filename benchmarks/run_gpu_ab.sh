@@ -44,4 +44,8 @@ for f in sorted(pathlib.Path(sys.argv[1]).glob("ab_*.json")):
         print(f.name, name, "tok/s", r["engine_tok_s"], "of bound", r.get("achieved_fraction"),
               "| decode phase tok/s", d.get("tok_s"), "of bound", d.get("achieved_fraction"),
               "| decode steps", len(dts), "dt_med ms", statistics.median(dts) if dts else None)
+        if r.get("kernel_compiles"):  # Triton compiles inside the timed workload (utils/kernel_compiles.py)
+            print("   compiled:", r["kernel_compiles"])
+    timed = [(s["dt_ms"], i, s["mode"], s["reqs"]) for i, s in enumerate(steps) if "dt_ms" in s]
+    print("   longest steps (ms, index, mode, reqs) of", len(timed), ":", sorted(timed, reverse=True)[:5])
 PY

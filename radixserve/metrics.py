@@ -127,6 +127,11 @@ class SchedulerMetrics:
                                    "(each is prefilled again: a stall of its stream).", ["model_name"],
                                    registry=self.registry).labels(model_name)
         self._retractions_seen = 0.0
+        self.kernel_compiles = Counter("radixserve:num_kernel_compiles_after_warmup",
+                                       "Triton kernels compiled after the warm-up; each stalled every running "
+                                       "request while it compiled (0.1-1.5 s).", ["model_name"],
+                                       registry=self.registry).labels(model_name)
+        self._kernel_compiles_seen = 0.0
         self.model_name = model_name
         self._cache_config_set = False
 
@@ -144,6 +149,10 @@ class SchedulerMetrics:
         if retractions > self._retractions_seen:
             self.retractions.inc(retractions - self._retractions_seen)
             self._retractions_seen = retractions
+        compiles = load.get("num_kernel_compiles_after_warmup", 0.0)
+        if compiles > self._kernel_compiles_seen:
+            self.kernel_compiles.inc(compiles - self._kernel_compiles_seen)
+            self._kernel_compiles_seen = compiles
         self.num_running_reqs.set(load["num_running_reqs"])
         self.num_queue_reqs.set(load["num_waiting_reqs"])
         self.token_usage.set(load["kv_used_tokens"] / total)

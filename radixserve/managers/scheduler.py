@@ -59,6 +59,7 @@ from radixserve.model_executor.model_runner import ModelRunner, NextTokens
 from radixserve.sampling.sampling_params import SamplingParams
 from radixserve.server_args import ServerArgs
 from radixserve.utils.detokenize import IncrementalDecoder
+from radixserve.utils.kernel_compiles import WATCH as compile_watch
 from radixserve.utils.profiler import StepProfiler
 from radixserve.utils.step_log import StepLog, batch_shape
 
@@ -121,6 +122,8 @@ class Scheduler:
             self.grammar = GrammarManager(backend, tokenizer, self.vocab_size, sorted(self.eos_token_ids))
         self.profiler = StepProfiler.from_env(model_runner.world.rank)  # RADIXSERVE_PROFILE_DIR
         self.step_log = StepLog.from_env(f"rank{model_runner.world.rank}")  # RADIXSERVE_STEP_LOG
+        compile_watch.install()  # Triton compiles: counted, and warned about after the warm-up
+        self._compiles_logged = len(compile_watch.compiles)
         self.block_tracker: BlockTracker | None = None  # cache events: the server's rank 0 only
         self._cache_events_at = 0.0
 
@@ -275,6 +278,9 @@ class Scheduler:
         if shape is not None and self.step_log is not None:
             self.step_log.record(*shape, len(self.running_batch.reqs), len(self.waiting_queue),
                                  self.stats.num_retractions, started)
+            for event in compile_watch.compiles[self._compiles_logged:]:
+                self.step_log.kernel_compile(event)
+            self._compiles_logged = len(compile_watch.compiles)
         return self._collect_outputs()
 
     def _next_batch(self) -> ScheduleBatch | None:
@@ -466,6 +472,9 @@ class Scheduler:
             # Since start: each retraction sends a running request back to the queue to be
             # prefilled again (the KV pool ran out), a stall of its stream.
             "num_retractions": float(self.stats.num_retractions),
+            # Since start: Triton kernels compiled after the warm-up, each a stall of every running
+            # request (utils/kernel_compiles.py).
+            "num_kernel_compiles_after_warmup": float(compile_watch.after_warmup),
         }
 
     # ---- cache events (docs/router.md, "Cache events") ------------------------------------------

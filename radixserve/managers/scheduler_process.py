@@ -48,6 +48,7 @@ from radixserve.model_loader.tokenizer import load_tokenizer
 from radixserve.sampling.sampling_params import SamplingParams
 from radixserve.server_args import ServerArgs
 from radixserve.utils.gc_freeze import freeze_startup_heap
+from radixserve.utils.kernel_compiles import WATCH as compile_watch
 from radixserve.utils.log import configure_logging
 
 logger = logging.getLogger(__name__)
@@ -112,6 +113,7 @@ def warm_up(scheduler: Scheduler) -> None:
             scheduler.add_request(_warm_up_request("__warmup_mixed__", length - 1, vocab))
             _run_until_idle(scheduler, deadline)
     scheduler.stats = SchedulerStats()  # warm-up is not traffic
+    compile_watch.mark_warmed_up()  # a Triton compile from here on stalls live requests: warned about
     scheduler.flush_cache()
     if scheduler.grammar is not None:
         # The grammar backend reads the whole vocabulary once (0.15-1 s): pay it at start-up, not

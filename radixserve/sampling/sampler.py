@@ -19,6 +19,7 @@ from typing import Protocol
 import torch
 
 from radixserve.constrained.base import GrammarMatcher, allocate_bitmask
+from radixserve.sampling.argmax import argmax_rows
 from radixserve.sampling.sampling_params import SamplingParams
 from radixserve.utils.tensors import to_device
 
@@ -265,14 +266,14 @@ def _sample_ids(logits: torch.Tensor, info: SamplingBatchInfo) -> torch.Tensor:
     logits = apply_logit_bias(logits, info.logit_bias)
     logits = _mask_min_tokens(logits, info.reqs, info.constrained)
     logits = apply_vocab_mask(logits, info.vocab_mask)
-    greedy_ids = logits.argmax(dim=-1)
+    greedy_ids = argmax_rows(logits)
     if info.all_greedy:
         return greedy_ids
     assert info.temperatures is not None and info.greedy is not None
     probs = torch.softmax(logits / info.temperatures, dim=-1)
     probs = _filter_probs(probs, info)
     noise = _exponential_noise((probs.shape[0], probs.shape[1]), info.generators, probs.device)
-    sampled = (probs / noise).argmax(dim=-1)
+    sampled = argmax_rows(probs / noise)
     return torch.where(info.greedy, greedy_ids, sampled)
 
 

@@ -6,7 +6,8 @@
 
 One JSON line per step that ran a batch: wall time since the previous one (with overlap
 scheduling that is the step's GPU time plus whatever the host did in between), the batch's
-kind and size, and the queue lengths; plus one line per garbage collection pause over 1 ms
+kind and size, and the queue lengths; one line per Triton kernel compiled (utils/kernel_compiles.py);
+plus one line per garbage collection pause over 1 ms
 (Python's cyclic collector stops the scheduler, which a step-time histogram alone would not
 explain). The detokenizer and the HTTP process log each output batch they handle (size, time
 spent, wall clock), so a stream's gap can be placed: in a step, or on the way to the client.
@@ -25,6 +26,7 @@ from typing import IO, TYPE_CHECKING, Any
 
 if TYPE_CHECKING:
     from radixserve.managers.schedule_batch import ScheduleBatch
+    from radixserve.utils.kernel_compiles import KernelCompile
 
 ENV = "RADIXSERVE_STEP_LOG"
 
@@ -71,6 +73,11 @@ class StepLog:
         self._write({"t": round(now, 4), "wall": round(time.time(), 4), "since_last_ms":
                      round((now - self._last) * 1e3, 3), "outputs": size, "handle_ms": round(handle_ms, 3)})
         self._last = now
+
+    def kernel_compile(self, event: KernelCompile) -> None:
+        """A Triton compile (utils/kernel_compiles.py): the step it fell in took that much longer."""
+        self._write({"t": round(time.perf_counter(), 4), "wall": event.wall, "kernel_compile": event.kernel,
+                     "compile_ms": event.ms, "after_warmup": event.after_warmup})
 
     async def probe_event_loop(self, period_s: float = 0.01, report_ms: float = 20.0) -> None:
         """Log each time the event loop wakes this task over `report_ms` late: time the loop spent

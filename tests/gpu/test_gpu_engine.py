@@ -144,3 +144,39 @@ def test_a_decode_launch_does_not_wait_for_the_gpu(tiny_models: dict[str, Path])
             while s.has_work():
                 s.step()
         s.check_memory()
+
+
+_AFTER_WARM_UP = """
+import json, sys
+from radixserve import Engine
+from radixserve.managers.scheduler_process import warm_up
+from radixserve.utils.kernel_compiles import WATCH
+
+with Engine(model_path=sys.argv[1], device="cuda", dtype="bfloat16", max_total_tokens=16384, cuda_graph_max_bs=8,
+            log_level="warning") as engine:
+    warm_up(engine.scheduler)  # what `radixserve serve` runs before it reports ready
+    warmed = len(WATCH.compiles)
+    params = {"max_new_tokens": 40, "temperature": 0, "ignore_eos": True}
+    long = [1000 + i for i in range(500)]
+    engine.generate(input_ids=[long], sampling_params=params)  # batch 1, after a 500-token prompt
+    engine.generate(input_ids=[[300 + 7 * i + j for j in range(3 + 41 * i)] for i in range(5)], sampling_params=params)
+    engine.generate(input_ids=[long + [5, 6, 7]], sampling_params=params)  # a cached prefix
+    print(json.dumps({"warm_up": [c.kernel for c in WATCH.compiles[:warmed]],
+                      "after": [[c.kernel, c.ms] for c in WATCH.compiles[warmed:]]}))
+"""
+
+
+def test_the_warm_up_leaves_no_kernel_to_compile(tiny_models: dict[str, Path]) -> None:
+    """A Triton kernel first compiled after the warm-up stalls every running request for its
+    compile (0.1-1.5 s; utils/kernel_compiles.py). A fresh process, so that no earlier test's
+    kernels are in memory; the JIT hooks fire on that cache's misses, whatever is on disk."""
+    import json
+    import subprocess
+    import sys
+
+    out = subprocess.run([sys.executable, "-c", _AFTER_WARM_UP, str(tiny_models["llama_gqa_tied"])],
+                         capture_output=True, text=True, timeout=600)
+    assert out.returncode == 0, out.stderr[-3000:]
+    report = json.loads(out.stdout.strip().splitlines()[-1])
+    assert report["warm_up"], "the watch saw no compile at all: are Triton's hooks in place?"
+    assert report["after"] == [], f"compiled after the warm-up: {report['after']}"
