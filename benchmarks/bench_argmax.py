@@ -1,6 +1,6 @@
-"""Greedy argmax over the vocabulary: torch.argmax against the split argmax the sampler uses
-(radixserve/sampling/argmax.py), GPU time per call from CUDA graphs, with the logits' bytes over
-the copy rate measured in the same run as the bound.
+"""Greedy argmax over the vocabulary: torch.argmax against the split kernel the sampler uses for up
+to 4 rows (radixserve/kernels/argmax.py), GPU time per call from CUDA graphs, with the logits'
+bytes over the copy rate measured in the same run as the bound.
 
     python benchmarks/bench_argmax.py
 """
@@ -21,7 +21,7 @@ if str(REPO_ROOT) not in sys.path:
 
 from benchmarks import roofline as rl  # noqa: E402
 from benchmarks._common import command_line, graph_seconds, machine_info, write_results  # noqa: E402
-from radixserve.sampling.argmax import argmax_rows  # noqa: E402
+from radixserve.kernels.argmax import argmax_split  # noqa: E402
 
 CALLS = 50  # per graph: one replay's time over this many calls
 
@@ -39,9 +39,9 @@ def main(argv: list[str] | None = None) -> int:
     for vocab in (int(v) for v in args.vocabs.split(",")):
         for bs in (int(b) for b in args.batches.split(",")):
             logits = torch.randn(bs, vocab, device="cuda")
-            assert torch.equal(argmax_rows(logits), logits.argmax(dim=-1))
+            assert torch.equal(argmax_split(logits), logits.argmax(dim=-1))
             t_torch = graph_seconds([partial(torch.argmax, logits, dim=-1)] * CALLS) / CALLS
-            t_split = graph_seconds([partial(argmax_rows, logits)] * CALLS) / CALLS
+            t_split = graph_seconds([partial(argmax_split, logits)] * CALLS) / CALLS
             bound = logits.numel() * 4 / copy
             row = {"vocab": vocab, "batch": bs, "torch_us": round(t_torch * 1e6, 2),
                    "split_us": round(t_split * 1e6, 2), "speedup": round(t_torch / t_split, 3),

@@ -45,7 +45,11 @@ def add_rmsnorm(x: torch.Tensor, residual: torch.Tensor | None, weight: torch.Te
     return out, res_out
 
 
-@triton.jit
+# Pos and Loc are read one int64 per program, so their alignment buys nothing, but Triton would
+# compile a variant per 16-byte alignment of each: a prefill's slots are a view of the pool's free
+# list, misaligned after any odd number of slots handed out (a 222 ms compile inside a live request,
+# found by utils/kernel_compiles.py).
+@triton.jit(do_not_specialize_on_alignment=["Pos", "Loc"])
 def _rope_kernel(Q, K, V, Pos, Cos, Sin, KBuf, VBuf, Loc, k_inv_scale, v_inv_scale, stride_qt, stride_qh, stride_kt,
                  stride_kh, stride_vt, stride_vh, stride_c, stride_bt, stride_bh, n_qh, n_kh, HALF: tl.constexpr,
                  STORE_KV: tl.constexpr, FP8_KV: tl.constexpr, BLOCK_H: tl.constexpr, BLOCK_D: tl.constexpr):
