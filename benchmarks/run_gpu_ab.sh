@@ -2,8 +2,9 @@
 # One device call: the GPU tests on this tree, then the 8B-shaped offline benchmark on this tree and
 # on older checkouts, alternating, on the same GPU, so a change's speed is compared in one call.
 # Every run also writes the scheduler's step log: the summary gives the median time between decode
-# steps (dt_med), which a slow first run of a call (seen on 2026-12-02: 222-232 tok/s against 248-256
-# for the runs after it, whichever tree ran first) does not move. Usage (device run, carry
+# steps (dt_med), and the longest steps; bench_offline lists the Triton kernels compiled inside each
+# timed workload (a slow first run of a call on 2026-12-02 was one: docs/gpu.md, "Compiles inside
+# timed runs"; TRITON_CACHE_DIR=<empty dir> reproduces a fresh machine). Usage (device run, carry
 # [".whl", ".gpu_assets"]):
 #   git archive <rev> radixserve benchmarks | tar -x -C .gpu_assets/base   # an older tree, here
 #   TREES="new:. base:.gpu_assets/base" bash benchmarks/run_gpu_ab.sh

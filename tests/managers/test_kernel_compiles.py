@@ -31,7 +31,10 @@ class _FnInfo:  # the shape of Triton's JitFunctionInfo: what the hooks read
 
 @pytest.fixture
 def restore_hooks() -> Iterator[None]:
+    """Only this test's watch on Triton's hooks (an Engine earlier in the process installed the
+    process's own), and the hooks as they were afterwards."""
     saved = knobs.runtime.jit_cache_hook, knobs.runtime.jit_post_compile_hook
+    knobs.runtime.jit_cache_hook = knobs.runtime.jit_post_compile_hook = None
     yield
     knobs.runtime.jit_cache_hook, knobs.runtime.jit_post_compile_hook = saved
 
