@@ -5,7 +5,8 @@ Each program reduces one BLOCK of a row to its candidate (the first index of its
 its first NaN), stores it, and counts itself done on the row's counter; the program that finds
 itself last reads the row's candidates and writes the answer, then sets the counter back to 0 for
 the next call (CUDA's threadfence-reduction pattern). torch.argmax's semantics: the first index of
-the maximum, a NaN beats any number, an all -inf row gives 0.
+the maximum, a NaN beats any number, an all -inf row gives 0. The counters are one set per device:
+calls on a device must not run at the same time on two streams (the scheduler samples on one).
 """
 
 from __future__ import annotations
