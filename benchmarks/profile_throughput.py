@@ -13,6 +13,8 @@ the Triton attention backend, driven directly (no scheduler):
 3. each projection's cuBLAS product at the prefill and decode row counts (TFLOP/s, weight GB/s).
 4. attention launch shapes: the decode kernel's KV read rate and the extend kernel's TFLOP/s for
    each ExtendTiles / DecodeTiles variant, with each variant's largest difference to the first.
+5. decode_overlap: a decode step's attention and products for the batch in sequence, against two
+   half batches whose attention runs beside the other half's products on a second stream.
 Rates (bf16 matmul, copy) are measured in the same process. With --device cpu (and
 TRITON_INTERPRET=1) a tiny shape runs the same code as a smoke test; its numbers mean nothing.
 """
@@ -397,6 +399,92 @@ def decode_variants(s: Setup, bs: int, ctx_range: tuple[int, int], rates: rl.Dev
     return res
 
 
+@dataclass
+class _OverlapRig:
+    """A decode step's two kinds of work for a set of rows, over the first 8 layers."""
+
+    s: Setup
+    fb: ForwardBatch
+    q: torch.Tensor
+    o: torch.Tensor
+    x: torch.Tensor
+    mlp_in: torch.Tensor
+    index: dict[tuple[int, int], tuple[torch.Tensor, torch.Tensor, int, torch.Tensor, torch.Tensor]]
+
+    @property
+    def layers(self) -> list[Any]:
+        return [self.s.model.model.layers[i] for i in range(min(8, self.s.config.num_hidden_layers))]
+
+    def add_rows(self, p: slice) -> None:
+        # Each row set its own index copies (aligned, as the engine's) and split buffers: halves run at once.
+        c, n = self.s.config, p.stop - p.start
+        splits = decode_num_splits(c.max_position_embeddings, n, c.num_key_value_heads, self.s.backend.num_sms, 16)
+        self.index[p.start, p.stop] = (self.fb.req_pool_indices[p].clone(), self.fb.seq_lens[p].clone(), splits,
+                               torch.empty(n, c.num_attention_heads, 16, c.head_dim, device=self.s.device),
+                               torch.empty(n, c.num_attention_heads, 16, device=self.s.device))
+
+    def attention(self, p: slice) -> None:
+        rows, lens, splits, mid_o, mid_lse = self.index[p.start, p.stop]
+        for i in range(len(self.layers)):
+            kb, vb = self.s.kv.get_kv_buffer(i)
+            decode_attention(self.q[p], kb, vb, self.o[p], self.s.reqs.req_to_token, rows, lens, 0.088, splits,
+                             mid_o, mid_lse)
+
+    def products(self, p: slice) -> None:
+        for ly in self.layers:
+            torch.mm(self.x[p], ly.self_attn.qkv_proj.weight.t())
+            torch.mm(self.x[p], ly.self_attn.o_proj.weight.t())
+            torch.mm(self.x[p], ly.mlp.gate_up_proj.weight.t())
+            torch.mm(self.mlp_in[p], ly.mlp.down_proj.weight.t())
+
+
+def decode_overlap(s: Setup, bs: int, ctx_range: tuple[int, int], iters: int) -> dict[str, Any]:
+    """Whether a decode step's KV reads and its products can share the GPU: per layer (8), attention
+    and the four projections for `bs` rows in sequence (as a step runs now), the same for two halves
+    of the batch in sequence, and the halves overlapped on two streams (one half's attention beside
+    the other half's products, then the other way round: a two-micro-batch decode step's pattern,
+    without its data dependencies). CUDA only (streams)."""
+    if s.device.type != "cuda":
+        return {"skipped": "needs CUDA streams"}
+    ctx = torch.randint(*ctx_range, (bs,), generator=torch.Generator().manual_seed(3)).tolist()
+    fb = decode_batch(s, ctx)
+    c = s.config
+    q, o = _attn_inputs(s, fb)
+    rig = _OverlapRig(s, fb, q, o, torch.randn(bs, c.hidden_size, device=s.device, dtype=torch.bfloat16),
+                      torch.randn(bs, c.intermediate_size, device=s.device, dtype=torch.bfloat16), {})
+    full, a, b = slice(0, bs), slice(0, bs // 2), slice(bs // 2, bs)
+    for p in (full, a, b):
+        rig.add_rows(p)
+    side = torch.cuda.Stream(s.device)
+
+    def overlapped() -> None:
+        for first, second in ((a, b), (b, a)):
+            side.wait_stream(torch.cuda.current_stream())
+            with torch.cuda.stream(side):
+                rig.products(second)
+            rig.attention(first)
+            torch.cuda.current_stream().wait_stream(side)
+
+    def serial(*ps: slice) -> Fn:
+        def run() -> None:
+            for p in ps:
+                rig.attention(p)
+                rig.products(p)
+        return run
+
+    runs: dict[str, Fn] = {
+        "attention_only": lambda: rig.attention(full), "products_only": lambda: rig.products(full),
+        "serial_full": serial(full), "serial_halves": serial(a, b), "overlapped_halves": overlapped}
+    res: dict[str, Any] = {"batch": bs, "layers": len(rig.layers), "mean_context": round(statistics.fmean(ctx), 1),
+                           "splits": {"full": rig.index[0, bs][2], "half": rig.index[0, bs // 2][2]}}
+    for name, fn in runs.items():
+        res[f"{name}_ms_per_layer"] = round(device_seconds(captured(fn, s.device), s.device, iters)
+                                            / len(rig.layers) * 1e3, 4)
+    res["overlapped_over_serial_full"] = round(res["overlapped_halves_ms_per_layer"]
+                                               / res["serial_full_ms_per_layer"], 4)
+    return res
+
+
 def main(argv: list[str] | None = None) -> int:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--device", default="cuda")
@@ -410,7 +498,7 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--iters", type=int, default=10)
     ap.add_argument("--parts", default="prefill,decode,gemm,extend_variants,decode_variants",
                     help="Which parts to run (prefixes of: prefill_chunk, prefill_long, decode, gemm, "
-                         "extend_variants_chunk, extend_variants_long, decode_variants).")
+                         "extend_variants_chunk, extend_variants_long, decode_variants, decode_overlap).")
     ap.add_argument("--output", default=None)
     args = ap.parse_args(argv)
     device = torch.device(args.device)
@@ -436,6 +524,7 @@ def main(argv: list[str] | None = None) -> int:
         ("extend_variants_chunk", lambda: extend_variants(s, chunk, rates, args.iters)),
         ("extend_variants_long", lambda: extend_variants(s, [args.long_prompt], rates, args.iters)),
         ("decode_variants", lambda: decode_variants(s, args.decode_bs, (lo, hi), rates, args.iters)),
+        ("decode_overlap", lambda: decode_overlap(s, args.decode_bs, (lo, hi), args.iters)),
     ]
     for name, run in steps:
         if not any(name.startswith(p) for p in parts):
