@@ -1,4 +1,11 @@
-"""Hugging Face transformers baseline for bench_serving.py: the same requests, in-process on the CPU.
+"""Hugging Face transformers baseline for bench_serving.py: the same requests, in process.
+
+On the CPU with a checkpoint (below), or on a GPU with random weights of a named shape, the form
+run_gpu_serving.sh uses for the serving comparison of issue 16 (the same token ids bench_serving
+sends with --token-ids; --num-prompts N of a seed are the first N of a larger run of that seed):
+  python benchmarks/bench_hf_baseline.py --device cuda --load-format dummy --model-path llama-3-8b \
+      --dtype bfloat16 --method generate_batch --dataset random --token-ids --num-prompts 64 \
+      --random-input-len 1024 --output-len 256 --ignore-eos --seed 2001
 
 The workload is built by bench_serving.py's own `make_prompts` from the same flags and seed, so both
 scripts send identical requests: the same chat messages (the model's chat template applied exactly as
@@ -68,10 +75,26 @@ DTYPES = {"float32": torch.float32, "bfloat16": torch.bfloat16}
 
 # --- model and prompts ---
 
-def load_model(model_path: str | None, dtype: torch.dtype) -> tuple[Any, Any, str]:
-    """(model, tokenizer, name): the embedded GGUF (as tests/conftest.py's hf_smol_model) or an HF directory."""
+def load_model(args: argparse.Namespace) -> tuple[Any, Any, str]:
+    """(model, tokenizer, name) on --device: the embedded GGUF (as tests/conftest.py's hf_smol_model), an
+    HF directory, or (--load-format dummy) a named shape with random weights, as bench_offline's baseline."""
     from transformers import AutoModelForCausalLM, AutoTokenizer
 
+    from radixserve.model_loader.tokenizer import load_tokenizer
+
+    model_path, dtype = args.model_path, DTYPES[args.dtype]
+    if args.load_format == "dummy":
+        from transformers import AutoConfig
+
+        from radixserve.configs.model_config import NAMED_SHAPES
+
+        shape = dict(NAMED_SHAPES[model_path or "smollm2-135m"])
+        arch = {"LlamaForCausalLM": "llama", "Qwen2ForCausalLM": "qwen2", "Qwen3ForCausalLM": "qwen3"}[
+            shape.pop("architectures")[0]]
+        with torch.device(args.device):  # random weights made where they run (16 GB for the 8B shape)
+            model = AutoModelForCausalLM.from_config(AutoConfig.for_model(arch, **shape), dtype=dtype)
+        tokenizer = load_tokenizer(args.tokenizer_path) if args.tokenizer_path else None
+        return model.eval(), tokenizer, f"{model_path} (random weights)"
     if model_path is None:
         from radixserve.model_loader.default_model import default_model_path
         from radixserve.model_loader.tokenizer import load_tokenizer
@@ -83,16 +106,18 @@ def load_model(model_path: str | None, dtype: torch.dtype) -> tuple[Any, Any, st
         name = path.name
     else:
         model = AutoModelForCausalLM.from_pretrained(model_path, dtype=dtype)
-        tokenizer = AutoTokenizer.from_pretrained(model_path)
+        tokenizer = AutoTokenizer.from_pretrained(args.tokenizer_path or model_path)
         name = model_path
-    return model.eval(), tokenizer, name  # from_pretrained loads on the CPU
+    return model.to(args.device).eval(), tokenizer, name  # from_pretrained loads on the CPU
 
 
 def tokenize_prompts(tokenizer: Any, prompts: Sequence[Any], endpoint: str) -> list[list[int]]:
     """Token ids of each bench_serving Prompt, built as radixserve's server builds them for `endpoint`."""
     out: list[list[int]] = []
     for p in prompts:
-        if endpoint == "/v1/chat/completions":
+        if p.ids is not None:  # --token-ids: the ids bench_serving sends
+            out.append(list(p.ids))
+        elif endpoint == "/v1/chat/completions":
             if not getattr(tokenizer, "chat_template", None):
                 raise ValueError("the tokenizer has no chat template: use --endpoint /v1/completions")
             messages = [{"role": "system", "content": p.system}] if p.system else []
@@ -114,6 +139,8 @@ def generation_config(model: Any, output_len: int, ignore_eos: bool, method: str
     gc.max_length = None
     if gc.pad_token_id is None:
         gc.pad_token_id = gc.eos_token_id if not isinstance(gc.eos_token_id, list) else gc.eos_token_id[0]
+    if gc.pad_token_id is None:  # a config without EOS (random-weight shapes): any id pads
+        gc.pad_token_id = 0
     if ignore_eos:
         if method == "generate_batch":
             gc.eos_token_id = -1  # continuous batching: -1 disables EOS (min_new_tokens is not supported there)
@@ -199,8 +226,8 @@ def run_batched(model: Any, inputs: list[list[int]], gc: Any, *, batch_size: int
         chunk = inputs[i : i + batch_size]
         width = max(len(p) for p in chunk)
         padded_tokens += sum(width - len(p) for p in chunk)
-        ids = torch.tensor([[pad] * (width - len(p)) + p for p in chunk])
-        mask = torch.tensor([[0] * (width - len(p)) + [1] * len(p) for p in chunk])
+        ids = torch.tensor([[pad] * (width - len(p)) + p for p in chunk], device=model.device)
+        mask = torch.tensor([[0] * (width - len(p)) + [1] * len(p) for p in chunk], device=model.device)
         with torch.no_grad():
             seq = model.generate(ids, attention_mask=mask, generation_config=gc)
         done = time.perf_counter() - start
@@ -220,7 +247,7 @@ def run_loop(model: Any, inputs: list[list[int]], gc: Any, *,
     latency: list[float] = []
     start = time.perf_counter()
     for p in inputs:
-        ids = torch.tensor([p])
+        ids = torch.tensor([p], device=model.device)
         with torch.no_grad():
             seq = model.generate(ids, attention_mask=torch.ones_like(ids), generation_config=gc)
         outs.append(_cut_after_eos(seq[0, len(p):].tolist(), eos))
@@ -275,13 +302,26 @@ def build_parser() -> argparse.ArgumentParser:
     g.add_argument("--ignore-eos", action="store_true",
                    help="fixed-length outputs of --output-len tokens, like bench_serving's --ignore-eos")
     g.add_argument("--seed", type=int, default=0, help="seed for the prompts (same prompts as bench_serving)")
+    g.add_argument("--token-ids", action="store_true",
+                   help="random dataset as token ids (bench_serving --token-ids): no tokenizer needed")
+    g.add_argument("--vocab-lo", type=int, default=100, help="--token-ids: lowest id")
+    g.add_argument("--vocab-hi", type=int, default=32000, help="--token-ids: id bound (exclusive)")
+    g.add_argument("--limit", type=int, default=None,
+                   help="run only the first N requests of the workload (transformers runs a 500-request GPU "
+                        "workload for many minutes); none: all")
     h = p.add_argument_group("transformers")
     h.add_argument("--method", choices=METHODS, default=METHODS[0],
                    help="batched: static left-padded batches of --batch-size (fastest on the CPU); "
                         "generate_batch: transformers' continuous batching; loop: one request at a time. "
                         "No fallback if it fails")
     h.add_argument("--model-path", default=None,
-                   help="HF model directory; none: the embedded SmolLM2-135M-Instruct GGUF")
+                   help="HF model directory, or with --load-format dummy a named shape (llama-3-8b); none: the "
+                        "embedded SmolLM2-135M-Instruct GGUF")
+    h.add_argument("--load-format", choices=("auto", "dummy"), default="auto",
+                   help="dummy: random weights of the named shape --model-path (as bench_offline's baseline)")
+    h.add_argument("--tokenizer-path", default=None,
+                   help="tokenizer directory (default: the model's; with dummy weights none, ids only)")
+    h.add_argument("--device", choices=("cpu", "cuda"), default="cpu", help="where transformers runs")
     h.add_argument("--dtype", choices=tuple(DTYPES), default="float32", help="model dtype")
     h.add_argument("--batch-size", type=int, default=32, help="batched: requests per generate call")
     h.add_argument("--no-prefix-sharing", action="store_true",
@@ -307,12 +347,14 @@ def config_from_args(args: argparse.Namespace) -> Any:
         num_prompts=args.num_prompts, random_input_len=args.random_input_len, num_groups=args.num_groups,
         prompts_per_group=args.prompts_per_group, system_prompt_len=args.system_prompt_len,
         question_len=args.question_len, output_len=args.output_len, ignore_eos=args.ignore_eos, seed=args.seed,
-        stream=False, disable_tqdm=args.disable_tqdm,
+        stream=False, disable_tqdm=args.disable_tqdm, token_ids=args.token_ids, vocab_lo=args.vocab_lo,
+        vocab_hi=args.vocab_hi,
     )
 
 
 WORKLOAD_FIELDS = ("endpoint", "dataset", "num_prompts", "random_input_len", "num_groups", "prompts_per_group",
-                   "system_prompt_len", "question_len", "output_len", "ignore_eos", "seed")
+                   "system_prompt_len", "question_len", "output_len", "ignore_eos", "seed", "token_ids", "vocab_lo",
+                   "vocab_hi")
 
 
 def workload_dict(cfg: Any) -> dict[str, Any]:
@@ -353,11 +395,13 @@ def run_baseline(args: argparse.Namespace, command: str | None = None) -> dict[s
         torch.set_num_threads(args.threads)
     load_before = _load_average()  # other work on the CPU slows the run: recorded with the result
     cfg = config_from_args(args)
-    prompts = make_prompts(cfg)
+    prompts = make_prompts(cfg)[: args.limit]
     if not prompts:
         raise ValueError("the workload has no requests")
+    if args.load_format == "dummy" and args.tokenizer_path is None and not args.token_ids:
+        raise ValueError("--load-format dummy without --tokenizer-path needs --token-ids (prompts as ids)")
     load_start = time.perf_counter()
-    model, tokenizer, model_name = load_model(args.model_path, DTYPES[args.dtype])
+    model, tokenizer, model_name = load_model(args)
     load_s = time.perf_counter() - load_start
     inputs = tokenize_prompts(tokenizer, prompts, args.endpoint)
     gc = generation_config(model, args.output_len, args.ignore_eos, args.method)
@@ -385,7 +429,8 @@ def run_baseline(args: argparse.Namespace, command: str | None = None) -> dict[s
     out: dict[str, Any] = {
         "benchmark": "hf_baseline", "command": command, "method": args.method,
         "method_detail": METHOD_DETAIL[args.method], "config": workload_dict(cfg), "model": model_name,
-        "model_path": args.model_path, "device": "cpu", "device_name": machine["cpu"], "dtype": args.dtype,
+        "model_path": args.model_path, "load_format": args.load_format, "device": args.device,
+        "device_name": torch.cuda.get_device_name() if args.device == "cuda" else machine["cpu"], "dtype": args.dtype,
         "torch_threads": torch.get_num_threads(), "sampling": "greedy (temperature 0, as bench_serving sends)",
         "load_s": round(load_s, 3), "warmup_s": warmup_s,
         "load_average_1m_before": load_before, "load_average_1m_after": _load_average(),
@@ -393,7 +438,9 @@ def run_baseline(args: argparse.Namespace, command: str | None = None) -> dict[s
     }
     out.update(info)
     out.update(summarize(inputs, outputs, latency, duration))
-    out["sample_outputs"] = [tokenizer.decode(o, skip_special_tokens=False) for o in outputs[:2]]
+    if tokenizer is not None:
+        out["sample_outputs"] = [tokenizer.decode(o, skip_special_tokens=False) for o in outputs[:2]]
+    out["output_ids_first"] = outputs[:8]  # to hold against another engine's greedy output on the same requests
     return out
 
 

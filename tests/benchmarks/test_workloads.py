@@ -57,6 +57,12 @@ def test_random_prompts_are_pairwise_distinct_and_seeded() -> None:
     assert random_prompts(200, 64, 100, 50_000, seed=4) != prompts
 
 
+def test_fewer_random_prompts_of_a_seed_are_a_prefix_of_more() -> None:
+    """run_gpu_serving.sh runs transformers and the server on the first N of a 500-request run's prompts
+    by asking for N prompts of the same seed."""
+    assert random_prompts(64, 1024, 100, 32000, 2001) == random_prompts(500, 1024, 100, 32000, 2001)[:64]
+
+
 def test_distinct_prefix_is_guaranteed_not_left_to_chance() -> None:
     # Two ids and 4-token prompts: exactly 16 distinct prompts exist, so 16 draws must be redrawn
     # until every one appears; a 17th cannot be distinct and is refused.
