@@ -167,3 +167,19 @@ def graph_seconds(fns: list[Callable[[], Any]], iters: int = 30) -> float:
         samples.append(a.elapsed_time(b) / 1e3)
     del g
     return float(statistics.median(samples))
+
+
+def hf_random_model(shape: str, dtype: Any, device: str) -> Any:
+    """A transformers model of a named shape (radixserve's NAMED_SHAPES) with random weights, made on
+    `device`: the baseline beside an Engine run with --load-format dummy."""
+    import torch
+    from transformers import AutoConfig, AutoModelForCausalLM
+
+    from radixserve.configs.model_config import NAMED_SHAPES
+
+    config = dict(NAMED_SHAPES[shape])
+    arch = {"LlamaForCausalLM": "llama", "Qwen2ForCausalLM": "qwen2", "Qwen3ForCausalLM": "qwen3",
+            "MixtralForCausalLM": "mixtral", "Qwen2MoeForCausalLM": "qwen2_moe", "Qwen3MoeForCausalLM": "qwen3_moe"}[
+        config.pop("architectures")[0]]
+    with torch.device(device):
+        return AutoModelForCausalLM.from_config(AutoConfig.for_model(arch, **config), dtype=dtype)

@@ -65,7 +65,7 @@ REPO_ROOT = Path(__file__).resolve().parent.parent
 if str(REPO_ROOT) not in sys.path:  # run as `python benchmarks/bench_hf_baseline.py`
     sys.path.insert(0, str(REPO_ROOT))
 
-from benchmarks._common import machine_info, write_results  # noqa: E402
+from benchmarks._common import hf_random_model, machine_info, write_results  # noqa: E402
 from benchmarks.bench_serving import BenchConfig, _percentiles, make_prompts  # noqa: E402
 
 METHODS = ("batched", "generate_batch", "loop")
@@ -83,16 +83,8 @@ def load_model(args: argparse.Namespace) -> tuple[Any, Any, str]:
     from radixserve.model_loader.tokenizer import load_tokenizer
 
     model_path, dtype = args.model_path, DTYPES[args.dtype]
-    if args.load_format == "dummy":
-        from transformers import AutoConfig
-
-        from radixserve.configs.model_config import NAMED_SHAPES
-
-        shape = dict(NAMED_SHAPES[model_path or "smollm2-135m"])
-        arch = {"LlamaForCausalLM": "llama", "Qwen2ForCausalLM": "qwen2", "Qwen3ForCausalLM": "qwen3"}[
-            shape.pop("architectures")[0]]
-        with torch.device(args.device):  # random weights made where they run (16 GB for the 8B shape)
-            model = AutoModelForCausalLM.from_config(AutoConfig.for_model(arch, **shape), dtype=dtype)
+    if args.load_format == "dummy":  # random weights made where they run (16 GB for the 8B shape)
+        model = hf_random_model(model_path or "smollm2-135m", dtype, args.device)
         tokenizer = load_tokenizer(args.tokenizer_path) if args.tokenizer_path else None
         return model.eval(), tokenizer, f"{model_path} (random weights)"
     if model_path is None:

@@ -49,7 +49,7 @@ if str(REPO_ROOT) not in sys.path:  # run as `python benchmarks/bench_offline.py
     sys.path.insert(0, str(REPO_ROOT))
 
 from benchmarks import roofline as rl  # noqa: E402
-from benchmarks._common import command_line, machine_info, write_results  # noqa: E402
+from benchmarks._common import command_line, hf_random_model, machine_info, write_results  # noqa: E402
 from benchmarks.workloads import (  # noqa: E402
     CachedTokensError,
     Request,
@@ -159,16 +159,7 @@ def load_hf(args: argparse.Namespace, device: str) -> Any:
 
     dtype = {"float32": torch.float32, "bfloat16": torch.bfloat16, "float16": torch.float16}[args.hf_dtype]
     if args.load_format == "dummy":
-        from transformers import AutoConfig
-
-        from radixserve.configs.model_config import NAMED_SHAPES
-
-        shape = dict(NAMED_SHAPES[args.model_path or "smollm2-135m"])
-        arch = {"LlamaForCausalLM": "llama", "Qwen2ForCausalLM": "qwen2", "Qwen3ForCausalLM": "qwen3",
-                "MixtralForCausalLM": "mixtral", "Qwen2MoeForCausalLM": "qwen2_moe", "Qwen3MoeForCausalLM": "qwen3_moe"}[
-            shape.pop("architectures")[0]]
-        with torch.device(device):
-            model = AutoModelForCausalLM.from_config(AutoConfig.for_model(arch, **shape), dtype=dtype)
+        model = hf_random_model(args.model_path or "smollm2-135m", dtype, device)
     elif args.model_path is None:
         path = default_model_path()
         model = AutoModelForCausalLM.from_pretrained(str(path.parent), gguf_file=path.name, dtype=dtype)
