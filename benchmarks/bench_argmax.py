@@ -1,5 +1,5 @@
 """Greedy argmax over the vocabulary: torch.argmax against the split kernel the sampler uses for up
-to 4 rows (radixserve/kernels/argmax.py), GPU time per call from CUDA graphs, with the logits'
+to 64 rows (radixserve/kernels/argmax.py), GPU time per call from CUDA graphs, with the logits'
 bytes over the copy rate measured in the same run as the bound.
 
     python benchmarks/bench_argmax.py

@@ -298,9 +298,6 @@ def build_parser() -> argparse.ArgumentParser:
                    help="random dataset as token ids (bench_serving --token-ids): no tokenizer needed")
     g.add_argument("--vocab-lo", type=int, default=100, help="--token-ids: lowest id")
     g.add_argument("--vocab-hi", type=int, default=32000, help="--token-ids: id bound (exclusive)")
-    g.add_argument("--limit", type=int, default=None,
-                   help="run only the first N requests of the workload (transformers runs a 500-request GPU "
-                        "workload for many minutes); none: all")
     h = p.add_argument_group("transformers")
     h.add_argument("--method", choices=METHODS, default=METHODS[0],
                    help="batched: static left-padded batches of --batch-size (fastest on the CPU); "
@@ -387,7 +384,7 @@ def run_baseline(args: argparse.Namespace, command: str | None = None) -> dict[s
         torch.set_num_threads(args.threads)
     load_before = _load_average()  # other work on the CPU slows the run: recorded with the result
     cfg = config_from_args(args)
-    prompts = make_prompts(cfg)[: args.limit]
+    prompts = make_prompts(cfg)
     if not prompts:
         raise ValueError("the workload has no requests")
     if args.load_format == "dummy" and args.tokenizer_path is None and not args.token_ids:

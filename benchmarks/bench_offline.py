@@ -157,7 +157,7 @@ def load_hf(args: argparse.Namespace, device: str) -> Any:
 
     from radixserve.model_loader.default_model import default_model_path
 
-    dtype = {"float32": torch.float32, "bfloat16": torch.bfloat16, "float16": torch.float16}[args.hf_dtype]
+    dtype = _dtype_of(args.hf_dtype)
     if args.load_format == "dummy":
         model = hf_random_model(args.model_path or "smollm2-135m", dtype, device)
     elif args.model_path is None:

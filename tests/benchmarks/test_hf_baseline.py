@@ -10,7 +10,7 @@ import pytest
 from benchmarks.bench_hf_baseline import run
 from benchmarks.bench_serving import BenchConfig, make_prompts
 
-WORKLOAD = ["--dataset", "random", "--token-ids", "--vocab-lo", "100", "--vocab-hi", "8000", "--num-prompts", "6",
+WORKLOAD = ["--dataset", "random", "--token-ids", "--vocab-lo", "100", "--vocab-hi", "8000",
             "--random-input-len", "24", "--output-len", "5", "--ignore-eos", "--seed", "2001"]
 
 
@@ -19,12 +19,13 @@ def test_token_id_workload_matches_the_engine(tiny_models: dict[str, Path], meth
     from radixserve import Engine
 
     model = str(tiny_models["llama"])
-    result = run([*WORKLOAD, "--limit", "4", "--model-path", model, "--method", method, "--batch-size", "3",
+    result = run([*WORKLOAD, "--num-prompts", "4", "--model-path", model, "--method", method, "--batch-size", "3",
                   "--no-save", "--disable-tqdm", "--no-warmup"])
     assert result["completed"] == 4 and result["prompt_tokens_total"] == 4 * 24
     assert result["completion_tokens_total"] == 4 * 5 and result["output_token_throughput"] > 0
     assert result["config"]["token_ids"] and result["config"]["seed"] == 2001 and result["device"] == "cpu"
-    # The requests bench_serving sends with the same flags (its run at rate index 2 of seed 1 uses 2001).
+    # The first 4 of the requests bench_serving sends with the same flags and 6 prompts (its run at rate
+    # index 2 of seed 1 uses 2001): N prompts of a seed are the first N of more.
     prompts = make_prompts(BenchConfig(base_url="", dataset="random", num_prompts=6, random_input_len=24,
                                        token_ids=True, vocab_lo=100, vocab_hi=8000, seed=2001))[:4]
     ids = [p.ids for p in prompts if p.ids is not None]
@@ -43,7 +44,7 @@ def test_dummy_weights_without_a_tokenizer_need_token_ids() -> None:
 def test_random_weights_of_a_named_shape() -> None:
     """The GPU serving script's form (--load-format dummy --model-path llama-3-8b, on cuda); here the
     135M shape on the CPU."""
-    result = run([*WORKLOAD, "--limit", "2", "--load-format", "dummy", "--model-path", "smollm2-135m",
+    result = run([*WORKLOAD, "--num-prompts", "2", "--load-format", "dummy", "--model-path", "smollm2-135m",
                   "--method", "generate_batch", "--no-save", "--disable-tqdm", "--no-warmup"])
     assert result["completed"] == 2 and result["completion_tokens_total"] == 10
     assert result["model"] == "smollm2-135m (random weights)" and "sample_outputs" not in result
