@@ -113,3 +113,38 @@ def test_http_server_with_tp2_and_a_dead_rank(tiny_models: dict[str, Path], tmp_
         assert code != 0 and time.monotonic() - start < 10
     finally:
         two.stop()
+
+
+@pytest.mark.slow
+def test_serve_tp4_answers_the_openai_clients_chat_like_tp1(tmp_path: Path) -> None:
+    """Issue 22 on CPU: `radixserve serve --tp 4` (four gloo ranks) answers the openai client's chat
+    requests, plain and streamed, through the check the device script runs against `--tp 8`, with
+    TP=1's texts (float32 weights, so the texts must be equal)."""
+    import json
+
+    from benchmarks.openai_chat_check import main as chat_check
+    from benchmarks.openai_chat_check import run_checks
+    from tests.conftest import _save_tiny, tokenizer_source
+
+    path = str(_save_tiny(tmp_path, "llama", tokenizer_source(), num_attention_heads=8, num_key_value_heads=8))
+    one = ServerProcess(["--model-path", path], tmp_path / "tp1.log").wait_ready()
+    try:
+        ref = run_checks(one.url, requests=3, max_tokens=12)
+    finally:
+        one.stop()
+    assert ref["problems"] == 0 and ref["stream_equals_plain"] == 3
+    assert all(r["plain"]["text"] for r in ref["requests"])
+    four = ServerProcess(["--model-path", path, "--tp", "4"], tmp_path / "tp4.log").wait_ready()
+    try:
+        out = tmp_path / "chat_tp4.json"
+        code = chat_check(["--base-url", four.url, "--requests", "3", "--max-tokens", "12", "--require-equal",
+                           "--output", str(out)])
+        info = httpx.get(f"{four.url}/get_server_info", timeout=30).json()
+    finally:
+        four.stop()
+    assert code == 0
+    got = json.loads(out.read_text())
+    assert info["tensor_parallel_size"] == 4 and len(info["scheduler_pids"]) == 4
+    assert got["problems"] == 0 and got["stream_equals_plain"] == 3
+    assert [r["plain"]["text"] for r in got["requests"]] == [r["plain"]["text"] for r in ref["requests"]]
+    assert all(r["plain"]["usage"]["completion_tokens"] == 12 for r in got["requests"])

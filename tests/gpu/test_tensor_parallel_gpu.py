@@ -1,6 +1,7 @@
 """On two or more GPUs: the peer-memory all-reduce sums exactly like NCCL at every size it serves,
 inside and outside CUDA graphs, and an Engine at TP=2 (NCCL + peer-memory all-reduce, CUDA graphs)
-decodes float32 greedily token for token like TP=1."""
+decodes float32 greedily token for token like TP=1; on four and eight GPUs (issue 22), so do
+Engines at TP=4 and TP=8 (NCCL, CUDA graphs)."""
 
 from __future__ import annotations
 
@@ -15,8 +16,15 @@ import torch
 
 from radixserve.distributed.device_comm import NO_MULTICAST_ENV
 
-pytestmark = [pytest.mark.gpu, pytest.mark.skipif(
-    not torch.cuda.is_available() or torch.cuda.device_count() < 2, reason="needs two GPUs (nvidia-h200-x2)")]
+KIND = {2: "nvidia-h200-x2", 4: "nvidia-h200-x4", 8: "nvidia-h200-x8"}
+
+
+def gpus(n: int) -> pytest.MarkDecorator:
+    return pytest.mark.skipif(not torch.cuda.is_available() or torch.cuda.device_count() < n,
+                              reason=f"needs {n} GPUs ({KIND[n]})")
+
+
+pytestmark = [pytest.mark.gpu, gpus(2)]
 
 
 def _rank(rank: int, store: str, out: Any) -> None:
@@ -88,3 +96,21 @@ def test_tp2_float32_greedy_identical_to_tp1(tiny_models: dict[str, Path]) -> No
                     max_total_tokens=8192, log_level="warning") as engine:
             outs[tp] = [o["output_ids"] for o in engine.generate(input_ids=prompts, sampling_params=params)]
     assert outs[2] == outs[1]
+
+
+@pytest.mark.parametrize("tp", [pytest.param(4, marks=gpus(4)), pytest.param(8, marks=gpus(8))])
+def test_tp4_and_tp8_float32_greedy_identical_to_tp1(tmp_path: Path, tp: int) -> None:
+    """A tiny Llama with 8 query and 8 KV heads (both divide by 8), as the CPU test over gloo."""
+    from radixserve import Engine
+    from tests.conftest import _save_tiny, tokenizer_source
+
+    os.environ.update(NO_MULTICAST_ENV)
+    path = str(_save_tiny(tmp_path, "llama", tokenizer_source(), num_attention_heads=8, num_key_value_heads=8))
+    prompts = [[1, 500, 600, 700], [2, 42], [1000 + i for i in range(200)], [7] * 33, [9, 8, 7, 6, 5]]
+    params = {"max_new_tokens": 24, "temperature": 0, "ignore_eos": True}
+    outs = {}
+    for size in (1, tp):
+        with Engine(model_path=path, device="cuda", dtype="float32", tp_size=size, max_total_tokens=8192,
+                    log_level="warning") as engine:
+            outs[size] = [o["output_ids"] for o in engine.generate(input_ids=prompts, sampling_params=params)]
+    assert outs[tp] == outs[1]
