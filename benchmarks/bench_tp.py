@@ -31,7 +31,7 @@ REPO_ROOT = Path(__file__).resolve().parent.parent
 if str(REPO_ROOT) not in sys.path:
     sys.path.insert(0, str(REPO_ROOT))
 
-from benchmarks._common import machine_info, write_results  # noqa: E402
+from benchmarks._common import command_line, machine_info, write_results  # noqa: E402
 from benchmarks.workloads import check_engine_outputs, random_prompts  # noqa: E402
 
 COMM_ITERS = 50
@@ -135,7 +135,7 @@ def main(argv: list[str] | None = None) -> int:
     comm = comm_cost(args.tp, args.batch, cfg.hidden_size, cfg.vocab_size, cfg.num_hidden_layers) \
         if not args.skip_comm else {"per_decode_step_ms": float("nan")}
     step_ms = 1e3 * runs[1]["seconds"] / args.output_len
-    result = {"benchmark": "tensor_parallel", "command": " ".join(["bench_tp.py", *(argv or sys.argv[1:])]),
+    result = {"benchmark": "tensor_parallel", "command": command_line() if argv is None else " ".join(["bench_tp.py", *argv]),
               "config": vars(args), "machine": machine_info(("radixserve", "torch", "triton")),
               "device": _device_name(), "runs": runs,
               "throughput_tp_over_tp1": round(runs[1]["output_tokens_per_s"] / runs[0]["output_tokens_per_s"], 3),

@@ -92,6 +92,7 @@ class LlamaModel(nn.Module):
         super().__init__()
         self.start_layer, self.end_layer = pp.layer_range(config.num_hidden_layers)
         self.pp = pp
+        self.tp_size = tp.size
         # The last stage needs the embedding too when the head is tied to it.
         has_embed = pp.is_first or (pp.is_last and config.tie_word_embeddings)
         self.embed_tokens: nn.Module = (VocabParallelEmbedding(config.vocab_size, config.hidden_size, tp)
@@ -131,15 +132,16 @@ class LlamaModel(nn.Module):
 
     def _one_row_fusable(self, hidden: torch.Tensor, fb: ForwardBatch) -> bool:
         """Batch-1 decode on CUDA runs `_forward_one_row` (kernels/gemv.py): six kernels per layer
-        instead of ten. Only for the plain dense float layers those kernels cover, on one GPU and one
-        stage; RADIXSERVE_ONE_ROW_FUSION=0 turns it off."""
+        instead of ten (eight instead of twelve with tensor parallelism). Only for the plain dense
+        float layers those kernels cover, in one pipeline stage. RADIXSERVE_ONE_ROW_FUSION: "0" off,
+        "1" on wherever it fits, unset on at TP=1 only: the TP>1 form (a sum over the ranks between
+        each product and its residual add) is tested but not yet measured on several GPUs."""
         if not (hidden.is_cuda and hidden.shape[0] == 1 and fb.forward_mode.is_decode()):
             return False
         if self._one_row_ok is None:
             self._one_row_ok = self._one_row_supported(hidden.dtype)
         pool = fb.token_to_kv_pool
-        return (self._one_row_ok and not pool.is_fp8 and pool.dtype == hidden.dtype
-                and os.environ.get("RADIXSERVE_ONE_ROW_FUSION", "1") != "0")
+        return self._one_row_ok and not pool.is_fp8 and pool.dtype == hidden.dtype and one_row_enabled(self.tp_size)
 
     def _one_row_supported(self, dtype: torch.dtype) -> bool:
         from radixserve.kernels.gemv import fits
@@ -152,8 +154,10 @@ class LlamaModel(nn.Module):
                 return False
             attn, mlp = layer.self_attn, layer.mlp
             linears = (attn.qkv_proj, attn.o_proj, mlp.gate_up_proj, mlp.down_proj)
-            if any(m.quant is not None or m.bias is not None or m.tp.size != 1 for m in linears):
+            if any(m.quant is not None or m.bias is not None for m in linears):
                 return False
+            if not (attn.o_proj.reduce_results and mlp.down_proj.reduce_results):
+                return False  # another layer sums these partial products (MoE shared experts)
             if attn.q_norm is not None or attn.head_dim % 2:
                 return False
             (qkv_n, qkv_k), (o_n, o_k), (gu_n, gu_k), (d_n, d_k) = (m.weight.shape for m in linears)
@@ -166,8 +170,9 @@ class LlamaModel(nn.Module):
                          fb: ForwardBatch) -> tuple[torch.Tensor, None]:
         """The layers for one token. `x` is the residual stream (hidden + residual, as the unfused
         path's add_rmsnorm rounds it) and `part` the sums of squares of x that the product which wrote
-        it left for the next RMSNorm (None for the embedding: the first norm computes its own)."""
-        from radixserve.kernels.gemv import gemv_residual, norm_gemv_rope, norm_gemv_silu
+        it left for the next RMSNorm (None where there are none, the embedding's output or a sum over
+        TP ranks: the norm then computes its own from x)."""
+        from radixserve.kernels.gemv import norm_gemv_rope, norm_gemv_silu
 
         x, part = hidden, None
         for i in range(self.start_layer, self.end_layer):
@@ -180,11 +185,31 @@ class LlamaModel(nn.Module):
             q = norm_gemv_rope(x, part, ln1.weight, ln1.eps, attn.qkv_proj.weight, attn.num_heads, attn.num_kv_heads,
                                positions, attn.rotary.cos_cache, attn.rotary.sin_cache, k_buf, v_buf, fb.out_cache_loc)
             o = fb.attn_backend.forward_decode(q, attn.attn, fb)  # k and v of this token are in the pool
-            x, part = gemv_residual(o.reshape(1, -1), attn.o_proj.weight, x)
+            x, part = _one_row_residual(o.reshape(1, -1), attn.o_proj, x)
             act = norm_gemv_silu(x, part, ln2.weight, ln2.eps, mlp.gate_up_proj.weight)
-            x, part = gemv_residual(act, mlp.down_proj.weight, x)
+            x, part = _one_row_residual(act, mlp.down_proj, x)
         out, _ = self.norm(x, None)
         return out, None
+
+
+def one_row_enabled(tp_size: int) -> bool:
+    """RADIXSERVE_ONE_ROW_FUSION: "0" off, "1" on wherever the kernels fit, unset on at TP=1 only."""
+    mode = os.environ.get("RADIXSERVE_ONE_ROW_FUSION", "auto")
+    return mode == "1" or (mode != "0" and tp_size == 1)
+
+
+def _one_row_residual(a: torch.Tensor, linear: RowParallelLinear, x: torch.Tensor
+                      ) -> tuple[torch.Tensor, torch.Tensor | None]:
+    """x + a W^T for the o and down products of `_forward_one_row`. On one rank the product adds
+    the residual itself and leaves the next norm its sums of squares. With TP each rank holds a
+    partial product: the sum over the ranks comes first, then the residual add (the unfused path's
+    add_rmsnorm rounding: bf16(float(y) + float(x))), and the next norm sums the squares of x."""
+    from radixserve.kernels.gemv import gemv_residual
+
+    if linear.tp.size == 1:
+        return gemv_residual(a, linear.weight, x)
+    y, _ = gemv_residual(a, linear.weight, None)
+    return linear.tp.all_reduce(y) + x, None
 
 
 class LlamaForCausalLM(nn.Module):

@@ -114,3 +114,13 @@ def test_tp4_and_tp8_float32_greedy_identical_to_tp1(tmp_path: Path, tp: int) ->
                     log_level="warning") as engine:
             outs[size] = [o["output_ids"] for o in engine.generate(input_ids=prompts, sampling_params=params)]
     assert outs[tp] == outs[1]
+
+
+@pytest.mark.parametrize("backend", ["torch", "triton"])
+def test_one_row_path_at_tp2_matches_layer_by_layer(backend: str) -> None:
+    """The batch-1 one-row path with TP (the o and down products summed over the ranks by NCCL before
+    their residual add), in bf16 on two GPUs, against the layer-by-layer path on the same ranks."""
+    from tests.kernels.gemv_cases import run_one_row_model_tp
+
+    os.environ.update(NO_MULTICAST_ENV)
+    run_one_row_model_tp(2, "cuda", torch.bfloat16, int.from_bytes(os.urandom(2), "little"), backend)

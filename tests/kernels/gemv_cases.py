@@ -5,9 +5,11 @@ from __future__ import annotations
 
 from collections.abc import Iterator
 from contextlib import contextmanager
+from typing import Any
 
 import torch
 
+from radixserve.distributed.parallel_state import SINGLE, ParallelGroup
 from radixserve.layers.layernorm import RMSNorm
 from radixserve.layers.rotary_embedding import RotaryEmbedding
 
@@ -109,9 +111,12 @@ def check_gemv_small(device: str, dtype: torch.dtype, gen: torch.Generator) -> N
         check_gemv(device, dtype, gen)
 
 
-def check_one_row_model(device: str, dtype: torch.dtype, gen: torch.Generator, backend_name: str = "torch") -> None:
+def check_one_row_model(device: str, dtype: torch.dtype, gen: torch.Generator, backend_name: str = "torch",
+                        tp: ParallelGroup = SINGLE) -> None:
     """A tiny Llama's decode step through LlamaModel._forward_one_row gives the logits and the KV-pool
-    rows of the layer-by-layer path (a 5-token prefill, then one token)."""
+    rows of the layer-by-layer path (a 5-token prefill, then one token). With `tp`, this rank's shard
+    of a TP model: the ranks must pass generators in the same state, so that the parameters every
+    rank holds whole (the norms) are equal."""
     from radixserve.attention.base import AttentionBackend
     from radixserve.attention.torch_backend import TorchAttnBackend
     from radixserve.configs.model_config import ModelConfig
@@ -122,27 +127,32 @@ def check_one_row_model(device: str, dtype: torch.dtype, gen: torch.Generator, b
     cfg = ModelConfig(architecture="LlamaForCausalLM", hidden_size=256, intermediate_size=384, num_hidden_layers=2,
                       num_attention_heads=4, num_key_value_heads=2, vocab_size=300, head_dim=64,
                       max_position_embeddings=512, rms_norm_eps=1e-5)
+    heads, kv_heads = 4 // tp.size, 2 // tp.size
     prev = torch.get_default_dtype()
     torch.set_default_dtype(dtype)
     try:
         with torch.device(device):
-            model = LlamaForCausalLM(cfg)
+            model = LlamaForCausalLM(cfg, tp)
     finally:
         torch.set_default_dtype(prev)
+    # The path is chosen for these layers in half precision (the tiles of the test's context).
+    assert model.model._one_row_supported(torch.bfloat16)
+    # Shards differ between ranks (a generator of their own), the norms every rank holds are equal.
+    shard_gen = torch.Generator().manual_seed(int(torch.randint(0, 2**31, (1,), generator=gen)) + tp.rank)
     with torch.no_grad():
         for name, p in model.named_parameters():
             if "norm" in name:
                 p.copy_(1 + 0.1 * _rand(gen, *p.shape))
             else:
-                p.copy_(_rand(gen, *p.shape, scale=p.shape[-1] ** -0.5))
+                p.copy_(_rand(shard_gen, *p.shape, scale=p.shape[-1] ** -0.5))
     backend: AttentionBackend
     if backend_name == "triton":
         from radixserve.attention.triton_backend import TritonAttnBackend
 
-        backend = TritonAttnBackend(4, 2, 64, torch.device(device), 64)
+        backend = TritonAttnBackend(heads, kv_heads, 64, torch.device(device), 64)
     else:
         backend = TorchAttnBackend()
-    pool = TokenToKVPool(16, dtype, 2, 2, 64, device)
+    pool = TokenToKVPool(16, dtype, 2, kv_heads, 64, device)
     table = ReqToTokenPool(1, 64, device)
     prompt = 5
     table.req_to_token[0, : prompt + 1] = torch.arange(1, prompt + 2)
@@ -173,6 +183,58 @@ def check_one_row_model(device: str, dtype: torch.dtype, gen: torch.Generator, b
 
 
 def check_one_row_model_small(device: str, dtype: torch.dtype, gen: torch.Generator,
-                              backend_name: str = "torch") -> None:
+                              backend_name: str = "torch", tp: ParallelGroup = SINGLE) -> None:
     with tiles(residual=(4, 64, 4, 1), silu=(8, 64, 4, 1), rope=(8, 64, 4, 1)):
-        check_one_row_model(device, dtype, gen, backend_name)
+        check_one_row_model(device, dtype, gen, backend_name, tp)
+
+
+def one_row_model_tp_rank(rank: int, size: int, store: str, device: str, dtype: torch.dtype, seed: int,
+                          backend_name: str, compat_dir: str | None, out: Any) -> None:
+    """One TP rank of check_one_row_model_small (gloo on CPU, NCCL on CUDA); puts (rank, error or None).
+    `compat_dir`: the interpreter run's directory of interpreter_compat, installed first."""
+    import traceback
+
+    import torch.distributed as dist
+
+    if compat_dir is not None:
+        import sys
+
+        sys.path.insert(0, compat_dir)
+        import interpreter_compat  # type: ignore[import-not-found]
+
+        interpreter_compat.install()
+    backend = "gloo" if device == "cpu" else "nccl"
+    if device == "cuda":
+        torch.cuda.set_device(rank)
+        device = f"cuda:{rank}"
+    dist.init_process_group(backend, init_method=f"file://{store}", rank=rank, world_size=size)
+    try:
+        group = ParallelGroup(rank=rank, size=size, group=dist.group.WORLD, cpu_group=dist.group.WORLD)
+        check_one_row_model_small(device, dtype, torch.Generator().manual_seed(seed), backend_name, group)
+        out.put((rank, None))
+    except BaseException:
+        out.put((rank, traceback.format_exc()[-3000:]))
+    finally:
+        dist.destroy_process_group()
+
+
+def run_one_row_model_tp(size: int, device: str, dtype: torch.dtype, seed: int, backend_name: str = "torch",
+                         compat_dir: str | None = None) -> None:
+    """check_one_row_model_small on `size` TP ranks in spawned processes; raises with a rank's failure."""
+    import multiprocessing as mp
+    import os
+    import tempfile
+
+    ctx = mp.get_context("spawn")
+    q = ctx.Queue()
+    with tempfile.TemporaryDirectory() as d:
+        procs = [ctx.Process(target=one_row_model_tp_rank, args=(r, size, os.path.join(d, "store"), device, dtype,
+                                                                 seed, backend_name, compat_dir, q))
+                 for r in range(size)]
+        for p in procs:
+            p.start()
+        results = dict(q.get(timeout=600) for _ in procs)
+        for p in procs:
+            p.join(60)
+    failures = {r: e for r, e in results.items() if e is not None}
+    assert not failures, f"one-row model at TP={size}: {failures}"

@@ -47,3 +47,36 @@ def test_gemv_in_triton_cpu_interpreter() -> None:
     seed = str(int.from_bytes(os.urandom(2), "little"))
     out = run_in_interpreter(INTERPRETER_RUN, seed)
     assert "interpreter ok" in out and "model ok" in out
+
+
+TP_INTERPRETER_RUN = r"""
+import sys, torch
+sys.path.insert(0, sys.argv[1])
+from gemv_cases import run_one_row_model_tp
+if __name__ == "__main__":
+    run_one_row_model_tp(2, "cpu", torch.float32, int(sys.argv[2]), compat_dir=sys.argv[1])
+    print("tp2 ok")
+"""
+
+
+def test_one_row_model_at_tp2_in_triton_cpu_interpreter() -> None:
+    """With tensor parallelism the o and down products are partial: `_forward_one_row` sums them over
+    the ranks (gloo here) before the residual add, and gives the layer-by-layer path's logits and KV rows."""
+    pytest.importorskip("triton", reason="triton is a dev dependency; install with pip install -e .[dev]")
+    from tests.kernels.interpreter_compat import run_in_interpreter
+
+    seed = str(int.from_bytes(os.urandom(2), "little"))
+    assert "tp2 ok" in run_in_interpreter(TP_INTERPRETER_RUN, seed)
+
+
+@pytest.mark.parametrize(("mode", "enabled_at"), [(None, {1}), ("1", {1, 2, 8}), ("0", set())])
+def test_the_one_row_path_is_on_at_tp1_unless_asked(monkeypatch: pytest.MonkeyPatch, mode: str | None,
+                                                    enabled_at: set[int]) -> None:
+    """Unset: TP=1 only (the TP>1 form is not yet measured on several GPUs); "1" everywhere; "0" nowhere."""
+    from radixserve.models.llama import one_row_enabled
+
+    if mode is None:
+        monkeypatch.delenv("RADIXSERVE_ONE_ROW_FUSION", raising=False)
+    else:
+        monkeypatch.setenv("RADIXSERVE_ONE_ROW_FUSION", mode)
+    assert {tp for tp in (1, 2, 8) if one_row_enabled(tp)} == enabled_at
