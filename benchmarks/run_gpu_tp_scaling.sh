@@ -18,7 +18,9 @@
 #   PART=checks bash benchmarks/run_gpu_tp_scaling.sh
 #   PART=scaling bash benchmarks/run_gpu_tp_scaling.sh
 # Budget (estimates from the 70B at TP=2 on 2026-12-01, 35.6 s for the throughput workload): checks
-# ~4 min (tests ~1.5, a 70B server start ~1.5, the chat check ~0.5); scaling ~2.5 min per TP size.
+# ~4 min (tests ~1.5, a 70B server start ~1.5, the chat check ~0.5); scaling ~2 min per TP size (CUDA
+# graphs up to batch 256: the 200 requests never run more at once). A TP size not started by
+# $BUDGET_S (400) seconds into the call is skipped, and the summary says so.
 set -uo pipefail
 OUT=${OUT:-/tmp/gpu-out}
 PART=${PART:-checks}
@@ -70,6 +72,8 @@ offline=(); allreduce=(); skipped=()
 hidden=$(python3 -c "from radixserve.configs.model_config import NAMED_SHAPES as s; print(s['$SHAPE']['hidden_size'])")
 for tp in ${TPS:-2 4 8}; do
   if [ "$tp" -gt "$NGPU" ]; then skipped+=("$tp=needs $tp GPUs, this machine has $NGPU"); continue; fi
+  # A call ends at 10 minutes: leave the summary time rather than lose it to the limit.
+  if [ "$SECONDS" -gt "${BUDGET_S:-400}" ]; then skipped+=("$tp=not reached within the call ($SECONDS s used)"); continue; fi
   why=$(too_big "$tp")
   if [ -n "$why" ]; then skipped+=("$tp=$why"); echo "TP=$tp not run: $why"; continue; fi
   ar=$OUT/allreduce_h${hidden}_gpus$tp.json
@@ -78,7 +82,7 @@ for tp in ${TPS:-2 4 8}; do
   [ -f "$ar" ] && allreduce+=("$ar")
   res=$OUT/bench_offline_cuda_${SHAPE//[.-]/_}_tp$tp.json
   timeout 260 python3 benchmarks/bench_offline.py --device cuda --model-path "$SHAPE" --load-format dummy \
-    --tokenizer-path "$tok" --tp-size "$tp" --skip-hf --workloads batch1,throughput --input-len 512 \
+    --tokenizer-path "$tok" --tp-size "$tp" --skip-hf --workloads batch1,throughput --input-len 512 --cuda-graph-max-bs 256 \
     --output-len 128 --batch1-prompts 2 --throughput-requests "${THROUGHPUT_REQUESTS:-200}" --throughput-input 1024 \
     --throughput-output 256 --output "$res" > "$OUT/bench_tp$tp.log" 2>&1 || tail -20 "$OUT/bench_tp$tp.log"
   if [ -f "$res" ]; then offline+=("$res"); else skipped+=("$tp=bench_offline failed (bench_tp$tp.log)"); fi
