@@ -49,10 +49,12 @@ def test_tp2_equals_tp1_single_and_batched(tiny_models: dict[str, Path], name: s
 
 def test_tp4_and_tp8_equal_tp1(tmp_path: Path) -> None:
     """Issue 22 on CPU: 4 and 8 ranks over gloo (more processes than cores) give TP=1's greedy tokens
-    and log-probs, on a tiny Llama with 8 query and 8 KV heads so that both divide its heads."""
+    and log-probs, on a tiny Llama with 16 query and 8 KV heads: at TP=8 each rank holds one KV head
+    for two query heads, as the Llama-3-70B layout (64 and 8) does at TP=8."""
     from tests.conftest import _save_tiny, tokenizer_source
 
-    path = str(_save_tiny(tmp_path, "llama", tokenizer_source(), num_attention_heads=8, num_key_value_heads=8))
+    path = str(_save_tiny(tmp_path, "llama", tokenizer_source(), hidden_size=128, num_attention_heads=16,
+                          num_key_value_heads=8))
     with Engine(model_path=path, max_total_tokens=1024, log_level="warning") as one:
         ref = _outputs(one, PROMPTS, True)
     for tp in (4, 8):
