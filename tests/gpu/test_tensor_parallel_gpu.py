@@ -101,12 +101,12 @@ def test_tp2_float32_greedy_identical_to_tp1(tiny_models: dict[str, Path]) -> No
 @pytest.mark.parametrize("tp", [pytest.param(4, marks=gpus(4)), pytest.param(8, marks=gpus(8))])
 def test_tp4_and_tp8_float32_greedy_identical_to_tp1(tmp_path: Path, tp: int) -> None:
     """A tiny Llama with 16 query and 8 KV heads (one KV head per rank at TP=8, as the 70B there), as
-    the CPU test over gloo."""
+    the CPU test over gloo; head_dim 16, the smallest the Triton attention kernels' products take."""
     from radixserve import Engine
     from tests.conftest import _save_tiny, tokenizer_source
 
     os.environ.update(NO_MULTICAST_ENV)
-    path = str(_save_tiny(tmp_path, "llama", tokenizer_source(), hidden_size=128, num_attention_heads=16,
+    path = str(_save_tiny(tmp_path, "llama", tokenizer_source(), hidden_size=256, num_attention_heads=16,
                           num_key_value_heads=8))
     prompts = [[1, 500, 600, 700], [2, 42], [1000 + i for i in range(200)], [7] * 33, [9, 8, 7, 6, 5]]
     params = {"max_new_tokens": 24, "temperature": 0, "ignore_eos": True}
