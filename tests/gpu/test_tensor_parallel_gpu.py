@@ -5,9 +5,7 @@ Engines at TP=4 and TP=8 (NCCL, CUDA graphs)."""
 
 from __future__ import annotations
 
-import multiprocessing as mp
 import os
-import tempfile
 from pathlib import Path
 from typing import Any
 
@@ -15,6 +13,7 @@ import pytest
 import torch
 
 from radixserve.distributed.device_comm import NO_MULTICAST_ENV
+from tests.distributed.spawn_ranks import run_ranks
 
 KIND = {2: "nvidia-h200-x2", 4: "nvidia-h200-x4", 8: "nvidia-h200-x8"}
 
@@ -27,13 +26,13 @@ def gpus(n: int) -> pytest.MarkDecorator:
 pytestmark = [pytest.mark.gpu, gpus(2)]
 
 
-def _rank(rank: int, store: str, out: Any) -> None:
+def _rank(rank: int, size: int, store: str, out: Any) -> None:
     import torch.distributed as dist
 
     from radixserve.distributed.device_comm import DeviceAllReduce
 
     torch.cuda.set_device(rank)
-    dist.init_process_group("nccl", init_method=f"file://{store}", rank=rank, world_size=2,
+    dist.init_process_group("nccl", init_method=f"file://{store}", rank=rank, world_size=size,
                             device_id=torch.device("cuda", rank))
     comm = DeviceAllReduce(dist.group.WORLD, torch.device("cuda", rank), torch.bfloat16)
     report: dict[str, Any] = {"enabled": comm.buf is not None, "reason": comm.reason, "mismatches": []}
@@ -69,15 +68,7 @@ def _rank(rank: int, store: str, out: Any) -> None:
 
 def test_peer_memory_all_reduce_matches_nccl() -> None:
     os.environ.update(NO_MULTICAST_ENV)
-    ctx = mp.get_context("spawn")
-    q = ctx.Queue()
-    with tempfile.TemporaryDirectory() as d:
-        procs = [ctx.Process(target=_rank, args=(r, os.path.join(d, "store"), q)) for r in range(2)]
-        for p in procs:
-            p.start()
-        reports = dict(q.get(timeout=240) for _ in procs)
-        for p in procs:
-            p.join(60)
+    reports = run_ranks(_rank, 2, timeout=240)
     for rank, rep in reports.items():
         assert rep["enabled"], f"rank {rank}: peer-memory all-reduce unavailable: {rep['reason']}"
         assert rep["mismatches"] == [], f"rank {rank}: differs from NCCL at {rep['mismatches']}"

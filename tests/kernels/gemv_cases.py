@@ -221,20 +221,8 @@ def one_row_model_tp_rank(rank: int, size: int, store: str, device: str, dtype: 
 def run_one_row_model_tp(size: int, device: str, dtype: torch.dtype, seed: int, backend_name: str = "torch",
                          compat_dir: str | None = None) -> None:
     """check_one_row_model_small on `size` TP ranks in spawned processes; raises with a rank's failure."""
-    import multiprocessing as mp
-    import os
-    import tempfile
+    from tests.distributed.spawn_ranks import run_ranks
 
-    ctx = mp.get_context("spawn")
-    q = ctx.Queue()
-    with tempfile.TemporaryDirectory() as d:
-        procs = [ctx.Process(target=one_row_model_tp_rank, args=(r, size, os.path.join(d, "store"), device, dtype,
-                                                                 seed, backend_name, compat_dir, q))
-                 for r in range(size)]
-        for p in procs:
-            p.start()
-        results = dict(q.get(timeout=600) for _ in procs)
-        for p in procs:
-            p.join(60)
+    results = run_ranks(one_row_model_tp_rank, size, device, dtype, seed, backend_name, compat_dir)
     failures = {r: e for r, e in results.items() if e is not None}
     assert not failures, f"one-row model at TP={size}: {failures}"
