@@ -66,7 +66,6 @@ def _run(offline: dict[str, Any], allreduce: dict[str, Any] | None, layers: int)
                 "throughput_fraction": t["achieved_fraction"], "throughput_cached_tokens": t["cached_tokens"]}
     if allreduce is not None and tp > 1:
         one, many = allreduce_us(allreduce, 1), allreduce_us(allreduce, DECODE_TOKENS)
-        row["allreduce_us_1_token"] = one
         row["allreduce_us_per_call_at"] = {"1": one, str(DECODE_TOKENS): many}
         if one is not None:
             row["allreduce_ms_per_step_batch1"] = round(2 * layers * one / 1e3, 3)
