@@ -36,13 +36,12 @@ too_big() {
   python3 - "$SHAPE" "$1" <<'PY'
 import sys
 import torch
-from radixserve.configs.model_config import NAMED_SHAPES
-c = NAMED_SHAPES[sys.argv[1]]; tp = int(sys.argv[2])
-h, i, n, q, kv, v = (c[k] for k in ("hidden_size", "intermediate_size", "num_hidden_layers",
-                                    "num_attention_heads", "num_key_value_heads", "vocab_size"))
-d = c.get("head_dim", h // q)
-params = n * (h * d * (q + 2 * kv) + q * d * h + 3 * h * i) + 2 * v * h
-per_gpu, mem = 2 * params / tp / 1e9, torch.cuda.get_device_properties(0).total_memory / 1e9
+from benchmarks.roofline import ModelCost
+from radixserve.configs.model_config import NAMED_SHAPES, ModelConfig
+cfg = ModelConfig.from_hf_dict(NAMED_SHAPES[sys.argv[1]], source=f"shape {sys.argv[1]}")
+tp = int(sys.argv[2])
+per_gpu = ModelCost.from_config(cfg, dtype_bytes=2).weight_bytes / tp / 1e9
+mem = torch.cuda.get_device_properties(0).total_memory / 1e9
 if per_gpu > 0.8 * mem:
     print(f"{per_gpu:.1f} GB of bf16 weights per GPU at TP={tp}, over 80 % of the GPU's {mem:.1f} GB")
 PY
