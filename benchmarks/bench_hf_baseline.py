@@ -156,6 +156,16 @@ def _cut_after_eos(tokens: list[int], eos: set[int]) -> list[int]:
     return tokens
 
 
+def cb_page_size(config_cls: Any) -> int:
+    """KV tokens per block of transformers' continuous batching: `page_size` since 5.2x, `block_size`
+    before (5.17 on the device machines has only that name)."""
+    config = config_cls()
+    size = getattr(config, "page_size", None) or getattr(config, "block_size", None)
+    if not size:
+        raise RuntimeError(f"{config_cls.__name__} has neither page_size nor block_size: an unknown transformers API")
+    return int(size)
+
+
 # --- the methods: each returns (per-request output tokens, per-request latency from t=0 in s, info) ---
 
 def run_generate_batch(model: Any, inputs: list[list[int]], gc: Any, *, prefix_sharing: bool = True,
@@ -165,7 +175,7 @@ def run_generate_batch(model: Any, inputs: list[list[int]], gc: Any, *, prefix_s
     from transformers.generation.configuration_utils import ContinuousBatchingConfig
     from transformers.generation.continuous_batching.utils import WorkloadHints
 
-    page_size = ContinuousBatchingConfig.page_size
+    page_size = cb_page_size(ContinuousBatchingConfig)
     if num_blocks is None:  # room for every request at once: no eviction, and not 60% of the RAM (CB's CPU default)
         num_blocks = sum(math.ceil((len(ids) + gc.max_new_tokens) / page_size) for ids in inputs) + 2
     cb_config = ContinuousBatchingConfig(num_blocks=num_blocks, max_batch_tokens=max_batch_tokens,

@@ -14,6 +14,7 @@
 # Run through the device tool with carry [".whl", ".gpu_assets"]; results land in $OUT.
 #   git rev-parse HEAD > .gpu_assets/git_commit     # here, before the call: the device copy has no .git
 #   bash benchmarks/run_gpu_serving.sh               # kind nvidia-h200;  TP=2 with kind nvidia-h200-x2
+# PARTS (default "serving,hf") picks what runs: "serving" is 1-3, "hf" is 4 alone (PARTS=hf: ~3 min).
 # Budget, H200 (estimates): 2 server starts ~40 s each; random at 8 and 16 req/s takes at least 500/8 +
 # 500/16 = 94 s of arrivals, at inf ~30 s; sharegpt ~25 s; shared ~25 s; transformers on 64 requests
 # ~60-90 s (305 tok/s measured for its continuous batching in issue 16): about 6 min, inside 8.
@@ -22,6 +23,8 @@ set -uo pipefail
 OUT=${OUT:-/tmp/gpu-out}
 TP=${TP:-1}
 RATES=${RATES:-8,16,inf}
+PARTS=${PARTS:-serving,hf}
+part() { [[ ",$PARTS," == *",$1,"* ]]; }
 source "$(dirname "$0")/gpu_env.sh"
 PORT=30777
 server=(python3 -m radixserve.server --port $PORT --model-path llama-3-8b --load-format dummy --tp "$TP"
@@ -46,7 +49,7 @@ bench() {  # $1: timeout in s; rest: bench_serving flags. Exit 2: the cached-tok
 }
 
 ids=(--endpoint /v1/completions --token-ids --vocab-lo 100 --vocab-hi 32000 --ignore-eos)
-if start radix_cache; then
+if part serving && start radix_cache; then
   bench 200 --dataset random "${ids[@]}" --num-prompts 500 --random-input-len 1024 --output-len 256 \
     --request-rates "$RATES" --seed 1 --output "$OUT/serving_${tag}_random_rates.json"
   bench 120 --dataset sharegpt "${ids[@]}" --num-prompts 500 --seed 2 --output "$OUT/serving_${tag}_sharegpt.json"
@@ -56,15 +59,15 @@ fi
 # bench_serving's run i of --request-rates uses seed 1 + 1000 * i: the all-at-once run's requests.
 IFS=, read -ra rate_list <<< "$RATES"
 for i in "${!rate_list[@]}"; do [ "${rate_list[$i]}" = inf ] && inf_seed=$((1 + 1000 * i)); done
-if [ "${HF_REQUESTS:-64}" -gt 0 ] && [ -n "${inf_seed:-}" ]; then
+if part hf && [ "${HF_REQUESTS:-64}" -gt 0 ] && [ -n "${inf_seed:-}" ]; then
   timeout 300 python3 benchmarks/bench_hf_baseline.py --device cuda --load-format dummy --model-path llama-3-8b \
     --dtype bfloat16 --method generate_batch --dataset random --token-ids --vocab-lo 100 --vocab-hi 32000 \
     --num-prompts "${HF_REQUESTS:-64}" --random-input-len 1024 --output-len 256 --ignore-eos --seed "$inf_seed" \
     --disable-tqdm --output "$OUT/hf_continuous_${tag}_random_inf.json" \
     > "$OUT/hf.log" 2>&1 || { echo "bench_hf_baseline exited $?"; tail -8 "$OUT/hf.log"; }
 fi
-if start no_radix_cache --disable-radix-cache; then
-  bench 90 "${shared[@]}" --output "$OUT/serving_${tag}_shared_no_radix_cache.json"
+if { part serving || [ -f "$OUT/hf_continuous_${tag}_random_inf.json" ]; } && start no_radix_cache --disable-radix-cache; then
+  part serving && bench 90 "${shared[@]}" --output "$OUT/serving_${tag}_shared_no_radix_cache.json"
   # The requests transformers ran above (a prefix of the all-at-once run's: random_prompts is prefix-stable).
   [ -f "$OUT/hf_continuous_${tag}_random_inf.json" ] && bench 60 --dataset random "${ids[@]}" \
     --num-prompts "${HF_REQUESTS:-64}" --random-input-len 1024 --output-len 256 --seed "$inf_seed" \

@@ -7,6 +7,7 @@ from pathlib import Path
 
 import pytest
 
+from benchmarks import bench_hf_baseline
 from benchmarks.bench_hf_baseline import run
 from benchmarks.bench_serving import BenchConfig, make_prompts
 
@@ -48,3 +49,21 @@ def test_random_weights_of_a_named_shape() -> None:
                   "--method", "generate_batch", "--no-save", "--disable-tqdm", "--no-warmup"])
     assert result["completed"] == 2 and result["completion_tokens_total"] == 10
     assert result["model"] == "smollm2-135m (random weights)" and "sample_outputs" not in result
+
+
+class _OldConfig:  # transformers 5.17 (the device machines): the block is `block_size`
+    def __init__(self, block_size: int = 128) -> None:
+        self.block_size = block_size
+
+
+class _NewConfig:  # transformers 5.2x: `page_size`, with `block_size` a deprecated alias left None
+    def __init__(self, page_size: int = 256, block_size: int | None = None) -> None:
+        self.page_size = page_size
+        self.block_size = block_size
+
+
+def test_cb_page_size_reads_either_transformers_name() -> None:
+    assert bench_hf_baseline.cb_page_size(_OldConfig) == 128
+    assert bench_hf_baseline.cb_page_size(_NewConfig) == 256
+    with pytest.raises(RuntimeError, match="unknown transformers API"):
+        bench_hf_baseline.cb_page_size(object)
