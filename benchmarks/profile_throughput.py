@@ -78,6 +78,13 @@ DECODE_VARIANTS: dict[str, tuple[DecodeTiles, int]] = {  # (tiles, splits; 0: de
     "n256w4s2": (DecodeTiles(256, 4, 2), 0),
     "n256w8s2": (DecodeTiles(256, 8, 2), 0),
     "n128w4_2splits": (DecodeTiles(128, 4), 2),
+    # Batch 1 (--decode-bs 1): how many splits, and how long a block, for a short context.
+    "n64w4_4splits": (DecodeTiles(64, 4), 4),
+    "n64w4_8splits": (DecodeTiles(64, 4), 8),
+    "n64w4_16splits": (DecodeTiles(64, 4), 16),
+    "n32w4_16splits": (DecodeTiles(32, 4), 16),
+    "n32w2_16splits": (DecodeTiles(32, 2), 16),
+    "n64w2_16splits": (DecodeTiles(64, 2), 16),
 }
 
 
@@ -367,7 +374,7 @@ def extend_variants(s: Setup, lens: list[int], rates: rl.DeviceRates, iters: int
 
 
 def decode_variants(s: Setup, bs: int, ctx_range: tuple[int, int], rates: rl.DeviceRates,
-                    iters: int) -> dict[str, Any]:
+                    iters: int, names: list[str] | None = None) -> dict[str, Any]:
     ctx = decode_contexts(bs, ctx_range, 2)
     fb = decode_batch(s, ctx)
     s.backend.init_forward_metadata(fb)
@@ -381,6 +388,9 @@ def decode_variants(s: Setup, bs: int, ctx_range: tuple[int, int], rates: rl.Dev
     res: dict[str, Any] = {"auto_splits": auto}
     ref: torch.Tensor | None = None
     for name, (tiles, splits) in DECODE_VARIANTS.items():
+        if names and name not in names:
+            continue
+
         def run(tiles: DecodeTiles = tiles, splits: int = splits or auto) -> None:
             for layer in range(layers):
                 kb, vb = s.kv.get_kv_buffer(layer)
@@ -499,6 +509,8 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--parts", default="prefill,decode,gemm,extend_variants,decode_variants",
                     help="Which parts to run (prefixes of: prefill_chunk, prefill_long, decode, gemm, "
                          "extend_variants_chunk, extend_variants_long, decode_variants, decode_overlap).")
+    ap.add_argument("--decode-variants", default="",
+                    help=f"decode_variants: the names to run, comma-separated (default all: {', '.join(DECODE_VARIANTS)})")
     ap.add_argument("--output", default=None)
     args = ap.parse_args(argv)
     device = torch.device(args.device)
@@ -523,7 +535,8 @@ def main(argv: list[str] | None = None) -> int:
         ("gemm", lambda: gemm_table(s, [args.prompt_len * args.prefill_prompts, args.decode_bs], rates, args.iters)),
         ("extend_variants_chunk", lambda: extend_variants(s, chunk, rates, args.iters)),
         ("extend_variants_long", lambda: extend_variants(s, [args.long_prompt], rates, args.iters)),
-        ("decode_variants", lambda: decode_variants(s, args.decode_bs, (lo, hi), rates, args.iters)),
+        ("decode_variants", lambda: decode_variants(s, args.decode_bs, (lo, hi), rates, args.iters,
+                                                                  [n for n in args.decode_variants.split(",") if n])),
         ("decode_overlap", lambda: decode_overlap(s, args.decode_bs, (lo, hi), args.iters)),
     ]
     for name, run in steps:
