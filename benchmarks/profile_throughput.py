@@ -85,6 +85,9 @@ DECODE_VARIANTS: dict[str, tuple[DecodeTiles, int]] = {  # (tiles, splits; 0: de
     "n32w4_16splits": (DecodeTiles(32, 4), 16),
     "n32w2_16splits": (DecodeTiles(32, 2), 16),
     "n64w2_16splits": (DecodeTiles(64, 2), 16),
+    "n64w4_32splits": (DecodeTiles(64, 4), 32),
+    "n32w4_32splits": (DecodeTiles(32, 4), 32),
+    "n64w4_64splits": (DecodeTiles(64, 4), 64),
 }
 
 
@@ -382,9 +385,10 @@ def decode_variants(s: Setup, bs: int, ctx_range: tuple[int, int], rates: rl.Dev
     q, o = _attn_inputs(s, fb)
     layers = min(8, c.num_hidden_layers)
     kv_bytes = sum(ctx) * 2 * c.num_key_value_heads * c.head_dim * 2 * layers
-    mid_o = torch.empty(bs, c.num_attention_heads, 16, c.head_dim, device=s.device)
-    mid_lse = torch.empty(bs, c.num_attention_heads, 16, device=s.device)
     auto = decode_num_splits(c.max_position_embeddings, bs, c.num_key_value_heads, s.backend.num_sms, 16)
+    most = max(splits or auto for _, splits in DECODE_VARIANTS.values())
+    mid_o = torch.empty(bs, c.num_attention_heads, most, c.head_dim, device=s.device)
+    mid_lse = torch.empty(bs, c.num_attention_heads, most, device=s.device)
     res: dict[str, Any] = {"auto_splits": auto}
     ref: torch.Tensor | None = None
     for name, (tiles, splits) in DECODE_VARIANTS.items():
