@@ -40,7 +40,7 @@ if str(REPO_ROOT) not in sys.path:
 
 from benchmarks import roofline as rl  # noqa: E402
 from benchmarks._common import machine_info  # noqa: E402
-from radixserve.attention.triton_backend import TritonAttnBackend  # noqa: E402
+from radixserve.attention.triton_backend import MAX_SPLITS, TritonAttnBackend  # noqa: E402
 from radixserve.configs.model_config import NAMED_SHAPES, ModelConfig  # noqa: E402
 from radixserve.kernels.triton_attention import (  # noqa: E402
     DecodeTiles,
@@ -385,7 +385,7 @@ def decode_variants(s: Setup, bs: int, ctx_range: tuple[int, int], rates: rl.Dev
     q, o = _attn_inputs(s, fb)
     layers = min(8, c.num_hidden_layers)
     kv_bytes = sum(ctx) * 2 * c.num_key_value_heads * c.head_dim * 2 * layers
-    auto = decode_num_splits(c.max_position_embeddings, bs, c.num_key_value_heads, s.backend.num_sms, 16)
+    auto = decode_num_splits(c.max_position_embeddings, bs, c.num_key_value_heads, s.backend.num_sms, MAX_SPLITS)
     most = max(splits or auto for _, splits in DECODE_VARIANTS.values())
     mid_o = torch.empty(bs, c.num_attention_heads, most, c.head_dim, device=s.device)
     mid_lse = torch.empty(bs, c.num_attention_heads, most, device=s.device)

@@ -15,7 +15,11 @@ if TYPE_CHECKING:
     from radixserve.layers.rotary_embedding import RotaryEmbedding
     from radixserve.model_executor.forward_batch import ForwardBatch
 
-MAX_SPLITS = 16
+# Split-KV slices per (request, KV head) at most. Batch 1 with 8 KV heads asks for 33 (decode_num_splits
+# fills the SMs twice); 16 left long-context batch-1 decode walking 4+ blocks per program in sequence
+# (ctx 4096: 14.3 us a layer, 28 % of the copy rate; 8 splits 20.4 us; H200, profile_throughput.py
+# --decode-bs 1, profile_decode_bs1_*_h200_20261203.json).
+MAX_SPLITS = 32
 
 
 class TritonAttnBackend(AttentionBackend):
@@ -28,8 +32,13 @@ class TritonAttnBackend(AttentionBackend):
         self.device = device
         props = torch.cuda.get_device_properties(device) if device.type == "cuda" else None
         self.num_sms = props.multi_processor_count if props is not None else 132
-        self._mid_o = torch.empty(0, device=device)
-        self._mid_lse = torch.empty(0, device=device)
+        # Split-KV scratch, flat: a batch's [bs, heads, splits, dim] view of it. Sized by bs x splits,
+        # which stays small (splits shrink as the batch grows) where [bs, heads, MAX_SPLITS, dim] would
+        # hold 268 MB at batch 512 for the 8B shape.
+        self._mid_o_flat = torch.empty(0, dtype=torch.float32, device=device)
+        self._mid_lse_flat = torch.empty(0, dtype=torch.float32, device=device)
+        self._mid_o = self._mid_o_flat
+        self._mid_lse = self._mid_lse_flat
         self._num_splits = 1
         self._prefix_lens = torch.empty(0, dtype=torch.int64, device=device)
         self._extend_lens = torch.empty(0, dtype=torch.int64, device=device)
@@ -42,27 +51,37 @@ class TritonAttnBackend(AttentionBackend):
         # freed, the allocator hands the memory to other tensors and every replay scribbles on them.
         self._graph_mid: tuple[torch.Tensor, torch.Tensor] | None = None
 
-    def _ensure_mid(self, bs: int) -> None:
-        if self._mid_o.dim() != 4 or self._mid_o.shape[0] < bs:
-            self._mid_o = torch.empty((bs, self.num_heads, MAX_SPLITS, self.head_dim), dtype=torch.float32,
-                                      device=self.device)
-            self._mid_lse = torch.empty((bs, self.num_heads, MAX_SPLITS), dtype=torch.float32, device=self.device)
+    def _splits(self, bs: int, context_len: int | None = None) -> int:
+        return decode_num_splits(context_len or self.context_len, bs, self.num_kv_heads, self.num_sms, MAX_SPLITS)
+
+    def _ensure_mid(self, bs: int, splits: int, capacity: int = 0) -> None:
+        """Views of the scratch for bs rows of `splits` slices; the flat buffers grow to hold at least
+        `capacity` (request x split) rows. Growing replaces them: the old ones live on while
+        _graph_mid holds them."""
+        rows = max(bs * splits, capacity)
+        if self._mid_lse_flat.numel() < rows * self.num_heads:
+            self._mid_o_flat = torch.empty(rows * self.num_heads * self.head_dim, dtype=torch.float32,
+                                           device=self.device)
+            self._mid_lse_flat = torch.empty(rows * self.num_heads, dtype=torch.float32, device=self.device)
+        n = bs * self.num_heads * splits
+        self._mid_o = self._mid_o_flat[: n * self.head_dim].view(bs, self.num_heads, splits, self.head_dim)
+        self._mid_lse = self._mid_lse_flat[:n].view(bs, self.num_heads, splits)
 
     def prepare_graph_decode(self, max_bs: int, bs: int, context_len: int) -> None:
-        """Fixed metadata for a captured decode graph: buffers sized once, splits chosen for the longest context."""
-        self._ensure_mid(max_bs)
-        self._graph_mid = (self._mid_o, self._mid_lse)
-        self._num_splits = decode_num_splits(context_len, bs, self.num_kv_heads, self.num_sms,
-                                             MAX_SPLITS)
+        """Fixed metadata for a captured decode graph: the scratch sized once for every batch size up to
+        max_bs (graphs hold its address), splits chosen for the longest context."""
+        capacity = max(b * self._splits(b, context_len) for b in range(1, max_bs + 1))
+        self._num_splits = self._splits(bs, context_len)
+        self._ensure_mid(bs, self._num_splits, capacity)
+        self._graph_mid = (self._mid_o_flat, self._mid_lse_flat)
 
     def init_forward_metadata(self, fb: ForwardBatch) -> None:
         if fb.forward_mode.is_decode():
             bs = fb.batch_size
             # Split by the context length, not this batch's longest sequence: eager and graph-replayed
             # steps then use the same split and give bit-identical attention.
-            self._num_splits = decode_num_splits(self.context_len, bs, self.num_kv_heads,
-                                                 self.num_sms, MAX_SPLITS)
-            self._ensure_mid(bs)
+            self._num_splits = self._splits(bs)
+            self._ensure_mid(bs, self._num_splits)
         else:
             # Mixed batches: the prompts' rows go to the extend kernel, the running requests'
             # one-token rows to the decode kernel, which reads each KV head once for all the query
@@ -75,9 +94,8 @@ class TritonAttnBackend(AttentionBackend):
             self._extend_start = (torch.cumsum(lens, 0) - lens).to(self.device, non_blocking=True)
             self._max_extend = max(fb.extend_seq_lens_cpu[:n_ext], default=0)
             if fb.num_decode_rows:
-                self._num_splits = decode_num_splits(self.context_len, fb.num_decode_rows, self.num_kv_heads,
-                                                     self.num_sms, MAX_SPLITS)
-                self._ensure_mid(fb.num_decode_rows)
+                self._num_splits = self._splits(fb.num_decode_rows)
+                self._ensure_mid(fb.num_decode_rows, self._num_splits)
                 # Copies, not views at row n_ext: Triton compiles a kernel variant per 16-byte
                 # alignment of each pointer argument, and a view starting at an odd row compiled new
                 # variants in front of live requests (0.4-0.9 s stalls of mixed steps, docs/gpu.md).

@@ -61,16 +61,18 @@ def reference(case: PagedCase) -> tuple[torch.Tensor, torch.Tensor]:
     return dec, ext
 
 
-def run_triton(case: PagedCase, k_scale: float = 1.0, v_scale: float = 1.0) -> tuple[torch.Tensor, torch.Tensor]:
+def run_triton(case: PagedCase, k_scale: float = 1.0, v_scale: float = 1.0,
+               splits: int | None = None) -> tuple[torch.Tensor, torch.Tensor]:
+    """`splits`: the decode kernel's split-KV slices (default: decode_num_splits' choice for 4 SMs)."""
     from radixserve.kernels.triton_attention import decode_attention, decode_num_splits, extend_attention
 
     c = case
     dev = c.q_decode.device
     bs, heads, dim = c.q_decode.shape
     seq = torch.tensor(c.seq_lens, device=dev)
-    splits = decode_num_splits(max(c.seq_lens), bs, c.k_buf.shape[1], 4)
-    mid_o = torch.full((bs, heads, 16, dim), float("nan"), dtype=torch.float32, device=dev)
-    mid_lse = torch.full((bs, heads, 16), float("nan"), dtype=torch.float32, device=dev)
+    splits = splits or decode_num_splits(max(c.seq_lens), bs, c.k_buf.shape[1], 4)
+    mid_o = torch.full((bs, heads, splits, dim), float("nan"), dtype=torch.float32, device=dev)
+    mid_lse = torch.full((bs, heads, splits), float("nan"), dtype=torch.float32, device=dev)
     dec = torch.full_like(c.q_decode, float("nan"))  # poisoned: every element must be written
     decode_attention(c.q_decode, c.k_buf, c.v_buf, dec, c.req_to_token, c.pool_idx, seq, c.scale, splits,
                      mid_o, mid_lse, k_scale, v_scale)

@@ -12,7 +12,7 @@ from tests.kernels.kernel_cases import make_case, reference, rel_err, run_triton
 # ||out - ref|| / ||ref|| bounds per input dtype (METHOD.md: bf16 operands land between 1e-3 and 1e-2).
 BOUNDS = {torch.float32: 1e-5, torch.float16: 2e-3, torch.bfloat16: 1e-2}
 SHAPES = [  # bs, heads, kv_heads, head_dim, max_seq
-    (1, 32, 8, 128, 3000),  # batch 1, long context: many splits
+    (1, 32, 8, 128, 3000),  # batch 1, long context (and in its own test, MAX_SPLITS slices)
     (7, 9, 3, 64, 300),  # SmolLM2's heads, odd batch
     (16, 16, 16, 64, 90),  # no GQA
     (5, 28, 4, 128, 700),  # group of 7
@@ -32,6 +32,21 @@ def test_kernels_match_reference_on_gpu(shape: tuple[int, int, int, int, int], d
         ref_dec, ref_ext = reference(case)
         assert rel_err(dec, ref_dec) < BOUNDS[dtype]
         assert rel_err(ext, ref_ext) < BOUNDS[dtype]
+
+
+@pytest.mark.gpu
+@pytest.mark.parametrize("dtype", [torch.bfloat16, torch.float32], ids=str)
+@pytest.mark.parametrize("max_seq", [40, 544, 3000])  # slices shorter than a block, one block, several
+def test_batch1_decode_at_the_backends_most_splits_on_gpu(max_seq: int, dtype: torch.dtype) -> None:
+    """Batch 1 of the 8B shape's heads as the backend runs it: MAX_SPLITS slices a sequence (empty ones
+    too, below MAX_SPLITS tokens), merged by stage 2."""
+    from radixserve.attention.triton_backend import MAX_SPLITS
+
+    gen = torch.Generator().manual_seed(int.from_bytes(os.urandom(4), "little"))
+    case = make_case(1, 32, 8, 128, max_seq, dtype=dtype, device="cuda", gen=gen)
+    dec, _ = run_triton(case, splits=MAX_SPLITS)
+    torch.cuda.synchronize()
+    assert rel_err(dec, reference(case)[0]) < BOUNDS[dtype]
 
 
 @pytest.mark.gpu
@@ -67,6 +82,11 @@ for shape in [(3, 4, 2, 64, 40), (2, 8, 1, 32, 130), (1, 2, 2, 16, 7), (2, 6, 3,
     ref_dec, ref_ext = reference(case)
     errs = (rel_err(dec, ref_dec), rel_err(ext, ref_ext))
     assert max(errs) < 1e-5, (shape, errs)
+# Batch 1 at the backend's most splits (MAX_SPLITS = 32): some slices empty, the rest a few tokens each.
+for max_seq in (20, 200):
+    case = make_case(1, 4, 2, 16, max_seq, dtype=torch.float32, device="cpu", gen=gen)
+    dec, _ = run_triton(case, splits=32)
+    assert rel_err(dec, reference(case)[0]) < 1e-5, (max_seq, rel_err(dec, reference(case)[0]))
 print("interpreter ok")
 """
 
