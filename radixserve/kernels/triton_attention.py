@@ -29,7 +29,7 @@ def _decode_stage1_grouped(
     stride_qb, stride_qh, stride_kt, stride_kh, stride_vt, stride_vh, stride_rt,
     stride_mb, stride_mh, stride_ms, stride_lb, stride_lh, stride_ob, stride_oh,
     GROUP: tl.constexpr, HEAD_DIM: tl.constexpr, BLOCK_D: tl.constexpr, BLOCK_N: tl.constexpr,
-    BLOCK_H: tl.constexpr, IEEE: tl.constexpr, PDL: tl.constexpr, DIRECT: tl.constexpr, MIN_SPLIT: tl.constexpr,
+    BLOCK_H: tl.constexpr, IEEE: tl.constexpr, PDL: tl.constexpr, DIRECT: tl.constexpr,
 ):
     # One program per (request, KV head, split) serves all GROUP query heads of that KV head, so
     # each K/V row is read once instead of GROUP times, and the products run on the tensor cores.
@@ -38,12 +38,7 @@ def _decode_stage1_grouped(
     s = tl.program_id(2)
     seq_len = tl.load(SeqLens + b)
     pool = tl.load(ReqPool + b).to(tl.int64)
-    # The splits this sequence uses: none shorter than MIN_SPLIT tokens (one for a sequence shorter than
-    # that), so a short sequence in a launch sized for the longest context runs few programs that each
-    # do work, and the rest find themselves empty and stop. Batch 1 of the 8B shape, H200: 16 fixed splits took 5.8 us a layer at 544 tokens and
-    # 14.0 at 4096; 32 fixed splits 6.6 and 12.1 (profile_decode_bs1_splits_*_h200_20261203.json).
-    used = tl.maximum(1, tl.minimum(num_splits, seq_len // MIN_SPLIT))
-    split_len = tl.cdiv(seq_len, used)
+    split_len = tl.cdiv(seq_len, num_splits)
     start = s * split_len
     end = tl.minimum(start + split_len, seq_len)
     offs_h = tl.arange(0, BLOCK_H)
@@ -51,80 +46,70 @@ def _decode_stage1_grouped(
     heads = kvh * GROUP + offs_h
     offs_d = tl.arange(0, BLOCK_D)
     dmask = offs_d < HEAD_DIM
-    if start < end:
-        m_i = tl.full([BLOCK_H], -float("inf"), dtype=tl.float32)
-        l_i = tl.zeros([BLOCK_H], dtype=tl.float32)
-        acc = tl.zeros([BLOCK_H, BLOCK_D], dtype=tl.float32)
-        first = start
-        if PDL:
-            # Batch 1: the first block's slots are read before the wait, while the kernel before
-            # finishes (3.945 -> 3.897 ms a step of the 8B shape, H200). The lengths and the table were
-            # written before the step's first kernel, which had completed before the kernel before this
-            # one passed its own wait and let this one start (pdl.py). Only q and the pool's newest
-            # rows come from the kernel before.
-            offs_n = start + tl.arange(0, BLOCK_N)
-            nmask = offs_n < end
-            slots = tl.load(ReqToToken + pool * stride_rt + offs_n, mask=nmask, other=0).to(tl.int64)
-            gdc_wait()
-            gdc_launch_dependents()
-            q = tl.load(Q + b * stride_qb + heads[:, None] * stride_qh + offs_d[None, :],
-                        mask=hmask[:, None] & dmask[None, :], other=0.0)
-            kt, v = _slot_kv(K, V, slots, kvh, nmask, offs_d, dmask, stride_kt, stride_kh, stride_vt, stride_vh,
-                             MASKED=True, DTYPE=Q.dtype.element_ty)
-            acc, l_i, m_i = _softmax_step(acc, l_i, m_i, q, kt, v, nmask[None, :], sm_scale, MASKED=True, IEEE=IEEE)
-            first = start + BLOCK_N
-        else:
-            q = tl.load(Q + b * stride_qb + heads[:, None] * stride_qh + offs_d[None, :],
-                        mask=hmask[:, None] & dmask[None, :], other=0.0)
-        # The loop is the one the large batches were measured with. A version that peeled the first
-        # block at every batch size and ran this loop through the extend kernel's _pool_kv/_softmax_step
-        # made a batch-256 step 4 % slower (12.32 -> 12.84 ms, H200); which of the two cost it was not
-        # measured apart.
-        for n0 in range(first, end, BLOCK_N):
-            offs_n = n0 + tl.arange(0, BLOCK_N)
-            nmask = offs_n < end
-            slots = tl.load(ReqToToken + pool * stride_rt + offs_n, mask=nmask, other=0).to(tl.int64)
-            kt = tl.load(K + slots[None, :] * stride_kt + kvh * stride_kh + offs_d[:, None],
-                         mask=nmask[None, :] & dmask[:, None], other=0.0).to(Q.dtype.element_ty)
-            if IEEE:
-                qk = tl.dot(q, kt, input_precision="ieee")
-            else:
-                qk = tl.dot(q, kt)
-            qk = tl.where(nmask[None, :], qk * sm_scale, -float("inf"))
-            m_new = tl.maximum(m_i, tl.max(qk, 1))
-            p = tl.exp(qk - m_new[:, None])
-            alpha = tl.exp(m_i - m_new)
-            v = tl.load(V + slots[:, None] * stride_vt + kvh * stride_vh + offs_d[None, :],
-                        mask=nmask[:, None] & dmask[None, :], other=0.0).to(Q.dtype.element_ty)
-            if IEEE:
-                pv = tl.dot(p.to(v.dtype), v, input_precision="ieee")
-            else:
-                pv = tl.dot(p.to(v.dtype), v)
-            acc = acc * alpha[:, None] + pv
-            l_i = l_i * alpha + tl.sum(p, 1)
-            m_i = m_new
-        safe_l = tl.where(l_i > 0, l_i, 1.0)
-        out = acc / safe_l[:, None] * v_scale
-        if DIRECT:  # one split: this is the final output, no stage 2 (its launch and the scratch round trip)
-            tl.store(Out + b * stride_ob + heads[:, None] * stride_oh + offs_d[None, :], out.to(Out.dtype.element_ty),
-                     mask=hmask[:, None] & dmask[None, :])
-        else:
-            lse = m_i + tl.log(safe_l)
-            tl.store(MidO + b * stride_mb + heads[:, None] * stride_mh + s * stride_ms + offs_d[None, :], out,
-                     mask=hmask[:, None] & dmask[None, :])
-            tl.store(MidLse + b * stride_lb + heads * stride_lh + s, lse, mask=hmask)
+    m_i = tl.full([BLOCK_H], -float("inf"), dtype=tl.float32)
+    l_i = tl.zeros([BLOCK_H], dtype=tl.float32)
+    acc = tl.zeros([BLOCK_H, BLOCK_D], dtype=tl.float32)
+    first = start
+    if PDL:
+        # Batch 1: the first block's slots are read before the wait, while the kernel before
+        # finishes (3.945 -> 3.897 ms a step of the 8B shape, H200). The lengths and the table were
+        # written before the step's first kernel, which had completed before the kernel before this
+        # one passed its own wait and let this one start (pdl.py). Only q and the pool's newest
+        # rows come from the kernel before.
+        offs_n = start + tl.arange(0, BLOCK_N)
+        nmask = offs_n < end
+        slots = tl.load(ReqToToken + pool * stride_rt + offs_n, mask=nmask, other=0).to(tl.int64)
+        gdc_wait()
+        gdc_launch_dependents()
+        q = tl.load(Q + b * stride_qb + heads[:, None] * stride_qh + offs_d[None, :],
+                    mask=hmask[:, None] & dmask[None, :], other=0.0)
+        # An empty split (start >= end) masks every key: its NaNs stay in acc, l_i and m_i, which
+        # `has` below discards.
+        kt, v = _slot_kv(K, V, slots, kvh, nmask, offs_d, dmask, stride_kt, stride_kh, stride_vt, stride_vh,
+                         MASKED=True, DTYPE=Q.dtype.element_ty)
+        acc, l_i, m_i = _softmax_step(acc, l_i, m_i, q, kt, v, nmask[None, :], sm_scale, MASKED=True, IEEE=IEEE)
+        first = start + BLOCK_N
     else:
-        # An empty split (fewer than MIN_SPLIT tokens for each of the launch's splits): its log-sum-exp
-        # says so and stage 2 skips it; the program reads nothing.
-        if PDL:
-            gdc_wait()
-            gdc_launch_dependents()
-        if DIRECT:  # one split is empty only for a sequence of length 0 (no live request): zeros, as before
-            tl.store(Out + b * stride_ob + heads[:, None] * stride_oh + offs_d[None, :],
-                     tl.zeros([BLOCK_H, BLOCK_D], dtype=Out.dtype.element_ty), mask=hmask[:, None] & dmask[None, :])
+        q = tl.load(Q + b * stride_qb + heads[:, None] * stride_qh + offs_d[None, :],
+                    mask=hmask[:, None] & dmask[None, :], other=0.0)
+    # The loop is the one the large batches were measured with. A version that peeled the first
+    # block at every batch size and ran this loop through the extend kernel's _pool_kv/_softmax_step
+    # made a batch-256 step 4 % slower (12.32 -> 12.84 ms, H200); which of the two cost it was not
+    # measured apart.
+    for n0 in range(first, end, BLOCK_N):
+        offs_n = n0 + tl.arange(0, BLOCK_N)
+        nmask = offs_n < end
+        slots = tl.load(ReqToToken + pool * stride_rt + offs_n, mask=nmask, other=0).to(tl.int64)
+        kt = tl.load(K + slots[None, :] * stride_kt + kvh * stride_kh + offs_d[:, None],
+                     mask=nmask[None, :] & dmask[:, None], other=0.0).to(Q.dtype.element_ty)
+        if IEEE:
+            qk = tl.dot(q, kt, input_precision="ieee")
         else:
-            tl.store(MidLse + b * stride_lb + heads * stride_lh + s, tl.full([BLOCK_H], -float("inf"), tl.float32),
-                     mask=hmask)
+            qk = tl.dot(q, kt)
+        qk = tl.where(nmask[None, :], qk * sm_scale, -float("inf"))
+        m_new = tl.maximum(m_i, tl.max(qk, 1))
+        p = tl.exp(qk - m_new[:, None])
+        alpha = tl.exp(m_i - m_new)
+        v = tl.load(V + slots[:, None] * stride_vt + kvh * stride_vh + offs_d[None, :],
+                    mask=nmask[:, None] & dmask[None, :], other=0.0).to(Q.dtype.element_ty)
+        if IEEE:
+            pv = tl.dot(p.to(v.dtype), v, input_precision="ieee")
+        else:
+            pv = tl.dot(p.to(v.dtype), v)
+        acc = acc * alpha[:, None] + pv
+        l_i = l_i * alpha + tl.sum(p, 1)
+        m_i = m_new
+    has = end > start
+    safe_l = tl.where(l_i > 0, l_i, 1.0)
+    out = tl.where(has, acc / safe_l[:, None] * v_scale, 0.0)
+    if DIRECT:  # one split: this is the final output, no stage 2 (its launch and the scratch round trip)
+        tl.store(Out + b * stride_ob + heads[:, None] * stride_oh + offs_d[None, :], out.to(Out.dtype.element_ty),
+                 mask=hmask[:, None] & dmask[None, :])
+    else:
+        lse = tl.where(has, m_i + tl.log(safe_l), -float("inf"))
+        tl.store(MidO + b * stride_mb + heads[:, None] * stride_mh + s * stride_ms + offs_d[None, :], out,
+                 mask=hmask[:, None] & dmask[None, :])
+        tl.store(MidLse + b * stride_lb + heads * stride_lh + s, lse, mask=hmask)
 
 
 @triton.jit
@@ -143,18 +128,13 @@ def _decode_stage2(
     offs_s = tl.arange(0, BLOCK_S)
     smask = offs_s < num_splits
     # All splits in one load (one round trip instead of one per split). Split 0 is never empty
-    # (seq_len >= 1), so the max is finite; empty splits have lse -inf, weigh 0, and wrote no output
-    # (their rows are not read: stale scratch, NaN included, must not reach 0 * o).
+    # (seq_len >= 1), so the max is finite; empty splits have lse -inf and weigh 0.
     lse = tl.load(MidLse + b * stride_lb + h * stride_lh + offs_s, mask=smask, other=-float("inf"))
-    used = smask & (lse > -float("inf"))
     o = tl.load(MidO + b * stride_mb + h * stride_mh + offs_s[:, None] * stride_ms + offs_d[None, :],
-                mask=used[:, None] & dmask[None, :], other=0.0)
+                mask=smask[:, None] & dmask[None, :], other=0.0)
     w = tl.exp(lse - tl.max(lse, 0))
     acc = tl.sum(w[:, None] * o, 0)
     tl.store(Out + b * stride_ob + h * stride_oh + offs_d, (acc / tl.sum(w, 0)).to(Out.dtype.element_ty), mask=dmask)
-
-
-MIN_SPLIT_TOKENS = 32  # the fewest keys a split takes, unless the whole sequence is shorter
 
 
 def decode_num_splits(max_seq_len: int, bs: int, kv_heads: int, num_sms: int = 132,
@@ -207,7 +187,7 @@ def decode_attention(
     _decode_stage1_grouped[(bs, kv_heads, num_splits)](
         *args, GROUP=group, HEAD_DIM=dim, BLOCK_D=max(16, block_d), BLOCK_N=block_n,
         BLOCK_H=max(16, triton.next_power_of_2(group)), IEEE=q.dtype == torch.float32, num_warps=tiles.num_warps,
-        PDL=bool(pdl), DIRECT=direct, MIN_SPLIT=MIN_SPLIT_TOKENS, **pdl, **stages)
+        PDL=bool(pdl), DIRECT=direct, **pdl, **stages)
     if direct:
         return
     _decode_stage2[(bs, heads)](

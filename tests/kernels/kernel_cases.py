@@ -24,8 +24,8 @@ class PagedCase:
 
 
 def make_case(bs: int, heads: int, kv_heads: int, dim: int, max_seq: int, dtype: torch.dtype, device: str,
-              gen: torch.Generator, min_seq: int = 1) -> PagedCase:
-    seq_lens = torch.randint(min_seq, max_seq + 1, (bs,), generator=gen).tolist()
+              gen: torch.Generator) -> PagedCase:
+    seq_lens = torch.randint(1, max_seq + 1, (bs,), generator=gen).tolist()
     prefix_lens = [int(torch.randint(0, s, (1,), generator=gen)) for s in seq_lens]
     extend_lens = [s - p for s, p in zip(seq_lens, prefix_lens, strict=True)]
     slots = sum(seq_lens) + 8
