@@ -15,11 +15,13 @@ if TYPE_CHECKING:
     from radixserve.layers.rotary_embedding import RotaryEmbedding
     from radixserve.model_executor.forward_batch import ForwardBatch
 
-# Split-KV slices per (request, KV head) at most. Batch 1 with 8 KV heads asks for 33 (decode_num_splits
-# fills the SMs twice); 16 left long-context batch-1 decode walking 4+ blocks per program in sequence
-# (ctx 4096: 14.3 us a layer, 28 % of the copy rate; 8 splits 20.4 us; H200, profile_throughput.py
-# --decode-bs 1, profile_decode_bs1_*_h200_20261203.json).
-MAX_SPLITS = 32
+# Split-KV slices per (request, KV head) at most. Batch 1 with 8 KV heads would take 33 (decode_num_splits
+# fills the SMs twice). Splits are fixed by the context length (eager and graph replays then agree), and
+# the kernel cuts each sequence into that many slices however short it is. Batch 1 of the 8B shape, H200
+# (profile_throughput.py --decode-bs 1, profile_decode_bs1_splits_ctx*_h200_20261203.json), us a layer:
+# 16 splits 5.8 at 544 keys and 14.0 at 4096; 32 splits 6.6 and 12.1. 16 stays (the short context is the
+# common one); a split count per sequence (commit 984d4e8, reverted untried on the GPU) would take both.
+MAX_SPLITS = 16
 
 
 class TritonAttnBackend(AttentionBackend):
