@@ -386,15 +386,13 @@ def decode_variants(s: Setup, bs: int, ctx_range: tuple[int, int], rates: rl.Dev
     layers = min(8, c.num_hidden_layers)
     kv_bytes = sum(ctx) * 2 * c.num_key_value_heads * c.head_dim * 2 * layers
     auto = decode_num_splits(c.max_position_embeddings, bs, c.num_key_value_heads, s.backend.num_sms, MAX_SPLITS)
-    most = max(splits or auto for _, splits in DECODE_VARIANTS.values())
+    chosen = {n: v for n, v in DECODE_VARIANTS.items() if not names or n in names}
+    most = max(splits or auto for _, splits in chosen.values())  # scratch for the variants that run
     mid_o = torch.empty(bs, c.num_attention_heads, most, c.head_dim, device=s.device)
     mid_lse = torch.empty(bs, c.num_attention_heads, most, device=s.device)
     res: dict[str, Any] = {"auto_splits": auto}
     ref: torch.Tensor | None = None
-    for name, (tiles, splits) in DECODE_VARIANTS.items():
-        if names and name not in names:
-            continue
-
+    for name, (tiles, splits) in chosen.items():
         def run(tiles: DecodeTiles = tiles, splits: int = splits or auto) -> None:
             for layer in range(layers):
                 kb, vb = s.kv.get_kv_buffer(layer)
@@ -517,6 +515,9 @@ def main(argv: list[str] | None = None) -> int:
                     help=f"decode_variants: the names to run, comma-separated (default all: {', '.join(DECODE_VARIANTS)})")
     ap.add_argument("--output", default=None)
     args = ap.parse_args(argv)
+    unknown = [n for n in args.decode_variants.split(",") if n and n not in DECODE_VARIANTS]
+    if unknown:
+        ap.error(f"--decode-variants: unknown {', '.join(unknown)}")
     device = torch.device(args.device)
     tiny = device.type != "cuda"
     parts = set(args.parts.split(","))
