@@ -31,6 +31,7 @@ args=(--device cuda --model-path llama-3-8b --load-format dummy --input-len 512 
 i=0
 for tree in $ORDER; do  # alternating trees, so a warming GPU favours none
   i=$((i+1)); dir=$PWD/${DIR[$tree]}
+  rm -f /tmp/steps_${tree}_$i.*  # a step log appends: an earlier call on this machine must not add to it
   (cd "$dir" && PYTHONPATH=$dir:/tmp/site RADIXSERVE_STEP_LOG=/tmp/steps_${tree}_$i python3 benchmarks/bench_offline.py \
     "${args[@]}" --output "$OUT/ab_${tree}_$i.json" > "/tmp/ab_${tree}_$i.log" 2>&1) || tail -15 "/tmp/ab_${tree}_$i.log"
 done

@@ -17,11 +17,13 @@ if TYPE_CHECKING:
 
 # Split-KV slices per (request, KV head) at most. Batch 1 with 8 KV heads would take 33 (decode_num_splits
 # fills the SMs twice). Splits are fixed by the context length (eager and graph replays then agree), and
-# the kernel cuts each sequence into that many slices however short it is. Batch 1 of the 8B shape, H200
-# (profile_throughput.py --decode-bs 1, profile_decode_bs1_splits_ctx*_h200_20261203.json), us a layer:
-# 16 splits 5.8 at 544 keys and 14.0 at 4096; 32 splits 6.6 and 12.1. 16 stays (the short context is the
-# common one); a split count per sequence (commit 984d4e8, reverted untried on the GPU) would take both.
-MAX_SPLITS = 16
+# the kernel cuts each sequence into that many slices however short it is. Batch 1 of the 8B shape in the
+# engine, H200, 32 against 16 (ab_batch1_fixed32_splits_h200_20261203.json): +4 us a step at 512-640 keys
+# (+0.1 %), -123 us at 4096-4224 (-2.9 %). Attention timed alone had put 32 at +0.5 us a layer at 544
+# keys (profile_decode_bs1_*_h200_20261203.json); in the step it costs less (why was not measured: PDL
+# overlaps attention with the products around it). A split count per sequence (984d4e8) measured +12 /
+# -118 us in the same call and is not used.
+MAX_SPLITS = 32
 
 
 class TritonAttnBackend(AttentionBackend):
@@ -36,7 +38,7 @@ class TritonAttnBackend(AttentionBackend):
         self.num_sms = props.multi_processor_count if props is not None else 132
         # Split-KV scratch, flat: a batch's [bs, heads, splits, dim] view of it. Sized by bs x splits,
         # which stays small (splits shrink as the batch grows: 8 MB for graphs up to 512 at the 8B
-        # shape) where [bs, heads, MAX_SPLITS, dim] held 134 MB.
+        # shape) where [bs, heads, MAX_SPLITS, dim] would hold 268 MB.
         self._mid_o_flat = torch.empty(0, dtype=torch.float32, device=device)
         self._mid_lse_flat = torch.empty(0, dtype=torch.float32, device=device)
         self._mid_o = self._mid_o_flat

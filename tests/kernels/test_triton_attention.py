@@ -82,11 +82,11 @@ for shape in [(3, 4, 2, 64, 40), (2, 8, 1, 32, 130), (1, 2, 2, 16, 7), (2, 6, 3,
     ref_dec, ref_ext = reference(case)
     errs = (rel_err(dec, ref_dec), rel_err(ext, ref_ext))
     assert max(errs) < 1e-5, (shape, errs)
-# Batch 1 at 32 splits (twice the backend's MAX_SPLITS, as profile_throughput's variants run it): some
-# slices empty, the rest a few tokens each.
+# Batch 1 at the backend's MAX_SPLITS (32): some slices empty, the rest a few tokens each.
+from radixserve.attention.triton_backend import MAX_SPLITS
 for max_seq in (20, 200):
     case = make_case(1, 4, 2, 16, max_seq, dtype=torch.float32, device="cpu", gen=gen)
-    dec, _ = run_triton(case, splits=32)
+    dec, _ = run_triton(case, splits=MAX_SPLITS)
     assert rel_err(dec, reference(case)[0]) < 1e-5, (max_seq, rel_err(dec, reference(case)[0]))
 print("interpreter ok")
 """
