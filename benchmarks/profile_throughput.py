@@ -515,7 +515,8 @@ def main(argv: list[str] | None = None) -> int:
                     help=f"decode_variants: the names to run, comma-separated (default all: {', '.join(DECODE_VARIANTS)})")
     ap.add_argument("--output", default=None)
     args = ap.parse_args(argv)
-    unknown = [n for n in args.decode_variants.split(",") if n and n not in DECODE_VARIANTS]
+    variant_names = [n for n in args.decode_variants.split(",") if n]
+    unknown = [n for n in variant_names if n not in DECODE_VARIANTS]
     if unknown:
         ap.error(f"--decode-variants: unknown {', '.join(unknown)}")
     device = torch.device(args.device)
@@ -540,8 +541,7 @@ def main(argv: list[str] | None = None) -> int:
         ("gemm", lambda: gemm_table(s, [args.prompt_len * args.prefill_prompts, args.decode_bs], rates, args.iters)),
         ("extend_variants_chunk", lambda: extend_variants(s, chunk, rates, args.iters)),
         ("extend_variants_long", lambda: extend_variants(s, [args.long_prompt], rates, args.iters)),
-        ("decode_variants", lambda: decode_variants(s, args.decode_bs, (lo, hi), rates, args.iters,
-                                                                  [n for n in args.decode_variants.split(",") if n])),
+        ("decode_variants", lambda: decode_variants(s, args.decode_bs, (lo, hi), rates, args.iters, variant_names)),
         ("decode_overlap", lambda: decode_overlap(s, args.decode_bs, (lo, hi), args.iters)),
     ]
     for name, run in steps:
