@@ -136,6 +136,32 @@ def write_results(prefix: str, result: dict[str, Any], path: str | Path | None =
     return out
 
 
+def captured(fn: Callable[[], Any], device: Any, launches: int = 1) -> Callable[[], Any]:
+    """`launches` calls of fn in one CUDA graph (warmed up on a side stream first), as a replay function;
+    on the CPU fn itself. The replay function keeps fn alive: its closure may own tensors the graph
+    reads (copies made for it), whose memory would otherwise go to the next allocation."""
+    import torch
+
+    if torch.device(device).type != "cuda":
+        return fn
+    side = torch.cuda.Stream()
+    side.wait_stream(torch.cuda.current_stream())
+    with torch.cuda.stream(side):
+        fn()
+        fn()
+    torch.cuda.current_stream().wait_stream(side)
+    torch.cuda.synchronize()
+    g = torch.cuda.CUDAGraph()
+    with torch.cuda.graph(g):
+        for _ in range(launches):
+            fn()
+    kept = (g, fn)
+
+    def replay() -> None:
+        kept[0].replay()
+    return replay
+
+
 def graph_seconds(fns: list[Callable[[], Any]], iters: int = 30) -> float:
     """Median seconds of one replay of a CUDA graph that runs `fns` in order (warmed up on a side
     stream first): GPU time as a decode step's graph runs it, without launch overhead."""

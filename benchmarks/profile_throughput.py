@@ -39,7 +39,7 @@ if str(REPO_ROOT) not in sys.path:
     sys.path.insert(0, str(REPO_ROOT))
 
 from benchmarks import roofline as rl  # noqa: E402
-from benchmarks._common import machine_info  # noqa: E402
+from benchmarks._common import captured, machine_info  # noqa: E402
 from radixserve.attention.triton_backend import MAX_SPLITS, TritonAttnBackend  # noqa: E402
 from radixserve.configs.model_config import NAMED_SHAPES, ModelConfig  # noqa: E402
 from radixserve.kernels.triton_attention import (  # noqa: E402
@@ -174,23 +174,6 @@ def eager_seconds(fn: Fn, device: torch.device, iters: int) -> float:
         _sync(device)
         samples.append(time.perf_counter() - t)
     return float(statistics.median(samples))
-
-
-def captured(fn: Fn, device: torch.device) -> Fn:
-    """fn captured in a CUDA graph (warmed up on a side stream first); on the CPU fn itself."""
-    if device.type != "cuda":
-        return fn
-    side = torch.cuda.Stream()
-    side.wait_stream(torch.cuda.current_stream())
-    with torch.cuda.stream(side):
-        fn()
-        fn()
-    torch.cuda.current_stream().wait_stream(side)
-    torch.cuda.synchronize()
-    g = torch.cuda.CUDAGraph()
-    with torch.cuda.graph(g):
-        fn()
-    return g.replay
 
 
 def device_seconds(fn: Fn, device: torch.device, iters: int) -> float:

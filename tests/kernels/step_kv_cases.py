@@ -3,9 +3,14 @@ instead of through the pool: cases shared by the GPU test and the CPU interprete
 
 from __future__ import annotations
 
+from typing import TYPE_CHECKING
+
 import torch
 
 from tests.kernels.kernel_cases import PagedCase, reference
+
+if TYPE_CHECKING:
+    from radixserve.kernels.triton_attention import ExtendTiles
 
 
 def step_kv_of(case: PagedCase) -> tuple[torch.Tensor, torch.Tensor]:
@@ -24,14 +29,13 @@ def step_kv_of(case: PagedCase) -> tuple[torch.Tensor, torch.Tensor]:
     return k, v
 
 
-def run_step_kv(case: PagedCase, block: int | None = None) -> tuple[torch.Tensor, torch.Tensor]:
+def run_step_kv(case: PagedCase, tiles: ExtendTiles | None = None) -> tuple[torch.Tensor, torch.Tensor]:
     """(extend output with step_kv, float64 reference)."""
-    from radixserve.kernels.triton_attention import ExtendTiles, extend_attention
+    from radixserve.kernels.triton_attention import extend_attention
 
     dev = case.q_extend.device
     lens = torch.tensor(case.extend_lens)
     out = torch.full_like(case.q_extend, float("nan"))  # poisoned: every element must be written
-    tiles = ExtendTiles(block, block) if block else None
     extend_attention(case.q_extend, case.k_buf, case.v_buf, out, case.req_to_token, case.pool_idx,
                      torch.tensor(case.prefix_lens, device=dev), lens.to(dev), (torch.cumsum(lens, 0) - lens).to(dev),
                      max(case.extend_lens), case.scale, tiles=tiles, step_kv=step_kv_of(case))
