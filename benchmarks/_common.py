@@ -169,29 +169,21 @@ def graph_seconds(fns: list[Callable[[], Any]], iters: int = 30) -> float:
 
     import torch
 
-    side = torch.cuda.Stream()
-    side.wait_stream(torch.cuda.current_stream())
-    with torch.cuda.stream(side):
-        for _ in range(2):
-            for f in fns:
-                f()
-    torch.cuda.current_stream().wait_stream(side)
-    torch.cuda.synchronize()
-    g = torch.cuda.CUDAGraph()
-    with torch.cuda.graph(g):
+    def in_order() -> None:
         for f in fns:
             f()
+
+    replay = captured(in_order, "cuda")
     for _ in range(3):
-        g.replay()
+        replay()
     samples = []
     for _ in range(iters):
         a, b = torch.cuda.Event(enable_timing=True), torch.cuda.Event(enable_timing=True)
         a.record()
-        g.replay()
+        replay()
         b.record()
         b.synchronize()
         samples.append(a.elapsed_time(b) / 1e3)
-    del g
     return float(statistics.median(samples))
 
 

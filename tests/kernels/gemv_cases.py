@@ -189,9 +189,11 @@ def check_one_row_model_small(device: str, dtype: torch.dtype, gen: torch.Genera
 
 
 def one_row_model_tp_rank(rank: int, size: int, store: str, device: str, dtype: torch.dtype, seed: int,
-                          backend_name: str, compat_dir: str | None, out: Any) -> None:
+                          backend_name: str, compat_dir: str | None, one_gpu: bool, out: Any) -> None:
     """One TP rank of check_one_row_model_small (gloo on CPU, NCCL on CUDA); puts (rank, error or None).
-    `compat_dir`: the interpreter run's directory of interpreter_compat, installed first."""
+    `compat_dir`: the interpreter run's directory of interpreter_compat, installed first. `one_gpu`: every
+    rank on cuda:0, summing over gloo (NCCL refuses two ranks on one device), so that the GPU kernels of
+    the TP form run where only one GPU is lent."""
     import traceback
 
     import torch.distributed as dist
@@ -203,10 +205,11 @@ def one_row_model_tp_rank(rank: int, size: int, store: str, device: str, dtype: 
         import interpreter_compat  # type: ignore[import-not-found]
 
         interpreter_compat.install()
-    backend = "gloo" if device == "cpu" else "nccl"
+    backend = "gloo" if device == "cpu" or one_gpu else "nccl"
     if device == "cuda":
-        torch.cuda.set_device(rank)
-        device = f"cuda:{rank}"
+        gpu = 0 if one_gpu else rank
+        torch.cuda.set_device(gpu)
+        device = f"cuda:{gpu}"
     dist.init_process_group(backend, init_method=f"file://{store}", rank=rank, world_size=size)
     try:
         group = ParallelGroup(rank=rank, size=size, group=dist.group.WORLD, cpu_group=dist.group.WORLD)
@@ -219,10 +222,10 @@ def one_row_model_tp_rank(rank: int, size: int, store: str, device: str, dtype: 
 
 
 def run_one_row_model_tp(size: int, device: str, dtype: torch.dtype, seed: int, backend_name: str = "torch",
-                         compat_dir: str | None = None) -> None:
+                         compat_dir: str | None = None, one_gpu: bool = False) -> None:
     """check_one_row_model_small on `size` TP ranks in spawned processes; raises with a rank's failure."""
     from tests.distributed.spawn_ranks import run_ranks
 
-    results = run_ranks(one_row_model_tp_rank, size, device, dtype, seed, backend_name, compat_dir)
+    results = run_ranks(one_row_model_tp_rank, size, device, dtype, seed, backend_name, compat_dir, one_gpu)
     failures = {r: e for r, e in results.items() if e is not None}
     assert not failures, f"one-row model at TP={size}: {failures}"

@@ -27,6 +27,18 @@ def test_one_row_model_on_gpu(backend: str) -> None:
     check_one_row_model_small("cuda", torch.bfloat16, torch.Generator().manual_seed(seed), backend)
 
 
+@pytest.mark.gpu
+@pytest.mark.parametrize("backend", ["torch", "triton"])
+def test_one_row_model_at_tp2_on_one_gpu(backend: str) -> None:
+    """The TP form of the one-row path (o and down products without their residual, summed over the
+    ranks, then the residual add) in bf16 with the GPU kernels: two ranks on one GPU summing over gloo,
+    against the layer-by-layer path on the same ranks. The two-GPU test (NCCL) is in
+    tests/gpu/test_tensor_parallel_gpu.py; this one runs where one GPU is lent."""
+    from tests.kernels.gemv_cases import run_one_row_model_tp
+
+    run_one_row_model_tp(2, "cuda", torch.bfloat16, int.from_bytes(os.urandom(2), "little"), backend, one_gpu=True)
+
+
 INTERPRETER_RUN = r"""
 import sys, torch
 sys.path.insert(0, sys.argv[1])

@@ -1,0 +1,81 @@
+"""bench_tp_shard on the CPU: a model built as rank 0 of TP=2 in a group that does nothing holds half of
+the sharded weights, makes the collectives a TP=2 rank would (the embedding's all-reduce, two a layer,
+the LM head's gather) and decodes; the summary compares it with TP=1 of the same call."""
+
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+import torch
+
+from benchmarks.bench_tp_shard import SilentGroup, parse_configs, summarise
+
+REPO_ROOT = Path(__file__).resolve().parents[2]
+
+
+def test_parse_configs() -> None:
+    assert parse_configs(["llama-3-8b:1,2", "/m/a:b:4"]) == [("llama-3-8b", 1), ("llama-3-8b", 2), ("/m/a:b", 4)]
+    with pytest.raises(SystemExit):
+        parse_configs(["llama-3-8b"])
+
+
+def test_the_silent_group_counts_and_keeps_shapes() -> None:
+    g = SilentGroup(rank=0, size=4)
+    x = torch.arange(6.0).reshape(2, 3)
+    assert g.all_reduce(x) is x
+    assert g.all_gather_last_dim(x).shape == (2, 12)
+    assert (g.counts.all_reduce, g.counts.gather) == (1, 1)
+    assert g.broadcast_bytes([b"a"]) == [b"a"] and g.all_reduce_min(7) == 7
+    one = SilentGroup()
+    one.all_reduce(x)
+    assert one.all_gather_last_dim(x) is x and (one.counts.all_reduce, one.counts.gather) == (0, 0)
+
+
+def test_a_tp2_rank_on_the_cpu(tmp_path: Path) -> None:
+    from tests.conftest import _save_tiny, tokenizer_source
+
+    layers = 3
+    model = _save_tiny(tmp_path, "llama", tokenizer_source(), num_key_value_heads=2, num_hidden_layers=layers)
+    out = tmp_path / "shard.json"
+    cmd = [sys.executable, str(REPO_ROOT / "benchmarks" / "bench_tp_shard.py"), "--device", "cpu", "--configs",
+           f"{model}:1,2", "--input-len", "16", "--steps", "6", "--output", str(out)]
+    proc = subprocess.run(cmd, capture_output=True, text=True, timeout=300, cwd=REPO_ROOT)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    result = json.loads(out.read_text())
+    one, two = result["configs"]
+    assert (one["tp"], two["tp"]) == (1, 2)
+    # Every weight but the norms is split in two (the embedding is not counted: a step reads one row).
+    assert 0.5 < two["weight_bytes"] / one["weight_bytes"] < 0.51
+    assert two["kv_bytes"] * 2 == one["kv_bytes"] and one["context"] == two["context"] == 16 + 1 + 6 + 6  # prompt, its token, two rounds of steps
+    assert one["collectives_per_forward"] == {"all_reduce": 0, "gather": 0}
+    assert two["collectives_per_forward"] == {"all_reduce": 1 + 2 * layers, "gather": 1}
+    for c in (one, two):
+        v = c["variants"]["layers"]
+        assert 0 < v["min_ms"] <= v["median_ms"] <= v["max_ms"]
+        assert v["of_bound"] == pytest.approx(c["bound_ms"] / v["median_ms"], rel=1e-3)
+    rows = {r["tp"]: r for r in result["summary"]}
+    assert rows[1]["default_speedup_vs_tp1"] == 1.0
+    assert rows[2]["default_speedup_vs_tp1"] == pytest.approx(one["variants"]["layers"]["median_ms"] /
+                                                              two["variants"]["layers"]["median_ms"], rel=1e-2)
+    assert rows[2]["collectives_per_step"] == two["collectives_per_forward"]
+
+
+def test_summary_defaults_follow_the_engine() -> None:
+    """At TP=1 an Engine runs the one-row path with PDL, at TP>1 the layer-by-layer path with PDL."""
+    def cfg(tp: int, ms: dict[str, float]) -> dict[str, object]:
+        return {"model": "m", "tp": tp, "collectives_per_forward": {},
+                "variants": {k: {"median_ms": v, "of_bound": 1 / v} for k, v in ms.items()}}
+    ms = {"fusion0_pdl0": 5.0, "fusion0_pdl1": 4.8, "fusion1_pdl0": 4.2, "fusion1_pdl1": 4.0}
+    half = {k: v / 2 for k, v in ms.items()}
+    rows = summarise([cfg(1, ms), cfg(2, half), cfg(1, {k: v * 1.01 for k, v in ms.items()}),
+                      {"model": "m", "tp": 4, "error": "boom"}])
+    assert rows[0]["default"] == "fusion1_pdl1" and rows[1]["default"] == "fusion0_pdl1"
+    assert rows[1]["best"] == "fusion1_pdl1"
+    assert rows[1]["default_speedup_vs_tp1"] == pytest.approx(4.0 / 2.4, rel=1e-3)
+    assert rows[1]["best_speedup_vs_tp1"] == pytest.approx(2.0, rel=1e-3)
+    assert rows[2]["default_speedup_vs_tp1"] == pytest.approx(1 / 1.01, rel=1e-3)  # against the first TP=1
+    assert rows[3] == {"model": "m", "tp": 4, "error": "boom"}
