@@ -195,12 +195,10 @@ def run_one(model_path: str, tp: int, args: argparse.Namespace) -> dict[str, Any
     return out
 
 
-# What an Engine at each TP runs by default (models/llama.py one_row_enabled: the one-row path at TP=1
-# only, PDL on where the GPU has it).
-def default_variant(tp: int, variants: dict[str, Any]) -> str:
-    if "layers" in variants:
-        return "layers"
-    return "fusion1_pdl1" if tp == 1 else "fusion0_pdl1"
+# What an Engine runs by default (models/llama.py one_row_enabled): the one-row path with PDL where the GPU
+# has it, at every TP since 2026-12-03 (before: the layer-by-layer path at TP>1, "fusion0_pdl1").
+def default_variant(variants: dict[str, Any]) -> str:
+    return "layers" if "layers" in variants else "fusion1_pdl1"
 
 
 def summarise(configs: list[dict[str, Any]]) -> list[dict[str, Any]]:
@@ -210,12 +208,12 @@ def summarise(configs: list[dict[str, Any]]) -> list[dict[str, Any]]:
     base: dict[str, float] = {}
     for c in configs:  # the first TP=1 run of a shape (a later one is the call's drift check)
         if c.get("tp") == 1 and "variants" in c:
-            base.setdefault(c["model"], c["variants"][default_variant(1, c["variants"])]["median_ms"])
+            base.setdefault(c["model"], c["variants"][default_variant(c["variants"])]["median_ms"])
     for c in configs:
         if "variants" not in c:
             rows.append({"model": c["model"], "tp": c["tp"], "error": c.get("error")})
             continue
-        default = default_variant(c["tp"], c["variants"])
+        default = default_variant(c["variants"])
         best = min(c["variants"], key=lambda v: c["variants"][v]["median_ms"])
         row: dict[str, Any] = {"model": c["model"], "tp": c["tp"], "default": default, "best": best,
                                "collectives_per_step": c["collectives_per_forward"]}

@@ -1,7 +1,7 @@
 #!/usr/bin/env bash
 # One device call on nvidia-h200-x2: the two-GPU tests, all-reduce latency per implementation
 # (inside CUDA graphs; SKIP_ALLREDUCE=1 to skip), the 8B-shaped Engine at TP=1 and TP=2 at batch 1
-# (and TP=2 with NCCL only, and TP=2 with the one-row path on) and 256 x (1024 in,
+# (and TP=2 with NCCL only, and TP=2 with the one-row path off) and 256 x (1024 in,
 # 256 out); PROFILE=1 adds torch.profiler tables of 20 steady steps per rank (RADIXSERVE_PROFILE_DIR).
 # Run through the device tool with carry [".whl", ".gpu_assets"]; results land in $OUT.
 set -uo pipefail
@@ -23,10 +23,11 @@ profile() { [ "${PROFILE:-0}" = 1 ] && echo "RADIXSERVE_PROFILE_DIR=$prof/$1/x R
 env $(profile b1 40) timeout 240 \
   python3 benchmarks/bench_tp.py --shape llama-3-8b --tp 2 --pp 1 --batch 1 --input-len 128 --output-len 256 \
   --max-total-tokens 60000 --skip-comm --nccl-too --tokenizer-path "$tok" --output "$OUT/tp_llama3_8b_batch1.json" 2>&1 | tail -4
-# The batch-1 one-row path at TP=2 (off by default at TP>1 until this measures it): the same run with it on.
-RADIXSERVE_ONE_ROW_FUSION=1 timeout 240 \
+# The batch-1 one-row path at TP=2 (on by default at every TP since a rank's step measured it faster on one
+# GPU, bench_tp_shard.py): the same run with it off, the layer-by-layer path, on two GPUs.
+RADIXSERVE_ONE_ROW_FUSION=0 timeout 240 \
   python3 benchmarks/bench_tp.py --shape llama-3-8b --tp 2 --pp 1 --batch 1 --input-len 128 --output-len 256 \
-  --max-total-tokens 60000 --skip-comm --tokenizer-path "$tok" --output "$OUT/tp_llama3_8b_batch1_one_row.json" 2>&1 | tail -4
+  --max-total-tokens 60000 --skip-comm --tokenizer-path "$tok" --output "$OUT/tp_llama3_8b_batch1_layers.json" 2>&1 | tail -4
 env $(profile b256 120) timeout 300 \
   python3 benchmarks/bench_tp.py --shape llama-3-8b --tp 2 --pp 1 --batch 256 --input-len 1024 --output-len 256 \
   --max-total-tokens 400000 --skip-comm --tokenizer-path "$tok" --output "$OUT/tp_llama3_8b_batch256.json" 2>&1 | tail -4
