@@ -23,8 +23,6 @@ interpreter against them.
 
 from __future__ import annotations
 
-from typing import Any
-
 import torch
 import torch.nn.functional as F
 import triton
@@ -56,30 +54,14 @@ def tiles_for(kind: str, n: int, k: int) -> Tiles:
 
 
 @triton.jit
-def _row(X, Add, cols, ADD: tl.constexpr):
-    """This chunk of the norm's input: x, or (ADD) x + add rounded like the residual add."""
-    x = tl.load(X + cols, eviction_policy="evict_last")
-    if ADD:
-        a = tl.load(Add + cols, eviction_policy="evict_last")
-        x = (x.to(tl.float32) + a.to(tl.float32)).to(X.dtype.element_ty)
-    return x
-
-
-@triton.jit
-def _rms_scale(X, Add, XOut, Part, n_part, K, eps, FROM_X: tl.constexpr, ADD: tl.constexpr, BLOCK_P: tl.constexpr,
-               BLOCK_K: tl.constexpr):
+def _rms_scale(X, Part, n_part, K, eps, FROM_X: tl.constexpr, BLOCK_P: tl.constexpr, BLOCK_K: tl.constexpr):
     """1 / rms(x) as the RMSNorm kernel computes it: from the producer's per-program sums of squares,
-    or (FROM_X: the first layer, or a product summed over TP ranks) from x itself. With ADD the input
-    is x + add, which program 0 also writes to XOut: the next residual."""
+    or (FROM_X, the first layer) from x itself."""
     if FROM_X:
         cols = tl.arange(0, BLOCK_K)
-        written = tl.where(tl.program_id(0) == 0, BLOCK_K, 0)  # program 0 writes x + add, whole
         ss = tl.zeros([BLOCK_K], dtype=tl.float32)
         for k0 in range(0, K, BLOCK_K):
-            x = _row(X, Add, k0 + cols, ADD)
-            if ADD:
-                tl.store(XOut + k0 + cols, x, mask=cols < written)
-            x = x.to(tl.float32)
+            x = tl.load(X + k0 + cols).to(tl.float32)
             ss += x * x
         total = tl.sum(ss, 0)
     else:
@@ -89,9 +71,9 @@ def _rms_scale(X, Add, XOut, Part, n_part, K, eps, FROM_X: tl.constexpr, ADD: tl
 
 
 @triton.jit
-def _normed(X, Add, NormW, cols, r, ADD: tl.constexpr):
+def _normed(X, NormW, cols, r):
     """This chunk of rmsnorm(x) * weight, rounded twice like the RMSNorm kernel, in float32."""
-    x = _row(X, Add, cols, ADD)
+    x = tl.load(X + cols, eviction_policy="evict_last")
     n = (x.to(tl.float32) * r).to(X.dtype.element_ty).to(tl.float32)
     w = tl.load(NormW + cols, eviction_policy="evict_last").to(tl.float32)
     return (w * n).to(X.dtype.element_ty).to(tl.float32)
@@ -127,8 +109,8 @@ def _gemv_residual_kernel(A, W, Res, Out, Part, K, stride_w, RESID: tl.constexpr
 
 
 @triton.jit
-def _paired_dot(a_ptrs, b_ptrs, X, Add, XOut, Part, n_part, NormW, K, eps, FROM_X: tl.constexpr, ADD: tl.constexpr,
-                BLOCK_K: tl.constexpr, BLOCK_P: tl.constexpr, PDL: tl.constexpr):
+def _paired_dot(a_ptrs, b_ptrs, X, Part, n_part, NormW, K, eps, FROM_X: tl.constexpr, BLOCK_K: tl.constexpr,
+                BLOCK_P: tl.constexpr, PDL: tl.constexpr):
     """Sums over K of two row tiles times rmsnorm(x) * NormW; the first tiles load before the wait."""
     cols = tl.arange(0, BLOCK_K)
     wa = tl.load(a_ptrs, eviction_policy="evict_first")
@@ -136,30 +118,28 @@ def _paired_dot(a_ptrs, b_ptrs, X, Add, XOut, Part, n_part, NormW, K, eps, FROM_
     if PDL:
         gdc_wait()
         gdc_launch_dependents()
-    r = _rms_scale(X, Add, XOut, Part, n_part, K, eps, FROM_X, ADD, BLOCK_P, BLOCK_K)
-    xn = _normed(X, Add, NormW, cols, r, ADD)
+    r = _rms_scale(X, Part, n_part, K, eps, FROM_X, BLOCK_P, BLOCK_K)
+    xn = _normed(X, NormW, cols, r)
     acc_a = wa.to(tl.float32) * xn[None, :]
     acc_b = wb.to(tl.float32) * xn[None, :]
     for k0 in range(BLOCK_K, K, BLOCK_K):
         wa = tl.load(a_ptrs + k0, eviction_policy="evict_first")
         wb = tl.load(b_ptrs + k0, eviction_policy="evict_first")
-        xn = _normed(X, Add, NormW, k0 + cols, r, ADD)
+        xn = _normed(X, NormW, k0 + cols, r)
         acc_a += wa.to(tl.float32) * xn[None, :]
         acc_b += wb.to(tl.float32) * xn[None, :]
     return tl.sum(acc_a, 1), tl.sum(acc_b, 1)
 
 
 @triton.jit
-def _norm_gemv_silu_kernel(X, Add, XOut, Part, n_part, NormW, W, Out, K, up_offset, stride_w, eps,
-                           FROM_X: tl.constexpr, ADD: tl.constexpr, HALF_N: tl.constexpr, BLOCK_K: tl.constexpr,
-                           BLOCK_P: tl.constexpr, PDL: tl.constexpr):
+def _norm_gemv_silu_kernel(X, Part, n_part, NormW, W, Out, K, up_offset, stride_w, eps, FROM_X: tl.constexpr,
+                           HALF_N: tl.constexpr, BLOCK_K: tl.constexpr, BLOCK_P: tl.constexpr, PDL: tl.constexpr):
     pid = tl.program_id(0)
     rows = pid * HALF_N + tl.arange(0, HALF_N)
     cols = tl.arange(0, BLOCK_K)
     g_ptrs = W + (pid * HALF_N).to(tl.int64) * stride_w + tl.arange(0, HALF_N)[:, None] * stride_w + cols[None, :]
     u_ptrs = g_ptrs + up_offset  # the up rows sit `inter` rows below the gate rows
-    g, u = _paired_dot(g_ptrs, u_ptrs, X, Add, XOut, Part, n_part, NormW, K, eps, FROM_X, ADD, BLOCK_K, BLOCK_P,
-                       PDL)
+    g, u = _paired_dot(g_ptrs, u_ptrs, X, Part, n_part, NormW, K, eps, FROM_X, BLOCK_K, BLOCK_P, PDL)
     dt = X.dtype.element_ty
     g = g.to(dt).to(tl.float32)
     u = u.to(dt).to(tl.float32)
@@ -168,9 +148,8 @@ def _norm_gemv_silu_kernel(X, Add, XOut, Part, n_part, NormW, W, Out, K, up_offs
 
 
 @triton.jit
-def _norm_gemv_rope_kernel(X, Add, XOut, Part, n_part, NormW, W, Q, KBuf, VBuf, Loc, Pos, Cos, Sin, K, stride_w,
-                           stride_c, stride_bt, stride_bh, eps, n_qh, n_kh, FROM_X: tl.constexpr, ADD: tl.constexpr,
-                           HALF: tl.constexpr,
+def _norm_gemv_rope_kernel(X, Part, n_part, NormW, W, Q, KBuf, VBuf, Loc, Pos, Cos, Sin, K, stride_w, stride_c,
+                           stride_bt, stride_bh, eps, n_qh, n_kh, FROM_X: tl.constexpr, HALF: tl.constexpr,
                            HALF_N: tl.constexpr, BLOCK_K: tl.constexpr, BLOCK_P: tl.constexpr, PDL: tl.constexpr):
     # Program p takes rows j and j + HALF of one head (j in a run of HALF_N), the pairs rotary mixes.
     pid = tl.program_id(0)
@@ -181,8 +160,7 @@ def _norm_gemv_rope_kernel(X, Add, XOut, Part, n_part, NormW, W, Q, KBuf, VBuf, 
     row0 = head * 2 * HALF + (pid % per_head) * HALF_N
     a_ptrs = W + row0.to(tl.int64) * stride_w + tl.arange(0, HALF_N)[:, None] * stride_w + cols[None, :]
     b_ptrs = a_ptrs + HALF * stride_w
-    y1, y2 = _paired_dot(a_ptrs, b_ptrs, X, Add, XOut, Part, n_part, NormW, K, eps, FROM_X, ADD, BLOCK_K, BLOCK_P,
-                         PDL)
+    y1, y2 = _paired_dot(a_ptrs, b_ptrs, X, Part, n_part, NormW, K, eps, FROM_X, BLOCK_K, BLOCK_P, PDL)
     dt = X.dtype.element_ty
     y1 = y1.to(dt).to(tl.float32)
     y2 = y2.to(dt).to(tl.float32)
@@ -266,27 +244,10 @@ def _norm_args(x: torch.Tensor, partials: torch.Tensor | None) -> tuple[torch.Te
     return partials, n, False, triton.next_power_of_2(max(n, 1))
 
 
-def _add_args(x: torch.Tensor, partials: torch.Tensor | None, add: torch.Tensor | None,
-              x_out: torch.Tensor | None, what: str) -> dict[str, Any]:
-    """The kernels' Add / XOut pointers and ADD flag. `add`: a product summed over TP ranks that the
-    norm's input is x + add of (the residual add, rounded like it), which the kernel writes to `x_out`."""
-    if add is None:
-        if x_out is not None:
-            raise ValueError(f"{what}: x_out without add")
-        return {"Add": x, "XOut": x, "ADD": False}  # read and written by no program
-    if partials is not None or x_out is None:
-        raise ValueError(f"{what}: add needs x_out and no partials (the sums of squares are of x + add)")
-    _check_row(add, x.shape[1], f"{what} add")
-    _check_row(x_out, x.shape[1], f"{what} x_out")
-    return {"Add": add, "XOut": x_out, "ADD": True}
-
-
 def norm_gemv_silu(x: torch.Tensor, partials: torch.Tensor | None, norm_weight: torch.Tensor, eps: float,
-                   weight: torch.Tensor, add: torch.Tensor | None = None,
-                   x_out: torch.Tensor | None = None) -> torch.Tensor:
+                   weight: torch.Tensor) -> torch.Tensor:
     """silu(gate) * up of rmsnorm(x) * norm_weight @ weight^T, weight = [gate | up] ([2 I, K]); x [1, K].
-    `partials`: gemv_residual's sums of squares of x (None: computed here from x). With `add` the norm's
-    input is x + add, written to `x_out` (the residual add of a product summed over TP ranks)."""
+    `partials`: gemv_residual's sums of squares of x (None: computed here from x)."""
     two_i, k = weight.shape
     inter = two_i // 2
     _check_row(x, k, "norm_gemv_silu x")
@@ -296,10 +257,9 @@ def norm_gemv_silu(x: torch.Tensor, partials: torch.Tensor | None, norm_weight: 
         raise ValueError(f"norm_gemv_silu: weight {tuple(weight.shape)} does not tile by {half} x {block_k}")
     out = torch.empty((1, inter), dtype=x.dtype, device=x.device)
     part, n_part, from_x, block_p = _norm_args(x, partials)
-    adds = _add_args(x, partials, add, x_out, "norm_gemv_silu")
-    _norm_gemv_silu_kernel[(inter // half,)](x, adds["Add"], adds["XOut"], part, n_part, norm_weight, weight, out, k,
-                                              inter * weight.stride(0), weight.stride(0), eps, FROM_X=from_x,
-                                              ADD=adds["ADD"], HALF_N=half, BLOCK_K=block_k, BLOCK_P=block_p,
+    _norm_gemv_silu_kernel[(inter // half,)](x, part, n_part, norm_weight, weight, out, k, inter * weight.stride(0),
+                                              weight.stride(0),
+                                              eps, FROM_X=from_x, HALF_N=half, BLOCK_K=block_k, BLOCK_P=block_p,
                                               num_warps=warps, num_stages=stages, **_pdl(x.device))
     return out
 
@@ -307,11 +267,9 @@ def norm_gemv_silu(x: torch.Tensor, partials: torch.Tensor | None, norm_weight: 
 def norm_gemv_rope(x: torch.Tensor, partials: torch.Tensor | None, norm_weight: torch.Tensor, eps: float,
                    weight: torch.Tensor, num_heads: int, num_kv_heads: int, positions: torch.Tensor,
                    cos: torch.Tensor, sin: torch.Tensor, k_buf: torch.Tensor, v_buf: torch.Tensor,
-                   loc: torch.Tensor, add: torch.Tensor | None = None, x_out: torch.Tensor | None = None
-                   ) -> torch.Tensor:
+                   loc: torch.Tensor) -> torch.Tensor:
     """rmsnorm(x) * norm_weight @ weight^T for fused [q | k | v] rows, rotary on q and k at positions[0],
-    k and v written to k_buf[loc[0]] and v_buf[loc[0]] ([slots, KVH, D], contiguous). Returns q [1, H, D].
-    `add` / `x_out`: as norm_gemv_silu's."""
+    k and v written to k_buf[loc[0]] and v_buf[loc[0]] ([slots, KVH, D], contiguous). Returns q [1, H, D]."""
     n, k = weight.shape
     dim = k_buf.shape[2]
     _check_row(x, k, "norm_gemv_rope x")
@@ -323,12 +281,11 @@ def norm_gemv_rope(x: torch.Tensor, partials: torch.Tensor | None, norm_weight: 
                          f"pool {tuple(k_buf.shape)} do not fit tiles of {half_n} x {block_k}")
     q = torch.empty((1, num_heads, dim), dtype=x.dtype, device=x.device)
     part, n_part, from_x, block_p = _norm_args(x, partials)
-    adds = _add_args(x, partials, add, x_out, "norm_gemv_rope")
     programs = (num_heads + 2 * num_kv_heads) * (dim // 2 // half_n)
     _norm_gemv_rope_kernel[(programs,)](
-        x, adds["Add"], adds["XOut"], part, n_part, norm_weight, weight, q, k_buf, v_buf, loc, positions, cos, sin, k,
-        weight.stride(0), cos.stride(0), k_buf.stride(0), k_buf.stride(1), eps, num_heads, num_kv_heads,
-        FROM_X=from_x, ADD=adds["ADD"], HALF=dim // 2, HALF_N=half_n, BLOCK_K=block_k, BLOCK_P=block_p, num_warps=warps, num_stages=stages,
+        x, part, n_part, norm_weight, weight, q, k_buf, v_buf, loc, positions, cos, sin, k, weight.stride(0),
+        cos.stride(0), k_buf.stride(0), k_buf.stride(1), eps, num_heads, num_kv_heads, FROM_X=from_x,
+        HALF=dim // 2, HALF_N=half_n, BLOCK_K=block_k, BLOCK_P=block_p, num_warps=warps, num_stages=stages,
         **_pdl(x.device))
     return q
 

@@ -132,7 +132,7 @@ class LlamaModel(nn.Module):
 
     def _one_row_fusable(self, hidden: torch.Tensor, fb: ForwardBatch) -> bool:
         """Batch-1 decode on CUDA runs `_forward_one_row` (kernels/gemv.py): six kernels per layer
-        instead of ten (and the two all-reduces with tensor parallelism). Only for the plain dense
+        instead of ten (eight instead of twelve with tensor parallelism). Only for the plain dense
         float layers those kernels cover, in one pipeline stage. RADIXSERVE_ONE_ROW_FUSION=0 turns
         it off (one_row_enabled)."""
         if not (hidden.is_cuda and hidden.shape[0] == 1 and fb.forward_mode.is_decode()):
@@ -169,13 +169,11 @@ class LlamaModel(nn.Module):
                          fb: ForwardBatch) -> tuple[torch.Tensor, None]:
         """The layers for one token. `x` is the residual stream (hidden + residual, as the unfused
         path's add_rmsnorm rounds it) and `part` the sums of squares of x that the product which wrote
-        it left for the next RMSNorm (None where there are none: the embedding's output, or with TP).
-        With TP a product is summed over the ranks after its kernel, so its residual add is left
-        pending (`add`): the next norm's kernel adds it to x as it loads x and writes the sum, the
-        next residual (no add kernel of its own)."""
+        it left for the next RMSNorm (None where there are none, the embedding's output or a sum over
+        TP ranks: the norm then computes its own from x)."""
         from radixserve.kernels.gemv import norm_gemv_rope, norm_gemv_silu
 
-        x, part, add = hidden, None, None
+        x, part = hidden, None
         for i in range(self.start_layer, self.end_layer):
             layer = self.layers[i]
             assert isinstance(layer, LlamaDecoderLayer)
@@ -183,43 +181,36 @@ class LlamaModel(nn.Module):
             assert isinstance(mlp, LlamaMLP)
             ln1, ln2 = layer.input_layernorm, layer.post_attention_layernorm
             k_buf, v_buf = fb.token_to_kv_pool.get_kv_buffer(attn.attn.layer_id)
-            x_out = None if add is None else torch.empty_like(x)
             q = norm_gemv_rope(x, part, ln1.weight, ln1.eps, attn.qkv_proj.weight, attn.num_heads, attn.num_kv_heads,
-                               positions, attn.rotary.cos_cache, attn.rotary.sin_cache, k_buf, v_buf, fb.out_cache_loc,
-                               add, x_out)
-            x = x if x_out is None else x_out
+                               positions, attn.rotary.cos_cache, attn.rotary.sin_cache, k_buf, v_buf, fb.out_cache_loc)
             o = fb.attn_backend.forward_decode(q, attn.attn, fb)  # k and v of this token are in the pool
-            x, part, add = _one_row_residual(o.reshape(1, -1), attn.o_proj, x)
-            x_out = None if add is None else torch.empty_like(x)
-            act = norm_gemv_silu(x, part, ln2.weight, ln2.eps, mlp.gate_up_proj.weight, add, x_out)
-            x = x if x_out is None else x_out
-            x, part, add = _one_row_residual(act, mlp.down_proj, x)
-        out, _ = self.norm(x, None) if add is None else self.norm(add, x)
+            x, part = _one_row_residual(o.reshape(1, -1), attn.o_proj, x)
+            act = norm_gemv_silu(x, part, ln2.weight, ln2.eps, mlp.gate_up_proj.weight)
+            x, part = _one_row_residual(act, mlp.down_proj, x)
+        out, _ = self.norm(x, None)
         return out, None
 
 
 def one_row_enabled() -> bool:
     """RADIXSERVE_ONE_ROW_FUSION: "0" off, otherwise on wherever the kernels fit, at every TP size.
     At TP>1 it was on only when asked ("1") until a rank's step was measured (2026-12-03,
-    benchmarks/bench_tp_shard.py on one H200): 17 % shorter than the layer-by-layer path at the 8B
-    shape's TP=2, 6 % at the 70B's, with the same all-reduces (docs/gpu.md)."""
+    benchmarks/bench_tp_shard.py on one H200): 15-17 % shorter than the layer-by-layer path at the 8B
+    shape's TP=2, 1-7 % at the 70B's, with the same all-reduces (docs/gpu.md)."""
     return os.environ.get("RADIXSERVE_ONE_ROW_FUSION", "auto") != "0"
 
 
 def _one_row_residual(a: torch.Tensor, linear: RowParallelLinear, x: torch.Tensor
-                      ) -> tuple[torch.Tensor, torch.Tensor | None, torch.Tensor | None]:
-    """x + a W^T for the o and down products of `_forward_one_row`, as (x, partials, add). On one
-    rank the product adds the residual itself and leaves the next norm its sums of squares:
-    (x + a W^T, partials, None). With TP each rank holds a partial product, summed over the ranks
-    before the residual add: (x, None, the sum), the add left to the next norm's kernel (the unfused
-    path's add_rmsnorm rounding, bf16(float(y) + float(x)))."""
+                      ) -> tuple[torch.Tensor, torch.Tensor | None]:
+    """x + a W^T for the o and down products of `_forward_one_row`. On one rank the product adds
+    the residual itself and leaves the next norm its sums of squares. With TP each rank holds a
+    partial product: the sum over the ranks comes first, then the residual add (the unfused path's
+    add_rmsnorm rounding: bf16(float(y) + float(x))), and the next norm sums the squares of x."""
     from radixserve.kernels.gemv import gemv_residual
 
     if linear.tp.size == 1:
-        x, part = gemv_residual(a, linear.weight, x)
-        return x, part, None
+        return gemv_residual(a, linear.weight, x)
     y, _ = gemv_residual(a, linear.weight, None)
-    return x, None, linear.tp.all_reduce(y)
+    return linear.tp.all_reduce(y) + x, None
 
 
 class LlamaForCausalLM(nn.Module):

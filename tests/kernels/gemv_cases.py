@@ -104,24 +104,6 @@ def check_gemv(device: str, dtype: torch.dtype, gen: torch.Generator, hidden: in
         others[loc] = False
         assert bool((k_buf.cpu()[others] == 7.0).all() and (v_buf.cpu()[others] == 7.0).all()), "wrote other slots"
 
-    # With TP a product summed over the ranks (`add`) reaches the next norm's kernel before its residual
-    # add: the kernel's input is x + add, rounded like the add, which it writes to x_out (once, whole).
-    prev = _rand(gen, 1, hidden).to(dtype)
-    summed = (prev + y.cpu()).to(dtype)  # torch's bf16 add: float sum, one rounding, like the kernel's
-    ref_act = norm_gemv_silu_reference(summed, norm.weight.data, eps, w_gu)
-    x_out = torch.full((1, hidden), 7.0, dtype=dtype, device=device)
-    act = norm_gemv_silu(dev(prev), None, dev(norm.weight.data), eps, dev(w_gu), y, x_out)
-    _close(act.cpu(), ref_act, dtype, "norm_gemv_silu (add)")
-    assert torch.equal(x_out.cpu(), summed), "norm_gemv_silu wrote another x + add"
-    ref_q, ref_k, _ = norm_gemv_rope_reference(summed, norm.weight.data, eps, w_qkv, heads, kv_heads, positions,
-                                               rope.cos_cache, rope.sin_cache)
-    x_out.fill_(7.0)
-    q = norm_gemv_rope(dev(prev), None, dev(norm.weight.data), eps, dev(w_qkv), heads, kv_heads, positions.to(device),
-                       rope.cos_cache.to(device), rope.sin_cache.to(device), k_buf, v_buf, loc.to(device), y, x_out)
-    _close(q.cpu(), ref_q, dtype, "norm_gemv_rope q (add)")
-    _close(k_buf[loc.to(device)].cpu(), ref_k, dtype, "norm_gemv_rope k (add)")
-    assert torch.equal(x_out.cpu(), summed), "norm_gemv_rope wrote another x + add"
-
 
 def check_gemv_small(device: str, dtype: torch.dtype, gen: torch.Generator) -> None:
     """Tiles small enough for the interpreter's shapes: several programs and K steps each."""
