@@ -6,8 +6,9 @@ One request at a time, distinct random prompts, one output token: the wall time 
 to first token). Paths: the default packed engine (the C integer product, dot_cpu.py, where it is
 built) with the expansion threshold as shipped and with it out of reach (the kernel for every row
 count); torch's int4 kernel (int4_cpu.py, an engine built with RADIXSERVE_CPU_KERNELS=0) as shipped;
-the dequantized float32 model. The paths alternate so load from elsewhere hits each alike. Writes JSON
-to benchmarks/results/.
+the dequantized float32 model. Where this CPU has no native bf16 GEMM (base.cpu_gemm_dtype is float32:
+AVX2 CPUs), the default path also runs with its expanded GEMMs forced to bf16 (what it did before
+2026-12-03). The paths alternate so load from elsewhere hits each alike. Writes JSON to benchmarks/results/.
 
   python benchmarks/bench_cpu_prefill.py                      # embedded SmolLM2-135M-Instruct Q4_1
   python benchmarks/bench_cpu_prefill.py --lengths 128,1024 --repeats 5
@@ -33,6 +34,7 @@ from benchmarks._common import command_line, environment, machine_info, write_re
 from radixserve import Engine  # noqa: E402
 from radixserve.kernels import cpu_native  # noqa: E402
 from radixserve.layers.quantization import dot_cpu, int4_cpu  # noqa: E402
+from radixserve.layers.quantization.base import cpu_gemm_dtype  # noqa: E402
 
 NEVER = 1 << 62
 
@@ -70,6 +72,9 @@ def main() -> None:
     # (path name, engine, expansion thresholds): the in-process scheduler reads the module constants per call.
     paths = [("packed_expanded", "packed", shipped), ("packed_kernel_only", "packed", (NEVER, NEVER)),
              ("packed_int4_expanded", "packed_int4", shipped), ("dequantized", "dequantized", shipped)]
+    gemm = cpu_gemm_dtype()
+    if gemm != torch.bfloat16:
+        paths.append(("packed_expanded_bf16", "packed", shipped))
     gen = torch.Generator().manual_seed(args.seed)
     runs: dict[str, dict[int, list[float]]] = {p: {n: [] for n in lengths} for p, _, _ in paths}
     try:
@@ -80,12 +85,15 @@ def main() -> None:
                 for n in lengths:
                     for path, name, threshold in paths:
                         int4_cpu.DENSE_FROM_ROWS, dot_cpu.DENSE_FROM_ROWS = threshold
+                        forced = torch.bfloat16 if path == "packed_expanded_bf16" else gemm
+                        dot_cpu.cpu_gemm_dtype = int4_cpu.cpu_gemm_dtype = lambda d=forced: d  # type: ignore[assignment]
                         # A fresh prompt every run: nothing comes from the radix cache (asserted).
                         ids = torch.randint(100, 40000, (n,), generator=gen).tolist()
                         runs[path][n].append(_prefill_s(engines[name], ids))
                         bar.update()
     finally:
         int4_cpu.DENSE_FROM_ROWS, dot_cpu.DENSE_FROM_ROWS = shipped
+        dot_cpu.cpu_gemm_dtype = int4_cpu.cpu_gemm_dtype = cpu_gemm_dtype
         for engine in engines.values():
             engine.shutdown()
     med = {p: {n: statistics.median(v) for n, v in r.items()} for p, r in runs.items()}
@@ -94,20 +102,24 @@ def main() -> None:
         "model": args.model_path or "embedded SmolLM2-135M-Instruct Q4_1", "lengths": lengths,
         "repeats": args.repeats, "dense_from_rows": {"int4_cpu": shipped[0], "dot_cpu": shipped[1]},
         "packed_method": methods["packed"], "packed_int4_method": methods["packed_int4"],
-        "threads": torch.get_num_threads(),
+        "threads": torch.get_num_threads(), "gemm_dtype": str(gemm).removeprefix("torch."),
+        "cpu_capability": torch.backends.cpu.get_cpu_capability(),
         "prefill_s_median": med, "prefill_s_runs": runs,
         "expanded_speedup_over_kernel_only": {n: med["packed_kernel_only"][n] / med["packed_expanded"][n]
                                               for n in lengths},
         "expanded_over_dequantized_time": {n: med["packed_expanded"][n] / med["dequantized"][n] for n in lengths},
         "expanded_over_int4_expanded_time": {n: med["packed_expanded"][n] / med["packed_int4_expanded"][n]
                                              for n in lengths},
+        **({"bf16_over_shipped_time": {n: med["packed_expanded_bf16"][n] / med["packed_expanded"][n] for n in lengths}}
+           if "packed_expanded_bf16" in med else {}),
         "machine": machine_info(("torch", "gguf")),
     }
     out = write_results("cpu_prefill", result, args.out)
     for n in lengths:
         print(f"{n} tokens: expanded {med['packed_expanded'][n]:.3f} s, kernel only {med['packed_kernel_only'][n]:.3f} s "
               f"({result['expanded_speedup_over_kernel_only'][n]:.2f}x), torch int4 expanded "
-              f"{med['packed_int4_expanded'][n]:.3f} s, dequantized float32 {med['dequantized'][n]:.3f} s")
+              f"{med['packed_int4_expanded'][n]:.3f} s, dequantized float32 {med['dequantized'][n]:.3f} s"
+              + (f", expanded in bf16 {med['packed_expanded_bf16'][n]:.3f} s" if "packed_expanded_bf16" in med else ""))
     print(f"wrote {out}")
 
 

@@ -10,6 +10,11 @@ build goes to a temporary file renamed into place, so processes that start toget
 not read a half-written library. Where there is no compiler, or the build fails, `load()` returns
 None with the reason in `unavailable_reason()`, and the callers keep torch's kernels.
 RADIXSERVE_CPU_KERNELS=0 turns the native kernels off (A/B runs, or to rule them out).
+
+The products take the C kernel only where it has its AVX512-VNNI path (`products_enabled`): its plain C
+loop, on a CPU without it, decoded the embedded model at a fifth of torch's int4 op's speed (an AVX2
+AMD EPYC, 2 cores: 5.5 against 26.5 tok/s, benchmarks/results/cpu_decode_20261204T001911Z.json), so
+torch's op serves there; RADIXSERVE_CPU_KERNELS=1 asks for the C product anyway (tests, A/B runs).
 """
 
 from __future__ import annotations
@@ -132,3 +137,19 @@ def unavailable_reason() -> str:
 def has_vnni() -> bool:
     lib = load()
     return bool(lib is not None and lib.rs_qdot_has_vnni())
+
+
+def products_enabled() -> bool:
+    """Whether quantized products on this CPU take the C kernel (see the module's docstring)."""
+    if load() is None:
+        return False
+    return has_vnni() or os.environ.get(ENV_SWITCH) == "1"
+
+
+def products_reason() -> str:
+    """Why quantized products do not take the C kernel here ("" where they do)."""
+    if products_enabled():
+        return ""
+    if load() is None:
+        return unavailable_reason()
+    return f"this CPU has no AVX512-VNNI, so torch's int4 op serves ({ENV_SWITCH}=1 asks for the C product)"

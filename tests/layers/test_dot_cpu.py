@@ -156,17 +156,36 @@ def test_the_plain_c_product_without_avx512(tmp_path: Path) -> None:
         assert rel_err(w.apply(x), fast.apply(x)) < SUMMATION_TOL
 
 
-def test_many_rows_take_one_bf16_gemm_and_agree_with_the_kernel() -> None:
+@pytest.mark.parametrize("gemm_dtype", [torch.bfloat16, torch.float32])
+def test_many_rows_take_one_gemm_and_agree_with_the_kernel(gemm_dtype: torch.dtype,
+                                                          monkeypatch: pytest.MonkeyPatch) -> None:
+    """From DENSE_FROM_ROWS rows on, one GEMM in base.cpu_gemm_dtype (bf16 where the CPU has native bf16
+    GEMMs, float32 elsewhere); each dtype forced here, whatever this CPU has."""
+    from radixserve.layers.quantization import dot_cpu
+
+    monkeypatch.setattr(dot_cpu, "cpu_gemm_dtype", lambda: gemm_dtype)
     raw, ref = gguf_blocks("Q4_1", 128, 512, seed=5)
     w = dot_weight(gguf_group_quantized(raw, "Q4_1", 128, 512))
-    x = torch.randn(DENSE_FROM_ROWS + 3, 512)
+    x = torch.randn(DENSE_FROM_ROWS + 3, 512, generator=torch.Generator().manual_seed(5))
     y = w.apply(x)
     per_row = torch.cat([w.apply(x[i:i + 1]) for i in range(x.shape[0])])  # the kernel, one row at a time
     assert rel_err(y, x @ ref.T) < REL_TOL
-    assert rel_err(y, per_row) < REL_TOL
+    exact = x @ w.dequantize().T
+    if gemm_dtype == torch.float32:  # the exact product, and the kernel's within its activation rounding
+        assert rel_err(y, exact) < 1e-6 and rel_err(y, per_row) < ACTIVATION_TOL
+    else:  # bf16 roundings of the activations and the weight
+        assert 1e-4 < rel_err(y, exact) < REL_TOL and rel_err(y, per_row) < REL_TOL
+
+
+def test_the_gemm_dtype_follows_the_cpus_bf16() -> None:
+    from radixserve.layers.quantization.base import cpu_gemm_dtype
+
+    native = torch.ops.mkldnn._is_mkldnn_bf16_supported()
+    assert cpu_gemm_dtype() == (torch.bfloat16 if native else torch.float32)
 
 
 def test_shapes_the_kernel_cannot_take_go_to_the_int4_kernel(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setenv(cpu_native.ENV_SWITCH, "1")  # the C product where it takes the shape, VNNI or not
     raw, _ = gguf_blocks("Q4_1", 64, 96)  # 96 columns: not a multiple of the 64-code chunk
     q = gguf_group_quantized(raw, "Q4_1", 64, 96)
     assert fits(q) is not None and "96 columns" in str(fits(q))
@@ -204,3 +223,19 @@ def test_a_fresh_build_lands_in_the_cache_keyed_by_source_and_cpu(fresh_build: N
     w = IntDotWeight(gguf_group_quantized(raw, "Q8_0", 32, 128), lib, cpu_native.has_vnni())
     x = torch.randn(2, 128)
     assert rel_err(w.apply(x), w.activation_reference(x)) < SUMMATION_TOL
+
+
+def test_products_take_the_c_kernel_only_with_its_vnni_path(monkeypatch: pytest.MonkeyPatch) -> None:
+    """Without AVX512-VNNI the plain C loop is slower than torch's int4 op: that op serves unless
+    RADIXSERVE_CPU_KERNELS=1 asks for the C product."""
+    q = gguf_group_quantized(gguf_blocks("Q4_1", 64, 256)[0], "Q4_1", 64, 256)
+    monkeypatch.delenv(cpu_native.ENV_SWITCH, raising=False)
+    for vnni, switch, expected in ((True, None, "int-dot-cpu"), (False, None, "int4-cpu"), (False, "1", "int-dot-cpu"),
+                                   (True, "0", "int4-cpu")):
+        monkeypatch.setattr(cpu_native, "has_vnni", lambda v=vnni: v)
+        if switch is None:
+            monkeypatch.delenv(cpu_native.ENV_SWITCH, raising=False)
+        else:
+            monkeypatch.setenv(cpu_native.ENV_SWITCH, switch)
+        assert pack_for_device(q, torch.device("cpu")).name.startswith(expected), (vnni, switch)
+        assert (cpu_native.products_reason() == "") == (expected == "int-dot-cpu")

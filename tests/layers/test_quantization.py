@@ -57,14 +57,17 @@ def gguf_blocks(type_name: str, rows: int, cols: int, seed: int = 0) -> tuple[np
 
 
 def use_cpu_kernels(kernels: str, monkeypatch: pytest.MonkeyPatch) -> None:
-    """Packing on CPU from here on with the C integer product ("native"; skipped where it is not built) or
-    torch's int4 kernel ("torch-int4": RADIXSERVE_CPU_KERNELS=0)."""
+    """Packing on CPU from here on with the C integer product ("native": RADIXSERVE_CPU_KERNELS=1, so also
+    where the CPU lacks its VNNI path; skipped where it is not built) or torch's int4 kernel ("torch-int4":
+    RADIXSERVE_CPU_KERNELS=0)."""
     from radixserve.kernels import cpu_native
 
     if kernels == "torch-int4":
         monkeypatch.setenv(cpu_native.ENV_SWITCH, "0")
     elif cpu_native.load() is None:
         pytest.skip(f"the CPU kernels are not built here: {cpu_native.unavailable_reason()}")
+    else:
+        monkeypatch.setenv(cpu_native.ENV_SWITCH, "1")
 
 
 def rel_err(a: torch.Tensor, b: torch.Tensor) -> float:
@@ -101,11 +104,11 @@ def test_packed_matmul_matches_dequantized(type_name: str, batch: int) -> None:
 
 @pytest.mark.parametrize("type_name", TYPES)
 def test_many_rows_take_the_expanded_weight_and_agree_with_the_kernel(type_name: str) -> None:
-    # 128 output rows (whole blocks of 64): from DENSE_FROM_ROWS rows on, the weight is expanded to bf16
+    # 128 output rows (whole blocks of 64 or 32): from DENSE_FROM_ROWS rows on, the weight is expanded to bf16
     # for one GEMM; below, the int4 kernel runs. Both against the file's float weight, and each other.
     from radixserve.layers.quantization import int4_cpu
 
-    assert int4_cpu._layout_known(), "torch's CPU int4 packing changed: prefill lost its fast path"
+    assert int4_cpu._packing_block() in (32, 64), "torch's CPU int4 packing changed: prefill lost its fast path"
     raw, ref = gguf_blocks(type_name, 128, 512, seed=3)
     packed = Int4PackedWeight(gguf_group_quantized(raw, type_name, 128, 512))
     assert packed._expandable
@@ -322,3 +325,17 @@ def test_codebook_and_low_bit_types_requantize_within_half_a_step(type_name: str
     packed = Int4PackedWeight(q)  # and the kernel runs them (split nibbles)
     x = torch.randn(3, cols)
     assert rel_err(packed.apply(x), x @ ref.T) < REL_TOL
+
+
+@pytest.mark.parametrize("block", [64, 32])
+def test_unpack_reads_the_layout_of_either_cpu(block: int) -> None:
+    """torch packs int4 rows in blocks of 64 on AVX512 CPUs and of 32 on AVX2 ones: the reader takes
+    either (built here from the layout's description; the CPU at hand packs in one of them)."""
+    from radixserve.layers.quantization import int4_cpu
+
+    n, k = 2 * block, 8
+    codes = torch.randint(0, 16, (n, k), dtype=torch.uint8, generator=torch.Generator().manual_seed(block))
+    c = codes.view(n // block, block, k)
+    packed = (c[:, : block // 2] | (c[:, block // 2:] << 4)).permute(0, 2, 1).reshape(n, k // 2)
+    assert torch.equal(int4_cpu._unpack_codes(packed, block), codes)
+    assert not torch.equal(int4_cpu._unpack_codes(packed, 96 - block), codes)  # the other layout misreads

@@ -115,16 +115,19 @@ def test_embedded_model_loads_packed(packed_engine: Engine) -> None:
     assert len(quant) == 4 * layers  # qkv, o, gate_up, down of every layer
     vocab, hidden = model.config.vocab_size, model.config.hidden_size
     weights = sum(q.out_features * q.in_features for q in quant)
-    if cpu_native.load() is not None:
-        # The C integer product (kernels/cpu/qdot.c): the file's codes and its float16 scales and offsets,
-        # 0.625 bytes a weight; the tied Q8_0 head a byte a weight plus its two float16 factors per 32.
+    if cpu_native.products_enabled():
+        # The C integer product (kernels/cpu/qdot.c): the file's codes and its scales and offsets, float16
+        # where the kernel's VNNI path reads them (0.625 bytes a weight), float32 where the plain C loop was
+        # asked for (RADIXSERVE_CPU_KERNELS=1 without VNNI: 0.75); the tied Q8_0 head a byte a weight plus
+        # its two factors per 32.
+        factors = 2 * (2 if cpu_native.has_vnni() else 4)  # bytes of one group's scale and offset
         assert all(q.name == "int-dot-cpu(Q4_1)" for q in quant)
-        assert sum(q.nbytes() for q in quant) == weights // 2 + weights // 32 * 4
+        assert sum(q.nbytes() for q in quant) == weights // 2 + weights // 32 * factors
         assert head is not None and head.name == "int-dot-cpu(Q8_0)"
-        assert head.nbytes() == vocab * hidden + (vocab * hidden // 32) * 4
+        assert head.nbytes() == vocab * hidden + (vocab * hidden // 32) * factors
         assert packed_engine.model_runner.cpu_decode is not None  # and decode steps run in C
     else:
-        # torch's int4 kernel: about 0.625 bytes a weight (nibble + bf16 scale and zero per 32); the tied
+        # torch's int4 kernel (no compiler, or a CPU without AVX512-VNNI): about 0.625 bytes a weight (nibble + bf16 scale and zero per 32); the tied
         # head from token_embd's Q8_0 codes as two nibble halves, a byte a weight plus a bf16 scale and zero
         # per 32 for each half.
         assert all(q.name.startswith("int4-cpu(Q4_1") for q in quant)
@@ -169,7 +172,7 @@ def test_embedded_model_native_decode_tracks_the_float_reference(packed_engine: 
     # One prompt at a time: its prefill has fewer rows than DENSE_FROM_ROWS, so every product, prefill and
     # decode, is the C integer product; the decode steps run in C.
     if packed_engine.model_runner.cpu_decode is None:
-        pytest.skip(f"the CPU kernels are not built here: {cpu_native.unavailable_reason()}")
+        pytest.skip(f"no C decode steps here: {cpu_native.products_reason()}")
     assert packed_engine.scheduler.flush_cache()
     prompts = PROMPTS[:4]
     assert all(len(packed_engine.tokenizer.encode(p)) < dot_cpu.DENSE_FROM_ROWS for p in prompts)

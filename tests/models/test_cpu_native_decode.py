@@ -28,6 +28,16 @@ from radixserve.model_executor.cpu_decode import MAX_BATCH, CpuDecodeStep, why_n
 pytestmark = pytest.mark.skipif(cpu_native.load() is None,
                                 reason=f"the CPU kernels are not built here: {cpu_native.unavailable_reason()}")
 
+
+@pytest.fixture(scope="module", autouse=True)
+def _c_product() -> Iterator[None]:
+    """The C product also where the CPU lacks its VNNI path (there torch's int4 op is the default); module
+    scope, so that the module's engines are built with it."""
+    with pytest.MonkeyPatch.context() as mp:
+        mp.setenv(cpu_native.ENV_SWITCH, "1")
+        yield
+
+
 PROMPTS = ["The capital of France is", "def fibonacci(n):", "Once upon a time, in a land far away,"]
 GREEDY = {"max_new_tokens": 12, "temperature": 0, "ignore_eos": True}
 # Seen (relative L2 per step): the tiny models' logits and KV rows up to 1e-4, the embedded model's logits

@@ -12,7 +12,8 @@ compare against.
 At batch 1 on a 2-core AVX512 machine the product runs at the speed the weights' bytes allow, as torch's
 int4 kernel does; what it changes is the rest of the step: model_executor/cpu_decode.py runs whole
 decode steps in C around it (docs/quantization.md, "Speed"). From `DENSE_FROM_ROWS` rows on (prefill),
-the weight is expanded to bf16 for one GEMM, as the int4 method does.
+the weight is expanded for one GEMM (bf16 where the CPU multiplies bf16 natively, else float32:
+base.cpu_gemm_dtype), as the int4 method does.
 """
 
 from __future__ import annotations
@@ -23,7 +24,7 @@ import os
 import torch
 
 from radixserve.kernels import cpu_native
-from radixserve.layers.quantization.base import GroupQuantized, UnsupportedQuantizationError
+from radixserve.layers.quantization.base import GroupQuantized, UnsupportedQuantizationError, cpu_gemm_dtype
 
 CHUNK = 64  # codes per inner step of the kernel; K must be a multiple of it
 MAX_K = 16384  # columns (qdot.c sizes a per-thread buffer by it)
@@ -140,7 +141,8 @@ class IntDotWeight:
         x2 = x.reshape(-1, self.in_features)
         m = x2.shape[0]
         if m >= DENSE_FROM_ROWS:
-            y = torch.nn.functional.linear(x2.to(torch.bfloat16), self.dequantize().to(torch.bfloat16)).float()
+            dtype = cpu_gemm_dtype()
+            y = torch.nn.functional.linear(x2.to(dtype), self.dequantize().to(dtype)).float()
         else:
             x2 = x2.float().contiguous()
             y = torch.empty(m, self.out_features, dtype=torch.float32)
@@ -155,8 +157,10 @@ class IntDotWeight:
 
 
 def native_method(w: GroupQuantized) -> IntDotWeight | None:
-    """The integer-dot kernel's method for `w` where the kernel is built and takes its shape, else None."""
-    if fits(w) is not None:
+    """The integer-dot kernel's method for `w` where products take the kernel on this CPU
+    (cpu_native.products_enabled: built, with its VNNI path or asked for) and it takes the shape, else None."""
+    if fits(w) is not None or not cpu_native.products_enabled():
         return None
     lib = cpu_native.load()
-    return None if lib is None else IntDotWeight(w, lib, cpu_native.has_vnni())
+    assert lib is not None
+    return IntDotWeight(w, lib, cpu_native.has_vnni())

@@ -26,18 +26,25 @@ import os
 
 import torch
 
-from radixserve.layers.quantization.base import GroupQuantized, QuantMethod, UnsupportedQuantizationError
+from radixserve.layers.quantization.base import (
+    GroupQuantized,
+    QuantMethod,
+    UnsupportedQuantizationError,
+    cpu_gemm_dtype,
+)
 
 GROUP_SIZES = (32, 64, 128, 256)
 COMPUTE_DTYPE = torch.bfloat16
 # The int4 kernel runs each row as its own product (~16 us a row for 1536x576 on a 2-core AVX512 CPU):
-# from this many rows on (prefill) it is cheaper to expand the weight to bf16 for the call (~1.5 ms)
-# and run one bf16 GEMM (256 rows: 4.6 ms -> 1.6 ms; 2048 rows: ~33 ms -> ~6 ms).
+# from this many rows on (prefill) it is cheaper to expand the weight for the call (~1.5 ms; bf16, or float32
+# where the CPU has no native bf16 GEMM: base.cpu_gemm_dtype)
+# and run one GEMM (bf16 there: 256 rows: 4.6 ms -> 1.6 ms; 2048 rows: ~33 ms -> ~6 ms).
 # RADIXSERVE_INT4_DENSE_FROM_ROWS overrides it for A/B runs (a huge value: the kernel for every row count).
 DENSE_FROM_ROWS = int(os.environ.get("RADIXSERVE_INT4_DENSE_FROM_ROWS", "96"))
-# The CPU packing's layout as read by `_unpack_codes`: output rows in blocks of 64, each byte at
-# [block, k, j] holding row 64 * block + j (low nibble) and row 64 * block + 32 + j (high nibble).
-_BLOCK_N = 64
+# The CPU packing's layout as read by `_unpack_codes`: output rows in blocks of B, each byte at
+# [block, k, j] holding row B * block + j (low nibble) and row B * block + B / 2 + j (high nibble).
+# B follows the CPU torch runs on: 64 with AVX512, 32 with AVX2 (torch 2.13); `_packing_block` finds it.
+_BLOCKS = (64, 32)
 
 
 def int4_cpu_available() -> bool:
@@ -45,23 +52,28 @@ def int4_cpu_available() -> bool:
         torch.ops.aten, "_convert_weight_to_int4pack_for_cpu")
 
 
-def _unpack_codes(packed: torch.Tensor) -> torch.Tensor:
-    """torch's CPU int4 packing [N, K/2] bytes back to codes [N, K] (uint8), for N a multiple of 64."""
+def _unpack_codes(packed: torch.Tensor, block: int) -> torch.Tensor:
+    """torch's CPU int4 packing [N, K/2] bytes back to codes [N, K] (uint8), for N a multiple of `block`."""
     n, k = packed.shape[0], packed.shape[1] * 2
-    p = packed.view(n // _BLOCK_N, k, _BLOCK_N // 2)
+    p = packed.view(n // block, k, block // 2)
     return torch.stack([p & 15, p >> 4], dim=1).permute(0, 1, 3, 2).reshape(n, k)
 
 
 @functools.cache
-def _layout_known() -> bool:
-    """Whether this torch packs as `_unpack_codes` reads (the layout is the kernel's private business:
-    checked once on a pattern, and where it differs large batches keep the int4 kernel)."""
-    codes = (torch.arange(2 * _BLOCK_N * 64, dtype=torch.int32).view(2 * _BLOCK_N, 64) * 7) % 16
+def _packing_block() -> int:
+    """The row block this torch packs in on this CPU, found by packing a pattern and reading it back
+    (the layout is the kernel's private business); 0 where no known layout reads it back, and then
+    large batches keep the int4 kernel."""
+    rows = 2 * max(_BLOCKS)
+    codes = (torch.arange(rows * 64, dtype=torch.int32).view(rows, 64) * 7) % 16
     try:
-        return bool(torch.equal(_unpack_codes(torch.ops.aten._convert_weight_to_int4pack_for_cpu(codes, 1)),
-                                codes.to(torch.uint8)))
+        packed = torch.ops.aten._convert_weight_to_int4pack_for_cpu(codes, 1)
     except RuntimeError:
-        return False
+        return 0
+    for block in _BLOCKS:
+        if torch.equal(_unpack_codes(packed, block), codes.to(torch.uint8)):
+            return block
+    return 0
 
 
 def _split_nibbles(w: GroupQuantized) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
@@ -107,13 +119,15 @@ class Int4PackedWeight:
         # innerKTiles is ignored by the CPU packing; 1 is what torch's own tests pass.
         self.packed = torch.ops.aten._convert_weight_to_int4pack_for_cpu(codes.contiguous(), 1)
         self.scales_and_zeros = torch.stack([scale.t(), zero.t()], dim=-1).to(COMPUTE_DTYPE).contiguous()
-        self._expandable = self.packed.shape[0] % _BLOCK_N == 0 and _layout_known()
+        block = _packing_block()
+        self._expandable = block > 0 and self.packed.shape[0] % block == 0
 
     def apply(self, x: torch.Tensor, bias: torch.Tensor | None = None) -> torch.Tensor:
         lead = x.shape[:-1]
         x2 = x.reshape(-1, self.in_features).to(COMPUTE_DTYPE)
         if x2.shape[0] >= DENSE_FROM_ROWS and self._expandable:
-            y = torch.nn.functional.linear(x2, self._expanded())
+            dtype = cpu_gemm_dtype()
+            y = torch.nn.functional.linear(x.reshape(-1, self.in_features).to(dtype), self._expanded(dtype))
         else:
             if self.split:
                 x2 = torch.cat([x2, x2], dim=1)
@@ -123,18 +137,18 @@ class Int4PackedWeight:
         y = y.to(x.dtype).reshape(*lead, self.out_features)
         return y if bias is None else y + bias
 
-    def _expanded(self) -> torch.Tensor:
-        """The weight in bf16 [N(+pad), K], made for one call and dropped after it (no second copy kept)."""
-        q = _unpack_codes(self.packed)
+    def _expanded(self, dtype: torch.dtype = COMPUTE_DTYPE) -> torch.Tensor:
+        """The weight in `dtype` [N(+pad), K], made for one call and dropped after it (no second copy kept)."""
+        q = _unpack_codes(self.packed, _packing_block())
         n, k = q.shape
         sz = self.scales_and_zeros.transpose(0, 1)  # [N, K / group, 2]
         if self.split:
             # Two 4-bit halves of 8-bit codes: summed in float32, where bf16 would round each half.
             w = (q.view(n, -1, self.group_size).float() - 8) * sz[..., :1].float() + sz[..., 1:].float()
             w = w.view(n, k)
-            return (w[:, : k // 2] + w[:, k // 2:]).to(COMPUTE_DTYPE)
-        wb = q.view(n, -1, self.group_size).to(COMPUTE_DTYPE)
-        return wb.sub_(8).mul_(sz[..., :1]).add_(sz[..., 1:]).view(n, k)
+            return (w[:, : k // 2] + w[:, k // 2:]).to(dtype)
+        wb = q.view(n, -1, self.group_size).to(dtype)
+        return wb.sub_(8).mul_(sz[..., :1].to(dtype)).add_(sz[..., 1:].to(dtype)).view(n, k)
 
     def dequantize(self) -> torch.Tensor:
         # The packed layout is torch's business; the float32 kernel applied to the identity reads each
