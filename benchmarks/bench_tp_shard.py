@@ -8,7 +8,8 @@ process of its own as rank 0 of TP=N (its shard of each weight, its KV heads, it
 vocabulary; random weights) in a group whose collectives do nothing but count themselves (the
 all-reduces of the embedding and of the attention-output and down products, the LM head's gather).
 After an --input-len prompt, the batch-1 decode graph is captured four times (one-row fusion off/on x
-programmatic dependent launch off/on) and the four replayed interleaved, between CUDA events.
+programmatic dependent launch off/on) and the four replayed interleaved, between CUDA events; then
+each variant's replays under torch.profiler, its kernels by class and the gaps between them.
 
 Each step so timed is a rank's own GPU work: what TP=N would take at batch 1 if its collectives cost
 nothing. Beside it, in the same process: the bound (the rank's weight bytes, embedding aside, and KV
@@ -95,9 +96,45 @@ def _weight_bytes(model: torch.nn.Module) -> int:
     return sum(p.numel() * p.element_size() for n, p in model.named_parameters() if "embed_tokens" not in n)
 
 
-def _graph_steps(sched: Any, rounds: int, reps: int) -> dict[str, list[float]]:
+def _kernel_classes(graph: torch.cuda.CUDAGraph, reps: int) -> dict[str, Any]:
+    """Where one replay of `graph` goes, kernel class by kernel class (torch.profiler over `reps`
+    replays): us and launches per step, the span from the first kernel's start to the last's end, and
+    the time in it that no kernel ran (gaps: launch latency, tails and waits between kernels)."""
+    from benchmarks.profile_decode_breakdown import profile_replays
+
+    with tempfile.TemporaryDirectory() as tmp:
+        return kernel_classes(profile_replays(graph, reps, tmp), reps)
+
+
+def kernel_classes(ks: list[dict[str, Any]], reps: int) -> dict[str, Any]:
+    """`ks`: the kernels of `reps` replays of one graph in start order (chrome-trace events: name, ts
+    and dur in us)."""
+    from benchmarks.profile_decode_breakdown import classify
+
+    per = len(ks) // reps
+    if per == 0 or per * reps != len(ks):
+        raise ValueError(f"{len(ks)} kernels do not split into {reps} replays")
+    classes: dict[str, dict[str, float]] = defaultdict(lambda: {"calls": 0.0, "us": 0.0})
+    spans, busy = [], []
+    for r in range(reps):
+        chunk = ks[r * per: (r + 1) * per]
+        spans.append(chunk[-1]["ts"] + chunk[-1]["dur"] - chunk[0]["ts"])
+        busy.append(sum(k["dur"] for k in chunk))
+        for k in chunk:
+            c = classes[classify(k["name"])]
+            c["calls"] += 1 / reps
+            c["us"] += k["dur"] / reps
+    return {"kernels_per_step": per, "span_us": round(statistics.median(spans), 1),
+            "busy_us": round(statistics.median(busy), 1),
+            "gaps_us": round(statistics.median(spans) - statistics.median(busy), 1),
+            "classes": {name: {"calls": round(v["calls"], 1), "us": round(v["us"], 1)}
+                        for name, v in sorted(classes.items(), key=lambda kv: -kv[1]["us"])}}
+
+
+def _graph_steps(sched: Any, rounds: int, reps: int, profile_reps: int = 0
+                 ) -> tuple[dict[str, list[float]], dict[str, Any]]:
     """The batch-1 decode graph in each (fusion, PDL) variant at the live request's inputs, replays
-    interleaved; ms per replay."""
+    interleaved; ms per replay. With `profile_reps`, also each variant's kernels by class."""
     from benchmarks.profile_decode_breakdown import capture_variants
     from radixserve.model_executor.cuda_graph_runner import CudaGraphRunner
 
@@ -118,7 +155,8 @@ def _graph_steps(sched: Any, rounds: int, reps: int) -> dict[str, list[float]]:
             b.record()
             b.synchronize()
             times[name].append(a.elapsed_time(b) / reps)
-    return times
+    kernels = {name: _kernel_classes(gr.graphs[1], profile_reps) for name, gr in graphs.items()} if profile_reps else {}
+    return times, kernels
 
 
 def _eager_steps(sched: Any, steps: int) -> dict[str, list[float]]:
@@ -166,9 +204,9 @@ def run_one(model_path: str, tp: int, args: argparse.Namespace) -> dict[str, Any
         sched._drain_inflight()
         torch.cuda.synchronize()
         context = int(runner.graph_runner.seq_lens[0]) if runner.graph_runner is not None else 0
-        times = _graph_steps(sched, args.rounds, args.reps)
+        times, kernels = _graph_steps(sched, args.rounds, args.reps, args.profile_reps)
     else:
-        times = _eager_steps(sched, args.steps)
+        times, kernels = _eager_steps(sched, args.steps), {}
         req = sched.running_batch.reqs[0]
         context = len(req.origin_input_ids) + len(req.output_ids)
     cfg = runner.config
@@ -190,6 +228,8 @@ def run_one(model_path: str, tp: int, args: argparse.Namespace) -> dict[str, Any
         med = statistics.median(ts)
         out["variants"][name] = {"median_ms": round(med, 4), "min_ms": round(min(ts), 4),
                                  "max_ms": round(max(ts), 4), "of_bound": round(bound_ms / med, 4)}
+        if name in kernels:
+            out["variants"][name]["kernels"] = kernels[name]
     del sched, runner
     gc.collect()
     return out
@@ -230,7 +270,8 @@ def summarise(configs: list[dict[str, Any]]) -> list[dict[str, Any]]:
 def _child(model: str, tp: int, args: argparse.Namespace, out_path: str) -> dict[str, Any]:
     cmd = [sys.executable, __file__, "--one", f"{model}:{tp}", "--output", out_path, "--device", args.device,
            "--dtype", args.dtype, "--input-len", str(args.input_len), "--steps", str(args.steps),
-           "--rounds", str(args.rounds), "--reps", str(args.reps), "--max-total-tokens", str(args.max_total_tokens)]
+           "--rounds", str(args.rounds), "--reps", str(args.reps), "--max-total-tokens", str(args.max_total_tokens),
+           "--profile-reps", str(args.profile_reps)]
     if args.tokenizer_path:
         cmd += ["--tokenizer-path", args.tokenizer_path]
     t = time.perf_counter()
@@ -255,6 +296,8 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--rounds", type=int, default=15)
     ap.add_argument("--reps", type=int, default=20)
     ap.add_argument("--max-total-tokens", type=int, default=16384)
+    ap.add_argument("--profile-reps", type=int, default=10,
+                    help="replays of each variant under torch.profiler for its kernels by class (0: none; GPU only)")
     ap.add_argument("--config-timeout-s", type=float, default=300.0)
     ap.add_argument("--output", default=None)
     args = ap.parse_args(argv)

@@ -212,7 +212,8 @@ def classify(name: str) -> str:
     for key, cls in (("_norm_gemv_rope", "qkv+norm+rotary (fused)"), ("_norm_gemv_silu", "gate_up+norm+silu (fused)"),
                      ("_gemv_residual", "o/down+residual (fused)"), ("_add_rmsnorm", "add_rmsnorm"),
                      ("_rope_kernel", "rotary+kv store"), ("_decode_stage1", "attention stage 1"),
-                     ("_decode_stage2", "attention stage 2"), ("_silu_mul", "silu_and_mul")):
+                     ("_decode_stage2", "attention stage 2"), ("_silu_mul", "silu_and_mul"),
+                     ("cudafunctor_add", "add (torch)"), ("catarray", "cat (torch)")):
         if key in n:
             return cls
     if "reduce" in n and ("splitk" in n or "cublas" in n or "gemm" in n):

@@ -203,14 +203,16 @@ def _one_row_residual(a: torch.Tensor, linear: RowParallelLinear, x: torch.Tenso
                       ) -> tuple[torch.Tensor, torch.Tensor | None]:
     """x + a W^T for the o and down products of `_forward_one_row`. On one rank the product adds
     the residual itself and leaves the next norm its sums of squares. With TP each rank holds a
-    partial product: the sum over the ranks comes first, then the residual add (the unfused path's
-    add_rmsnorm rounding: bf16(float(y) + float(x))), and the next norm sums the squares of x."""
+    partial product and rank 0 adds the residual into its own, so the all-reduce's sum is already
+    the new residual (no add kernel after it: two a layer); the next norm sums the squares of x
+    itself (the partials of rank 0's product are not those of the sum). The roundings differ from
+    the unfused path's bf16(bf16(sum of y) + x) only in where the residual joins the sum."""
     from radixserve.kernels.gemv import gemv_residual
 
     if linear.tp.size == 1:
         return gemv_residual(a, linear.weight, x)
-    y, _ = gemv_residual(a, linear.weight, None)
-    return linear.tp.all_reduce(y) + x, None
+    y, _ = gemv_residual(a, linear.weight, x if linear.tp.rank == 0 else None)
+    return linear.tp.all_reduce(y), None
 
 
 class LlamaForCausalLM(nn.Module):
