@@ -91,6 +91,22 @@ def parse_configs(items: list[str]) -> list[tuple[str, int]]:
     return out
 
 
+def parse_tiles(items: list[str]) -> dict[tuple[str, int, int], tuple[int, int, int, int]]:
+    """["rope:3072x4096=8,512,4,1"] -> {("rope", 3072, 4096): (8, 512, 4, 1)}: one-row kernel tiles per weight
+    shape (kernels/gemv.py SHAPE_TILES) for a sweep; they replace the shipped ones in the child."""
+    out = {}
+    for item in items:
+        try:
+            key, tiles = item.split("=")
+            kind, shape = key.split(":")
+            n, k = shape.split("x")
+            a, b, c, d = (int(v) for v in tiles.split(","))
+            out[(kind, int(n), int(k))] = (a, b, c, d)
+        except ValueError:
+            raise SystemExit(f"--tiles: {item!r} is not KIND:NxK=ROWS,BLOCK_K,WARPS,STAGES") from None
+    return out
+
+
 def _weight_bytes(model: torch.nn.Module) -> int:
     """What a decode step reads of the weights: all but the embedding (one row of it)."""
     return sum(p.numel() * p.element_size() for n, p in model.named_parameters() if "embed_tokens" not in n)
@@ -172,6 +188,7 @@ def run_one(model_path: str, tp: int, args: argparse.Namespace) -> dict[str, Any
     """One (model, TP) in this process: its rank-0 shard's batch-1 decode step."""
     from radixserve.configs.model_config import NAMED_SHAPES
     from radixserve.distributed.parallel_state import NO_PIPELINE, DistGroups
+    from radixserve.kernels import gemv
     from radixserve.managers.io_struct import TokenizedGenerateReqInput
     from radixserve.managers.scheduler_process import build_scheduler
     from radixserve.model_loader.source import resolve_model_source
@@ -179,6 +196,7 @@ def run_one(model_path: str, tp: int, args: argparse.Namespace) -> dict[str, Any
     from radixserve.sampling.sampling_params import SamplingParams
     from radixserve.server_args import ServerArgs
 
+    gemv.SHAPE_TILES.update(parse_tiles(args.tiles))
     group = SilentGroup(rank=0, size=tp)
     dummy = model_path in NAMED_SHAPES
     sa = ServerArgs(model_path=model_path, load_format="dummy" if dummy else "auto", device=args.device,
@@ -217,7 +235,7 @@ def run_one(model_path: str, tp: int, args: argparse.Namespace) -> dict[str, Any
     copy_bps = rl.measure_copy_bytes_s(device)
     bound_ms = (weight_bytes + kv_bytes) / copy_bps * 1e3
     out: dict[str, Any] = {
-        "model": model_path, "tp": tp, "context": context, "weight_bytes": weight_bytes, "kv_bytes": kv_bytes,
+        "model": model_path, "tp": tp, "context": context, "tiles": args.tiles, "weight_bytes": weight_bytes, "kv_bytes": kv_bytes,
         "copy_gb_s": round(copy_bps / 1e9, 1), "bound_ms": round(bound_ms, 4),
         "one_row_supported": bool(runner.model.model._one_row_supported(runner.dtype))
         if hasattr(runner.model.model, "_one_row_supported") else False,
@@ -271,7 +289,7 @@ def _child(model: str, tp: int, args: argparse.Namespace, out_path: str) -> dict
     cmd = [sys.executable, __file__, "--one", f"{model}:{tp}", "--output", out_path, "--device", args.device,
            "--dtype", args.dtype, "--input-len", str(args.input_len), "--steps", str(args.steps),
            "--rounds", str(args.rounds), "--reps", str(args.reps), "--max-total-tokens", str(args.max_total_tokens),
-           "--profile-reps", str(args.profile_reps)]
+           "--profile-reps", str(args.profile_reps), *(["--tiles", *args.tiles] if args.tiles else [])]
     if args.tokenizer_path:
         cmd += ["--tokenizer-path", args.tokenizer_path]
     t = time.perf_counter()
@@ -296,6 +314,8 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--rounds", type=int, default=15)
     ap.add_argument("--reps", type=int, default=20)
     ap.add_argument("--max-total-tokens", type=int, default=16384)
+    ap.add_argument("--tiles", nargs="*", default=[],
+                    help="KIND:NxK=ROWS,BLOCK_K,WARPS,STAGES each: one-row kernel tiles for that weight shape (a sweep)")
     ap.add_argument("--profile-reps", type=int, default=10,
                     help="replays of each variant under torch.profiler for its kernels by class (0: none; GPU only)")
     ap.add_argument("--config-timeout-s", type=float, default=300.0)

@@ -46,6 +46,13 @@ TILES: dict[str, Tiles] = {
 SHAPE_TILES: dict[tuple[str, int, int], Tiles] = {
     ("residual", 4096, 4096): (8, 1024, 4, 1),  # o: 11.2 / 9.7, bound 7.9-8.1 (cuBLAS 13.5-13.7)
     ("residual", 4096, 14336): (8, 1024, 4, 1),  # down: 30.9 / 29.6, bound 27.7-28.4 (cuBLAS 32.1-32.3)
+    # The 8B's TP shards, swept in a rank's whole step (benchmarks/bench_tp_shard.py --tiles, one H200,
+    # 2026-12-04; ms a step with PDL against the kind's default tiles 2.423 at TP=2, 1.535 at TP=4):
+    # fewer rows a program give the qkv shard's smaller grid more programs than the 132 SMs.
+    ("rope", 3072, 4096): (4, 1024, 4, 1),  # TP=2 qkv: 2.340 (8 x 1024: 2.348, 8 x 256: 2.522)
+    ("residual", 4096, 7168): (8, 1024, 4, 1),  # TP=2 down: 2.315
+    ("rope", 1536, 4096): (4, 1024, 4, 1),  # TP=4 qkv: 1.503 (8 x 512: 1.544)
+    ("residual", 4096, 3584): (4, 512, 4, 1),  # TP=4 down: 1.521
 }
 
 

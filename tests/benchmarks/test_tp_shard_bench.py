@@ -12,7 +12,7 @@ from pathlib import Path
 import pytest
 import torch
 
-from benchmarks.bench_tp_shard import SilentGroup, kernel_classes, parse_configs, summarise
+from benchmarks.bench_tp_shard import SilentGroup, kernel_classes, parse_configs, parse_tiles, summarise
 
 REPO_ROOT = Path(__file__).resolve().parents[2]
 
@@ -21,6 +21,13 @@ def test_parse_configs() -> None:
     assert parse_configs(["llama-3-8b:1,2", "/m/a:b:4"]) == [("llama-3-8b", 1), ("llama-3-8b", 2), ("/m/a:b", 4)]
     with pytest.raises(SystemExit):
         parse_configs(["llama-3-8b"])
+
+
+def test_parse_tiles() -> None:
+    assert parse_tiles(["rope:3072x4096=8,512,4,1", "residual:4096x2048=8,1024,4,1"]) == {
+        ("rope", 3072, 4096): (8, 512, 4, 1), ("residual", 4096, 2048): (8, 1024, 4, 1)}
+    with pytest.raises(SystemExit):
+        parse_tiles(["rope:3072x4096=8,512"])
 
 
 def test_the_silent_group_counts_and_keeps_shapes() -> None:

@@ -21,6 +21,15 @@ def test_gemv_on_gpu(dtype: torch.dtype) -> None:
 
 
 @pytest.mark.gpu
+@pytest.mark.parametrize("tp", [2, 4])
+def test_gemv_at_the_8b_tp_shard_shapes_on_gpu(tp: int) -> None:
+    """A rank's shard of the 8B at TP=2 and 4, with the tiles shipped for those shapes (gemv.SHAPE_TILES)."""
+    seed = int.from_bytes(os.urandom(4), "little")
+    check_gemv("cuda", torch.bfloat16, torch.Generator().manual_seed(seed), hidden=4096, inter=14336 // tp,
+               heads=32 // tp, kv_heads=8 // tp, dim=128)
+
+
+@pytest.mark.gpu
 @pytest.mark.parametrize("backend", ["torch", "triton"])
 def test_one_row_model_on_gpu(backend: str) -> None:
     seed = int.from_bytes(os.urandom(4), "little")
