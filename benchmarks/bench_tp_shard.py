@@ -116,35 +116,10 @@ def _kernel_classes(graph: torch.cuda.CUDAGraph, reps: int) -> dict[str, Any]:
     """Where one replay of `graph` goes, kernel class by kernel class (torch.profiler over `reps`
     replays): us and launches per step, the span from the first kernel's start to the last's end, and
     the time in it that no kernel ran (gaps: launch latency, tails and waits between kernels)."""
-    from benchmarks.profile_decode_breakdown import profile_replays
+    from benchmarks.profile_decode_breakdown import kernel_classes, profile_replays
 
     with tempfile.TemporaryDirectory() as tmp:
         return kernel_classes(profile_replays(graph, reps, tmp), reps)
-
-
-def kernel_classes(ks: list[dict[str, Any]], reps: int) -> dict[str, Any]:
-    """`ks`: the kernels of `reps` replays of one graph in start order (chrome-trace events: name, ts
-    and dur in us)."""
-    from benchmarks.profile_decode_breakdown import classify
-
-    per = len(ks) // reps
-    if per == 0 or per * reps != len(ks):
-        raise ValueError(f"{len(ks)} kernels do not split into {reps} replays")
-    classes: dict[str, dict[str, float]] = defaultdict(lambda: {"calls": 0.0, "us": 0.0})
-    spans, busy = [], []
-    for r in range(reps):
-        chunk = ks[r * per: (r + 1) * per]
-        spans.append(chunk[-1]["ts"] + chunk[-1]["dur"] - chunk[0]["ts"])
-        busy.append(sum(k["dur"] for k in chunk))
-        for k in chunk:
-            c = classes[classify(k["name"])]
-            c["calls"] += 1 / reps
-            c["us"] += k["dur"] / reps
-    return {"kernels_per_step": per, "span_us": round(statistics.median(spans), 1),
-            "busy_us": round(statistics.median(busy), 1),
-            "gaps_us": round(statistics.median(spans) - statistics.median(busy), 1),
-            "classes": {name: {"calls": round(v["calls"], 1), "us": round(v["us"], 1)}
-                        for name, v in sorted(classes.items(), key=lambda kv: -kv[1]["us"])}}
 
 
 def _graph_steps(sched: Any, rounds: int, reps: int, profile_reps: int = 0

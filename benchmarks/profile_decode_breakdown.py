@@ -236,6 +236,31 @@ def kernels_of(trace_path: str) -> list[dict[str, Any]]:
     return ks
 
 
+def kernel_classes(ks: list[dict[str, Any]], reps: int) -> dict[str, Any]:
+    """Where one replay of a graph goes, from `ks`, the kernels of `reps` replays in start order
+    (chrome-trace events: name, ts and dur in us): us and launches per step by class (the most time
+    first), the span from the first kernel's start to the last's end, and the time in it that no kernel
+    ran (gaps: launch latency, tails and waits between kernels)."""
+    per = len(ks) // reps
+    if per == 0 or per * reps != len(ks):
+        raise ValueError(f"{len(ks)} kernels do not split into {reps} replays")
+    classes: dict[str, dict[str, float]] = defaultdict(lambda: {"calls": 0.0, "us": 0.0})
+    spans, busy = [], []
+    for r in range(reps):
+        chunk = ks[r * per: (r + 1) * per]
+        spans.append(chunk[-1]["ts"] + chunk[-1]["dur"] - chunk[0]["ts"])
+        busy.append(sum(k["dur"] for k in chunk))
+        for k in chunk:
+            c = classes[classify(k["name"])]
+            c["calls"] += 1 / reps
+            c["us"] += k["dur"] / reps
+    return {"kernels_per_step": per, "span_us": round(statistics.median(spans), 1),
+            "busy_us": round(statistics.median(busy), 1),
+            "gaps_us": round(statistics.median(spans) - statistics.median(busy), 1),
+            "classes": {name: {"calls": round(v["calls"], 1), "us": round(v["us"], 1)}
+                        for name, v in sorted(classes.items(), key=lambda kv: -kv[1]["us"])}}
+
+
 def label_products(kernels: list[dict[str, Any]], layers: int) -> list[str | None]:
     """Which projection each product kernel serves, by its place in the step (reduce kernels join
     the product before them)."""
@@ -325,33 +350,24 @@ def engine_run(fusion: bool, pdl: bool, args: argparse.Namespace, copy_bps: floa
     with tempfile.TemporaryDirectory() as tmp:
         reps = 10
         ks = profile_replays(graph, reps, tmp)
-        per = len(ks) // reps
+        summary = kernel_classes(ks, reps)
+        per = summary["kernels_per_step"]
         out["graph_kernels_per_step"] = per
         labels = label_products(ks[:per], LAYERS)
-        classes: dict[str, dict[str, float]] = defaultdict(lambda: {"calls": 0, "us": 0.0})
         products: dict[str, dict[str, float]] = defaultdict(lambda: {"calls": 0, "us": 0.0})
-        spans, busy = [], []
         for r in range(reps):
-            chunk = ks[r * per : (r + 1) * per]
-            spans.append(chunk[-1]["ts"] + chunk[-1]["dur"] - chunk[0]["ts"])
-            busy.append(sum(k["dur"] for k in chunk))
-            for k, lab in zip(chunk, labels, strict=True):
-                c = classify(k["name"])
-                classes[c]["calls"] += 1 / reps
-                classes[c]["us"] += k["dur"] / reps
+            for k, lab in zip(ks[r * per : (r + 1) * per], labels, strict=True):
                 if lab is not None:
                     products[lab]["calls"] += 1 / reps
                     products[lab]["us"] += k["dur"] / reps
-        out["graph_span_us"] = round(statistics.median(spans), 1)
-        out["graph_busy_us"] = round(statistics.median(busy), 1)
-        out["graph_gaps_us"] = round(statistics.median(spans) - statistics.median(busy), 1)
+        out["graph_span_us"], out["graph_busy_us"], out["graph_gaps_us"] = (
+            summary["span_us"], summary["busy_us"], summary["gaps_us"])
         nbytes = {name: n * k * 2 * (LAYERS if name != "lm_head" else 1) for name, (n, k) in SHAPES.items()}
         out["products"] = {name: {"calls": round(v["calls"], 1), "us": round(v["us"], 1),
                                   "bound_us": round(nbytes[name] / copy_bps * 1e6, 1),
                                   "of_bound": round(nbytes[name] / copy_bps * 1e6 / v["us"], 3)}
                            for name, v in products.items()}
-        out["classes"] = {c: {"calls": round(v["calls"], 1), "us": round(v["us"], 1)}
-                          for c, v in sorted(classes.items(), key=lambda kv: -kv[1]["us"])}
+        out["classes"] = summary["classes"]
         out["classes"].get("attention stage 1", {})["kv_bound_us"] = round(kv_bytes / copy_bps * 1e6, 1)
         out["first_layer_kernels"] = [(classify(k["name"]), lab, round(k["dur"], 2), k["name"][:90]) for k, lab in
                                       zip(ks[: min(per, 14)], labels[:14], strict=False)]

@@ -12,7 +12,8 @@ from pathlib import Path
 import pytest
 import torch
 
-from benchmarks.bench_tp_shard import SilentGroup, kernel_classes, parse_configs, parse_tiles, summarise
+from benchmarks.bench_tp_shard import SilentGroup, parse_configs, parse_tiles, summarise
+from benchmarks.profile_decode_breakdown import kernel_classes
 
 REPO_ROOT = Path(__file__).resolve().parents[2]
 
