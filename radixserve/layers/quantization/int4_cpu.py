@@ -36,9 +36,9 @@ from radixserve.layers.quantization.base import (
 GROUP_SIZES = (32, 64, 128, 256)
 COMPUTE_DTYPE = torch.bfloat16
 # The int4 kernel runs each row as its own product (~16 us a row for 1536x576 on a 2-core AVX512 CPU):
-# from this many rows on (prefill) it is cheaper to expand the weight for the call (~1.5 ms; bf16, or float32
-# where the CPU has no native bf16 GEMM: base.cpu_gemm_dtype)
-# and run one GEMM (bf16 there: 256 rows: 4.6 ms -> 1.6 ms; 2048 rows: ~33 ms -> ~6 ms).
+# from this many rows on (prefill) it is cheaper to expand the weight for the call (~1.5 ms) and run one
+# GEMM (bf16 there: 256 rows 4.6 -> 1.6 ms; 2048 rows ~33 -> ~6 ms), in float32 where the CPU has no
+# native bf16 GEMM (base.cpu_gemm_dtype).
 # RADIXSERVE_INT4_DENSE_FROM_ROWS overrides it for A/B runs (a huge value: the kernel for every row count).
 DENSE_FROM_ROWS = int(os.environ.get("RADIXSERVE_INT4_DENSE_FROM_ROWS", "96"))
 # The CPU packing's layout as read by `_unpack_codes`: output rows in blocks of B, each byte at
@@ -124,11 +124,12 @@ class Int4PackedWeight:
 
     def apply(self, x: torch.Tensor, bias: torch.Tensor | None = None) -> torch.Tensor:
         lead = x.shape[:-1]
-        x2 = x.reshape(-1, self.in_features).to(COMPUTE_DTYPE)
+        x2 = x.reshape(-1, self.in_features)
         if x2.shape[0] >= DENSE_FROM_ROWS and self._expandable:
             dtype = cpu_gemm_dtype()
-            y = torch.nn.functional.linear(x.reshape(-1, self.in_features).to(dtype), self._expanded(dtype))
+            y = torch.nn.functional.linear(x2.to(dtype), self._expanded(dtype))
         else:
+            x2 = x2.to(COMPUTE_DTYPE)
             if self.split:
                 x2 = torch.cat([x2, x2], dim=1)
             y = torch.ops.aten._weight_int4pack_mm_for_cpu(x2, self.packed, self.group_size, self.scales_and_zeros)
