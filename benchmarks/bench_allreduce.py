@@ -9,6 +9,9 @@ message sizes of a model's hidden width (--hidden) at several token counts:
   symm_one_shot   radixserve's DeviceAllReduce with the one-shot kernel (every rank reads every
                   peer's buffer over NVLink, torch symmetric memory, no multicast), in a graph
   symm_two_shot   the same with reduce-scatter + all-gather over peer memory
+  lamport         the one-kernel all-reduce (kernels/lamport_all_reduce.py): each rank stores its
+                  input into every peer's buffer, and sums its own as the elements arrive; no barrier
+                  and no staging copy (sizes up to --lamport-max)
   auto            DeviceAllReduce's own choice per size (what the engine runs)
 
 Each variant's result is checked against the exact sum before it is timed. NVLink multicast
@@ -35,7 +38,7 @@ from benchmarks._common import machine_info, write_results  # noqa: E402
 from radixserve.distributed.device_comm import NO_MULTICAST_ENV  # noqa: E402
 
 TOKENS = (1, 8, 32, 128, 256, 512, 1024, 4096, 8192)
-VARIANTS = ("nccl_eager", "nccl_graph", "symm_one_shot", "symm_two_shot", "auto")
+VARIANTS = ("nccl_eager", "nccl_graph", "symm_one_shot", "symm_two_shot", "lamport", "auto")
 
 
 def _time_eager(fn: Any, buf: Any, calls: int, iters: int) -> float:
@@ -80,7 +83,7 @@ def _time_graph(fn: Any, buf: Any, calls: int, iters: int) -> float:
     return float(start.elapsed_time(end) * 1e3 / (calls * iters))
 
 
-def _rank(rank: int, size: int, store: str, hidden: int, calls: int, iters: int, out: Any) -> None:
+def _rank(rank: int, size: int, store: str, hidden: int, calls: int, iters: int, lamport_max: int, out: Any) -> None:
     import torch
     import torch.distributed as dist
 
@@ -91,7 +94,8 @@ def _rank(rank: int, size: int, store: str, hidden: int, calls: int, iters: int,
                             device_id=torch.device("cuda", rank))
     group = dist.group.WORLD
     # Stage every size measured here; each variant is forced below.
-    plan = AllReducePlan(one_shot_max=max(TOKENS) * hidden * 2, two_shot_min=0, two_shot_max=max(TOKENS) * hidden * 2)
+    plan = AllReducePlan(lamport_max=lamport_max, one_shot_max=max(TOKENS) * hidden * 2, two_shot_min=0,
+                         two_shot_max=max(TOKENS) * hidden * 2)
     comm = DeviceAllReduce(group, torch.device("cuda", rank), torch.bfloat16, plan)
     results: list[dict[str, Any]] = []
     for tokens in TOKENS:
@@ -102,7 +106,7 @@ def _rank(rank: int, size: int, store: str, hidden: int, calls: int, iters: int,
             if variant.startswith("nccl"):
                 dist.all_reduce(t, group=group)
                 return t
-            mode = {"symm_one_shot": "one_shot", "symm_two_shot": "two_shot"}.get(variant)
+            mode = {"symm_one_shot": "one_shot", "symm_two_shot": "two_shot", "lamport": "lamport"}.get(variant)
             if mode is None:  # auto: the engine's default plan (its buffer is smaller than this one)
                 engine = AllReducePlan.measured(size)
                 mode = engine.choose(t.numel() * t.element_size(), engine.staging_bytes)
@@ -110,7 +114,8 @@ def _rank(rank: int, size: int, store: str, hidden: int, calls: int, iters: int,
 
         row: dict[str, Any] = {"tokens": tokens, "bytes": tokens * hidden * 2}
         for variant in VARIANTS:
-            if not variant.startswith("nccl") and not comm.can_use(x):
+            if (not variant.startswith("nccl") and not comm.can_use(x)) or \
+                    (variant == "lamport" and x.numel() * x.element_size() > comm.lamport_bytes):
                 row[variant] = None
                 continue
             try:
@@ -133,6 +138,8 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--hidden", type=int, default=4096, help="hidden width (4096: Llama-3-8B, 8192: 70B)")
     p.add_argument("--calls", type=int, default=64, help="all-reduces per captured graph (2 per layer)")
     p.add_argument("--iters", type=int, default=20, help="graph replays timed")
+    p.add_argument("--lamport-max", type=int, default=2 << 20,
+                   help="bytes up to which the lamport variant is measured (its buffer: 3 x GPUs x this)")
     p.add_argument("--output", default=None, help="JSON path (default benchmarks/results/allreduce_<time>.json)")
     args = p.parse_args(argv)
     for k, v in NO_MULTICAST_ENV.items():
@@ -141,7 +148,7 @@ def main(argv: list[str] | None = None) -> int:
     q = ctx.Queue()
     with tempfile.TemporaryDirectory() as d:
         procs = [ctx.Process(target=_rank, args=(r, args.gpus, os.path.join(d, "store"), args.hidden, args.calls,
-                                                 args.iters, q)) for r in range(args.gpus)]
+                                                 args.iters, args.lamport_max, q)) for r in range(args.gpus)]
         for pr in procs:
             pr.start()
         res = q.get(timeout=540)

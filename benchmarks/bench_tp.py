@@ -31,7 +31,7 @@ REPO_ROOT = Path(__file__).resolve().parent.parent
 if str(REPO_ROOT) not in sys.path:
     sys.path.insert(0, str(REPO_ROOT))
 
-from benchmarks._common import command_line, machine_info, write_results  # noqa: E402
+from benchmarks._common import command_line, environment, machine_info, write_results  # noqa: E402
 from benchmarks.workloads import check_engine_outputs, random_prompts  # noqa: E402
 
 COMM_ITERS = 50
@@ -79,16 +79,20 @@ def comm_cost(size: int, batch: int, hidden: int, vocab: int, layers: int) -> di
     return {k: round(v, 4) if isinstance(v, float) else v for k, v in result.items()}
 
 
-def run_engine(tp: int, args: argparse.Namespace, pp: int = 1, **extra: Any) -> dict[str, Any]:
+def run_engine(tp: int, args: argparse.Namespace, pp: int = 1, env: dict[str, str] | None = None,
+               **extra: Any) -> dict[str, Any]:
     from radixserve import Engine
     from radixserve.utils.profiler import DIR_ENV
 
+    tag = "_nccl" if extra else "_lamport" if env else ""
     if os.environ.get(DIR_ENV):  # one profile folder per configuration
-        os.environ[DIR_ENV] = str(Path(os.environ[DIR_ENV]).parent / f"tp{tp}_pp{pp}{'_nccl' if extra else ''}")
+        os.environ[DIR_ENV] = str(Path(os.environ[DIR_ENV]).parent / f"tp{tp}_pp{pp}{tag}")
     prompts = random_prompts(args.batch, args.input_len, 100, 5000, seed=0)
     params = {"max_new_tokens": args.output_len, "temperature": 0, "ignore_eos": True}
-    with Engine(model_path=args.shape, load_format="dummy", tp_size=tp, pp_size=pp, max_total_tokens=args.max_total_tokens,
-                log_level="warning", tokenizer_path=args.tokenizer_path, **extra) as engine:
+    with environment(env or {}), \
+            Engine(model_path=args.shape, load_format="dummy", tp_size=tp, pp_size=pp,
+                   max_total_tokens=args.max_total_tokens, log_level="warning", tokenizer_path=args.tokenizer_path,
+                   **extra) as engine:
         # Warm-up on ids outside the prompts' range: nothing of it can be a cached prefix later.
         warm = random_prompts(1, args.input_len, 5000, 6000, seed=1)
         engine.generate(input_ids=warm, sampling_params={**params, "max_new_tokens": 2})
@@ -97,7 +101,7 @@ def run_engine(tp: int, args: argparse.Namespace, pp: int = 1, **extra: Any) -> 
         elapsed = time.perf_counter() - t
     tokens = sum(len(o["output_ids"]) for o in outs)
     prompt_tokens, cached = check_engine_outputs(f"tp{tp}_pp{pp}", outs)  # distinct prompts: nothing cached
-    return {"tp": tp, "pp": pp, **extra, "prompt_tokens": prompt_tokens, "cached_tokens": cached,
+    return {"tp": tp, "pp": pp, **extra, **({"env": env} if env else {}), "prompt_tokens": prompt_tokens, "cached_tokens": cached,
             "seconds": round(elapsed, 3), "output_tokens": tokens,
             "output_tokens_per_s": round(tokens / elapsed, 2)}
 
@@ -120,6 +124,9 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--max-total-tokens", type=int, default=4096, help="KV pool size")
     p.add_argument("--nccl-too", action="store_true",
                    help="also run TP=N with --disable-custom-all-reduce (every all-reduce through NCCL)")
+    p.add_argument("--lamport-too", default=None, metavar="BYTES",
+                   help="also run TP=N with the one-kernel peer-memory all-reduce for messages up to BYTES "
+                        "(RADIXSERVE_ALLREDUCE_LAMPORT_MAX, e.g. 64K)")
     p.add_argument("--skip-comm", action="store_true", help="skip the gloo collective timing")
     p.add_argument("--output", default=None, help="JSON path (default benchmarks/results/tp_<time>.json)")
     args = p.parse_args(argv)
@@ -132,6 +139,12 @@ def main(argv: list[str] | None = None) -> int:
     if args.nccl_too:
         runs.append(run_engine(args.tp, args, disable_custom_all_reduce=True))
         print(f"TP={args.tp} all-reduce through NCCL only: {runs[-1]['output_tokens_per_s']} tok/s")
+    if args.lamport_too:
+        from radixserve.distributed.device_comm import LAMPORT_ENV
+
+        runs.append(run_engine(args.tp, args, env={LAMPORT_ENV: args.lamport_too}))
+        print(f"TP={args.tp} with the Lamport all-reduce up to {args.lamport_too}: "
+              f"{runs[-1]['output_tokens_per_s']} tok/s")
     comm = comm_cost(args.tp, args.batch, cfg.hidden_size, cfg.vocab_size, cfg.num_hidden_layers) \
         if not args.skip_comm else {"per_decode_step_ms": float("nan")}
     step_ms = 1e3 * runs[1]["seconds"] / args.output_len

@@ -1,7 +1,7 @@
 #!/usr/bin/env bash
 # One device call on nvidia-h200-x2: the two-GPU tests, all-reduce latency per implementation
 # (inside CUDA graphs; SKIP_ALLREDUCE=1 to skip), the 8B-shaped Engine at TP=1 and TP=2 at batch 1
-# (and TP=2 with NCCL only, and TP=2 with the one-row path off) and 256 x (1024 in,
+# (and TP=2 with NCCL only, TP=2 with the one-kernel Lamport all-reduce, and TP=2 with the one-row path off) and 256 x (1024 in,
 # 256 out); PROFILE=1 adds torch.profiler tables of 20 steady steps per rank (RADIXSERVE_PROFILE_DIR).
 # Run through the device tool with carry [".whl", ".gpu_assets"]; results land in $OUT.
 set -uo pipefail
@@ -22,7 +22,8 @@ prof=/tmp/prof
 profile() { [ "${PROFILE:-0}" = 1 ] && echo "RADIXSERVE_PROFILE_DIR=$prof/$1/x RADIXSERVE_PROFILE_START=$2 RADIXSERVE_PROFILE_STEPS=20"; }
 env $(profile b1 40) timeout 240 \
   python3 benchmarks/bench_tp.py --shape llama-3-8b --tp 2 --pp 1 --batch 1 --input-len 128 --output-len 256 \
-  --max-total-tokens 60000 --skip-comm --nccl-too --tokenizer-path "$tok" --output "$OUT/tp_llama3_8b_batch1.json" 2>&1 | tail -4
+  --max-total-tokens 60000 --skip-comm --nccl-too --lamport-too 64K --tokenizer-path "$tok" \
+  --output "$OUT/tp_llama3_8b_batch1.json" 2>&1 | tail -5
 # The batch-1 one-row path at TP=2 (on by default at every TP since a rank's step measured it faster on one
 # GPU, bench_tp_shard.py): the same run with it off, the layer-by-layer path, on two GPUs.
 RADIXSERVE_ONE_ROW_FUSION=0 timeout 240 \
@@ -46,7 +47,8 @@ import json, pathlib, sys
 for f in sorted(pathlib.Path(sys.argv[1]).glob("*.json")):
     d = json.loads(f.read_text())
     if "runs" in d and d.get("benchmark") == "tensor_parallel":
-        print(f.name, [(r["tp"], r.get("disable_custom_all_reduce", False), r["output_tokens_per_s"]) for r in d["runs"]])
+        print(f.name, [(r["tp"], r.get("disable_custom_all_reduce", False), r.get("env", {}), r["output_tokens_per_s"])
+                       for r in d["runs"]])
     for name, w in (d.get("workloads") or {}).items():
         print(f.name, name, {k: w.get(k) for k in ("engine_tok_s", "achieved_fraction", "cached_tokens")})
 PY

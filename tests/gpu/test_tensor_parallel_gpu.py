@@ -1,5 +1,5 @@
-"""On two or more GPUs: the peer-memory all-reduce sums exactly like NCCL at every size it serves,
-inside and outside CUDA graphs, and an Engine at TP=2 (NCCL + peer-memory all-reduce, CUDA graphs)
+"""On two or more GPUs: the peer-memory all-reduces (torch's one-shot and two-shot, and the one-kernel
+Lamport all-reduce) sum exactly like NCCL at every size they serve, inside and outside CUDA graphs, and an Engine at TP=2 (NCCL + peer-memory all-reduce, CUDA graphs)
 decodes float32 greedily token for token like TP=1; on four and eight GPUs (issue 22), so do
 Engines at TP=4 and TP=8 (NCCL, CUDA graphs)."""
 
@@ -27,22 +27,29 @@ pytestmark = [pytest.mark.gpu, gpus(2)]
 
 
 def _rank(rank: int, size: int, store: str, out: Any) -> None:
+    import dataclasses
+
     import torch.distributed as dist
 
-    from radixserve.distributed.device_comm import DeviceAllReduce
+    from radixserve.distributed.device_comm import AllReducePlan, DeviceAllReduce, KiB
 
     torch.cuda.set_device(rank)
     dist.init_process_group("nccl", init_method=f"file://{store}", rank=rank, world_size=size,
                             device_id=torch.device("cuda", rank))
-    comm = DeviceAllReduce(dist.group.WORLD, torch.device("cuda", rank), torch.bfloat16)
-    report: dict[str, Any] = {"enabled": comm.buf is not None, "reason": comm.reason, "mismatches": []}
+    plan = dataclasses.replace(AllReducePlan.measured(size), lamport_max=256 * KiB)
+    comm = DeviceAllReduce(dist.group.WORLD, torch.device("cuda", rank), torch.bfloat16, plan)
+    report: dict[str, Any] = {"enabled": comm.buf is not None and comm.lamport is not None, "reason": comm.reason,
+                              "mismatches": []}
     gen = torch.Generator(device="cuda").manual_seed(rank)
-    for tokens in (1, 3, 64, 257, 1024):
-        for mode in ("one_shot", "two_shot", "nccl", None):
+    for tokens in (1, 3, 64, 257, 1024, 2, 32):
+        for mode in ("one_shot", "two_shot", "lamport", "nccl", None):
             x = torch.randn((tokens, 4096), generator=gen, device="cuda").to(torch.bfloat16)
+            x[0, :4] = -0.0  # the Lamport buffer's sentinel
             ref = x.clone()
             dist.all_reduce(ref)
             if not comm.can_use(x) and mode in ("one_shot", "two_shot"):
+                continue
+            if mode == "lamport" and x.numel() * x.element_size() > comm.lamport_bytes:
                 continue
             got = comm.all_reduce(x.clone(), force=mode)
             # Two addends: the sum is the same rounding whichever rank adds first.
@@ -58,10 +65,15 @@ def _rank(rank: int, size: int, store: str, out: Any) -> None:
     graph = torch.cuda.CUDAGraph()
     with torch.cuda.graph(graph):
         y = comm.all_reduce(x * 1.0, force="two_shot")
-    x.fill_(rank + 1.0)
-    graph.replay()
-    torch.cuda.synchronize()
-    report["graph_ok"] = bool(torch.all(y == 3.0))
+        z = [comm.all_reduce(x * float(k), force="lamport") for k in (1, 2, 3, 4)]  # the slots rotate
+    report["graph_ok"] = True
+    for replay in range(3):
+        x.fill_(rank + 1.0 + replay)
+        graph.replay()
+        torch.cuda.synchronize()
+        total = 3.0 + 2 * replay
+        report["graph_ok"] &= bool(torch.all(y == total)) and all(bool(torch.all(z[k - 1] == k * total))
+                                                                  for k in (1, 2, 3, 4))
     out.put((rank, report))
     dist.destroy_process_group()
 
@@ -75,10 +87,14 @@ def test_peer_memory_all_reduce_matches_nccl() -> None:
         assert rep["graph_ok"], f"rank {rank}: the captured all-reduce did not sum the replayed input"
 
 
-def test_tp2_float32_greedy_identical_to_tp1(tiny_models: dict[str, Path]) -> None:
+@pytest.mark.parametrize("lamport", ["", "256K"], ids=["default", "lamport"])
+def test_tp2_float32_greedy_identical_to_tp1(tiny_models: dict[str, Path], lamport: str,
+                                             monkeypatch: pytest.MonkeyPatch) -> None:
     from radixserve import Engine
+    from radixserve.distributed.device_comm import LAMPORT_ENV
 
     os.environ.update(NO_MULTICAST_ENV)
+    monkeypatch.setenv(LAMPORT_ENV, lamport)  # the scheduler processes inherit it
     prompts = [[1, 500, 600, 700], [2, 42], [1000 + i for i in range(200)], [7] * 33, [9, 8, 7, 6, 5]]
     params = {"max_new_tokens": 24, "temperature": 0, "ignore_eos": True}
     outs = {}
