@@ -136,6 +136,22 @@ def write_results(prefix: str, result: dict[str, Any], path: str | Path | None =
     return out
 
 
+def replay_ms(graph: Any, iters: int) -> float:
+    """Milliseconds per replay of a captured CUDA graph, `iters` replays between two CUDA events
+    (one replay first, so nothing of the capture is in the timing)."""
+    import torch
+
+    graph.replay()
+    torch.cuda.synchronize()
+    start, end = torch.cuda.Event(enable_timing=True), torch.cuda.Event(enable_timing=True)
+    start.record()
+    for _ in range(iters):
+        graph.replay()
+    end.record()
+    torch.cuda.synchronize()
+    return float(start.elapsed_time(end) / iters)
+
+
 def captured(fn: Callable[[], Any], device: Any, launches: int = 1) -> Callable[[], Any]:
     """`launches` calls of fn in one CUDA graph (warmed up on a side stream first), as a replay function;
     on the CPU fn itself. The replay function keeps fn alive: its closure may own tensors the graph

@@ -34,7 +34,7 @@ REPO_ROOT = Path(__file__).resolve().parent.parent
 if str(REPO_ROOT) not in sys.path:
     sys.path.insert(0, str(REPO_ROOT))
 
-from benchmarks._common import machine_info, write_results  # noqa: E402
+from benchmarks._common import machine_info, replay_ms, write_results  # noqa: E402
 from radixserve.distributed.device_comm import NO_MULTICAST_ENV  # noqa: E402
 
 TOKENS = (1, 8, 32, 128, 256, 512, 1024, 4096, 8192)
@@ -72,15 +72,7 @@ def _time_graph(fn: Any, buf: Any, calls: int, iters: int) -> float:
         y = buf
         for _ in range(calls):
             y = fn(y) * 0.5  # bounded values, and every call depends on the last
-    graph.replay()
-    torch.cuda.synchronize()
-    start, end = torch.cuda.Event(enable_timing=True), torch.cuda.Event(enable_timing=True)
-    start.record()
-    for _ in range(iters):
-        graph.replay()
-    end.record()
-    torch.cuda.synchronize()
-    return float(start.elapsed_time(end) * 1e3 / (calls * iters))
+    return replay_ms(graph, iters) * 1e3 / calls
 
 
 def _rank(rank: int, size: int, store: str, hidden: int, calls: int, iters: int, lamport_max: int, out: Any) -> None:

@@ -24,7 +24,7 @@ REPO_ROOT = Path(__file__).resolve().parent.parent
 if str(REPO_ROOT) not in sys.path:
     sys.path.insert(0, str(REPO_ROOT))
 
-from benchmarks._common import machine_info, write_results  # noqa: E402
+from benchmarks._common import machine_info, replay_ms, write_results  # noqa: E402
 
 
 def _chains(world: int, n: int, calls: int, iters: int, variant: str, programs: int) -> tuple[float, bool]:
@@ -72,20 +72,14 @@ def _chains(world: int, n: int, calls: int, iters: int, variant: str, programs: 
     graph = torch.cuda.CUDAGraph()
     with torch.cuda.graph(graph):
         ends = record()
-    graph.replay()
-    torch.cuda.synchronize()
-    start, end = torch.cuda.Event(enable_timing=True), torch.cuda.Event(enable_timing=True)
-    start.record()
-    for _ in range(iters):
-        graph.replay()
-    end.record()
-    torch.cuda.synchronize()
+    us = replay_ms(graph, iters) * 1e3 / calls
     # Every rank starts from r + 1: the first sum is world (world + 1) / 2, then each call keeps it
     # (the sum of world equal values, over world); a copy chain keeps each rank's own value.
     want = [float(world * (world + 1) // 2) / world] * world if variant != "copy" else \
         [float(r + 1) / world ** calls for r in range(world)]
-    ok = all(bool(torch.allclose(e.float(), torch.full_like(e.float(), w), rtol=1e-2)) for e, w in zip(ends, want, strict=True))
-    return float(start.elapsed_time(end) * 1e3 / (calls * iters)), ok
+    ok = all(bool(torch.allclose(e.float(), torch.full_like(e.float(), w), rtol=1e-2))
+             for e, w in zip(ends, want, strict=True))
+    return us, ok
 
 
 def main(argv: list[str] | None = None) -> int:

@@ -17,6 +17,12 @@ bytes over the copy rate measured there), and the collectives of one forward, so
 latency measured where N GPUs are (bench_allreduce.py) turns the step into an estimate for TP=N. The
 TP=1 step of the same shape, in the same call, is the speed-ups' peer.
 
+With --all-reduce lamport-local, each all-reduce of up to 64K elements instead runs the one-kernel
+all-reduce (kernels/lamport_all_reduce.py) with this rank alone: its launch, clearing, stores, reads
+and sum are in the graph where the real one's would be, without NVLink's latency and without peers to
+wait for. The step so timed is a floor for TP=N with that all-reduce, closer to it than the step with
+no collective kernels at all.
+
 Not measured here: the collectives themselves, and what N GPUs do to the kernels around them (each
 rank waits for the slowest at every all-reduce). On the CPU (the test) the step is an eager
 Scheduler.step() and the only variant is the layer-by-layer path.
@@ -55,12 +61,43 @@ class Collectives:
     gather: int = 0
 
 
+class LocalAllReduce:
+    """The one-kernel all-reduce with this rank as the whole group (world 1): the kernel's full work on
+    its own buffer, for messages up to `cap` elements (larger ones, the prompt's, return as they are).
+    Built at the first call, which is the eager prompt's, never inside a graph capture."""
+
+    def __init__(self, cap: int = 1 << 16, programs: int = 0) -> None:
+        self.cap, self.programs = cap, programs  # programs 0: the kernel's default grid
+        self.peers: torch.Tensor | None = None
+        self.state: torch.Tensor | None = None
+        self.dtype: torch.dtype | None = None
+        self.calls = 0
+
+    def __call__(self, x: torch.Tensor) -> torch.Tensor:
+        from radixserve.kernels import lamport_all_reduce as L
+
+        if self.peers is None:
+            self.dtype = x.dtype
+            self.buf = torch.full((L.buffer_elements(1, self.cap),), L.sentinel(x.dtype),
+                                  dtype=L.int_view_dtype(x.dtype), device=x.device)
+            self.peers = torch.tensor([self.buf.data_ptr()], dtype=torch.int64, device=x.device)
+            self.state = L.new_state(x.device, self.programs or L.PROGRAMS)
+            L.warm_up(self.peers, 1, self.cap, x.dtype)
+        if x.numel() > self.cap or x.dtype != self.dtype:
+            return x
+        assert self.state is not None
+        self.calls += 1
+        return L.lamport_all_reduce(x.reshape(-1), self.peers, self.state, 0, 1, self.cap).view(x.shape)
+
+
 @dataclass(frozen=True)
 class SilentGroup(ParallelGroup):
     """Rank `rank` of `size` with no peers: every collective returns this rank's own values and is
-    counted. A model built with it holds exactly one rank's shards and runs one rank's kernels."""
+    counted. A model built with it holds exactly one rank's shards and runs one rank's kernels. With
+    `local`, all-reduces run it (LocalAllReduce) instead of returning the input."""
 
     counts: Collectives = field(default_factory=Collectives)
+    local: LocalAllReduce | None = None
 
     def broadcast_bytes(self, items: list[bytes] | None) -> list[bytes]:
         return items or []
@@ -71,6 +108,8 @@ class SilentGroup(ParallelGroup):
     def all_reduce(self, x: torch.Tensor) -> torch.Tensor:
         if self.size > 1:
             self.counts.all_reduce += 1
+            if self.local is not None:
+                return self.local(x)
         return x
 
     def all_gather_last_dim(self, x: torch.Tensor) -> torch.Tensor:
@@ -172,7 +211,7 @@ def run_one(model_path: str, tp: int, args: argparse.Namespace) -> dict[str, Any
     from radixserve.server_args import ServerArgs
 
     gemv.SHAPE_TILES.update(parse_tiles(args.tiles))
-    group = SilentGroup(rank=0, size=tp)
+    group = SilentGroup(rank=0, size=tp, local=LocalAllReduce() if args.all_reduce == "lamport-local" else None)
     dummy = model_path in NAMED_SHAPES
     sa = ServerArgs(model_path=model_path, load_format="dummy" if dummy else "auto", device=args.device,
                     dtype=args.dtype, tokenizer_path=args.tokenizer_path, max_total_tokens=args.max_total_tokens,
@@ -210,7 +249,8 @@ def run_one(model_path: str, tp: int, args: argparse.Namespace) -> dict[str, Any
     copy_bps = rl.measure_copy_bytes_s(device)
     bound_ms = (weight_bytes + kv_bytes) / copy_bps * 1e3
     out: dict[str, Any] = {
-        "model": model_path, "tp": tp, "context": context, "tiles": args.tiles, "weight_bytes": weight_bytes, "kv_bytes": kv_bytes,
+        "model": model_path, "tp": tp, "all_reduce": args.all_reduce,
+        "lamport_local_calls": group.local.calls if group.local is not None else 0, "context": context, "tiles": args.tiles, "weight_bytes": weight_bytes, "kv_bytes": kv_bytes,
         "copy_gb_s": round(copy_bps / 1e9, 1), "bound_ms": round(bound_ms, 4),
         "one_row_supported": bool(runner.model.model._one_row_supported(runner.dtype))
         if hasattr(runner.model.model, "_one_row_supported") else False,
@@ -264,7 +304,7 @@ def _child(model: str, tp: int, args: argparse.Namespace, out_path: str) -> dict
     cmd = [sys.executable, __file__, "--one", f"{model}:{tp}", "--output", out_path, "--device", args.device,
            "--dtype", args.dtype, "--input-len", str(args.input_len), "--steps", str(args.steps),
            "--rounds", str(args.rounds), "--reps", str(args.reps), "--max-total-tokens", str(args.max_total_tokens),
-           "--profile-reps", str(args.profile_reps), *(["--tiles", *args.tiles] if args.tiles else [])]
+           "--profile-reps", str(args.profile_reps), "--all-reduce", args.all_reduce, *(["--tiles", *args.tiles] if args.tiles else [])]
     if args.tokenizer_path:
         cmd += ["--tokenizer-path", args.tokenizer_path]
     t = time.perf_counter()
@@ -293,6 +333,9 @@ def main(argv: list[str] | None = None) -> int:
                     help="KIND:NxK=ROWS,BLOCK_K,WARPS,STAGES each: one-row kernel tiles for that weight shape (a sweep)")
     ap.add_argument("--profile-reps", type=int, default=10,
                     help="replays of each variant under torch.profiler for its kernels by class (0: none; GPU only)")
+    ap.add_argument("--all-reduce", choices=("none", "lamport-local"), default="none",
+                    help="none: collectives return the rank's own values; lamport-local: all-reduces run the "
+                         "one-kernel all-reduce with this rank alone (a floor for TP=N with it)")
     ap.add_argument("--config-timeout-s", type=float, default=300.0)
     ap.add_argument("--output", default=None)
     args = ap.parse_args(argv)
@@ -303,7 +346,9 @@ def main(argv: list[str] | None = None) -> int:
     results: dict[str, Any] = {
         "benchmark": "bench_tp_shard", "command": command_line(), "machine": machine_info(("torch", "triton")),
         "device_name": torch.cuda.get_device_name() if args.device == "cuda" else "cpu",
-        "what": "one TP rank's batch-1 decode step on one GPU, its collectives doing nothing (counted)",
+        "what": "one TP rank's batch-1 decode step on one GPU, its collectives doing nothing (counted)"
+        if args.all_reduce == "none" else "one TP rank's batch-1 decode step on one GPU, its all-reduces the "
+        "one-kernel all-reduce with this rank alone (no NVLink latency, no peers)",
         "configs": [],
     }
     with tempfile.TemporaryDirectory() as tmp:

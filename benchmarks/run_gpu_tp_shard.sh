@@ -5,6 +5,7 @@
 # the one-row fusion off/on x PDL off/on, against the rank's bound and the TP=1 step of the same call.
 # Run through the device tool with carry [".whl", ".gpu_assets"] (see docs/gpu.md); results land in $OUT.
 #   CONFIGS="llama-3-8b:1,2,4,8 llama-3-70b:2,4,8" (default) SKIP_TESTS=1 to skip the tests.
+#   ALL_REDUCE=lamport-local: each all-reduce runs the one-kernel all-reduce with the rank alone (default none).
 set -uo pipefail
 OUT=${OUT:-/tmp/gpu-out}
 source "$(dirname "$0")/gpu_env.sh"
@@ -14,5 +15,5 @@ python3 -c 'import torch, triton; print("torch", torch.__version__, "triton", tr
   | tee "$OUT/gpu_tests_tp_shard.log" | tail -15
 # shellcheck disable=SC2086  # CONFIGS is a list of words
 python3 benchmarks/bench_tp_shard.py --tokenizer-path "$RADIXSERVE_TEST_TOKENIZER" \
-  --configs ${CONFIGS:-llama-3-8b:1,2,4,8 llama-3-70b:2,4,8} --output "$OUT/tp_shard_h200.json" 2>&1 \
+  --all-reduce "${ALL_REDUCE:-none}" --configs ${CONFIGS:-llama-3-8b:1,2,4,8 llama-3-70b:2,4,8} --output "$OUT/tp_shard_h200.json" 2>&1 \
   | tee "$OUT/tp_shard.log" | tail -30

@@ -43,6 +43,34 @@ def test_the_silent_group_counts_and_keeps_shapes() -> None:
     assert one.all_gather_last_dim(x) is x and (one.counts.all_reduce, one.counts.gather) == (0, 0)
 
 
+LOCAL_RUN = r"""
+import sys, torch
+sys.path.insert(0, sys.argv[1])
+import interpreter_compat; interpreter_compat.install()
+sys.path.insert(0, sys.argv[2])
+from benchmarks.bench_tp_shard import LocalAllReduce, SilentGroup
+g = SilentGroup(rank=0, size=2, local=LocalAllReduce(cap=4096, programs=4))
+for n in (4096, 100, 4096, 7, 3000):
+    x = torch.randn(1, n)
+    x[0, 0] = -0.0
+    y = g.all_reduce(x)
+    assert y is not x and torch.equal(y, x), n
+big = torch.randn(2, 4096)
+assert g.all_reduce(big) is big  # over the buffer: as it is, like the prompt's
+assert (g.counts.all_reduce, g.local.calls) == (6, 5)
+print("local ok")
+"""
+
+
+def test_the_local_all_reduce_runs_the_kernel_alone() -> None:
+    """--all-reduce lamport-local: a group of one through the one-kernel all-reduce gives the input back,
+    call after call (the slots rotate), in Triton's CPU interpreter."""
+    pytest.importorskip("triton", reason="triton is a dev dependency; install with pip install -e .[dev]")
+    from tests.kernels.interpreter_compat import run_in_interpreter
+
+    assert "local ok" in run_in_interpreter(LOCAL_RUN, str(REPO_ROOT))
+
+
 def test_a_tp2_rank_on_the_cpu(tmp_path: Path) -> None:
     from tests.conftest import _save_tiny, tokenizer_source
 
