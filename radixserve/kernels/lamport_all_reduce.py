@@ -35,7 +35,7 @@ import triton.language as tl
 
 from radixserve.kernels.pdl import gdc_launch_dependents, gdc_wait, launch_options
 
-PROGRAMS = 132  # fixed grid (each program's counter must see every call); 132 was fastest at every size on one H200
+PROGRAMS = 132  # fixed grid (each program's counter must see every call); 132 was fastest or equal at every size on one H200
 BLOCK = 256  # elements a program moves per pass (33,792 a pass over all programs)
 STATE_COLS = 4  # per program: call counter, then the element count each of the 3 slots was written with
 SLOTS = 3
@@ -108,17 +108,19 @@ def _lamport_kernel(X, Out, Peers, State, n, rank, cap, WORLD: tl.constexpr, SEN
     pid = tl.program_id(0)
     stride = tl.num_programs(0) * BLOCK
     row = State + pid * 4
-    call = tl.load(row)
-    slot = call % 3
     elem_int: tl.constexpr = tl.int16 if X.dtype.element_ty.primitive_bitwidth == 16 else tl.int32
     mine = tl.load(Peers + rank).to(tl.pointer_type(elem_int))
+    if PDL:
+        # Everything below waits, the state and the clearing too: with a call launched right after
+        # another (no kernel between), this one may start while the last still reads the slot it
+        # clears and has not yet counted itself.
+        gdc_wait()
+    call = tl.load(row)
+    slot = call % 3
     if PHASE != 1:
-        # The slot of the call before this one (the module docstring says why that is free). Only
-        # earlier calls of this kernel wrote it, so this may run before the PDL wait.
+        # The slot of the call before this one (the module docstring says why that is free).
         old = (call + 2) % 3
         _clear(mine, tl.load(row + 1 + old), old, pid, stride, cap, elem_int, WORLD, SENT, BLOCK)
-    if PDL:
-        gdc_wait()
     if PHASE != 2:
         _push(X, Peers, n, rank, slot, pid, stride, cap, elem_int, WORLD, SENT, BLOCK)
     if PDL:
