@@ -36,8 +36,7 @@ def _chains(world: int, n: int, calls: int, iters: int, variant: str, programs: 
 
     dtype = torch.bfloat16
     cap = max(n, 8192)
-    bufs = [torch.full((L.buffer_elements(world, cap),), L.sentinel(dtype), dtype=torch.int16, device="cuda")
-            for _ in range(world)]
+    bufs = [L.new_buffer(world, cap, dtype, "cuda") for _ in range(world)]
     peers = torch.tensor([b.data_ptr() for b in bufs], dtype=torch.int64, device="cuda")
     states = [L.new_state("cuda", programs) for _ in range(world)]
     L.warm_up(peers, world, cap, dtype)  # loaded before any rank spins: a load then would wait on it

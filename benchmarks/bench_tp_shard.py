@@ -78,8 +78,7 @@ class LocalAllReduce:
 
         if self.peers is None:
             self.dtype = x.dtype
-            self.buf = torch.full((L.buffer_elements(1, self.cap),), L.sentinel(x.dtype),
-                                  dtype=L.int_view_dtype(x.dtype), device=x.device)
+            self.buf = L.new_buffer(1, self.cap, x.dtype, x.device)
             self.peers = torch.tensor([self.buf.data_ptr()], dtype=torch.int64, device=x.device)
             self.state = L.new_state(x.device, self.programs or L.PROGRAMS)
             L.warm_up(self.peers, 1, self.cap, x.dtype)

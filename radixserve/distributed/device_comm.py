@@ -192,12 +192,11 @@ class LamportBuffers:
         self.peers = torch.tensor(list(handle.buffer_ptrs), dtype=torch.int64, device=device)
         self.state = kernel.new_state(device)
         kernel.warm_up(self.peers, self.size, cap, dtype)
+        self._reduce = kernel.lamport_all_reduce
         # No rank may push into a buffer before its owner has filled it with the sentinel.
         torch.cuda.synchronize(device)
         dist.barrier(group)
 
     def all_reduce(self, x: torch.Tensor) -> torch.Tensor:
-        from radixserve.kernels.lamport_all_reduce import lamport_all_reduce
-
-        out = lamport_all_reduce(x.reshape(-1), self.peers, self.state, self.rank, self.size, self.cap)
+        out = self._reduce(x.reshape(-1), self.peers, self.state, self.rank, self.size, self.cap)
         return out.view(x.shape)

@@ -136,6 +136,13 @@ def buffer_elements(world: int, cap: int) -> int:
     return SLOTS * world * cap
 
 
+def new_buffer(world: int, cap: int, dtype: torch.dtype, device: torch.device | str) -> torch.Tensor:
+    """A rank's buffer in this process's own device memory, every element the sentinel: for ranks that
+    share one process (the tests, the one-GPU benchmarks). Across processes it is symmetric memory
+    (distributed/device_comm.LamportBuffers)."""
+    return torch.full((buffer_elements(world, cap),), sentinel(dtype), dtype=int_view_dtype(dtype), device=device)
+
+
 def new_state(device: torch.device | str, programs: int = PROGRAMS) -> torch.Tensor:
     """A rank's kernel state: one row per program (the grid is the number of rows, fixed for its life)."""
     return torch.zeros(programs, STATE_COLS, dtype=torch.int32, device=device)

@@ -21,8 +21,7 @@ class Ranks:
 
     def __init__(self, world: int, cap: int, dtype: torch.dtype, device: str, programs: int = L.PROGRAMS) -> None:
         self.world, self.cap, self.dtype = world, cap, dtype
-        self.bufs = [torch.full((L.buffer_elements(world, cap),), L.sentinel(dtype), dtype=L.int_view_dtype(dtype),
-                                device=device) for _ in range(world)]
+        self.bufs = [L.new_buffer(world, cap, dtype, device) for _ in range(world)]
         self.peers = torch.tensor([b.data_ptr() for b in self.bufs], dtype=torch.int64, device=device)
         self.states = [L.new_state(device, programs) for _ in range(world)]
 
